@@ -1,0 +1,65 @@
+//! The broker's errors: a short list, mapped to gRPC codes in one place
+//! (`grpc/status.rs`).
+
+use crate::core::lease::LeaseError;
+use crate::store::StoreError;
+
+/// One bad field of a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// The request field, e.g. `kind` or `queues[2]`.
+    pub field: String,
+    pub description: String,
+}
+
+impl Violation {
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self { field: field.into(), description: description.into() }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum BrokerError {
+    /// Bad input: each violation names its field.
+    #[error("invalid request: {}", describe(.0))]
+    Invalid(Vec<Violation>),
+    /// An undeclared queue while `strict_queues` is on.
+    #[error("queue {0:?} is not declared (strict_queues)")]
+    QueueNotFound(String),
+    #[error("task {0} not found")]
+    TaskNotFound(String),
+    /// A wrong, stale or expired lease id.
+    #[error("lease mismatch: the lease expired or the task was delivered again")]
+    LeaseMismatch,
+    /// The task was canceled while the caller held its lease.
+    #[error("the task was canceled; stop working on it")]
+    TaskCanceled,
+    /// Cancel of a task that already succeeded or died.
+    #[error("task {0} already finished")]
+    TaskFinished(String),
+    /// Storage cannot serve; retry later.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl BrokerError {
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        BrokerError::Invalid(vec![Violation::new(field, description)])
+    }
+}
+
+fn describe(violations: &[Violation]) -> String {
+    violations.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; ")
+}
+
+impl From<StoreError> for BrokerError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::TaskNotFound(id) => BrokerError::TaskNotFound(id.to_string()),
+            StoreError::Lease(LeaseError::Mismatch) => BrokerError::LeaseMismatch,
+            StoreError::Lease(LeaseError::Canceled) => BrokerError::TaskCanceled,
+            StoreError::TaskFinished(id) => BrokerError::TaskFinished(id.to_string()),
+            StoreError::Unavailable(why) => BrokerError::Unavailable(why),
+        }
+    }
+}

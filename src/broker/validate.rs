@@ -1,0 +1,199 @@
+//! Request validation and resolution: from what a client sent to what the
+//! store is asked to do. Pure: no I/O, `now` passed in.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::error::{BrokerError, Violation};
+use crate::config::{valid_queue_name, DEFAULT_QUEUE};
+use crate::core::queue::Policies;
+use crate::core::routing::{self, Route};
+use crate::core::task::NewTask;
+use crate::core::{Millis, MAX_PRIORITY};
+
+/// Most headers a task may carry.
+pub const MAX_HEADERS: usize = 64;
+/// Most tasks one Lease call or batch may carry.
+pub const MAX_BATCH: usize = 1000;
+/// Longest long-poll.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+/// Shortest and longest lease.
+pub const MIN_LEASE: Duration = Duration::from_secs(1);
+pub const MAX_LEASE: Duration = Duration::from_secs(12 * 3600);
+/// Longest kind, dedup key, request id, header name or value.
+const MAX_NAME: usize = 256;
+/// Most queues one Lease call may name.
+const MAX_LEASE_QUEUES: usize = 64;
+
+/// An Enqueue request, as the client sent it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EnqueueInput {
+    pub queue: String,
+    pub kind: String,
+    pub payload: Vec<u8>,
+    pub content_type: String,
+    pub priority: Option<u32>,
+    pub headers: BTreeMap<String, String>,
+    pub delay: Option<Duration>,
+    pub scheduled_time: Option<Millis>,
+    pub max_attempts: Option<u32>,
+    pub dedup_key: String,
+    pub request_id: String,
+}
+
+/// A Lease request, as the client sent it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LeaseInput {
+    pub queues: Vec<String>,
+    pub max_tasks: u32,
+    pub lease_duration: Option<Duration>,
+    pub wait: Option<Duration>,
+    pub worker_id: String,
+}
+
+/// The request-independent facts validation needs.
+pub struct Rules<'a> {
+    pub policies: &'a Policies,
+    pub routes: &'a [Route],
+    pub strict_queues: bool,
+    pub max_payload_bytes: usize,
+}
+
+impl Rules<'_> {
+    /// Validates an enqueue and resolves its queue, priority, attempts and due time.
+    pub fn enqueue(&self, input: EnqueueInput, now: Millis) -> Result<NewTask, BrokerError> {
+        let EnqueueInput {
+            queue,
+            kind,
+            payload,
+            content_type,
+            priority,
+            headers,
+            delay,
+            scheduled_time,
+            max_attempts,
+            dedup_key,
+            request_id,
+        } = input;
+        let mut v = Vec::new();
+        if kind.is_empty() {
+            v.push(Violation::new("kind", "must not be empty"));
+        } else if kind.len() > MAX_NAME {
+            v.push(Violation::new("kind", format!("must be at most {MAX_NAME} bytes")));
+        }
+        if !queue.is_empty() && !valid_queue_name(&queue) {
+            v.push(Violation::new("queue", "must match [A-Za-z0-9._:-]{1,128}"));
+        }
+        if priority.is_some_and(|p| p > MAX_PRIORITY as u32) {
+            v.push(Violation::new("priority", "must be 0-9"));
+        }
+        if payload.len() > self.max_payload_bytes {
+            let limit = self.max_payload_bytes;
+            v.push(Violation::new(
+                "payload",
+                format!("{} bytes is over the limit of {limit}", payload.len()),
+            ));
+        }
+        if headers.len() > MAX_HEADERS {
+            v.push(Violation::new("headers", format!("at most {MAX_HEADERS} headers")));
+        }
+        if headers.iter().any(|(k, val)| k.is_empty() || k.len() > MAX_NAME || val.len() > 8 * MAX_NAME) {
+            v.push(Violation::new("headers", "names must be 1-256 bytes and values at most 2048"));
+        }
+        if delay.is_some() && scheduled_time.is_some() {
+            v.push(Violation::new("scheduled_time", "set delay or scheduled_time, not both"));
+        }
+        if max_attempts == Some(0) {
+            v.push(Violation::new("max_attempts", "must be >= 1"));
+        }
+        if dedup_key.len() > MAX_NAME {
+            v.push(Violation::new("dedup_key", format!("must be at most {MAX_NAME} bytes")));
+        }
+        if request_id.len() > MAX_NAME {
+            v.push(Violation::new("request_id", format!("must be at most {MAX_NAME} bytes")));
+        }
+        if !v.is_empty() {
+            return Err(BrokerError::Invalid(v));
+        }
+        let route = if queue.is_empty() { routing::route(self.routes, &kind, &headers) } else { None };
+        let queue = match (queue.is_empty(), route) {
+            (false, _) => queue,
+            (true, Some(r)) => r.queue.clone(),
+            (true, None) => DEFAULT_QUEUE.to_owned(),
+        };
+        self.known(&queue)?;
+        let policy = self.policies.get(&queue);
+        let priority =
+            priority.map(|p| p as u8).or(route.and_then(|r| r.priority)).unwrap_or(policy.default_priority);
+        let scheduled_time = match (delay, scheduled_time) {
+            (Some(d), _) => now.saturating_add(d.as_millis() as Millis),
+            (None, Some(at)) => at,
+            (None, None) => now,
+        };
+        Ok(NewTask {
+            queue,
+            kind,
+            payload,
+            content_type,
+            priority,
+            headers,
+            max_attempts: max_attempts.unwrap_or(policy.max_attempts),
+            scheduled_time,
+            dedup_key,
+            request_id,
+        })
+    }
+
+    /// Validates a lease request; returns the number of tasks to take.
+    pub fn lease(&self, input: &LeaseInput) -> Result<usize, BrokerError> {
+        let mut v = Vec::new();
+        if input.queues.is_empty() {
+            v.push(Violation::new("queues", "name at least one queue"));
+        }
+        if input.queues.len() > MAX_LEASE_QUEUES {
+            v.push(Violation::new("queues", format!("at most {MAX_LEASE_QUEUES} queues")));
+        }
+        for (i, q) in input.queues.iter().enumerate() {
+            if !valid_queue_name(q) {
+                v.push(Violation::new(format!("queues[{i}]"), "must match [A-Za-z0-9._:-]{1,128}"));
+            }
+        }
+        if input.max_tasks as usize > MAX_BATCH {
+            v.push(Violation::new("max_tasks", format!("must be at most {MAX_BATCH}")));
+        }
+        if let Some(d) = input.lease_duration {
+            if let Err(e) = lease_length("lease_duration", d) {
+                v.push(e);
+            }
+        }
+        if input.wait.is_some_and(|w| w > MAX_WAIT) {
+            v.push(Violation::new("wait", "must be at most 60s"));
+        }
+        if !v.is_empty() {
+            return Err(BrokerError::Invalid(v));
+        }
+        for q in &input.queues {
+            self.known(q)?;
+        }
+        Ok(input.max_tasks.max(1) as usize)
+    }
+
+    /// With `strict_queues`, only declared queues exist.
+    fn known(&self, queue: &str) -> Result<(), BrokerError> {
+        if self.strict_queues && !self.policies.is_declared(queue) {
+            return Err(BrokerError::QueueNotFound(queue.to_owned()));
+        }
+        Ok(())
+    }
+}
+
+/// A lease length must be within 1s-12h.
+pub fn lease_length(field: &str, d: Duration) -> Result<Millis, Violation> {
+    if d < MIN_LEASE || d > MAX_LEASE {
+        return Err(Violation::new(field, "must be between 1s and 12h"));
+    }
+    Ok(d.as_millis() as Millis)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,121 @@
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::*;
+use crate::core::queue::QueuePolicy;
+
+fn policies() -> Policies {
+    let emails = QueuePolicy { default_priority: 3, max_attempts: 2, ..QueuePolicy::default() };
+    let declared = [("default".to_string(), QueuePolicy::default()), ("emails".to_string(), emails)];
+    Policies::new(declared.into_iter().collect(), QueuePolicy::default())
+}
+
+fn routes() -> Vec<Route> {
+    vec![Route {
+        kind: "email.*".into(),
+        headers: BTreeMap::new(),
+        queue: "emails".into(),
+        priority: Some(7),
+    }]
+}
+
+fn rules<'a>(p: &'a Policies, r: &'a [Route], strict: bool) -> Rules<'a> {
+    Rules { policies: p, routes: r, strict_queues: strict, max_payload_bytes: 10 }
+}
+
+fn input(kind: &str) -> EnqueueInput {
+    EnqueueInput { kind: kind.into(), ..Default::default() }
+}
+
+fn fields(e: BrokerError) -> Vec<String> {
+    match e {
+        BrokerError::Invalid(v) => v.into_iter().map(|v| v.field).collect(),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+}
+
+#[test]
+fn routes_then_default_queue() {
+    let (p, r) = (policies(), routes());
+    let rules = rules(&p, &r, false);
+    let t = rules.enqueue(input("email.send"), 1_000).unwrap();
+    assert_eq!((t.queue.as_str(), t.priority, t.max_attempts), ("emails", 7, 2));
+    let t = rules.enqueue(input("report"), 1_000).unwrap();
+    assert_eq!((t.queue.as_str(), t.priority), ("default", 0));
+}
+
+#[test]
+fn explicit_values_win_over_routes_and_defaults() {
+    let (p, r) = (policies(), routes());
+    let rules = rules(&p, &r, false);
+    let i = EnqueueInput {
+        queue: "other".into(),
+        priority: Some(1),
+        max_attempts: Some(9),
+        ..input("email.send")
+    };
+    let t = rules.enqueue(i, 1_000).unwrap();
+    assert_eq!((t.queue.as_str(), t.priority, t.max_attempts), ("other", 1, 9));
+    let i = EnqueueInput { queue: "emails".into(), ..input("x") };
+    assert_eq!(rules.enqueue(i, 0).unwrap().priority, 3, "queue default priority");
+}
+
+#[test]
+fn delay_and_scheduled_time_set_the_due_time() {
+    let (p, r) = (policies(), routes());
+    let rules = rules(&p, &r, false);
+    let i = EnqueueInput { delay: Some(Duration::from_secs(5)), ..input("k") };
+    assert_eq!(rules.enqueue(i, 1_000).unwrap().scheduled_time, 6_000);
+    let i = EnqueueInput { scheduled_time: Some(9_000), ..input("k") };
+    assert_eq!(rules.enqueue(i, 1_000).unwrap().scheduled_time, 9_000);
+}
+
+#[test]
+fn every_bad_field_is_named() {
+    let (p, r) = (policies(), routes());
+    let rules = rules(&p, &r, false);
+    let headers = (0..65).map(|i| (format!("h{i}"), String::new())).collect();
+    let bad = EnqueueInput {
+        queue: "bad queue".into(),
+        kind: String::new(),
+        payload: vec![0; 11],
+        priority: Some(10),
+        headers,
+        delay: Some(Duration::from_secs(1)),
+        scheduled_time: Some(1),
+        max_attempts: Some(0),
+        ..Default::default()
+    };
+    let f = fields(rules.enqueue(bad, 0).unwrap_err());
+    for name in ["kind", "queue", "priority", "payload", "headers", "scheduled_time", "max_attempts"] {
+        assert!(f.iter().any(|x| x == name), "missing {name} in {f:?}");
+    }
+}
+
+#[test]
+fn strict_queues_refuse_undeclared_ones() {
+    let (p, r) = (policies(), routes());
+    let rules = rules(&p, &r, true);
+    let i = EnqueueInput { queue: "nope".into(), ..input("k") };
+    assert_eq!(rules.enqueue(i, 0).unwrap_err(), BrokerError::QueueNotFound("nope".into()));
+    let lease = LeaseInput { queues: vec!["emails".into(), "nope".into()], ..Default::default() };
+    assert_eq!(rules.lease(&lease).unwrap_err(), BrokerError::QueueNotFound("nope".into()));
+}
+
+#[test]
+fn lease_limits() {
+    let (p, r) = (policies(), routes());
+    let rules = rules(&p, &r, false);
+    let ok = LeaseInput { queues: vec!["a".into()], ..Default::default() };
+    assert_eq!(rules.lease(&ok).unwrap(), 1, "max_tasks 0 means 1");
+    let bad = LeaseInput {
+        queues: vec!["a".into(), "b c".into()],
+        max_tasks: 1001,
+        lease_duration: Some(Duration::from_millis(500)),
+        wait: Some(Duration::from_secs(61)),
+        worker_id: String::new(),
+    };
+    assert_eq!(fields(rules.lease(&bad).unwrap_err()), ["queues[1]", "max_tasks", "lease_duration", "wait"]);
+    let none = LeaseInput::default();
+    assert_eq!(fields(rules.lease(&none).unwrap_err()), ["queues"]);
+}

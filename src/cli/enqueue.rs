@@ -1,0 +1,81 @@
+//! `taskbroker enqueue`: enqueue one task and print it as JSON.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::client::{status_error, task_json, ServerArg};
+use crate::pb;
+
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    /// Target queue (default: routing rules, then "default").
+    #[arg(long, default_value = "")]
+    pub queue: String,
+    /// Task type name.
+    #[arg(long)]
+    pub kind: String,
+    /// Payload as a string.
+    #[arg(long, conflicts_with = "payload_file")]
+    pub payload: Option<String>,
+    /// Payload read from a file ("-" for stdin).
+    #[arg(long)]
+    pub payload_file: Option<PathBuf>,
+    #[arg(long, default_value = "")]
+    pub content_type: String,
+    /// 0-9, higher runs first.
+    #[arg(long)]
+    pub priority: Option<u32>,
+    /// Run after this delay (e.g. 10s, 5m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub delay: Option<Duration>,
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    #[arg(long, default_value = "")]
+    pub dedup_key: String,
+    /// A header as NAME=VALUE (repeatable).
+    #[arg(long = "header", value_parser = parse_header)]
+    pub headers: Vec<(String, String)>,
+    #[command(flatten)]
+    pub server: ServerArg,
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?} is not NAME=VALUE"))
+}
+
+pub async fn run(args: EnqueueArgs) -> anyhow::Result<()> {
+    let payload = match (&args.payload, &args.payload_file) {
+        (Some(p), _) => p.clone().into_bytes(),
+        (None, Some(f)) if f.as_os_str() == "-" => {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+            buf
+        }
+        (None, Some(f)) => std::fs::read(f).with_context(|| format!("reading {}", f.display()))?,
+        (None, None) => Vec::new(),
+    };
+    let request = pb::EnqueueRequest {
+        queue: args.queue,
+        kind: args.kind,
+        payload,
+        content_type: args.content_type,
+        priority: args.priority,
+        headers: args.headers.into_iter().collect(),
+        delay: args
+            .delay
+            .map(|d| prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }),
+        scheduled_time: None,
+        max_attempts: args.max_attempts,
+        dedup_key: args.dedup_key,
+        request_id: String::new(),
+    };
+    let mut client = args.server.producer().await?;
+    let response = client.enqueue(request).await.map_err(status_error)?.into_inner();
+    println!("{}", task_json(&response.task.unwrap_or_default()));
+    Ok(())
+}

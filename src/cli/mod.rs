@@ -1,0 +1,84 @@
+//! The `taskbroker` command line: one file per subcommand.
+
+mod client;
+mod config_cmd;
+mod enqueue;
+mod get;
+pub mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::telemetry::{self, LogFormat};
+
+/// Exit code for bad configuration or usage (EX_USAGE).
+pub const EXIT_CONFIG: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(name = "taskbroker", version, about = "A gRPC task broker")]
+pub struct Cli {
+    /// Log format (filter with RUST_LOG, default info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "TASKBROKER_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the broker.
+    Serve(serve::ServeArgs),
+    /// Enqueue one task.
+    Enqueue(enqueue::EnqueueArgs),
+    /// Print a task as JSON.
+    Get(get::GetArgs),
+    /// Cancel a task and print it as JSON.
+    Cancel(get::GetArgs),
+    /// Configuration helpers.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
+}
+
+/// Errors that end the program with a specific exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad configuration: exit 64.
+    #[error("invalid configuration:\n  {}", .0.join("\n  "))]
+    Config(Vec<String>),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// Parses the command line, runs the subcommand, and maps the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("taskbroker: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Enqueue(args) => enqueue::run(args).await.map_err(CliError::Other),
+            Command::Get(args) => get::run(args, false).await.map_err(CliError::Other),
+            Command::Cancel(args) => get::run(args, true).await.map_err(CliError::Other),
+            Command::Config(cmd) => config_cmd::run(cmd).map_err(CliError::Other),
+        }
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Config(problems)) => {
+            eprintln!("taskbroker: {}", CliError::Config(problems));
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(CliError::Other(e)) => {
+            eprintln!("taskbroker: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

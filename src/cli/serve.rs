@@ -1,0 +1,110 @@
+//! `taskbroker serve`: load and validate the config, open the store, serve
+//! until SIGTERM or Ctrl-C, then shut down gracefully.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Args;
+
+use super::CliError;
+use crate::broker::{Broker, BrokerSettings};
+use crate::config::{Config, StorageKind};
+use crate::core::clock::{Clock, SystemClock};
+use crate::grpc::server::{self, ServerOptions};
+use crate::store::embedded::EmbeddedStore;
+use crate::store::memory::MemoryStore;
+use crate::store::Store;
+
+#[derive(Debug, Default, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (see `taskbroker config example`).
+    #[arg(long, env = "TASKBROKER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Listen address, e.g. 0.0.0.0:50051.
+    #[arg(long, env = "TASKBROKER_LISTEN")]
+    pub listen: Option<String>,
+    /// Data directory of the embedded store.
+    #[arg(long, env = "TASKBROKER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Storage backend.
+    #[arg(long, value_enum, env = "TASKBROKER_STORAGE")]
+    pub storage: Option<StorageKind>,
+}
+
+/// The file (if any) with the flags applied on top, validated.
+pub fn load_config(args: &ServeArgs) -> Result<Config, CliError> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| CliError::Config(vec![format!("{}: {e}", path.display())]))?;
+            Config::from_toml(&text)
+                .map_err(|e| CliError::Config(vec![format!("{}: {e}", path.display())]))?
+        }
+        None => Config::default(),
+    };
+    if let Some(listen) = &args.listen {
+        config.listen = listen.clone();
+    }
+    if let Some(dir) = &args.data_dir {
+        config.data_dir = dir.clone();
+    }
+    if let Some(storage) = args.storage {
+        config.storage = storage;
+    }
+    config.validate().map_err(CliError::Config)?;
+    Ok(config)
+}
+
+/// Opens the configured store and builds the broker on it.
+pub fn open_broker(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Broker> {
+    let policies = Arc::new(config.policies());
+    let store: Arc<dyn Store> = match config.storage {
+        StorageKind::Memory => Arc::new(MemoryStore::new(policies.clone())),
+        StorageKind::Embedded => Arc::new(EmbeddedStore::open(&config.data_dir, policies.clone())?),
+    };
+    let settings = BrokerSettings {
+        policies,
+        routes: config.routes(),
+        strict_queues: config.strict_queues,
+        max_payload_bytes: config.max_payload_bytes,
+    };
+    Ok(Broker::new(store, clock, settings))
+}
+
+pub async fn run(args: ServeArgs) -> Result<(), CliError> {
+    let config = load_config(&args)?;
+    let broker = open_broker(&config, Arc::new(SystemClock))?;
+    let addr = config.listen.parse().map_err(|_| CliError::Config(vec!["listen: not an address".into()]))?;
+    let opts =
+        ServerOptions { max_message_bytes: config.max_message_bytes, shutdown_grace: config.shutdown_grace };
+    let running = server::start(broker, addr, opts).await?;
+    tracing::info!(storage = ?config.storage, data_dir = %config.data_dir.display(), "ready");
+    // Tests and supervisors read this line to learn the port (useful with :0).
+    println!("listening on {}", running.addr);
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    running.shutdown().await?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,239 @@
+//! Configuration: the TOML file's shape, its defaults, and one `validate()`
+//! that reports every problem with its path.
+//!
+//! Command-line flags and `TASKBROKER_*` variables are applied by the CLI on
+//! top of the parsed file, before validation.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::core::queue::{Policies, QueuePolicy};
+use crate::core::retry::Backoff;
+use crate::core::routing::Route;
+use crate::core::MAX_PRIORITY;
+
+/// The name of the queue that gets unrouted tasks; its settings are also the
+/// defaults of every other queue.
+pub const DEFAULT_QUEUE: &str = "default";
+
+/// Which storage backend to run on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    /// Durable: redb in `data_dir`, fsync on every commit (group commit).
+    #[default]
+    Embedded,
+    /// Nothing persisted (tests, benchmarks).
+    Memory,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the gRPC server listens on.
+    pub listen: String,
+    /// Where the embedded store keeps its database.
+    pub data_dir: PathBuf,
+    pub storage: StorageKind,
+    /// Refuse undeclared queues with NOT_FOUND instead of creating them.
+    pub strict_queues: bool,
+    /// Largest accepted task payload, in bytes.
+    pub max_payload_bytes: usize,
+    /// Largest accepted gRPC message, in bytes (a batch carries many payloads).
+    pub max_message_bytes: usize,
+    /// How long in-flight calls may finish after SIGTERM.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    pub queues: BTreeMap<String, QueueConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50051".into(),
+            data_dir: PathBuf::from("./taskbroker-data"),
+            storage: StorageKind::Embedded,
+            strict_queues: false,
+            max_payload_bytes: 1 << 20,
+            max_message_bytes: 64 << 20,
+            shutdown_grace: Duration::from_secs(10),
+            queues: BTreeMap::new(),
+            routes: Vec::new(),
+        }
+    }
+}
+
+/// `[queues.NAME]`: every field optional; unset fields fall back to
+/// `[queues.default]`, then to the built-in defaults.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    #[serde(default, with = "humantime_serde")]
+    pub lease_duration: Option<Duration>,
+    pub max_attempts: Option<u32>,
+    pub retry_backoff: Option<BackoffConfig>,
+    pub default_priority: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub retention: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub dedup_window: Option<Duration>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffConfig {
+    #[serde(with = "humantime_serde")]
+    pub initial: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max: Duration,
+    pub multiplier: f64,
+    pub jitter: f64,
+}
+
+/// `[[routes]]`: the first rule whose `kind` glob and `headers` match sends
+/// the task to `queue` (and sets its priority, if given).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub kind: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub queue: String,
+    pub priority: Option<u32>,
+}
+
+/// Whether `name` is a valid queue name: `[A-Za-z0-9._:-]{1,128}`.
+pub fn valid_queue_name(name: &str) -> bool {
+    (1..=128).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+}
+
+impl Config {
+    /// Parses a TOML document.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Every problem, each as `path: what is wrong`.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut errors = Vec::new();
+        if self.listen.parse::<SocketAddr>().is_err() {
+            errors.push(format!("listen: {:?} is not an address like 127.0.0.1:50051", self.listen));
+        }
+        if self.max_payload_bytes == 0 {
+            errors.push("max_payload_bytes: must be >= 1".into());
+        }
+        if self.max_message_bytes < self.max_payload_bytes {
+            errors.push("max_message_bytes: must be >= max_payload_bytes".into());
+        }
+        for (name, q) in &self.queues {
+            let path = format!("queues.{name}");
+            if !valid_queue_name(name) {
+                errors.push(format!("{path}: queue names must match [A-Za-z0-9._:-]{{1,128}}"));
+            }
+            q.validate(&path, &mut errors);
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            let path = format!("routes[{i}]");
+            if r.kind.is_empty() {
+                errors.push(format!("{path}.kind: must not be empty"));
+            }
+            if !valid_queue_name(&r.queue) {
+                errors.push(format!("{path}.queue: {:?} is not a valid queue name", r.queue));
+            } else if self.strict_queues && !self.queues.contains_key(&r.queue) {
+                errors.push(format!("{path}.queue: {:?} is not declared (strict_queues)", r.queue));
+            }
+            if r.priority.is_some_and(|p| p > MAX_PRIORITY as u32) {
+                errors.push(format!("{path}.priority: must be 0-9"));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Resolved per-queue policies. Call after `validate()`.
+    pub fn policies(&self) -> Policies {
+        let base = self.queues.get(DEFAULT_QUEUE).cloned().unwrap_or_default();
+        let fallback = base.resolve(&QueueConfig::default(), &QueuePolicy::default());
+        let mut declared: BTreeMap<String, QueuePolicy> = self
+            .queues
+            .iter()
+            .map(|(name, q)| (name.clone(), q.resolve(&base, &QueuePolicy::default())))
+            .collect();
+        declared.entry(DEFAULT_QUEUE.into()).or_insert_with(|| fallback.clone());
+        Policies::new(declared, fallback)
+    }
+
+    /// The routing rules. Call after `validate()`.
+    pub fn routes(&self) -> Vec<Route> {
+        self.routes
+            .iter()
+            .map(|r| Route {
+                kind: r.kind.clone(),
+                headers: r.headers.clone(),
+                queue: r.queue.clone(),
+                priority: r.priority.map(|p| p as u8),
+            })
+            .collect()
+    }
+}
+
+impl QueueConfig {
+    fn validate(&self, path: &str, errors: &mut Vec<String>) {
+        if let Some(d) = self.lease_duration {
+            if d < Duration::from_secs(1) || d > Duration::from_secs(12 * 3600) {
+                errors.push(format!("{path}.lease_duration: must be between 1s and 12h"));
+            }
+        }
+        if self.max_attempts == Some(0) {
+            errors.push(format!("{path}.max_attempts: must be >= 1"));
+        }
+        if self.default_priority.is_some_and(|p| p > MAX_PRIORITY as u32) {
+            errors.push(format!("{path}.default_priority: must be 0-9"));
+        }
+        if let Some(b) = &self.retry_backoff {
+            let p = format!("{path}.retry_backoff");
+            if b.initial > b.max {
+                errors.push(format!("{p}.initial: must be <= max"));
+            }
+            if !(b.multiplier >= 1.0 && b.multiplier.is_finite()) {
+                errors.push(format!("{p}.multiplier: must be >= 1.0"));
+            }
+            if !(0.0..=1.0).contains(&b.jitter) {
+                errors.push(format!("{p}.jitter: must be between 0.0 and 1.0"));
+            }
+        }
+    }
+
+    /// This queue's policy: own settings, then `base`'s, then `builtin`.
+    fn resolve(&self, base: &QueueConfig, builtin: &QueuePolicy) -> QueuePolicy {
+        let backoff = self.retry_backoff.as_ref().or(base.retry_backoff.as_ref());
+        QueuePolicy {
+            lease_duration: self.lease_duration.or(base.lease_duration).unwrap_or(builtin.lease_duration),
+            max_attempts: self.max_attempts.or(base.max_attempts).unwrap_or(builtin.max_attempts),
+            retry_backoff: backoff.map_or_else(
+                || builtin.retry_backoff.clone(),
+                |b| Backoff { initial: b.initial, max: b.max, multiplier: b.multiplier, jitter: b.jitter },
+            ),
+            default_priority: self
+                .default_priority
+                .or(base.default_priority)
+                .map_or(builtin.default_priority, |p| p as u8),
+            retention: self.retention.or(base.retention).unwrap_or(builtin.retention),
+            dedup_window: self.dedup_window.or(base.dedup_window).unwrap_or(builtin.dedup_window),
+        }
+    }
+}
+
+/// The commented example printed by `taskbroker config example`.
+pub const EXAMPLE: &str = include_str!("../examples/taskbroker.toml");
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,93 @@
+use super::*;
+
+#[test]
+fn the_example_parses_validates_and_resolves() {
+    let config = Config::from_toml(EXAMPLE).unwrap();
+    config.validate().unwrap();
+    let policies = config.policies();
+    let emails = policies.get("emails");
+    assert_eq!(emails.default_priority, 3);
+    assert_eq!(emails.max_attempts, 5, "inherits [queues.default]");
+    assert_eq!(policies.get("undeclared").lease_duration, Duration::from_secs(30));
+    assert_eq!(config.routes()[0].priority, Some(7));
+}
+
+#[test]
+fn an_empty_file_is_the_defaults() {
+    let config = Config::from_toml("").unwrap();
+    config.validate().unwrap();
+    assert_eq!(config.listen, "127.0.0.1:50051");
+    assert_eq!(config.storage, StorageKind::Embedded);
+    assert_eq!(config.policies().get("default"), &QueuePolicy::default());
+}
+
+#[test]
+fn queues_inherit_from_the_default_queue() {
+    let config = Config::from_toml(
+        r#"
+        [queues.default]
+        max_attempts = 9
+        retention = "1h"
+        [queues.other]
+        retention = "2h"
+        "#,
+    )
+    .unwrap();
+    let p = config.policies();
+    assert_eq!(p.get("other").max_attempts, 9);
+    assert_eq!(p.get("other").retention, Duration::from_secs(7200));
+    assert_eq!(p.get("not-declared").max_attempts, 9);
+}
+
+#[test]
+fn unknown_fields_are_refused() {
+    let err = Config::from_toml("listn = \"x\"").unwrap_err();
+    assert!(err.contains("unknown field"), "{err}");
+    let err = Config::from_toml("[queues.a]\nmax_attempt = 1").unwrap_err();
+    assert!(err.contains("unknown field"), "{err}");
+}
+
+#[test]
+fn validate_names_every_problem_with_its_path() {
+    let config = Config::from_toml(
+        r#"
+        listen = "nowhere"
+        strict_queues = true
+        [queues."bad name"]
+        [queues.q]
+        max_attempts = 0
+        lease_duration = "13h"
+        default_priority = 10
+        retry_backoff = { initial = "1m", max = "1s", multiplier = 0.5, jitter = 2.0 }
+        [[routes]]
+        kind = ""
+        queue = "missing"
+        priority = 12
+        "#,
+    )
+    .unwrap();
+    let errors = config.validate().unwrap_err();
+    for expected in [
+        "listen:",
+        "queues.bad name:",
+        "queues.q.max_attempts: must be >= 1",
+        "queues.q.lease_duration:",
+        "queues.q.default_priority:",
+        "queues.q.retry_backoff.initial:",
+        "queues.q.retry_backoff.multiplier:",
+        "queues.q.retry_backoff.jitter:",
+        "routes[0].kind:",
+        "routes[0].queue:",
+        "routes[0].priority:",
+    ] {
+        assert!(errors.iter().any(|e| e.starts_with(expected)), "missing {expected:?} in {errors:#?}");
+    }
+}
+
+#[test]
+fn queue_names() {
+    assert!(valid_queue_name("a.b_c:d-1"));
+    assert!(!valid_queue_name(""));
+    assert!(!valid_queue_name("has space"));
+    assert!(!valid_queue_name(&"x".repeat(129)));
+}

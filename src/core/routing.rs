@@ -1,0 +1,89 @@
+//! Server-side routing: ordered rules that pick a queue (and maybe a priority)
+//! for a task by its kind and headers.
+
+use std::collections::BTreeMap;
+
+/// One `[[routes]]` rule.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Route {
+    /// Glob over the task kind: `*` matches any run of characters, `?` one.
+    pub kind: String,
+    /// Headers that must all be present with exactly these values.
+    pub headers: BTreeMap<String, String>,
+    pub queue: String,
+    pub priority: Option<u8>,
+}
+
+impl Route {
+    pub fn matches(&self, kind: &str, headers: &BTreeMap<String, String>) -> bool {
+        glob_match(&self.kind, kind) && self.headers.iter().all(|(k, v)| headers.get(k) == Some(v))
+    }
+}
+
+/// The first rule that matches, if any.
+pub fn route<'a>(routes: &'a [Route], kind: &str, headers: &BTreeMap<String, String>) -> Option<&'a Route> {
+    routes.iter().find(|r| r.matches(kind, headers))
+}
+
+/// Glob matching with `*` and `?`, iterative with single backtracking (linear
+/// in practice, no recursion).
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("email.*", "email.send"));
+        assert!(glob_match("email.*", "email."));
+        assert!(!glob_match("email.*", "emails.send"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("a?c", "abc"));
+        assert!(!glob_match("a?c", "ac"));
+        assert!(glob_match("*.resize.*", "img.resize.large"));
+        assert!(glob_match("exact", "exact"));
+        assert!(!glob_match("exact", "exactly"));
+    }
+
+    fn rule(kind: &str, headers: &[(&str, &str)], queue: &str) -> Route {
+        Route {
+            kind: kind.into(),
+            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            queue: queue.into(),
+            priority: None,
+        }
+    }
+
+    #[test]
+    fn first_matching_rule_wins_and_headers_must_match() {
+        let routes =
+            vec![rule("email.*", &[("tenant", "acme")], "acme-emails"), rule("email.*", &[], "emails")];
+        let acme: BTreeMap<_, _> = [("tenant".to_string(), "acme".to_string())].into();
+        let other: BTreeMap<_, _> = [("tenant".to_string(), "other".to_string())].into();
+        assert_eq!(route(&routes, "email.send", &acme).unwrap().queue, "acme-emails");
+        assert_eq!(route(&routes, "email.send", &other).unwrap().queue, "emails");
+        assert!(route(&routes, "sms.send", &acme).is_none());
+    }
+}

@@ -1,0 +1,196 @@
+//! The task record and its states.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use super::Millis;
+
+/// A task's identity: a ULID, so ids sort by creation time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TaskId(pub u128);
+
+impl TaskId {
+    /// A new id for a task created at `now`, unique within this process and
+    /// increasing with time.
+    pub fn generate(now: Millis) -> Self {
+        let ulid = ulid::Ulid::from_parts(now, rand::random::<u128>());
+        TaskId(ulid.0)
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        ulid::Ulid(self.0).fmt(f)
+    }
+}
+
+/// A task id that is not a ULID.
+#[derive(Debug, thiserror::Error)]
+#[error("not a task id (expected a 26-character ULID)")]
+pub struct BadTaskId;
+
+impl FromStr for TaskId {
+    type Err = BadTaskId;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ulid::Ulid::from_string(s).map(|u| TaskId(u.0)).map_err(|_| BadTaskId)
+    }
+}
+
+/// Where a task is in its life (see `proto/taskbroker/v1/task.proto`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TaskState {
+    Scheduled,
+    Ready,
+    Leased,
+    Succeeded,
+    Dead,
+    Canceled,
+}
+
+impl TaskState {
+    /// Final states never change again; the task is kept for its retention, then removed.
+    pub fn is_final(self) -> bool {
+        matches!(self, TaskState::Succeeded | TaskState::Dead | TaskState::Canceled)
+    }
+}
+
+/// The lease a worker holds on a task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// Fencing token: unique per delivery; settling calls must present it.
+    pub id: u64,
+    /// When the lease runs out and the task comes back.
+    pub expire_time: Millis,
+    /// Who holds it (free-form, for logs).
+    pub worker_id: String,
+}
+
+/// A task with everything the broker knows about it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: TaskId,
+    pub queue: String,
+    pub kind: String,
+    pub payload: Vec<u8>,
+    pub content_type: String,
+    /// 0-9, higher first.
+    pub priority: u8,
+    pub headers: BTreeMap<String, String>,
+    pub state: TaskState,
+    /// Deliveries so far.
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub dedup_key: String,
+    /// The producer's idempotency key, kept so a replay finds this task.
+    pub request_id: String,
+    pub create_time: Millis,
+    pub update_time: Millis,
+    /// When the task is (or was) due to run.
+    pub scheduled_time: Millis,
+    pub result: Vec<u8>,
+    pub last_error: String,
+    /// The current (or, for a task canceled while leased, the last) lease.
+    pub lease: Option<Lease>,
+    /// Order of arrival in READY: FIFO within a priority level.
+    pub ready_seq: u64,
+}
+
+/// A validated, fully resolved request to create a task.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewTask {
+    pub queue: String,
+    pub kind: String,
+    pub payload: Vec<u8>,
+    pub content_type: String,
+    pub priority: u8,
+    pub headers: BTreeMap<String, String>,
+    pub max_attempts: u32,
+    /// Due time; at or before `now` means ready at once.
+    pub scheduled_time: Millis,
+    pub dedup_key: String,
+    pub request_id: String,
+}
+
+impl Task {
+    /// The record for a brand-new task created at `now`.
+    pub fn create(id: TaskId, new: NewTask, now: Millis) -> Task {
+        let NewTask {
+            queue,
+            kind,
+            payload,
+            content_type,
+            priority,
+            headers,
+            max_attempts,
+            scheduled_time,
+            dedup_key,
+            request_id,
+        } = new;
+        let due = scheduled_time.max(now);
+        Task {
+            id,
+            queue,
+            kind,
+            payload,
+            content_type,
+            priority,
+            headers,
+            state: if due > now { TaskState::Scheduled } else { TaskState::Ready },
+            attempt: 0,
+            max_attempts,
+            dedup_key,
+            request_id,
+            create_time: now,
+            update_time: now,
+            scheduled_time: due,
+            result: Vec::new(),
+            last_error: String::new(),
+            lease: None,
+            ready_seq: 0,
+        }
+    }
+
+    /// Whether attempts remain after the current delivery.
+    pub fn attempts_left(&self) -> bool {
+        self.attempt < self.max_attempts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_ids_round_trip_and_sort_by_time() {
+        let a = TaskId::generate(1_000);
+        let b = TaskId::generate(2_000);
+        assert!(a < b);
+        assert!(a.to_string() < b.to_string());
+        assert_eq!(a.to_string().parse::<TaskId>().unwrap(), a);
+        assert!("nope".parse::<TaskId>().is_err());
+    }
+
+    #[test]
+    fn a_future_due_time_makes_a_scheduled_task() {
+        let new = NewTask {
+            queue: "q".into(),
+            kind: "k".into(),
+            payload: vec![],
+            content_type: String::new(),
+            priority: 0,
+            headers: BTreeMap::new(),
+            max_attempts: 3,
+            scheduled_time: 5_000,
+            dedup_key: String::new(),
+            request_id: String::new(),
+        };
+        let t = Task::create(TaskId(1), new.clone(), 1_000);
+        assert_eq!(t.state, TaskState::Scheduled);
+        let t = Task::create(TaskId(1), NewTask { scheduled_time: 0, ..new }, 1_000);
+        assert_eq!((t.state, t.scheduled_time), (TaskState::Ready, 1_000));
+    }
+}

@@ -1,0 +1,191 @@
+//! Conversions between protobuf messages and broker/core types. Each request
+//! conversion destructures every field, so a new proto field breaks the build
+//! instead of being silently dropped.
+
+use std::time::Duration;
+
+use prost_types::Timestamp;
+
+use crate::broker::{BrokerError, EnqueueInput, LeaseInput, Violation};
+use crate::core::task::{Task, TaskState};
+use crate::core::Millis;
+use crate::pb;
+
+pub fn timestamp(ms: Millis) -> Timestamp {
+    Timestamp { seconds: (ms / 1000) as i64, nanos: ((ms % 1000) * 1_000_000) as i32 }
+}
+
+fn to_millis(field: &str, ts: Timestamp) -> Result<Millis, Violation> {
+    if ts.seconds < 0 || !(0..1_000_000_000).contains(&ts.nanos) {
+        return Err(Violation::new(field, "must be a valid time after 1970"));
+    }
+    Ok(ts.seconds as u64 * 1000 + ts.nanos as u64 / 1_000_000)
+}
+
+/// A protobuf duration, which must not be negative.
+fn duration(field: &str, d: Option<prost_types::Duration>) -> Result<Option<Duration>, Violation> {
+    match d {
+        None => Ok(None),
+        Some(d) if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 => {
+            Err(Violation::new(field, "must be a non-negative duration"))
+        }
+        Some(d) => Ok(Some(Duration::new(d.seconds as u64, d.nanos as u32))),
+    }
+}
+
+/// Collects conversion violations; fails with all of them.
+#[derive(Default)]
+struct Checks(Vec<Violation>);
+
+impl Checks {
+    fn take<T: Default>(&mut self, r: Result<T, Violation>) -> T {
+        r.unwrap_or_else(|v| {
+            self.0.push(v);
+            T::default()
+        })
+    }
+
+    fn finish<T>(self, value: T) -> Result<T, BrokerError> {
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(BrokerError::Invalid(self.0))
+        }
+    }
+}
+
+pub fn duration_field(
+    field: &str,
+    d: Option<prost_types::Duration>,
+) -> Result<Option<Duration>, BrokerError> {
+    duration(field, d).map_err(|v| BrokerError::Invalid(vec![v]))
+}
+
+pub fn enqueue_input(req: pb::EnqueueRequest) -> Result<EnqueueInput, BrokerError> {
+    let pb::EnqueueRequest {
+        queue,
+        kind,
+        payload,
+        content_type,
+        priority,
+        headers,
+        delay,
+        scheduled_time,
+        max_attempts,
+        dedup_key,
+        request_id,
+    } = req;
+    let mut checks = Checks::default();
+    let delay = checks.take(duration("delay", delay));
+    let scheduled_time = checks.take(scheduled_time.map(|t| to_millis("scheduled_time", t)).transpose());
+    checks.finish(EnqueueInput {
+        queue,
+        kind,
+        payload,
+        content_type,
+        priority,
+        headers: headers.into_iter().collect(),
+        delay,
+        scheduled_time,
+        max_attempts,
+        dedup_key,
+        request_id,
+    })
+}
+
+pub fn lease_input(req: pb::LeaseRequest) -> Result<LeaseInput, BrokerError> {
+    let pb::LeaseRequest { queues, max_tasks, lease_duration, wait, worker_id } = req;
+    let mut checks = Checks::default();
+    let lease_duration = checks.take(duration("lease_duration", lease_duration));
+    let wait = checks.take(duration("wait", wait));
+    checks.finish(LeaseInput { queues, max_tasks, lease_duration, wait, worker_id })
+}
+
+pub fn state(s: TaskState) -> pb::TaskState {
+    match s {
+        TaskState::Scheduled => pb::TaskState::Scheduled,
+        TaskState::Ready => pb::TaskState::Ready,
+        TaskState::Leased => pb::TaskState::Leased,
+        TaskState::Succeeded => pb::TaskState::Succeeded,
+        TaskState::Dead => pb::TaskState::Dead,
+        TaskState::Canceled => pb::TaskState::Canceled,
+    }
+}
+
+pub fn task(t: Task) -> pb::Task {
+    let Task {
+        id,
+        queue,
+        kind,
+        payload,
+        content_type,
+        priority,
+        headers,
+        state: s,
+        attempt,
+        max_attempts,
+        dedup_key,
+        request_id: _,
+        create_time,
+        update_time,
+        scheduled_time,
+        result,
+        last_error,
+        lease: _,
+        ready_seq: _,
+    } = t;
+    pb::Task {
+        id: id.to_string(),
+        queue,
+        kind,
+        payload,
+        content_type,
+        priority: priority as u32,
+        headers: headers.into_iter().collect(),
+        state: state(s) as i32,
+        attempt,
+        max_attempts,
+        dedup_key,
+        create_time: Some(timestamp(create_time)),
+        update_time: Some(timestamp(update_time)),
+        scheduled_time: Some(timestamp(scheduled_time)),
+        result,
+        last_error,
+    }
+}
+
+/// A task just leased, with its lease.
+pub fn leased_task(mut t: Task) -> pb::LeasedTask {
+    let lease = t.lease.take();
+    pb::LeasedTask {
+        lease_id: lease.as_ref().map(|l| l.id.to_string()).unwrap_or_default(),
+        lease_expire_time: lease.map(|l| timestamp(l.expire_time)),
+        task: Some(task(t)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip() {
+        let ts = timestamp(1_700_000_123_456);
+        assert_eq!(ts.seconds, 1_700_000_123);
+        assert_eq!(ts.nanos, 456_000_000);
+        assert_eq!(to_millis("t", ts).unwrap(), 1_700_000_123_456);
+    }
+
+    #[test]
+    fn negative_durations_and_times_are_invalid() {
+        let req = pb::EnqueueRequest {
+            kind: "k".into(),
+            delay: Some(prost_types::Duration { seconds: -1, nanos: 0 }),
+            scheduled_time: Some(Timestamp { seconds: -5, nanos: 0 }),
+            ..Default::default()
+        };
+        let Err(BrokerError::Invalid(v)) = enqueue_input(req) else { panic!("expected invalid") };
+        let fields: Vec<_> = v.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(fields, ["delay", "scheduled_time"]);
+    }
+}

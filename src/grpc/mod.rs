@@ -1,0 +1,9 @@
+//! The gRPC layer: it only translates. Each handler converts the request into
+//! broker inputs ([`convert`]), makes one broker call, and converts the answer
+//! or the error ([`status`]) back. No queue, lease or retry logic lives here.
+
+pub mod convert;
+pub mod producer;
+pub mod server;
+pub mod status;
+pub mod worker;

@@ -1,0 +1,101 @@
+//! The one place where broker errors become gRPC statuses (Google AIP-193):
+//! every status carries a `google.rpc.ErrorInfo` with an UPPER_SNAKE reason
+//! and domain `taskbroker`; bad input adds `BadRequest` field violations;
+//! `UNAVAILABLE` adds `RetryInfo`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use prost::Message;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::broker::BrokerError;
+
+/// The `ErrorInfo.domain` of every error.
+pub const DOMAIN: &str = "taskbroker";
+
+/// How long clients should wait before retrying after `UNAVAILABLE`.
+const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// The gRPC code and `ErrorInfo.reason` of an error.
+pub fn code_and_reason(e: &BrokerError) -> (Code, &'static str) {
+    match e {
+        BrokerError::Invalid(_) => (Code::InvalidArgument, "INVALID_ARGUMENT"),
+        BrokerError::QueueNotFound(_) => (Code::NotFound, "QUEUE_NOT_FOUND"),
+        BrokerError::TaskNotFound(_) => (Code::NotFound, "TASK_NOT_FOUND"),
+        BrokerError::LeaseMismatch => (Code::FailedPrecondition, "LEASE_MISMATCH"),
+        BrokerError::TaskCanceled => (Code::FailedPrecondition, "TASK_CANCELED"),
+        BrokerError::TaskFinished(_) => (Code::FailedPrecondition, "TASK_FINISHED"),
+        BrokerError::Unavailable(_) => (Code::Unavailable, "STORAGE_UNAVAILABLE"),
+    }
+}
+
+/// The status for `e`, with its details.
+pub fn to_status(e: BrokerError) -> Status {
+    let (code, reason) = code_and_reason(&e);
+    let mut details = ErrorDetails::new();
+    let mut metadata = HashMap::new();
+    match &e {
+        BrokerError::Invalid(violations) => {
+            for v in violations {
+                details.add_bad_request_violation(v.field.clone(), v.description.clone());
+            }
+        }
+        BrokerError::QueueNotFound(q) => {
+            metadata.insert("queue".to_owned(), q.clone());
+        }
+        BrokerError::TaskNotFound(id) | BrokerError::TaskFinished(id) => {
+            metadata.insert("task_id".to_owned(), id.clone());
+        }
+        BrokerError::Unavailable(_) => {
+            details.set_retry_info(Some(RETRY_DELAY));
+        }
+        BrokerError::LeaseMismatch | BrokerError::TaskCanceled => {}
+    }
+    details.set_error_info(reason, DOMAIN, metadata);
+    Status::with_error_details(code, e.to_string(), details)
+}
+
+impl From<BrokerError> for Status {
+    fn from(e: BrokerError) -> Self {
+        to_status(e)
+    }
+}
+
+/// The same error as a `google.rpc.Status` message, for per-item results.
+pub fn to_rpc_status(e: BrokerError) -> tonic_types::Status {
+    let status = to_status(e);
+    tonic_types::Status::decode(status.details()).unwrap_or_else(|_| tonic_types::Status {
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+        details: Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::Violation;
+
+    #[test]
+    fn invalid_input_names_its_fields() {
+        let e = BrokerError::Invalid(vec![Violation::new("kind", "must not be empty")]);
+        let status = to_status(e);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let details = status.get_error_details();
+        let bad = details.bad_request().unwrap();
+        assert_eq!(bad.field_violations[0].field, "kind");
+        assert_eq!(details.error_info().unwrap().reason, "INVALID_ARGUMENT");
+    }
+
+    #[test]
+    fn unavailable_carries_retry_info_and_rpc_status_matches() {
+        let rpc = to_rpc_status(BrokerError::Unavailable("disk".into()));
+        assert_eq!(rpc.code, Code::Unavailable as i32);
+        assert!(!rpc.details.is_empty());
+        let status = to_status(BrokerError::LeaseMismatch);
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert_eq!(status.get_error_details().error_info().unwrap().reason, "LEASE_MISMATCH");
+    }
+}

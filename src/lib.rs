@@ -1,0 +1,37 @@
+//! # taskbroker
+//!
+//! A gRPC task broker: producers enqueue tasks into named queues; workers lease
+//! them under fenced leases and settle them with Ack, Nack or ExtendLease.
+//!
+//! # Layout
+//! - [`core`]: the pure domain (tasks, priority order, routing, backoff, lease
+//!   fencing, the clock). No I/O.
+//! - [`store`]: the storage trait in task operations and its backends
+//!   (memory, embedded redb), sharing one in-memory state machine.
+//! - [`broker`]: validation, resolution against queue settings and routes,
+//!   one store call per request, wake-ups for waiting workers.
+//! - [`background`]: the timer loop (expired leases, due tasks, retention).
+//! - [`grpc`]: the thin gRPC layer: conversions, error mapping, services,
+//!   server assembly (health, reflection, shutdown).
+//! - [`config`]: the TOML config and its validation.
+//! - [`cli`]: the `taskbroker` subcommands.
+//!
+//! Dependencies point one way: `grpc → broker → core`, `broker → store`.
+#![forbid(unsafe_code)]
+
+pub mod background;
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod core;
+pub mod grpc;
+pub mod store;
+pub mod telemetry;
+
+/// The generated protobuf types and gRPC stubs of `taskbroker.v1`.
+pub mod pb {
+    tonic::include_proto!("taskbroker.v1");
+
+    /// Descriptor set for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("taskbroker_descriptor");
+}

@@ -1,0 +1,244 @@
+//! The embedded durable store: the [`Table`] state machine in memory, every
+//! change persisted to a redb database before the call returns.
+//!
+//! # Group commit
+//! An operation applies its change to the table under the lock and, still
+//! under the lock, hands the touched records to the writer thread, so the
+//! order on disk is the order of the changes. The writer takes everything that
+//! has queued up, writes it in one redb transaction, fsyncs once and then
+//! answers every waiting call. Concurrent calls therefore share one fsync.
+//!
+//! # Failure
+//! If a commit fails, the table already holds changes that are not on disk;
+//! the store then refuses every further call with `Unavailable` (and reports
+//! unhealthy) rather than serve state it cannot keep. A restart reloads what
+//! is durable.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use redb::{Database, ReadableTable, TableDefinition};
+use tokio::sync::oneshot;
+
+use super::table::{Changes, Table};
+use super::{Enqueued, LeaseSpec, NackSpec, Store, StoreError, Swept};
+use crate::core::queue::Policies;
+use crate::core::task::{NewTask, Task, TaskId};
+use crate::core::Millis;
+
+/// Task records by id; the value is a format byte and the postcard encoding.
+const TASKS: TableDefinition<u128, &[u8]> = TableDefinition::new("tasks");
+/// Version of the record encoding, first byte of every value.
+const FORMAT: u8 = 1;
+/// Most changes folded into one transaction.
+const MAX_GROUP: usize = 4096;
+
+/// Why the embedded store could not open.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot create data directory {path}: {source}")]
+    Dir { path: PathBuf, source: std::io::Error },
+    #[error("cannot open database {path}: {source}")]
+    Db { path: PathBuf, source: Box<redb::Error> },
+    #[error("corrupt task record in {path}: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+/// One operation's changes on their way to disk.
+struct Commit {
+    changes: Changes,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+pub struct EmbeddedStore {
+    table: Mutex<Table>,
+    /// To the writer thread; sent to under the table lock.
+    writer: mpsc::Sender<Commit>,
+    /// Set once a commit failed: the table is ahead of the disk.
+    failed: Arc<AtomicBool>,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the database in `dir` and loads every task.
+    pub fn open(dir: &Path, policies: Arc<Policies>) -> Result<Self, OpenError> {
+        std::fs::create_dir_all(dir).map_err(|source| OpenError::Dir { path: dir.to_owned(), source })?;
+        let path = dir.join("tasks.redb");
+        let db_err = |e: redb::Error| OpenError::Db { path: path.clone(), source: Box::new(e) };
+        let db = Database::create(&path).map_err(|e| db_err(e.into()))?;
+        let mut table = Table::new(policies, true);
+        load(&db, &mut table).map_err(|e| match e {
+            LoadError::Db(e) => db_err(*e),
+            LoadError::Corrupt(reason) => OpenError::Corrupt { path: path.clone(), reason },
+        })?;
+        tracing::info!(path = %path.display(), tasks = table.len(), "embedded store opened");
+        let (writer, rx) = mpsc::channel();
+        let failed = Arc::new(AtomicBool::new(false));
+        let flag = failed.clone();
+        std::thread::Builder::new()
+            .name("taskbroker-writer".into())
+            .spawn(move || write_loop(db, rx, flag))
+            .map_err(|source| OpenError::Dir { path: dir.to_owned(), source })?;
+        Ok(Self { table: Mutex::new(table), writer, failed })
+    }
+
+    fn table(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `op` on the table and returns once its changes are durable.
+    async fn run<R>(&self, op: impl FnOnce(&mut Table) -> R) -> Result<R, StoreError> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(unavailable("an earlier commit failed; restart the broker"));
+        }
+        let (result, done) = {
+            let mut table = self.table();
+            let result = op(&mut table);
+            let changes = table.take_changes();
+            if changes.put.is_empty() && changes.removed.is_empty() {
+                return Ok(result);
+            }
+            let (done, wait) = oneshot::channel();
+            self.writer
+                .send(Commit { changes, done })
+                .map_err(|_| unavailable("the writer thread stopped"))?;
+            (result, wait)
+        };
+        match done.await {
+            Ok(Ok(())) => Ok(result),
+            Ok(Err(e)) => Err(unavailable(&e)),
+            Err(_) => Err(unavailable("the writer thread stopped")),
+        }
+    }
+}
+
+fn unavailable(why: &str) -> StoreError {
+    StoreError::Unavailable(format!("embedded store: {why}"))
+}
+
+enum LoadError {
+    Db(Box<redb::Error>),
+    Corrupt(String),
+}
+
+fn load(db: &Database, table: &mut Table) -> Result<(), LoadError> {
+    let db_err = |e: redb::Error| LoadError::Db(Box::new(e));
+    let write = db.begin_write().map_err(|e| db_err(e.into()))?;
+    write.open_table(TASKS).map_err(|e| db_err(e.into()))?;
+    write.commit().map_err(|e| db_err(e.into()))?;
+    let read = db.begin_read().map_err(|e| db_err(e.into()))?;
+    let tasks = read.open_table(TASKS).map_err(|e| db_err(e.into()))?;
+    for entry in tasks.iter().map_err(|e| db_err(e.into()))? {
+        let (key, value) = entry.map_err(|e| db_err(e.into()))?;
+        let task = decode(value.value())
+            .map_err(|reason| LoadError::Corrupt(format!("task {}: {reason}", TaskId(key.value()))))?;
+        table.restore(task);
+    }
+    Ok(())
+}
+
+fn encode(task: &Task) -> Vec<u8> {
+    let mut buf = vec![FORMAT];
+    // Encoding plain data into a Vec cannot fail.
+    buf.extend(postcard::to_stdvec(task).unwrap_or_default());
+    buf
+}
+
+fn decode(bytes: &[u8]) -> Result<Task, String> {
+    match bytes.split_first() {
+        Some((&FORMAT, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
+        Some((v, _)) => Err(format!("unknown record format {v}")),
+        None => Err("empty record".into()),
+    }
+}
+
+/// The writer thread: one transaction and one fsync for everything queued.
+fn write_loop(db: Database, rx: mpsc::Receiver<Commit>, failed: Arc<AtomicBool>) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(c) => group.push(c),
+                Err(_) => break,
+            }
+        }
+        let outcome = write_group(&db, &group).map_err(|e| e.to_string());
+        if let Err(e) = &outcome {
+            tracing::error!(error = %e, "embedded store commit failed; refusing further writes");
+            failed.store(true, Ordering::Release);
+        }
+        for commit in group {
+            let _ = commit.done.send(outcome.clone());
+        }
+    }
+}
+
+fn write_group(db: &Database, group: &[Commit]) -> Result<(), Box<redb::Error>> {
+    let txn = db.begin_write().map_err(|e| Box::new(e.into()))?;
+    {
+        let mut tasks = txn.open_table(TASKS).map_err(|e| Box::new(e.into()))?;
+        for commit in group {
+            for task in &commit.changes.put {
+                tasks.insert(task.id.0, encode(task).as_slice()).map_err(|e| Box::new(e.into()))?;
+            }
+            for id in &commit.changes.removed {
+                tasks.remove(id.0).map_err(|e| Box::new(e.into()))?;
+            }
+        }
+    }
+    txn.commit().map_err(|e| Box::new(e.into()))?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn enqueue(&self, tasks: Vec<NewTask>, now: Millis) -> Result<Vec<Enqueued>, StoreError> {
+        self.run(|t| t.enqueue(tasks, now)).await
+    }
+
+    async fn lease(&self, spec: LeaseSpec, now: Millis) -> Result<Vec<Task>, StoreError> {
+        self.run(|t| t.lease(&spec, now)).await
+    }
+
+    async fn ack(&self, id: TaskId, lease_id: u64, result: Vec<u8>, now: Millis) -> Result<Task, StoreError> {
+        self.run(|t| t.ack(id, lease_id, result, now)).await?
+    }
+
+    async fn nack(&self, id: TaskId, lease_id: u64, spec: NackSpec, now: Millis) -> Result<Task, StoreError> {
+        self.run(|t| t.nack(id, lease_id, spec, now)).await?
+    }
+
+    async fn extend(&self, id: TaskId, lease_id: u64, by: Millis, now: Millis) -> Result<Millis, StoreError> {
+        self.run(|t| t.extend(id, lease_id, by, now)).await?
+    }
+
+    async fn cancel(&self, id: TaskId, now: Millis) -> Result<Task, StoreError> {
+        self.run(|t| t.cancel(id, now)).await?
+    }
+
+    async fn get(&self, id: TaskId) -> Result<Task, StoreError> {
+        self.table().get(id)
+    }
+
+    async fn requeue_expired(&self, now: Millis) -> Result<Swept, StoreError> {
+        self.run(|t| t.requeue_expired(now)).await
+    }
+
+    async fn promote_due(&self, now: Millis) -> Result<Swept, StoreError> {
+        self.run(|t| t.promote_due(now)).await
+    }
+
+    async fn purge_finished(&self, now: Millis) -> Result<Swept, StoreError> {
+        self.run(|t| t.purge_finished(now)).await
+    }
+
+    async fn next_timer(&self) -> Result<Option<Millis>, StoreError> {
+        Ok(self.table().next_timer())
+    }
+
+    async fn healthy(&self) -> bool {
+        !self.failed.load(Ordering::Acquire)
+    }
+}

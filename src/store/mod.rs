@@ -1,0 +1,111 @@
+//! Storage: one trait in task operations, and its backends.
+//!
+//! # Contract every backend keeps (checked by `tests/store_conformance.rs`)
+//! - Each operation is atomic: it happens whole or not at all, even when the
+//!   calling future is dropped half-way.
+//! - An operation that returns `Ok` is durable to the backend's promise (the
+//!   embedded store: fsynced).
+//! - `lease` delivers ready tasks of the given queues in strict preference
+//!   order, highest priority first and FIFO within a priority, each to exactly
+//!   one caller, with a new fencing `lease.id` per delivery.
+//! - Settling calls (`ack`, `nack`, `extend`) check the lease with
+//!   [`crate::core::lease::check`] and leave the task untouched on failure.
+//! - `requeue_expired`, `promote_due` and `purge_finished` are idempotent and
+//!   safe to call at any time and from several places at once.
+//!
+//! Backends: [`memory::MemoryStore`] (the reference) and
+//! [`embedded::EmbeddedStore`] (the same state machine, persisted in redb with
+//! group commit). Both share [`table::Table`], the in-memory state machine.
+
+pub mod embedded;
+pub mod memory;
+pub mod table;
+
+use async_trait::async_trait;
+
+use crate::core::lease::LeaseError;
+use crate::core::task::{NewTask, Task, TaskId};
+use crate::core::Millis;
+
+/// What a store can fail with.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StoreError {
+    #[error("task {0} not found")]
+    TaskNotFound(TaskId),
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+    /// Cancel of a task that already succeeded or died.
+    #[error("task {0} already finished")]
+    TaskFinished(TaskId),
+    /// The storage engine cannot serve (disk error, connection lost).
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The outcome of one enqueued item.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Enqueued {
+    pub task: Task,
+    /// An existing task was returned (dedup_key or request_id matched).
+    pub deduplicated: bool,
+}
+
+/// What a worker asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LeaseSpec {
+    /// Queues in strict preference order.
+    pub queues: Vec<String>,
+    pub max_tasks: usize,
+    /// Lease length; `None`: each queue's `lease_duration`.
+    pub lease_duration: Option<Millis>,
+    pub worker_id: String,
+}
+
+/// How a failed delivery is settled.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NackSpec {
+    pub error: String,
+    /// Retry after this long instead of the queue's backoff.
+    pub retry_after: Option<Millis>,
+    /// Go straight to DEAD.
+    pub no_retry: bool,
+    /// A random number in `[0, 1)` for the backoff's jitter.
+    pub jitter_sample: f64,
+}
+
+/// What a timer sweep changed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Swept {
+    /// Queues that got ready tasks (waiting workers should look again).
+    pub ready_queues: Vec<String>,
+    /// How many tasks changed state or were removed.
+    pub count: usize,
+}
+
+/// The storage trait: every state change of a task is one call.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates tasks (all in one commit), honouring request ids and dedup keys.
+    async fn enqueue(&self, tasks: Vec<NewTask>, now: Millis) -> Result<Vec<Enqueued>, StoreError>;
+    /// Leases up to `spec.max_tasks` ready tasks.
+    async fn lease(&self, spec: LeaseSpec, now: Millis) -> Result<Vec<Task>, StoreError>;
+    /// Marks a leased task SUCCEEDED with `result`.
+    async fn ack(&self, id: TaskId, lease_id: u64, result: Vec<u8>, now: Millis) -> Result<Task, StoreError>;
+    /// Retries (READY or SCHEDULED) or kills (DEAD) a leased task.
+    async fn nack(&self, id: TaskId, lease_id: u64, spec: NackSpec, now: Millis) -> Result<Task, StoreError>;
+    /// Sets the lease deadline to `now + by`; returns the new deadline.
+    async fn extend(&self, id: TaskId, lease_id: u64, by: Millis, now: Millis) -> Result<Millis, StoreError>;
+    /// Cancels a scheduled, ready or leased task (idempotent on a canceled one).
+    async fn cancel(&self, id: TaskId, now: Millis) -> Result<Task, StoreError>;
+    async fn get(&self, id: TaskId) -> Result<Task, StoreError>;
+    /// Returns tasks whose lease ran out to READY, or DEAD when no attempts remain.
+    async fn requeue_expired(&self, now: Millis) -> Result<Swept, StoreError>;
+    /// Makes due SCHEDULED tasks READY.
+    async fn promote_due(&self, now: Millis) -> Result<Swept, StoreError>;
+    /// Removes finished tasks past their retention.
+    async fn purge_finished(&self, now: Millis) -> Result<Swept, StoreError>;
+    /// The earliest time at which one of the three sweeps has work, if any.
+    async fn next_timer(&self) -> Result<Option<Millis>, StoreError>;
+    /// Whether the store can serve (for readiness).
+    async fn healthy(&self) -> bool;
+}
