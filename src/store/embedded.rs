@@ -55,8 +55,10 @@ struct Commit {
 
 pub struct EmbeddedStore {
     table: Mutex<Table>,
-    /// To the writer thread; sent to under the table lock.
-    writer: mpsc::Sender<Commit>,
+    /// To the writer thread; sent to under the table lock. `None` only in `drop`.
+    writer: Option<mpsc::Sender<Commit>>,
+    /// Joined on drop, so the database is closed when the store is gone.
+    thread: Option<std::thread::JoinHandle<()>>,
     /// Set once a commit failed: the table is ahead of the disk.
     failed: Arc<AtomicBool>,
 }
@@ -77,11 +79,11 @@ impl EmbeddedStore {
         let (writer, rx) = mpsc::channel();
         let failed = Arc::new(AtomicBool::new(false));
         let flag = failed.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("taskbroker-writer".into())
             .spawn(move || write_loop(db, rx, flag))
             .map_err(|source| OpenError::Dir { path: dir.to_owned(), source })?;
-        Ok(Self { table: Mutex::new(table), writer, failed })
+        Ok(Self { table: Mutex::new(table), writer: Some(writer), thread: Some(thread), failed })
     }
 
     fn table(&self) -> MutexGuard<'_, Table> {
@@ -102,6 +104,8 @@ impl EmbeddedStore {
             }
             let (done, wait) = oneshot::channel();
             self.writer
+                .as_ref()
+                .ok_or_else(|| unavailable("the store is closing"))?
                 .send(Commit { changes, done })
                 .map_err(|_| unavailable("the writer thread stopped"))?;
             (result, wait)
@@ -110,6 +114,16 @@ impl EmbeddedStore {
             Ok(Ok(())) => Ok(result),
             Ok(Err(e)) => Err(unavailable(&e)),
             Err(_) => Err(unavailable("the writer thread stopped")),
+        }
+    }
+}
+
+impl Drop for EmbeddedStore {
+    /// Lets the writer finish what is queued, then closes the database.
+    fn drop(&mut self) {
+        drop(self.writer.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }

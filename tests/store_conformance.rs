@@ -1,0 +1,335 @@
+//! One conformance suite for every storage backend: a backend is done when it
+//! passes all of it. Time is passed explicitly (`now`), so nothing sleeps.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use taskbroker::core::lease::LeaseError;
+use taskbroker::core::queue::{Policies, QueuePolicy};
+use taskbroker::core::retry::Backoff;
+use taskbroker::core::task::{NewTask, Task, TaskState};
+use taskbroker::store::embedded::EmbeddedStore;
+use taskbroker::store::memory::MemoryStore;
+use taskbroker::store::{LeaseSpec, NackSpec, Store, StoreError};
+use tempfile::TempDir;
+
+const NOW: u64 = 1_767_225_600_000;
+const SEC: u64 = 1_000;
+
+fn policies() -> Arc<Policies> {
+    let policy = QueuePolicy {
+        lease_duration: Duration::from_secs(30),
+        max_attempts: 3,
+        retry_backoff: Backoff {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+            multiplier: 2.0,
+            jitter: 0.0,
+        },
+        default_priority: 0,
+        retention: Duration::from_secs(100),
+        dedup_window: Duration::from_secs(10),
+    };
+    Arc::new(Policies::new(BTreeMap::new(), policy))
+}
+
+/// A backend under test; keeps its data directory alive.
+struct Backend {
+    store: Arc<dyn Store>,
+    dir: Option<TempDir>,
+}
+
+impl Backend {
+    fn memory() -> Self {
+        Self { store: Arc::new(MemoryStore::new(policies())), dir: None }
+    }
+
+    fn embedded() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path(), policies()).unwrap());
+        Self { store, dir: Some(dir) }
+    }
+
+    /// Closes and reopens a persistent backend (None for memory).
+    async fn reopen(self) -> Option<Self> {
+        let dir = self.dir?;
+        drop(self.store); // closes the database
+        let store = EmbeddedStore::open(dir.path(), policies()).unwrap();
+        Some(Self { store: Arc::new(store), dir: Some(dir) })
+    }
+}
+
+fn new_task(queue: &str, priority: u8) -> NewTask {
+    NewTask {
+        queue: queue.into(),
+        kind: "k".into(),
+        payload: b"p".to_vec(),
+        content_type: String::new(),
+        priority,
+        headers: BTreeMap::new(),
+        max_attempts: 3,
+        scheduled_time: 0,
+        dedup_key: String::new(),
+        request_id: String::new(),
+    }
+}
+
+fn spec(queues: &[&str], max: usize) -> LeaseSpec {
+    LeaseSpec {
+        queues: queues.iter().map(|q| q.to_string()).collect(),
+        max_tasks: max,
+        lease_duration: None,
+        worker_id: "w".into(),
+    }
+}
+
+fn nack(retry_after: Option<u64>, no_retry: bool) -> NackSpec {
+    NackSpec { error: "boom".into(), retry_after, no_retry, jitter_sample: 0.5 }
+}
+
+async fn put(s: &dyn Store, t: NewTask) -> Task {
+    s.enqueue(vec![t], NOW).await.unwrap().pop().unwrap().task
+}
+
+async fn lease_one(s: &dyn Store, queue: &str, now: u64) -> Task {
+    s.lease(spec(&[queue], 1), now).await.unwrap().pop().expect("a task to lease")
+}
+
+fn lease_id(t: &Task) -> u64 {
+    t.lease.as_ref().unwrap().id
+}
+
+async fn priority_then_fifo(b: &Backend) {
+    let s = &*b.store;
+    let low = put(s, new_task("q", 1)).await;
+    let high1 = put(s, new_task("q", 8)).await;
+    let high2 = put(s, new_task("q", 8)).await;
+    let got = s.lease(spec(&["q"], 10), NOW).await.unwrap();
+    let ids: Vec<_> = got.iter().map(|t| t.id).collect();
+    assert_eq!(ids, [high1.id, high2.id, low.id]);
+    assert!(got.iter().all(|t| t.state == TaskState::Leased && t.attempt == 1));
+    let leases: HashSet<_> = got.iter().map(lease_id).collect();
+    assert_eq!(leases.len(), 3, "every delivery gets its own lease id");
+    assert!(s.lease(spec(&["q"], 10), NOW).await.unwrap().is_empty(), "each task delivered once");
+}
+
+async fn strict_preference_across_queues(b: &Backend) {
+    let s = &*b.store;
+    let shared = put(s, new_task("shared", 9)).await;
+    let own = put(s, new_task("own", 0)).await;
+    let got = s.lease(spec(&["own", "shared"], 1), NOW).await.unwrap();
+    assert_eq!(got[0].id, own.id, "the first queue wins whatever the priorities");
+    let got = s.lease(spec(&["own", "shared"], 5), NOW).await.unwrap();
+    assert_eq!(got.iter().map(|t| t.id).collect::<Vec<_>>(), [shared.id]);
+}
+
+async fn ack_needs_the_live_lease(b: &Backend) {
+    let s = &*b.store;
+    let t = put(s, new_task("q", 0)).await;
+    let l = lease_one(s, "q", NOW).await;
+    let err = s.ack(t.id, lease_id(&l) + 1000, vec![], NOW).await.unwrap_err();
+    assert_eq!(err, StoreError::Lease(LeaseError::Mismatch));
+    assert_eq!(s.get(t.id).await.unwrap(), l, "a refused ack leaves the task untouched");
+    let done = s.ack(t.id, lease_id(&l), b"ok".to_vec(), NOW + SEC).await.unwrap();
+    assert_eq!((done.state, done.result.as_slice()), (TaskState::Succeeded, &b"ok"[..]));
+    let again = s.ack(t.id, lease_id(&l), vec![], NOW + SEC).await.unwrap_err();
+    assert_eq!(again, StoreError::Lease(LeaseError::Mismatch), "a lease settles once");
+}
+
+async fn nack_backs_off_then_dies(b: &Backend) {
+    let s = &*b.store;
+    let t = put(s, new_task("q", 0)).await;
+    let l = lease_one(s, "q", NOW).await;
+    let n = s.nack(t.id, lease_id(&l), nack(None, false), NOW).await.unwrap();
+    assert_eq!((n.state, n.scheduled_time, n.last_error.as_str()), (TaskState::Scheduled, NOW + SEC, "boom"));
+    assert!(s.lease(spec(&["q"], 1), NOW).await.unwrap().is_empty(), "not before its backoff");
+    assert_eq!(s.next_timer().await.unwrap(), Some(NOW + SEC));
+    let swept = s.promote_due(NOW + SEC).await.unwrap();
+    assert_eq!(swept.ready_queues, ["q"]);
+    let l2 = lease_one(s, "q", NOW + SEC).await;
+    assert_eq!(l2.attempt, 2);
+    let n = s.nack(t.id, lease_id(&l2), nack(Some(0), false), NOW + SEC).await.unwrap();
+    assert_eq!(n.state, TaskState::Ready, "retry_after 0 is ready at once");
+    let l3 = lease_one(s, "q", NOW + SEC).await;
+    let n = s.nack(t.id, lease_id(&l3), nack(Some(5 * SEC), false), NOW + SEC).await.unwrap();
+    assert_eq!(n.state, TaskState::Dead, "the last attempt goes dead whatever retry_after says");
+}
+
+async fn nack_no_retry_is_dead(b: &Backend) {
+    let s = &*b.store;
+    let t = put(s, new_task("q", 0)).await;
+    let l = lease_one(s, "q", NOW).await;
+    let n = s.nack(t.id, lease_id(&l), nack(None, true), NOW).await.unwrap();
+    assert_eq!((n.state, n.last_error.as_str()), (TaskState::Dead, "boom"));
+}
+
+async fn expired_leases_come_back_then_die(b: &Backend) {
+    let s = &*b.store;
+    let t = put(s, new_task("q", 0)).await;
+    let mut now = NOW;
+    for attempt in 1..=3 {
+        let l = lease_one(s, "q", now).await;
+        assert_eq!(l.attempt, attempt);
+        let deadline = l.lease.as_ref().unwrap().expire_time;
+        assert_eq!(deadline, now + 30 * SEC);
+        assert_eq!(s.requeue_expired(deadline - 1).await.unwrap().count, 0);
+        let err = s.ack(t.id, lease_id(&l), vec![], deadline).await.unwrap_err();
+        assert_eq!(err, StoreError::Lease(LeaseError::Mismatch), "expired at its deadline");
+        s.requeue_expired(deadline).await.unwrap();
+        now = deadline;
+    }
+    let dead = s.get(t.id).await.unwrap();
+    assert_eq!(dead.state, TaskState::Dead);
+    assert!(dead.last_error.contains("lease expired"), "{}", dead.last_error);
+}
+
+async fn extend_moves_the_deadline(b: &Backend) {
+    let s = &*b.store;
+    let t = put(s, new_task("q", 0)).await;
+    let l = lease_one(s, "q", NOW).await;
+    let until = s.extend(t.id, lease_id(&l), 60 * SEC, NOW + 20 * SEC).await.unwrap();
+    assert_eq!(until, NOW + 80 * SEC);
+    assert_eq!(s.requeue_expired(NOW + 79 * SEC).await.unwrap().count, 0);
+    assert_eq!(s.get(t.id).await.unwrap().state, TaskState::Leased);
+    s.requeue_expired(NOW + 80 * SEC).await.unwrap();
+    assert_eq!(s.get(t.id).await.unwrap().state, TaskState::Ready);
+}
+
+async fn cancel_in_every_state(b: &Backend) {
+    let s = &*b.store;
+    let ready = put(s, new_task("q", 0)).await;
+    let c = s.cancel(ready.id, NOW).await.unwrap();
+    assert_eq!(c.state, TaskState::Canceled);
+    assert_eq!(s.cancel(ready.id, NOW).await.unwrap().state, TaskState::Canceled, "idempotent");
+    assert!(s.lease(spec(&["q"], 1), NOW).await.unwrap().is_empty(), "never delivered");
+
+    let later = put(s, NewTask { scheduled_time: NOW + 5 * SEC, ..new_task("q", 0) }).await;
+    assert_eq!(later.state, TaskState::Scheduled);
+    s.cancel(later.id, NOW).await.unwrap();
+    s.promote_due(NOW + 5 * SEC).await.unwrap();
+    assert!(s.lease(spec(&["q"], 1), NOW + 5 * SEC).await.unwrap().is_empty());
+
+    let held = put(s, new_task("q", 0)).await;
+    let l = lease_one(s, "q", NOW).await;
+    s.cancel(held.id, NOW).await.unwrap();
+    let err = s.ack(held.id, lease_id(&l), vec![], NOW).await.unwrap_err();
+    assert_eq!(err, StoreError::Lease(LeaseError::Canceled));
+    let err = s.extend(held.id, lease_id(&l), SEC, NOW).await.unwrap_err();
+    assert_eq!(err, StoreError::Lease(LeaseError::Canceled));
+    assert_eq!(s.requeue_expired(NOW + 31 * SEC).await.unwrap().count, 0, "not redelivered");
+
+    let done = put(s, new_task("q", 0)).await;
+    let l = lease_one(s, "q", NOW).await;
+    s.ack(done.id, lease_id(&l), vec![], NOW).await.unwrap();
+    assert_eq!(s.cancel(done.id, NOW).await.unwrap_err(), StoreError::TaskFinished(done.id));
+}
+
+async fn dedup_keys_and_request_ids(b: &Backend) {
+    let s = &*b.store;
+    let keyed = NewTask { dedup_key: "d".into(), ..new_task("q", 0) };
+    let first = s.enqueue(vec![keyed.clone()], NOW).await.unwrap().pop().unwrap();
+    let again = s.enqueue(vec![keyed.clone()], NOW).await.unwrap().pop().unwrap();
+    assert!(!first.deduplicated && again.deduplicated);
+    assert_eq!(first.task.id, again.task.id);
+    let other_queue = put(s, NewTask { queue: "other".into(), ..keyed.clone() }).await;
+    assert_ne!(other_queue.id, first.task.id, "dedup is per queue");
+
+    let l = lease_one(s, "q", NOW).await;
+    s.ack(first.task.id, lease_id(&l), vec![], NOW).await.unwrap();
+    let within = s.enqueue(vec![keyed.clone()], NOW + 9 * SEC).await.unwrap().pop().unwrap();
+    assert!(within.deduplicated, "finished within the dedup window");
+    let after = s.enqueue(vec![keyed], NOW + 10 * SEC).await.unwrap().pop().unwrap();
+    assert!(!after.deduplicated, "finished before the window");
+
+    let req = NewTask { request_id: "r1".into(), ..new_task("q", 0) };
+    let batch = s.enqueue(vec![req.clone(), req], NOW).await.unwrap();
+    assert_eq!(batch[0].task.id, batch[1].task.id);
+    assert!(batch[1].deduplicated);
+}
+
+async fn finished_tasks_are_purged_after_retention(b: &Backend) {
+    let s = &*b.store;
+    let t = put(s, new_task("q", 0)).await;
+    let l = lease_one(s, "q", NOW).await;
+    s.ack(t.id, lease_id(&l), vec![], NOW).await.unwrap();
+    assert_eq!(s.next_timer().await.unwrap(), Some(NOW + 100 * SEC));
+    assert_eq!(s.purge_finished(NOW + 99 * SEC).await.unwrap().count, 0);
+    assert_eq!(s.purge_finished(NOW + 100 * SEC).await.unwrap().count, 1);
+    assert_eq!(s.get(t.id).await.unwrap_err(), StoreError::TaskNotFound(t.id));
+    assert_eq!(s.next_timer().await.unwrap(), None);
+}
+
+async fn unknown_tasks_are_not_found(b: &Backend) {
+    let s = &*b.store;
+    let ghost = put(s, new_task("q", 0)).await.id;
+    s.cancel(ghost, NOW).await.unwrap();
+    s.purge_finished(NOW + 1_000 * SEC).await.unwrap();
+    assert_eq!(s.get(ghost).await.unwrap_err(), StoreError::TaskNotFound(ghost));
+    assert_eq!(s.ack(ghost, 1, vec![], NOW).await.unwrap_err(), StoreError::TaskNotFound(ghost));
+    assert_eq!(s.cancel(ghost, NOW).await.unwrap_err(), StoreError::TaskNotFound(ghost));
+}
+
+async fn state_survives_a_reopen(b: Backend) {
+    let s = &*b.store;
+    let ready = put(s, new_task("q", 5)).await;
+    let later = put(s, NewTask { scheduled_time: NOW + 9 * SEC, dedup_key: "d".into(), ..new_task("q", 0) }).await;
+    let held = put(s, new_task("q", 0)).await;
+    let done = put(s, NewTask { request_id: "r".into(), ..new_task("q", 0) }).await;
+    let first = s.lease(spec(&["q"], 1), NOW).await.unwrap().pop().unwrap();
+    assert_eq!(first.id, ready.id);
+    s.nack(ready.id, lease_id(&first), nack(Some(0), false), NOW).await.unwrap();
+    let leased = s.lease(spec(&["q"], 3), NOW).await.unwrap();
+    let by_id = |id| leased.iter().find(|t| t.id == id).unwrap().clone();
+    s.ack(done.id, lease_id(&by_id(done.id)), b"r".to_vec(), NOW).await.unwrap();
+    s.nack(ready.id, lease_id(&by_id(ready.id)), nack(Some(0), false), NOW).await.unwrap();
+    let held_lease = by_id(held.id);
+    let before: Vec<Task> = {
+        let mut v = Vec::new();
+        for id in [ready.id, later.id, held.id, done.id] {
+            v.push(s.get(id).await.unwrap());
+        }
+        v
+    };
+    let Some(b) = b.reopen().await else { return };
+    let s = &*b.store;
+    for t in &before {
+        assert_eq!(&s.get(t.id).await.unwrap(), t, "task {} survives", t.id);
+    }
+    let replay = s.enqueue(vec![NewTask { request_id: "r".into(), ..new_task("q", 0) }], NOW).await.unwrap();
+    assert_eq!(replay[0].task.id, done.id, "request ids survive");
+    let dedup = s.enqueue(vec![NewTask { dedup_key: "d".into(), ..new_task("q", 0) }], NOW).await.unwrap();
+    assert_eq!(dedup[0].task.id, later.id, "dedup keys survive");
+    let again = lease_one(s, "q", NOW).await;
+    assert_eq!(again.id, ready.id);
+    assert!(lease_id(&again) > lease_id(&held_lease), "lease ids never repeat across restarts");
+    s.requeue_expired(NOW + 30 * SEC).await.unwrap();
+    assert_eq!(s.get(held.id).await.unwrap().state, TaskState::Ready, "leases out at the crash come back");
+}
+
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod memory {
+            $(#[tokio::test] async fn $case() { super::$case(&super::Backend::memory()).await })*
+            #[tokio::test] async fn state_survives_a_reopen() { super::state_survives_a_reopen(super::Backend::memory()).await }
+        }
+        mod embedded {
+            $(#[tokio::test] async fn $case() { super::$case(&super::Backend::embedded()).await })*
+            #[tokio::test] async fn state_survives_a_reopen() { super::state_survives_a_reopen(super::Backend::embedded()).await }
+        }
+    };
+}
+
+conformance!(
+    priority_then_fifo,
+    strict_preference_across_queues,
+    ack_needs_the_live_lease,
+    nack_backs_off_then_dies,
+    nack_no_retry_is_dead,
+    expired_leases_come_back_then_die,
+    extend_moves_the_deadline,
+    cancel_in_every_state,
+    dedup_keys_and_request_ids,
+    finished_tasks_are_purged_after_retention,
+    unknown_tasks_are_not_found,
+);
