@@ -15,7 +15,7 @@
 //! is durable.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -35,6 +35,15 @@ const TASKS: TableDefinition<u128, &[u8]> = TableDefinition::new("tasks");
 const FORMAT: u8 = 1;
 /// Most changes folded into one transaction.
 const MAX_GROUP: usize = 4096;
+
+/// Transactions committed (each one fsync) by every embedded store in this
+/// process: what group commit saves is visible as commits per task.
+static COMMITS: AtomicU64 = AtomicU64::new(0);
+
+/// How many transactions (fsyncs) embedded stores in this process committed.
+pub fn commit_count() -> u64 {
+    COMMITS.load(Ordering::Relaxed)
+}
 
 /// Why the embedded store could not open.
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +89,7 @@ impl EmbeddedStore {
         let failed = Arc::new(AtomicBool::new(false));
         let flag = failed.clone();
         let thread = std::thread::Builder::new()
-            .name("taskbroker-writer".into())
+            .name("tb-writer".into())
             .spawn(move || write_loop(db, rx, flag))
             .map_err(|source| OpenError::Dir { path: dir.to_owned(), source })?;
         Ok(Self { table: Mutex::new(table), writer: Some(writer), thread: Some(thread), failed })
@@ -179,6 +188,7 @@ fn write_loop(db: Database, rx: mpsc::Receiver<Commit>, failed: Arc<AtomicBool>)
             }
         }
         let outcome = write_group(&db, &group).map_err(|e| e.to_string());
+        COMMITS.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = &outcome {
             tracing::error!(error = %e, "embedded store commit failed; refusing further writes");
             failed.store(true, Ordering::Release);
