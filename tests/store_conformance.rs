@@ -76,12 +76,8 @@ fn new_task(queue: &str, priority: u8) -> NewTask {
 }
 
 fn spec(queues: &[&str], max: usize) -> LeaseSpec {
-    LeaseSpec {
-        queues: queues.iter().map(|q| q.to_string()).collect(),
-        max_tasks: max,
-        lease_duration: None,
-        worker_id: "w".into(),
-    }
+    let queues: Vec<String> = queues.iter().map(|q| q.to_string()).collect();
+    LeaseSpec::strict(&queues, max, None, "w")
 }
 
 fn nack(retry_after: Option<u64>, no_retry: bool) -> NackSpec {
@@ -122,6 +118,30 @@ async fn strict_preference_across_queues(b: &Backend) {
     assert_eq!(got[0].id, own.id, "the first queue wins whatever the priorities");
     let got = s.lease(spec(&["own", "shared"], 5), NOW).await.unwrap();
     assert_eq!(got.iter().map(|t| t.id).collect::<Vec<_>>(), [shared.id]);
+}
+
+async fn weighted_quotas_then_fill(b: &Backend) {
+    let s = &*b.store;
+    for _ in 0..10 {
+        put(s, new_task("a", 0)).await;
+    }
+    put(s, new_task("b", 0)).await;
+    let mut sp = spec(&["a", "b"], 5);
+    sp.queues = vec![("a".into(), 2), ("b".into(), 3)];
+    let got = s.lease(sp, NOW).await.unwrap();
+    let from = |q: &str| got.iter().filter(|t| t.queue == q).count();
+    assert_eq!((from("a"), from("b")), (4, 1), "quotas first, then the shortfall from the others");
+}
+
+async fn lease_responses_are_capped_by_payload_bytes(b: &Backend) {
+    let s = &*b.store;
+    let big = NewTask { payload: vec![7; 1 << 20], ..new_task("q", 0) };
+    s.enqueue(vec![big; 5], NOW).await.unwrap();
+    let got = s.lease(spec(&["q"], 10), NOW).await.unwrap();
+    assert_eq!(got.len(), 3, "3 MiB of payloads per response");
+    let mut tiny = spec(&["q"], 10);
+    tiny.max_bytes = 1;
+    assert_eq!(s.lease(tiny, NOW).await.unwrap().len(), 1, "always at least one task");
 }
 
 async fn ack_needs_the_live_lease(b: &Backend) {
@@ -273,7 +293,8 @@ async fn unknown_tasks_are_not_found(b: &Backend) {
 async fn state_survives_a_reopen(b: Backend) {
     let s = &*b.store;
     let ready = put(s, new_task("q", 5)).await;
-    let later = put(s, NewTask { scheduled_time: NOW + 9 * SEC, dedup_key: "d".into(), ..new_task("q", 0) }).await;
+    let later =
+        put(s, NewTask { scheduled_time: NOW + 9 * SEC, dedup_key: "d".into(), ..new_task("q", 0) }).await;
     let held = put(s, new_task("q", 0)).await;
     let done = put(s, NewTask { request_id: "r".into(), ..new_task("q", 0) }).await;
     let first = s.lease(spec(&["q"], 1), NOW).await.unwrap().pop().unwrap();
@@ -302,7 +323,11 @@ async fn state_survives_a_reopen(b: Backend) {
     assert_eq!(dedup[0].task.id, later.id, "dedup keys survive");
     let again = lease_one(s, "q", NOW).await;
     assert_eq!(again.id, ready.id);
-    assert!(lease_id(&again) > lease_id(&held_lease), "lease ids never repeat across restarts");
+    let before_ids =
+        [lease_id(&first), lease_id(&by_id(ready.id)), lease_id(&held_lease), lease_id(&by_id(done.id))];
+    assert!(before_ids.iter().all(|&old| lease_id(&again) > old), "lease ids never repeat across restarts");
+    let stale = s.ack(ready.id, lease_id(&first), vec![], NOW).await.unwrap_err();
+    assert_eq!(stale, StoreError::Lease(LeaseError::Mismatch), "a lease from before the restart stays stale");
     s.requeue_expired(NOW + 30 * SEC).await.unwrap();
     assert_eq!(s.get(held.id).await.unwrap().state, TaskState::Ready, "leases out at the crash come back");
 }
@@ -323,6 +348,8 @@ macro_rules! conformance {
 conformance!(
     priority_then_fifo,
     strict_preference_across_queues,
+    weighted_quotas_then_fill,
+    lease_responses_are_capped_by_payload_bytes,
     ack_needs_the_live_lease,
     nack_backs_off_then_dies,
     nack_no_retry_is_dead,

@@ -1,19 +1,26 @@
 //! The broker: validates requests, resolves them against queue settings and
-//! routes, makes one store call per request, and wakes waiting workers.
+//! routes, makes one store call per request, and tells whoever waits on the
+//! outcome (long-polling workers, streams, task watchers, the timer loop).
 //!
 //! It owns no task state itself (that is the store's) and knows nothing of
 //! gRPC (that is `grpc/`'s).
+//!
+//! Files: `produce.rs` (enqueue, get, cancel, watch), `settle.rs` (lease, ack,
+//! nack, extend, release), `session.rs` (a worker stream), `watch.rs` (task
+//! watchers), `waiters.rs` (per-queue wake-ups), `validate.rs`, `error.rs`.
 
 pub mod error;
+mod produce;
+pub mod session;
+mod settle;
 pub mod validate;
 mod waiters;
+mod watch;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures_util::future::select_all;
-use tokio::sync::Notify;
+use tokio::sync::{broadcast, watch as watch_channel, Notify};
 
 pub use error::{BrokerError, Violation};
 pub use validate::{EnqueueInput, LeaseInput};
@@ -21,14 +28,12 @@ pub use validate::{EnqueueInput, LeaseInput};
 use crate::core::clock::Clock;
 use crate::core::queue::Policies;
 use crate::core::routing::Route;
-use crate::core::task::{Task, TaskId, TaskState};
+use crate::core::task::{Task, TaskId};
 use crate::core::Millis;
-use crate::store::{Enqueued, LeaseSpec, NackSpec, Store, Swept};
-use validate::{lease_length, Rules, MAX_BATCH};
+use crate::store::{Store, Swept};
+use validate::Rules;
 use waiters::Waiters;
-
-/// Longest error text kept from a Nack.
-const MAX_ERROR_BYTES: usize = 16 * 1024;
+use watch::Watchers;
 
 /// Settings the broker applies to requests.
 #[derive(Clone, Debug)]
@@ -37,6 +42,39 @@ pub struct BrokerSettings {
     pub routes: Vec<Route>,
     pub strict_queues: bool,
     pub max_payload_bytes: usize,
+}
+
+/// A lease that ended without its holder settling it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LostLease {
+    pub task_id: TaskId,
+    pub lease_id: u64,
+    pub reason: LostReason,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LostReason {
+    Expired,
+    Canceled,
+}
+
+impl LostReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LostReason::Expired => "expired",
+            LostReason::Canceled => "canceled",
+        }
+    }
+}
+
+/// Where the broker is in its life; streams watch it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    Serving,
+    /// Shutting down: push no new tasks, still accept settlements.
+    Draining,
+    /// Grace is over: streams release what they hold and end.
+    Stopped,
 }
 
 /// A cheap, cloneable handle to the broker.
@@ -50,6 +88,10 @@ struct Inner {
     clock: Arc<dyn Clock>,
     settings: BrokerSettings,
     waiters: Waiters,
+    watchers: Watchers,
+    /// Leases that ended unsettled, for the streams that held them.
+    lost: broadcast::Sender<LostLease>,
+    phase: watch_channel::Sender<Phase>,
     /// Wakes the timer loop when a timer earlier than its sleep appears.
     timers: Notify,
     /// When the timer loop will next wake on its own.
@@ -63,6 +105,9 @@ impl Broker {
             clock,
             settings,
             waiters: Waiters::default(),
+            watchers: Watchers::default(),
+            lost: broadcast::channel(4096).0,
+            phase: watch_channel::channel(Phase::Serving).0,
             timers: Notify::new(),
             next_sweep: AtomicU64::new(0),
         };
@@ -71,6 +116,10 @@ impl Broker {
 
     pub fn now(&self) -> Millis {
         self.inner.clock.now()
+    }
+
+    fn store(&self) -> &dyn Store {
+        &*self.inner.store
     }
 
     fn rules(&self) -> Rules<'_> {
@@ -83,160 +132,25 @@ impl Broker {
         }
     }
 
-    pub async fn enqueue(&self, input: EnqueueInput) -> Result<Enqueued, BrokerError> {
-        let now = self.now();
-        let task = self.rules().enqueue(input, now)?;
-        let mut out = self.inner.store.enqueue(vec![task], now).await?;
-        let enqueued = out.pop().ok_or_else(|| BrokerError::Unavailable("store returned no task".into()))?;
-        self.after_enqueue(std::slice::from_ref(&enqueued));
-        Ok(enqueued)
-    }
-
-    /// Enqueues up to 1000 tasks in one store commit; each item fails alone
-    /// (including items that already failed to convert).
-    pub async fn enqueue_batch(
-        &self,
-        items: Vec<Result<EnqueueInput, BrokerError>>,
-    ) -> Result<Vec<Result<Enqueued, BrokerError>>, BrokerError> {
-        if items.is_empty() || items.len() > MAX_BATCH {
-            return Err(BrokerError::invalid("tasks", format!("must hold 1 to {MAX_BATCH} items")));
-        }
-        let now = self.now();
-        let rules = self.rules();
-        let checked: Vec<_> = items.into_iter().map(|i| i.and_then(|i| rules.enqueue(i, now))).collect();
-        let valid: Vec<_> = checked.iter().filter_map(|c| c.as_ref().ok().cloned()).collect();
-        let mut stored =
-            if valid.is_empty() { Vec::new() } else { self.inner.store.enqueue(valid, now).await? };
-        self.after_enqueue(&stored);
-        stored.reverse();
-        Ok(checked
-            .into_iter()
-            .map(|c| {
-                c.and_then(|_| {
-                    stored
-                        .pop()
-                        .ok_or_else(|| BrokerError::Unavailable("store returned too few tasks".into()))
-                })
-            })
-            .collect())
-    }
-
-    fn after_enqueue(&self, enqueued: &[Enqueued]) {
-        let mut woken: Vec<&str> = Vec::new();
-        for e in enqueued.iter().filter(|e| !e.deduplicated) {
-            match e.task.state {
-                TaskState::Ready if !woken.contains(&e.task.queue.as_str()) => {
-                    woken.push(&e.task.queue);
-                    self.inner.waiters.wake(&e.task.queue);
-                }
-                TaskState::Scheduled => self.timer_at(e.task.scheduled_time),
-                _ => {}
+    /// Tells watchers of these tasks about their new state.
+    fn changed<'a>(&self, tasks: impl IntoIterator<Item = &'a Task>) {
+        if self.inner.watchers.any() {
+            for t in tasks {
+                self.inner.watchers.publish(t);
             }
         }
-    }
-
-    pub async fn get(&self, task_id: &str) -> Result<Task, BrokerError> {
-        Ok(self.inner.store.get(parse_id(task_id)?).await?)
-    }
-
-    pub async fn cancel(&self, task_id: &str) -> Result<Task, BrokerError> {
-        Ok(self.inner.store.cancel(parse_id(task_id)?, self.now()).await?)
-    }
-
-    /// Leases ready tasks, waiting up to `input.wait` for some to appear.
-    pub async fn lease(&self, input: LeaseInput) -> Result<Vec<Task>, BrokerError> {
-        let max_tasks = self.rules().lease(&input)?;
-        let spec = LeaseSpec {
-            queues: input.queues,
-            max_tasks,
-            lease_duration: input.lease_duration.map(|d| d.as_millis() as Millis),
-            worker_id: input.worker_id,
-        };
-        let wait = input.wait.unwrap_or_default();
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            // Register for wake-ups before looking, so no enqueue is missed in between.
-            let notifies: Vec<_> = spec.queues.iter().map(|q| self.inner.waiters.of(q)).collect();
-            let mut woken: Vec<_> = notifies.iter().map(|n| Box::pin(n.notified())).collect();
-            for w in &mut woken {
-                w.as_mut().enable();
-            }
-            let now = self.now();
-            let tasks = self.inner.store.lease(spec.clone(), now).await?;
-            if let Some(first) = tasks.iter().filter_map(|t| t.lease.as_ref()).map(|l| l.expire_time).min() {
-                self.timer_at(first);
-            }
-            if !tasks.is_empty() || wait.is_zero() {
-                return Ok(tasks);
-            }
-            tokio::select! {
-                _ = select_all(woken) => {}
-                _ = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
-            }
-        }
-    }
-
-    pub async fn ack(&self, task_id: &str, lease_id: &str, result: Vec<u8>) -> Result<Task, BrokerError> {
-        let (id, lease) = parse_settle(task_id, lease_id)?;
-        if result.len() > self.inner.settings.max_payload_bytes {
-            return Err(BrokerError::invalid("result", "over the payload size limit"));
-        }
-        Ok(self.inner.store.ack(id, lease, result, self.now()).await?)
-    }
-
-    pub async fn nack(
-        &self,
-        task_id: &str,
-        lease_id: &str,
-        mut error: String,
-        retry_after: Option<Duration>,
-        no_retry: bool,
-    ) -> Result<Task, BrokerError> {
-        let (id, lease) = parse_settle(task_id, lease_id)?;
-        if error.len() > MAX_ERROR_BYTES {
-            let mut cut = MAX_ERROR_BYTES;
-            while !error.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            error.truncate(cut);
-        }
-        let spec = NackSpec {
-            error,
-            retry_after: retry_after.map(|d| d.as_millis() as Millis),
-            no_retry,
-            jitter_sample: rand::random::<f64>(),
-        };
-        let task = self.inner.store.nack(id, lease, spec, self.now()).await?;
-        match task.state {
-            TaskState::Ready => self.inner.waiters.wake(&task.queue),
-            TaskState::Scheduled => self.timer_at(task.scheduled_time),
-            _ => {}
-        }
-        Ok(task)
-    }
-
-    /// Extends a lease to now + `extend_by`; returns the new deadline.
-    pub async fn extend(
-        &self,
-        task_id: &str,
-        lease_id: &str,
-        extend_by: Option<Duration>,
-    ) -> Result<Millis, BrokerError> {
-        let (id, lease) = parse_settle(task_id, lease_id)?;
-        let by = extend_by.ok_or_else(|| BrokerError::invalid("extend_by", "required"))?;
-        let by = lease_length("extend_by", by).map_err(|v| BrokerError::Invalid(vec![v]))?;
-        Ok(self.inner.store.extend(id, lease, by, self.now()).await?)
     }
 
     /// Runs every due timer now: expired leases, due scheduled tasks, finished
     /// tasks past retention. The background loop calls it; so may tests.
     pub async fn run_timers(&self) -> Result<Swept, BrokerError> {
         let now = self.now();
-        let store = &self.inner.store;
+        let store = self.store();
         let mut swept = store.requeue_expired(now).await?;
         let promoted = store.promote_due(now).await?;
         let purged = store.purge_finished(now).await?;
         swept.count += promoted.count + purged.count;
+        swept.changed.extend(promoted.changed);
         for q in promoted.ready_queues {
             if !swept.ready_queues.contains(&q) {
                 swept.ready_queues.push(q);
@@ -245,17 +159,42 @@ impl Broker {
         for q in &swept.ready_queues {
             self.inner.waiters.wake(q);
         }
+        for &(task_id, lease_id) in &swept.expired {
+            let _ = self.inner.lost.send(LostLease { task_id, lease_id, reason: LostReason::Expired });
+        }
+        if self.inner.watchers.any() {
+            for id in &swept.changed {
+                if let Ok(task) = store.get(*id).await {
+                    self.inner.watchers.publish(&task);
+                }
+            }
+        }
         Ok(swept)
     }
 
     /// The earliest pending timer.
     pub async fn next_timer(&self) -> Result<Option<Millis>, BrokerError> {
-        Ok(self.inner.store.next_timer().await?)
+        Ok(self.store().next_timer().await?)
     }
 
     /// Whether storage can serve.
     pub async fn healthy(&self) -> bool {
-        self.inner.store.healthy().await
+        self.store().healthy().await
+    }
+
+    /// Moves the broker to `phase` (it never goes back).
+    pub fn set_phase(&self, phase: Phase) {
+        self.inner.phase.send_if_modified(|p| {
+            let later = phase > *p;
+            if later {
+                *p = phase;
+            }
+            later
+        });
+    }
+
+    pub(crate) fn phase(&self) -> watch_channel::Receiver<Phase> {
+        self.inner.phase.subscribe()
     }
 
     /// Waits until a timer earlier than the loop's planned wake-up appears.
@@ -277,14 +216,4 @@ fn parse_id(task_id: &str) -> Result<TaskId, BrokerError> {
         return Err(BrokerError::invalid("task_id", "required"));
     }
     task_id.parse().map_err(|e: crate::core::task::BadTaskId| BrokerError::invalid("task_id", e.to_string()))
-}
-
-fn parse_settle(task_id: &str, lease_id: &str) -> Result<(TaskId, u64), BrokerError> {
-    let id = parse_id(task_id)?;
-    if lease_id.is_empty() {
-        return Err(BrokerError::invalid("lease_id", "required"));
-    }
-    // A lease id that is not one of ours cannot hold the task.
-    let lease = lease_id.parse().map_err(|_| BrokerError::LeaseMismatch)?;
-    Ok((id, lease))
 }

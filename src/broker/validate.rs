@@ -8,6 +8,7 @@ use super::error::{BrokerError, Violation};
 use crate::config::{valid_queue_name, DEFAULT_QUEUE};
 use crate::core::queue::Policies;
 use crate::core::routing::{self, Route};
+use crate::core::select::Mode;
 use crate::core::task::NewTask;
 use crate::core::{Millis, MAX_PRIORITY};
 
@@ -50,6 +51,31 @@ pub struct LeaseInput {
     pub wait: Option<Duration>,
     pub worker_id: String,
 }
+
+/// A stream's Subscribe message, as the client sent it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SubscribeInput {
+    pub queues: Vec<String>,
+    pub weighted: bool,
+    pub weights: BTreeMap<String, u32>,
+    pub max_in_flight: u32,
+    pub lease_duration: Option<Duration>,
+    pub worker_id: String,
+}
+
+/// A validated subscription.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Subscription {
+    pub queues: Vec<String>,
+    pub mode: Mode,
+    /// The initial in-flight window (credits).
+    pub max_in_flight: usize,
+    pub lease_duration: Option<Millis>,
+    pub worker_id: String,
+}
+
+/// Largest in-flight window a stream may ask for.
+pub const MAX_IN_FLIGHT: usize = 10_000;
 
 /// The request-independent facts validation needs.
 pub struct Rules<'a> {
@@ -176,6 +202,39 @@ impl Rules<'_> {
             self.known(q)?;
         }
         Ok(input.max_tasks.max(1) as usize)
+    }
+
+    /// Validates a stream subscription.
+    pub fn subscribe(&self, input: SubscribeInput) -> Result<Subscription, BrokerError> {
+        let SubscribeInput { queues, weighted, weights, max_in_flight, lease_duration, worker_id } = input;
+        let as_lease = LeaseInput { queues, max_tasks: 1, lease_duration, wait: None, worker_id };
+        let mut v = match self.lease(&as_lease) {
+            Ok(_) => Vec::new(),
+            Err(BrokerError::Invalid(v)) => v,
+            Err(other) => return Err(other),
+        };
+        let LeaseInput { queues, lease_duration, worker_id, .. } = as_lease;
+        if max_in_flight as usize > MAX_IN_FLIGHT {
+            v.push(Violation::new("max_in_flight", format!("must be at most {MAX_IN_FLIGHT}")));
+        }
+        if let Some(q) = weights.keys().find(|q| !queues.contains(q)) {
+            v.push(Violation::new("weights", format!("{q:?} is not one of the subscribed queues")));
+        }
+        if !v.is_empty() {
+            return Err(BrokerError::Invalid(v));
+        }
+        let mode = if weighted {
+            Mode::Weighted(queues.iter().map(|q| weights.get(q).copied().unwrap_or(1).max(1)).collect())
+        } else {
+            Mode::Strict
+        };
+        Ok(Subscription {
+            queues,
+            mode,
+            max_in_flight: (max_in_flight as usize).max(1),
+            lease_duration: lease_duration.map(|d| d.as_millis() as Millis),
+            worker_id,
+        })
     }
 
     /// With `strict_queues`, only declared queues exist.

@@ -77,34 +77,33 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     let addr = config.listen.parse().map_err(|_| CliError::Config(vec!["listen: not an address".into()]))?;
     let opts =
         ServerOptions { max_message_bytes: config.max_message_bytes, shutdown_grace: config.shutdown_grace };
+    // Handlers first: a SIGTERM right after the "listening" line must shut down cleanly.
+    let signal = shutdown_signal()?;
     let running = server::start(broker, addr, opts).await?;
     tracing::info!(storage = ?config.storage, data_dir = %config.data_dir.display(), "ready");
     // Tests and supervisors read this line to learn the port (useful with :0).
     println!("listening on {}", running.addr);
-    wait_for_signal().await;
+    signal.await;
     tracing::info!("shutting down");
     running.shutdown().await?;
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// A future that resolves on SIGTERM or Ctrl-C; the handlers are installed
+/// when this returns, not when the future is first polled.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut interrupt = Box::pin(tokio::signal::ctrl_c());
+    // Polling ctrl_c once registers its handler.
+    let _ = futures_util::FutureExt::now_or_never(&mut interrupt);
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = &mut interrupt => {}
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+        #[cfg(not(unix))]
+        let _ = interrupt.await;
+    })
 }

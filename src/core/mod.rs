@@ -11,6 +11,7 @@ pub mod priority;
 pub mod queue;
 pub mod retry;
 pub mod routing;
+pub mod select;
 pub mod task;
 
 /// Milliseconds since the Unix epoch: the one time unit of the core.

@@ -6,4 +6,5 @@ pub mod convert;
 pub mod producer;
 pub mod server;
 pub mod status;
+pub mod stream;
 pub mod worker;

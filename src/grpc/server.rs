@@ -18,7 +18,7 @@ use tonic_health::ServingStatus;
 use super::producer::Producer;
 use super::worker::Worker;
 use crate::background;
-use crate::broker::Broker;
+use crate::broker::{Broker, Phase};
 use crate::pb;
 use crate::pb::producer_service_server::ProducerServiceServer;
 use crate::pb::worker_service_server::WorkerServiceServer;
@@ -42,7 +42,11 @@ impl Default for ServerOptions {
 pub struct Running {
     /// The address it listens on (useful with port 0).
     pub addr: SocketAddr,
-    shutdown: watch::Sender<bool>,
+    broker: Broker,
+    /// Stops accepting connections.
+    stop_accepting: watch::Sender<bool>,
+    /// Stops the timer loop and the storage watcher.
+    stop_background: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     timers: JoinHandle<()>,
     health: HealthReporter,
@@ -50,33 +54,49 @@ pub struct Running {
 }
 
 impl Running {
-    /// A future that resolves when the server has stopped by itself (error).
+    /// Whether the server stopped by itself (an error).
     pub fn is_finished(&self) -> bool {
         self.server.is_finished()
     }
 
-    /// Runs the shutdown sequence and waits for it.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
+    /// The shutdown sequence: health NOT_SERVING, streams told to drain, no
+    /// new connections; in-flight calls and streams get the grace period;
+    /// then streams release what they hold, and background loops stop.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.health.set_service_status("", ServingStatus::NotServing).await;
-        let _ = self.shutdown.send(true);
-        let stopped = tokio::time::timeout(self.grace, self.server).await;
-        let _ = self.timers.await;
-        match stopped {
-            Ok(joined) => Ok(joined??),
+        self.broker.set_phase(Phase::Draining);
+        let _ = self.stop_accepting.send(true);
+        let served = match tokio::time::timeout(self.grace, &mut self.server).await {
+            Ok(joined) => joined,
             Err(_) => {
-                tracing::warn!(grace = ?self.grace, "in-flight calls did not finish within the grace period");
-                Ok(())
+                tracing::warn!(grace = ?self.grace, "calls still open after the grace period; ending them");
+                self.broker.set_phase(Phase::Stopped);
+                match tokio::time::timeout(AFTER_GRACE, &mut self.server).await {
+                    Ok(joined) => joined,
+                    Err(_) => {
+                        self.server.abort();
+                        Ok(Ok(()))
+                    }
+                }
             }
-        }
+        };
+        self.broker.set_phase(Phase::Stopped);
+        let _ = self.stop_background.send(true);
+        let _ = self.timers.await;
+        Ok(served??)
     }
 }
+
+/// How long streams get to release their leases once the grace is over.
+const AFTER_GRACE: Duration = Duration::from_secs(2);
 
 /// Binds `addr` and serves `broker` until [`Running::shutdown`].
 pub async fn start(broker: Broker, addr: SocketAddr, opts: ServerOptions) -> anyhow::Result<Running> {
     let listener =
         TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let addr = listener.local_addr()?;
-    let (shutdown, stop) = watch::channel(false);
+    let (stop_accepting, mut accepting) = watch::channel(false);
+    let (stop_background, stop) = watch::channel(false);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
@@ -113,14 +133,22 @@ pub async fn start(broker: Broker, addr: SocketAddr, opts: ServerOptions) -> any
         .add_service(producer)
         .add_service(worker);
 
-    let mut stop_serving = stop.clone();
     let server =
         tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            let _ = stop_serving.wait_for(|s| *s).await;
+            let _ = accepting.wait_for(|s| *s).await;
         }));
-    let timers = tokio::spawn(background::run_timers(broker, stop));
+    let timers = tokio::spawn(background::run_timers(broker.clone(), stop));
     tracing::info!(%addr, "taskbroker serving");
-    Ok(Running { addr, shutdown, server, timers, health, grace: opts.shutdown_grace })
+    Ok(Running {
+        addr,
+        broker,
+        stop_accepting,
+        stop_background,
+        server,
+        timers,
+        health,
+        grace: opts.shutdown_grace,
+    })
 }
 
 /// Readiness follows storage health (liveness does not: a storage outage must

@@ -1,6 +1,6 @@
 //! `taskbroker.v1.WorkerService` (unary calls).
 
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use super::convert;
 use crate::broker::Broker;
@@ -19,6 +19,15 @@ impl Worker {
 
 #[tonic::async_trait]
 impl WorkerService for Worker {
+    type StreamStream = super::stream::ResponseStream;
+
+    async fn stream(
+        &self,
+        req: Request<Streaming<pb::StreamRequest>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        Ok(Response::new(super::stream::open(self.broker.clone(), req.into_inner()).await?))
+    }
+
     async fn lease(&self, req: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
         let input = convert::lease_input(req.into_inner())?;
         let tasks = self.broker.lease(input).await?;

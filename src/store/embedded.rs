@@ -31,6 +31,9 @@ use crate::core::Millis;
 
 /// Task records by id; the value is a format byte and the postcard encoding.
 const TASKS: TableDefinition<u128, &[u8]> = TableDefinition::new("tasks");
+/// Broker-wide counters; `next_lease` keeps lease ids unique across restarts.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const NEXT_LEASE: &str = "next_lease";
 /// Version of the record encoding, first byte of every value.
 const FORMAT: u8 = 1;
 /// Most changes folded into one transaction.
@@ -108,7 +111,7 @@ impl EmbeddedStore {
             let mut table = self.table();
             let result = op(&mut table);
             let changes = table.take_changes();
-            if changes.put.is_empty() && changes.removed.is_empty() {
+            if changes.is_empty() {
                 return Ok(result);
             }
             let (done, wait) = oneshot::channel();
@@ -150,8 +153,13 @@ fn load(db: &Database, table: &mut Table) -> Result<(), LoadError> {
     let db_err = |e: redb::Error| LoadError::Db(Box::new(e));
     let write = db.begin_write().map_err(|e| db_err(e.into()))?;
     write.open_table(TASKS).map_err(|e| db_err(e.into()))?;
+    write.open_table(META).map_err(|e| db_err(e.into()))?;
     write.commit().map_err(|e| db_err(e.into()))?;
     let read = db.begin_read().map_err(|e| db_err(e.into()))?;
+    let meta = read.open_table(META).map_err(|e| db_err(e.into()))?;
+    if let Some(next) = meta.get(NEXT_LEASE).map_err(|e| db_err(e.into()))? {
+        table.restore_lease_counter(next.value());
+    }
     let tasks = read.open_table(TASKS).map_err(|e| db_err(e.into()))?;
     for entry in tasks.iter().map_err(|e| db_err(e.into()))? {
         let (key, value) = entry.map_err(|e| db_err(e.into()))?;
@@ -211,6 +219,9 @@ fn write_group(db: &Database, group: &[Commit]) -> Result<(), Box<redb::Error>> 
                 tasks.remove(id.0).map_err(|e| Box::new(e.into()))?;
             }
         }
+        let next_lease = group.iter().map(|c| c.changes.next_lease).max().unwrap_or(0);
+        let mut meta = txn.open_table(META).map_err(|e| Box::new(e.into()))?;
+        meta.insert(NEXT_LEASE, next_lease).map_err(|e| Box::new(e.into()))?;
     }
     txn.commit().map_err(|e| Box::new(e.into()))?;
     Ok(())

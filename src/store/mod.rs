@@ -50,12 +50,21 @@ pub struct Enqueued {
     pub deduplicated: bool,
 }
 
+/// Default payload budget of one lease response.
+pub const LEASE_RESPONSE_BYTES: usize = 3 << 20;
+
 /// What a worker asks for.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LeaseSpec {
-    /// Queues in strict preference order.
-    pub queues: Vec<String>,
+    /// `(queue, quota)` in the order to try: first up to each quota from its
+    /// queue, then whatever is still missing from the queues in this order.
+    /// Strict preference is every quota equal to `max_tasks`.
+    pub queues: Vec<(String, usize)>,
     pub max_tasks: usize,
+    /// Stop adding tasks once their payloads add up to this many bytes (at
+    /// least one task is always delivered), so a response stays under the
+    /// clients' default 4 MiB message limit.
+    pub max_bytes: usize,
     /// Lease length; `None`: each queue's `lease_duration`.
     pub lease_duration: Option<Millis>,
     pub worker_id: String,
@@ -80,6 +89,28 @@ pub struct Swept {
     pub ready_queues: Vec<String>,
     /// How many tasks changed state or were removed.
     pub count: usize,
+    /// Tasks whose state changed (not removed ones), for watchers.
+    pub changed: Vec<TaskId>,
+    /// Leases that ran out: `(task, lease id)`, for the streams holding them.
+    pub expired: Vec<(TaskId, u64)>,
+}
+
+impl LeaseSpec {
+    /// Strict preference over `queues`.
+    pub fn strict(
+        queues: &[String],
+        max_tasks: usize,
+        lease_duration: Option<Millis>,
+        worker_id: &str,
+    ) -> Self {
+        Self {
+            queues: queues.iter().map(|q| (q.clone(), max_tasks)).collect(),
+            max_tasks,
+            max_bytes: LEASE_RESPONSE_BYTES,
+            lease_duration,
+            worker_id: worker_id.to_owned(),
+        }
+    }
 }
 
 /// The storage trait: every state change of a task is one call.

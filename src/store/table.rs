@@ -36,6 +36,15 @@ struct Indexes {
 pub struct Changes {
     pub put: Vec<Task>,
     pub removed: Vec<TaskId>,
+    /// The next lease id, persisted so lease ids never repeat across restarts
+    /// (a task's old lease id must never become valid again).
+    pub next_lease: u64,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.put.is_empty() && self.removed.is_empty()
+    }
 }
 
 pub struct Table {
@@ -83,6 +92,11 @@ impl Table {
         self.tasks.insert(task.id, task);
     }
 
+    /// Lease ids below `next` were handed out before (read back from disk).
+    pub fn restore_lease_counter(&mut self, next: u64) {
+        self.next_lease = self.next_lease.max(next);
+    }
+
     pub fn len(&self) -> usize {
         self.tasks.len()
     }
@@ -97,7 +111,7 @@ impl Table {
         ids.sort_unstable();
         ids.dedup();
         let put = ids.iter().filter_map(|id| self.tasks.get(id).cloned()).collect();
-        Changes { put, removed: std::mem::take(&mut self.removed) }
+        Changes { put, removed: std::mem::take(&mut self.removed), next_lease: self.next_lease }
     }
 
     pub fn enqueue(&mut self, tasks: Vec<NewTask>, now: Millis) -> Vec<Enqueued> {
@@ -150,29 +164,52 @@ impl Table {
 
     pub fn lease(&mut self, spec: &LeaseSpec, now: Millis) -> Vec<Task> {
         let mut out = Vec::new();
-        for queue in &spec.queues {
-            let duration = spec
-                .lease_duration
-                .unwrap_or_else(|| self.policies.get(queue).lease_duration.as_millis() as Millis);
-            while out.len() < spec.max_tasks {
-                let Some(&id) = self.idx.ready.get(queue).and_then(|r| r.values().next()) else {
-                    break;
-                };
-                let lease_id = self.next_lease;
-                self.next_lease += 1;
-                let task = self.transition(id, now, |t| {
-                    t.state = TaskState::Leased;
-                    t.attempt += 1;
-                    t.lease = Some(Lease {
-                        id: lease_id,
-                        expire_time: now + duration,
-                        worker_id: spec.worker_id.clone(),
-                    });
-                });
-                out.push(task.clone());
-            }
+        let mut bytes = 0;
+        for (queue, quota) in &spec.queues {
+            let want = out.len() + (*quota).min(spec.max_tasks - out.len());
+            self.lease_from(queue, want, spec, now, &mut out, &mut bytes);
+        }
+        for (queue, _) in &spec.queues {
+            self.lease_from(queue, spec.max_tasks, spec, now, &mut out, &mut bytes);
         }
         out
+    }
+
+    /// Leases from `queue` until `out` holds `until` tasks or the queue is empty.
+    fn lease_from(
+        &mut self,
+        queue: &str,
+        until: usize,
+        spec: &LeaseSpec,
+        now: Millis,
+        out: &mut Vec<Task>,
+        bytes: &mut usize,
+    ) {
+        let duration = spec
+            .lease_duration
+            .unwrap_or_else(|| self.policies.get(queue).lease_duration.as_millis() as Millis);
+        while out.len() < until {
+            let Some(&id) = self.idx.ready.get(queue).and_then(|r| r.values().next()) else {
+                break;
+            };
+            let size = self.tasks.get(&id).map_or(0, |t| t.payload.len());
+            if !out.is_empty() && *bytes + size > spec.max_bytes {
+                break;
+            }
+            *bytes += size;
+            let lease_id = self.next_lease;
+            self.next_lease += 1;
+            let task = self.transition(id, now, |t| {
+                t.state = TaskState::Leased;
+                t.attempt += 1;
+                t.lease = Some(Lease {
+                    id: lease_id,
+                    expire_time: now + duration,
+                    worker_id: spec.worker_id.clone(),
+                });
+            });
+            out.push(task.clone());
+        }
     }
 
     pub fn ack(
@@ -254,6 +291,8 @@ impl Table {
         let due = take_due(&self.idx.leased, now);
         let mut swept = Swept::default();
         for id in due {
+            let lease_id = self.tasks.get(&id).and_then(|t| t.lease.as_ref()).map_or(0, |l| l.id);
+            swept.expired.push((id, lease_id));
             let task = self.transition(id, now, |t| {
                 t.lease = None;
                 if t.attempts_left() {
@@ -295,7 +334,7 @@ impl Table {
                 self.removed.push(*id);
             }
         }
-        Swept { ready_queues: Vec::new(), count: due.len() }
+        Swept { count: due.len(), ..Swept::default() }
     }
 
     pub fn next_timer(&self) -> Option<Millis> {
@@ -345,6 +384,7 @@ impl Table {
 /// Records a swept task's outcome.
 fn note(swept: &mut Swept, task: &Task) {
     swept.count += 1;
+    swept.changed.push(task.id);
     if task.state == TaskState::Ready && !swept.ready_queues.contains(&task.queue) {
         swept.ready_queues.push(task.queue.clone());
     }

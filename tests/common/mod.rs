@@ -68,10 +68,8 @@ pub async fn start_with(opts: Options) -> TestServer {
         None => Arc::new(SystemClock),
     };
     let broker = open_broker(&config, clock).unwrap();
-    let server_opts = ServerOptions {
-        max_message_bytes: config.max_message_bytes,
-        shutdown_grace: Duration::from_secs(5),
-    };
+    let server_opts =
+        ServerOptions { max_message_bytes: config.max_message_bytes, shutdown_grace: Duration::from_secs(5) };
     let running = server::start(broker.clone(), config.listen.parse().unwrap(), server_opts).await.unwrap();
     let addr = running.addr;
     let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
@@ -135,7 +133,13 @@ impl TestServer {
     }
 
     pub async fn get(&mut self, id: &str) -> pb::Task {
-        self.producer.get_task(pb::GetTaskRequest { task_id: id.into() }).await.unwrap().into_inner().task.unwrap()
+        self.producer
+            .get_task(pb::GetTaskRequest { task_id: id.into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .task
+            .unwrap()
     }
 }
 

@@ -1,0 +1,95 @@
+//! The producer side: enqueue, look up, cancel, watch.
+
+use tokio::sync::broadcast;
+
+use super::validate::MAX_BATCH;
+use super::{parse_id, Broker, BrokerError, EnqueueInput, LostLease, LostReason};
+use crate::core::task::{Task, TaskState};
+use crate::store::Enqueued;
+
+impl Broker {
+    pub async fn enqueue(&self, input: EnqueueInput) -> Result<Enqueued, BrokerError> {
+        let mut out = self.enqueue_batch(vec![Ok(input)]).await?;
+        out.pop().unwrap_or_else(|| Err(BrokerError::Unavailable("store returned no task".into())))
+    }
+
+    /// Enqueues up to 1000 tasks in one store commit; each item fails alone
+    /// (including items that already failed to convert).
+    pub async fn enqueue_batch(
+        &self,
+        items: Vec<Result<EnqueueInput, BrokerError>>,
+    ) -> Result<Vec<Result<Enqueued, BrokerError>>, BrokerError> {
+        if items.is_empty() || items.len() > MAX_BATCH {
+            return Err(BrokerError::invalid("tasks", format!("must hold 1 to {MAX_BATCH} items")));
+        }
+        let now = self.now();
+        let rules = self.rules();
+        let checked: Vec<_> = items.into_iter().map(|i| i.and_then(|i| rules.enqueue(i, now))).collect();
+        let valid: Vec<_> = checked.iter().filter_map(|c| c.as_ref().ok().cloned()).collect();
+        let mut stored = if valid.is_empty() { Vec::new() } else { self.store().enqueue(valid, now).await? };
+        self.after_enqueue(&stored);
+        stored.reverse();
+        Ok(checked
+            .into_iter()
+            .map(|c| {
+                c.and_then(|_| {
+                    stored
+                        .pop()
+                        .ok_or_else(|| BrokerError::Unavailable("store returned too few tasks".into()))
+                })
+            })
+            .collect())
+    }
+
+    fn after_enqueue(&self, enqueued: &[Enqueued]) {
+        let mut woken: Vec<&str> = Vec::new();
+        for e in enqueued.iter().filter(|e| !e.deduplicated) {
+            match e.task.state {
+                TaskState::Ready if !woken.contains(&e.task.queue.as_str()) => {
+                    woken.push(&e.task.queue);
+                    self.inner.waiters.wake(&e.task.queue);
+                }
+                TaskState::Scheduled => self.timer_at(e.task.scheduled_time),
+                _ => {}
+            }
+        }
+    }
+
+    pub async fn get(&self, task_id: &str) -> Result<Task, BrokerError> {
+        Ok(self.store().get(parse_id(task_id)?).await?)
+    }
+
+    pub async fn cancel(&self, task_id: &str) -> Result<Task, BrokerError> {
+        let id = parse_id(task_id)?;
+        let task = self.store().cancel(id, self.now()).await?;
+        // A task canceled while leased keeps its lease, so its holder can be told.
+        if let Some(lease) = &task.lease {
+            let lost = LostLease { task_id: id, lease_id: lease.id, reason: LostReason::Canceled };
+            let _ = self.inner.lost.send(lost);
+        }
+        self.changed([&task]);
+        Ok(task)
+    }
+
+    /// The task now, and a receiver of its later states. Subscribes before
+    /// reading, so no change in between is missed.
+    pub async fn watch(&self, task_id: &str) -> Result<(Task, broadcast::Receiver<Task>), BrokerError> {
+        let id = parse_id(task_id)?;
+        let rx = self.inner.watchers.subscribe(id);
+        match self.store().get(id).await {
+            Ok(task) => Ok((task, rx)),
+            Err(e) => {
+                drop(rx);
+                self.inner.watchers.release(id);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Ends a watch started with [`Broker::watch`] (after its receiver is dropped).
+    pub fn unwatch(&self, task_id: &str) {
+        if let Ok(id) = parse_id(task_id) {
+            self.inner.watchers.release(id);
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! A worker stream's session: one spawned task per stream that owns its state
+//! (subscription, credit window, held leases) and talks through channels.
+//!
+//! It pushes tasks while the stream has credit and the queues have ready
+//! work, sleeps on queue wake-ups otherwise (no polling), settles what the
+//! worker sends, tells the worker about leases it lost, drains on shutdown,
+//! and gives back everything it holds the moment the stream ends.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::future::{select_all, FutureExt};
+use futures_util::{Stream, StreamExt};
+use tokio::sync::{broadcast, mpsc};
+
+use super::validate::{Subscription, MAX_BATCH, MAX_IN_FLIGHT};
+use super::{Broker, BrokerError, LostLease, LostReason, Phase};
+use crate::core::select::Selector;
+use crate::core::task::{Task, TaskId, TaskState};
+use crate::core::Millis;
+use crate::store::LeaseSpec;
+
+/// How long to wait before leasing again after the store failed.
+const STORE_RETRY: Duration = Duration::from_secs(1);
+/// Most commands handled before pushing again.
+const COMMAND_BATCH: usize = 256;
+
+/// Which settling call a [`Event::Settled`] answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SettleOp {
+    Ack,
+    Nack,
+    Extend,
+}
+
+/// What the worker sends after subscribing.
+#[derive(Debug)]
+pub enum Command {
+    Ack {
+        task_id: String,
+        lease_id: String,
+        result: Vec<u8>,
+    },
+    Nack {
+        task_id: String,
+        lease_id: String,
+        error: String,
+        retry_after: Option<Duration>,
+        no_retry: bool,
+    },
+    Extend {
+        task_id: String,
+        lease_id: String,
+        extend_by: Option<Duration>,
+    },
+    Credit(u32),
+    /// A settling message that could not be read: answered with its error.
+    Invalid {
+        task_id: String,
+        lease_id: String,
+        op: SettleOp,
+        error: BrokerError,
+    },
+    /// A protocol violation: ends the stream with this error.
+    Violation(BrokerError),
+}
+
+/// What the session sends to the worker.
+#[derive(Debug)]
+pub enum Event {
+    Task(Box<Task>),
+    Settled {
+        task_id: String,
+        lease_id: String,
+        op: SettleOp,
+        /// The new deadline (extend), or the error.
+        outcome: Result<Option<Millis>, BrokerError>,
+    },
+    LeaseLost(LostLease),
+    Draining,
+}
+
+/// The session's outbound channel: events, or the error that ends the stream.
+pub type Outbound = mpsc::Sender<Result<Event, BrokerError>>;
+
+struct Session {
+    broker: Broker,
+    selector: Selector,
+    lease_duration: Option<Millis>,
+    worker_id: String,
+    /// Most unsettled tasks this stream may hold.
+    window: usize,
+    /// Task -> lease id of every task pushed and not yet settled or lost.
+    held: HashMap<TaskId, u64>,
+    out: Outbound,
+}
+
+/// The client went away (or the stream must end): stop the session.
+struct Gone;
+
+/// Runs a stream's session until the worker goes away or the broker stops.
+pub async fn run(
+    broker: Broker,
+    sub: Subscription,
+    mut inbound: impl Stream<Item = Command> + Unpin,
+    out: Outbound,
+) {
+    let notifies = broker.queue_notifies(&sub.queues);
+    let mut lost = broker.lost_leases();
+    let mut phase = broker.phase();
+    let mut s = Session {
+        selector: Selector::new(sub.queues, sub.mode),
+        lease_duration: sub.lease_duration,
+        worker_id: sub.worker_id,
+        window: sub.max_in_flight,
+        held: HashMap::new(),
+        broker,
+        out,
+    };
+    let mut draining = false;
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    let _ = phase.borrow_and_update();
+    if *phase.borrow() != Phase::Serving && s.send(Event::Draining).await.is_err() {
+        return;
+    }
+    let outcome: Result<(), Gone> = async {
+        loop {
+            draining |= *phase.borrow() != Phase::Serving;
+            let mut woken: Vec<_> = notifies.iter().map(|n| Box::pin(n.notified())).collect();
+            let mut idle = false;
+            if !draining && retry_at.is_none() && s.held.len() < s.window {
+                for w in &mut woken {
+                    w.as_mut().enable();
+                }
+                match s.push().await? {
+                    Some(0) => idle = true,
+                    Some(_) => {}
+                    None => retry_at = Some(tokio::time::Instant::now() + STORE_RETRY),
+                }
+                if s.held.len() < s.window && !idle && retry_at.is_none() {
+                    continue;
+                }
+            }
+            let retry = async {
+                match retry_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                cmd = inbound.next() => {
+                    let Some(cmd) = cmd else { return Err(Gone) };
+                    s.handle(cmd).await?;
+                    for _ in 1..COMMAND_BATCH {
+                        match inbound.next().now_or_never() {
+                            Some(Some(cmd)) => s.handle(cmd).await?,
+                            Some(None) => return Err(Gone),
+                            None => break,
+                        }
+                    }
+                }
+                _ = select_all(woken), if idle => {}
+                _ = retry => retry_at = None,
+                ev = lost.recv() => s.on_lost(ev).await?,
+                _ = phase.changed() => {
+                    let now = *phase.borrow_and_update();
+                    if now == Phase::Stopped {
+                        return Err(Gone);
+                    }
+                    if !draining {
+                        draining = true;
+                        s.send(Event::Draining).await?;
+                    }
+                }
+                _ = s.out.closed() => return Err(Gone),
+            }
+        }
+    }
+    .await;
+    debug_assert!(outcome.is_err());
+    s.release_all().await;
+}
+
+impl Session {
+    async fn send(&self, event: Event) -> Result<(), Gone> {
+        self.out.send(Ok(event)).await.map_err(|_| Gone)
+    }
+
+    /// Leases and pushes as many tasks as the window allows; returns how
+    /// many, or `None` when the store failed (the caller retries later).
+    async fn push(&mut self) -> Result<Option<usize>, Gone> {
+        let room = (self.window - self.held.len()).min(MAX_BATCH);
+        let spec = LeaseSpec {
+            queues: self.selector.plan(room),
+            max_tasks: room,
+            max_bytes: crate::store::LEASE_RESPONSE_BYTES,
+            lease_duration: self.lease_duration,
+            worker_id: self.worker_id.clone(),
+        };
+        let tasks = match self.broker.lease_now(spec).await {
+            Ok(tasks) => tasks,
+            Err(e) => {
+                tracing::warn!(error = %e, "stream could not lease; retrying");
+                return Ok(None);
+            }
+        };
+        let n = tasks.len();
+        for task in tasks {
+            if let Some(lease) = &task.lease {
+                self.held.insert(task.id, lease.id);
+            }
+            self.send(Event::Task(Box::new(task))).await?;
+        }
+        Ok(Some(n))
+    }
+
+    async fn handle(&mut self, cmd: Command) -> Result<(), Gone> {
+        let (task_id, lease_id, op, outcome) = match cmd {
+            Command::Credit(n) => {
+                self.window = (self.window + n as usize).min(MAX_IN_FLIGHT);
+                return Ok(());
+            }
+            Command::Violation(e) => {
+                let _ = self.out.send(Err(e)).await;
+                return Err(Gone);
+            }
+            Command::Invalid { task_id, lease_id, op, error } => (task_id, lease_id, op, Err(error)),
+            Command::Ack { task_id, lease_id, result } => {
+                let outcome = self.broker.ack(&task_id, &lease_id, result).await.map(|_| None);
+                (task_id, lease_id, SettleOp::Ack, outcome)
+            }
+            Command::Nack { task_id, lease_id, error, retry_after, no_retry } => {
+                let outcome =
+                    self.broker.nack(&task_id, &lease_id, error, retry_after, no_retry).await.map(|_| None);
+                (task_id, lease_id, SettleOp::Nack, outcome)
+            }
+            Command::Extend { task_id, lease_id, extend_by } => {
+                let outcome = self.broker.extend(&task_id, &lease_id, extend_by).await.map(Some);
+                (task_id, lease_id, SettleOp::Extend, outcome)
+            }
+        };
+        self.forget_if_settled(&task_id, &lease_id, op, &outcome);
+        self.send(Event::Settled { task_id, lease_id, op, outcome }).await
+    }
+
+    /// A held task leaves the window once settled, or once its lease is gone.
+    fn forget_if_settled(
+        &mut self,
+        task_id: &str,
+        lease_id: &str,
+        op: SettleOp,
+        outcome: &Result<Option<Millis>, BrokerError>,
+    ) {
+        let (Ok(id), Ok(lease)) = (task_id.parse::<TaskId>(), lease_id.parse::<u64>()) else { return };
+        if self.held.get(&id) != Some(&lease) {
+            return;
+        }
+        let gone = match outcome {
+            Ok(_) => op != SettleOp::Extend,
+            Err(BrokerError::LeaseMismatch | BrokerError::TaskCanceled | BrokerError::TaskNotFound(_)) => {
+                true
+            }
+            Err(_) => false,
+        };
+        if gone {
+            self.held.remove(&id);
+        }
+    }
+
+    async fn on_lost(&mut self, ev: Result<LostLease, broadcast::error::RecvError>) -> Result<(), Gone> {
+        match ev {
+            Ok(lost) => {
+                if self.held.get(&lost.task_id) == Some(&lost.lease_id) {
+                    self.held.remove(&lost.task_id);
+                    self.send(Event::LeaseLost(lost)).await?;
+                }
+                Ok(())
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => self.recheck().await,
+            Err(broadcast::error::RecvError::Closed) => Err(Gone),
+        }
+    }
+
+    /// After missing lost-lease events: checks every held lease against the store.
+    async fn recheck(&mut self) -> Result<(), Gone> {
+        let held: Vec<_> = self.held.iter().map(|(id, lease)| (*id, *lease)).collect();
+        for (task_id, lease_id) in held {
+            let Ok(task) = self.broker.get(&task_id.to_string()).await else { continue };
+            let live =
+                task.state == TaskState::Leased && task.lease.as_ref().is_some_and(|l| l.id == lease_id);
+            if !live {
+                self.held.remove(&task_id);
+                let reason = if task.state == TaskState::Canceled {
+                    LostReason::Canceled
+                } else {
+                    LostReason::Expired
+                };
+                self.send(Event::LeaseLost(LostLease { task_id, lease_id, reason })).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The stream ended: every held task goes back at once.
+    async fn release_all(&mut self) {
+        for (task_id, lease_id) in self.held.drain() {
+            if let Err(e) =
+                self.broker.release(task_id, lease_id, "worker stream closed before settling").await
+            {
+                tracing::debug!(%task_id, error = %e, "release after stream end");
+            }
+        }
+    }
+}
