@@ -54,6 +54,8 @@ pub enum Command {
         extend_by: Option<Duration>,
     },
     Credit(u32),
+    /// The worker is stopping: push nothing more.
+    Drain,
     /// A settling message that could not be read: answered with its error.
     Invalid {
         task_id: String,
@@ -92,6 +94,8 @@ struct Session {
     window: usize,
     /// Task -> lease id of every task pushed and not yet settled or lost.
     held: HashMap<TaskId, u64>,
+    /// No more pushes: the broker is shutting down or the worker asked.
+    draining: bool,
     out: Outbound,
 }
 
@@ -114,10 +118,10 @@ pub async fn run(
         worker_id: sub.worker_id,
         window: sub.max_in_flight,
         held: HashMap::new(),
+        draining: false,
         broker,
         out,
     };
-    let mut draining = false;
     let mut retry_at: Option<tokio::time::Instant> = None;
     let _ = phase.borrow_and_update();
     if *phase.borrow() != Phase::Serving && s.send(Event::Draining).await.is_err() {
@@ -125,10 +129,10 @@ pub async fn run(
     }
     let outcome: Result<(), Gone> = async {
         loop {
-            draining |= *phase.borrow() != Phase::Serving;
+            s.draining |= *phase.borrow() != Phase::Serving;
             let mut woken: Vec<_> = notifies.iter().map(|n| Box::pin(n.notified())).collect();
             let mut idle = false;
-            if !draining && retry_at.is_none() && s.held.len() < s.window {
+            if !s.draining && retry_at.is_none() && s.held.len() < s.window {
                 for w in &mut woken {
                     w.as_mut().enable();
                 }
@@ -167,8 +171,8 @@ pub async fn run(
                     if now == Phase::Stopped {
                         return Err(Gone);
                     }
-                    if !draining {
-                        draining = true;
+                    if *phase.borrow() != Phase::Serving {
+                        s.draining = true;
                         s.send(Event::Draining).await?;
                     }
                 }
@@ -218,6 +222,10 @@ impl Session {
         let (task_id, lease_id, op, outcome) = match cmd {
             Command::Credit(n) => {
                 self.window = (self.window + n as usize).min(MAX_IN_FLIGHT);
+                return Ok(());
+            }
+            Command::Drain => {
+                self.draining = true;
                 return Ok(());
             }
             Command::Violation(e) => {

@@ -38,6 +38,9 @@ pub struct EnqueueArgs {
     /// A header as NAME=VALUE (repeatable).
     #[arg(long = "header", value_parser = parse_header)]
     pub headers: Vec<(String, String)>,
+    /// Wait until the task finishes; print it then (exit 1 unless it SUCCEEDED).
+    #[arg(long)]
+    pub wait: bool,
     #[command(flatten)]
     pub server: ServerArg,
 }
@@ -76,6 +79,12 @@ pub async fn run(args: EnqueueArgs) -> anyhow::Result<()> {
     };
     let mut client = args.server.producer().await?;
     let response = client.enqueue(request).await.map_err(status_error)?.into_inner();
-    println!("{}", task_json(&response.task.unwrap_or_default()));
-    Ok(())
+    let task = response.task.unwrap_or_default();
+    if !args.wait {
+        println!("{}", task_json(&task));
+        return Ok(());
+    }
+    let last = super::watch::watch(&mut client, task.id, false).await?;
+    println!("{}", task_json(&last));
+    super::watch::finished_ok(&last)
 }

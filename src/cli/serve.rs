@@ -91,7 +91,7 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
 
 /// A future that resolves on SIGTERM or Ctrl-C; the handlers are installed
 /// when this returns, not when the future is first polled.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+pub fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut interrupt = Box::pin(tokio::signal::ctrl_c());

@@ -63,6 +63,7 @@ fn command(m: pb::StreamRequest) -> Command {
         None => Command::Violation(BrokerError::invalid("msg", "empty stream message")),
         Some(Msg::Subscribe(_)) => Command::Violation(BrokerError::invalid("subscribe", "sent twice")),
         Some(Msg::Credit(pb::Credit { count })) => Command::Credit(count),
+        Some(Msg::Drain(pb::Drain {})) => Command::Drain,
         Some(Msg::Ack(pb::AckRequest { task_id, lease_id, result })) => {
             Command::Ack { task_id, lease_id, result }
         }
