@@ -40,6 +40,9 @@ pub enum BrokerError {
     /// Storage cannot serve; retry later.
     #[error("{0}")]
     Unavailable(String),
+    /// Storage refuses writes (full).
+    #[error("{0}")]
+    ResourceExhausted(String),
 }
 
 impl BrokerError {
@@ -60,6 +63,7 @@ impl From<StoreError> for BrokerError {
             StoreError::Lease(LeaseError::Canceled) => BrokerError::TaskCanceled,
             StoreError::TaskFinished(id) => BrokerError::TaskFinished(id.to_string()),
             StoreError::Unavailable(why) => BrokerError::Unavailable(why),
+            StoreError::Full(why) => BrokerError::ResourceExhausted(why),
         }
     }
 }

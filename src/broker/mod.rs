@@ -30,7 +30,7 @@ use crate::core::queue::Policies;
 use crate::core::routing::Route;
 use crate::core::task::{Task, TaskId};
 use crate::core::Millis;
-use crate::store::{Store, Swept};
+use crate::store::{Store, StoreEvent, Swept};
 use validate::Rules;
 use waiters::Waiters;
 use watch::Watchers;
@@ -111,7 +111,11 @@ impl Broker {
             timers: Notify::new(),
             next_sweep: AtomicU64::new(0),
         };
-        Self { inner: Arc::new(inner) }
+        let broker = Self { inner: Arc::new(inner) };
+        if let Some(events) = broker.store().events() {
+            tokio::spawn(follow_store(Arc::downgrade(&broker.inner), events));
+        }
+        broker
     }
 
     pub fn now(&self) -> Millis {
@@ -207,6 +211,37 @@ impl Broker {
     fn timer_at(&self, at: Millis) {
         if at < self.inner.next_sweep.load(Ordering::Acquire) {
             self.inner.timers.notify_one();
+        }
+    }
+}
+
+/// Relays what other replicas did (through a shared store) to this replica's
+/// waiting workers, streams and watchers. Ends with the broker.
+async fn follow_store(inner: std::sync::Weak<Inner>, mut events: broadcast::Receiver<StoreEvent>) {
+    loop {
+        let event = match events.recv().await {
+            Ok(e) => e,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "store events lagged");
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let Some(inner) = inner.upgrade() else { return };
+        let broker = Broker { inner };
+        match event {
+            StoreEvent::Ready(queue) => broker.inner.waiters.wake(&queue),
+            StoreEvent::LeaseLost(task_id, lease_id, canceled) => {
+                let reason = if canceled { LostReason::Canceled } else { LostReason::Expired };
+                let _ = broker.inner.lost.send(LostLease { task_id, lease_id, reason });
+            }
+            StoreEvent::Changed(id) => {
+                if broker.inner.watchers.any() {
+                    if let Ok(task) = broker.store().get(id).await {
+                        broker.inner.watchers.publish(&task);
+                    }
+                }
+            }
         }
     }
 }

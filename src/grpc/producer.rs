@@ -114,10 +114,19 @@ async fn pump_watch(
     out: mpsc::Sender<Result<pb::WatchTaskResponse, Status>>,
 ) {
     let mut current = first;
+    // Replicas may report one change twice: send each state once.
+    let mut sent: Option<(crate::core::task::TaskState, u64)> = None;
     loop {
         let done = current.state.is_final();
-        let msg = pb::WatchTaskResponse { task: Some(convert::task(current)) };
-        if out.send(Ok(msg)).await.is_err() || done {
+        let key = Some((current.state, current.update_time));
+        if sent != key {
+            sent = key;
+            let msg = pb::WatchTaskResponse { task: Some(convert::task(current)) };
+            if out.send(Ok(msg)).await.is_err() {
+                break;
+            }
+        }
+        if done {
             break;
         }
         current = tokio::select! {

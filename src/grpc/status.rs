@@ -28,6 +28,7 @@ pub fn code_and_reason(e: &BrokerError) -> (Code, &'static str) {
         BrokerError::TaskCanceled => (Code::FailedPrecondition, "TASK_CANCELED"),
         BrokerError::TaskFinished(_) => (Code::FailedPrecondition, "TASK_FINISHED"),
         BrokerError::Unavailable(_) => (Code::Unavailable, "STORAGE_UNAVAILABLE"),
+        BrokerError::ResourceExhausted(_) => (Code::ResourceExhausted, "STORAGE_FULL"),
     }
 }
 
@@ -51,7 +52,7 @@ pub fn to_status(e: BrokerError) -> Status {
         BrokerError::Unavailable(_) => {
             details.set_retry_info(Some(RETRY_DELAY));
         }
-        BrokerError::LeaseMismatch | BrokerError::TaskCanceled => {}
+        BrokerError::LeaseMismatch | BrokerError::TaskCanceled | BrokerError::ResourceExhausted(_) => {}
     }
     details.set_error_info(reason, DOMAIN, metadata);
     Status::with_error_details(code, e.to_string(), details)

@@ -40,6 +40,21 @@ pub enum StoreError {
     /// The storage engine cannot serve (disk error, connection lost).
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// The storage engine refuses writes for lack of space (e.g. Redis OOM).
+    #[error("storage full: {0}")]
+    Full(String),
+}
+
+/// What a shared store tells every broker replica attached to it, so that a
+/// change made through one replica reaches streams and watchers on all.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StoreEvent {
+    /// The queue got ready tasks.
+    Ready(String),
+    /// A lease ended unsettled: `(task, lease id, canceled?)`.
+    LeaseLost(TaskId, u64, bool),
+    /// The task changed state.
+    Changed(TaskId),
 }
 
 /// The outcome of one enqueued item.
@@ -139,4 +154,10 @@ pub trait Store: Send + Sync + 'static {
     async fn next_timer(&self) -> Result<Option<Millis>, StoreError>;
     /// Whether the store can serve (for readiness).
     async fn healthy(&self) -> bool;
+
+    /// Events from other replicas, for stores shared by several brokers.
+    /// Local stores return `None`: the broker already knows what it did.
+    fn events(&self) -> Option<tokio::sync::broadcast::Receiver<StoreEvent>> {
+        None
+    }
 }

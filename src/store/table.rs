@@ -53,8 +53,8 @@ pub struct Table {
     idx: Indexes,
     /// Latest task per (queue, dedup_key).
     dedup: HashMap<(String, String), TaskId>,
-    /// Task created by each request_id, while that task is kept.
-    requests: HashMap<String, TaskId>,
+    /// Task created by each (queue, request_id), while that task is kept.
+    requests: HashMap<(String, String), TaskId>,
     /// Next READY sequence number (FIFO order).
     next_seq: u64,
     /// Next lease id: increases forever, so an old lease id never comes back.
@@ -140,7 +140,8 @@ impl Table {
     /// The task a request_id or dedup_key points to, if it still counts.
     fn existing(&self, new: &NewTask, now: Millis) -> Option<&Task> {
         if !new.request_id.is_empty() {
-            if let Some(t) = self.requests.get(&new.request_id).and_then(|id| self.tasks.get(id)) {
+            let key = (new.queue.clone(), new.request_id.clone());
+            if let Some(t) = self.requests.get(&key).and_then(|id| self.tasks.get(id)) {
                 return Some(t);
             }
         }
@@ -155,7 +156,7 @@ impl Table {
 
     fn index_lookups(&mut self, task: &Task) {
         if !task.request_id.is_empty() {
-            self.requests.insert(task.request_id.clone(), task.id);
+            self.requests.insert((task.queue.clone(), task.request_id.clone()), task.id);
         }
         if !task.dedup_key.is_empty() {
             self.dedup.insert((task.queue.clone(), task.dedup_key.clone()), task.id);
@@ -323,8 +324,9 @@ impl Table {
         for id in &due {
             let Some(task) = self.tasks.remove(id) else { continue };
             unindex(&mut self.idx, &self.policies, &task);
-            if self.requests.get(&task.request_id) == Some(id) {
-                self.requests.remove(&task.request_id);
+            let key = (task.queue.clone(), task.request_id);
+            if self.requests.get(&key) == Some(id) {
+                self.requests.remove(&key);
             }
             let key = (task.queue, task.dedup_key);
             if self.dedup.get(&key) == Some(id) {

@@ -1,0 +1,473 @@
+//! The `taskbroker` command line as a user runs it: the real binary, started
+//! with `std::process::Command`, talked to through its own subcommands.
+#![cfg(unix)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_taskbroker");
+/// Variables the binary reads; cleared so the caller's environment cannot leak in.
+const ENV_VARS: &[&str] = &[
+    "TASKBROKER_CONFIG",
+    "TASKBROKER_LISTEN",
+    "TASKBROKER_DATA_DIR",
+    "TASKBROKER_STORAGE",
+    "TASKBROKER_SERVER",
+    "TASKBROKER_LOG_FORMAT",
+];
+/// Bound on one short command (and on a server's start).
+const TIMEOUT: Duration = Duration::from_secs(30);
+/// How soon an idle `serve` must exit after SIGTERM.
+const PROMPT_EXIT: Duration = Duration::from_secs(5);
+/// The exit code for bad configuration (EX_USAGE).
+const EXIT_CONFIG: i32 = 64;
+/// A well-formed ULID no server has handed out.
+const UNKNOWN_ID: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+
+/// The binary with a clean environment, run in `cwd` (so a stray default
+/// data directory lands in a temp dir, not the source tree).
+fn taskbroker(cwd: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    for var in ENV_VARS {
+        cmd.env_remove(var);
+    }
+    cmd.current_dir(cwd).stdin(Stdio::null());
+    cmd
+}
+
+/// Runs a command to completion (killed and failed after [`TIMEOUT`]).
+fn run(mut cmd: Command) -> Output {
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn taskbroker");
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(TIMEOUT) {
+        Ok(output) => output.expect("wait for taskbroker"),
+        Err(_) => {
+            // Not reaped yet, so the pid is still this child's.
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            panic!("{cmd:?} did not finish within {TIMEOUT:?}");
+        }
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts success and returns stdout.
+fn ok(o: &Output) -> String {
+    assert!(o.status.success(), "failed with {}: stdout {:?} stderr {:?}", o.status, stdout(o), stderr(o));
+    stdout(o)
+}
+
+/// A string field of a one-line JSON object (enough for the CLI's task output).
+fn json_str(json: &str, field: &str) -> String {
+    let key = format!("\"{field}\":\"");
+    let start = json.find(&key).unwrap_or_else(|| panic!("no string field {field:?} in {json}")) + key.len();
+    let len = json[start..].find('"').unwrap_or_else(|| panic!("unterminated {field:?} in {json}"));
+    json[start..start + len].to_owned()
+}
+
+/// A number field of a one-line JSON object.
+fn json_num(json: &str, field: &str) -> u64 {
+    let key = format!("\"{field}\":");
+    let start = json.find(&key).unwrap_or_else(|| panic!("no field {field:?} in {json}")) + key.len();
+    let digits: String = json[start..].chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().unwrap_or_else(|_| panic!("{field:?} is not a number in {json}"))
+}
+
+/// A running `taskbroker serve`. Dropping it kills the process, so a failed
+/// assertion never leaves a broker behind; on a panic it also prints the log.
+struct Serve {
+    child: Child,
+    /// `host:port` from the `listening on` line.
+    addr: String,
+    /// stdout lines after the `listening on` one; disconnects when stdout closes (the process ended).
+    lines: Receiver<String>,
+    log: PathBuf,
+}
+
+impl Serve {
+    /// Spawns `cmd` (a `serve` command), stderr to `log`, and waits for `listening on ADDR`.
+    fn start(mut cmd: Command, log: &Path) -> Serve {
+        let stderr = std::fs::File::create(log).expect("create the log");
+        let mut child = cmd.stdout(Stdio::piped()).stderr(stderr).spawn().expect("spawn taskbroker serve");
+        let out = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut serve = Serve { child, addr: String::new(), lines, log: log.to_owned() };
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            match serve.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => {
+                    if let Some(addr) = line.strip_prefix("listening on ") {
+                        serve.addr = addr.trim().to_owned();
+                        return serve;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => panic!("no `listening on` line within {TIMEOUT:?}"),
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("serve exited before listening: {:?}", serve.child.wait())
+                }
+            }
+        }
+    }
+
+    fn server(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Sends SIGTERM and waits (bounded by [`PROMPT_EXIT`]) for the exit status.
+    fn terminate(&mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid} failed");
+        let deadline = Instant::now() + PROMPT_EXIT;
+        // stdout closes when the process ends; then `wait` returns at once.
+        loop {
+            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(_) => continue,
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => panic!("serve still running {PROMPT_EXIT:?} after SIGTERM"),
+            }
+        }
+        self.child.wait().expect("wait for serve")
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail = &log[log.len().saturating_sub(8000)..];
+            eprintln!("--- taskbroker serve log ({}), tail ---\n{tail}", self.log.display());
+        }
+    }
+}
+
+/// `serve --storage memory --listen 127.0.0.1:0` in a temp dir.
+fn serve_memory(dir: &TempDir) -> Serve {
+    let mut cmd = taskbroker(dir.path());
+    cmd.args(["serve", "--storage", "memory", "--listen", "127.0.0.1:0"]);
+    Serve::start(cmd, &dir.path().join("serve.log"))
+}
+
+/// One client round trip (`get` of an unknown id answers NotFound): the broker
+/// is past start-up and serving. Tests send SIGTERM only after this; see
+/// `sigterm_right_after_the_listening_line_exits_0` for why.
+fn round_trip(dir: &TempDir, serve: &Serve) {
+    let mut cmd = taskbroker(dir.path());
+    cmd.args(["get", UNKNOWN_ID, "--server", &serve.server()]);
+    let out = run(cmd);
+    assert!(stderr(&out).contains("NotFound"), "the broker answers: {}", stderr(&out));
+}
+
+// ---------------------------------------------------------------------------
+// Configuration.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn config_example_passes_config_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = taskbroker(dir.path());
+    cmd.args(["config", "example"]);
+    let example = ok(&run(cmd));
+    assert!(example.contains("[queues.default]"), "the example shows the default queue:\n{example}");
+    let file = dir.path().join("taskbroker.toml");
+    std::fs::write(&file, &example).unwrap();
+
+    let mut cmd = taskbroker(dir.path());
+    cmd.args(["config", "check"]).arg(&file);
+    let out = ok(&run(cmd));
+    assert!(out.contains("ok"), "config check says ok: {out:?}");
+}
+
+#[test]
+fn config_check_names_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "[queues.x]\nmax_attempts = 0\n").unwrap();
+    let mut cmd = taskbroker(dir.path());
+    cmd.args(["config", "check"]).arg(&file);
+    let out = run(cmd);
+    assert!(!out.status.success(), "config check accepted max_attempts = 0");
+    assert!(stderr(&out).contains("queues.x.max_attempts"), "stderr: {}", stderr(&out));
+}
+
+/// Runs `serve --config FILE` (memory, port 0, so a wrongly accepted file
+/// would not touch disk or a fixed port) and expects exit 64; returns stderr.
+fn serve_rejects_config(toml: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("taskbroker.toml");
+    std::fs::write(&file, toml).unwrap();
+    let mut cmd = taskbroker(dir.path());
+    cmd.args(["serve", "--storage", "memory", "--listen", "127.0.0.1:0", "--config"]).arg(&file);
+    let out = run(cmd);
+    assert_eq!(out.status.code(), Some(EXIT_CONFIG), "serve with {toml:?}: stderr {}", stderr(&out));
+    assert!(stdout(&out).is_empty(), "nothing served: {}", stdout(&out));
+    stderr(&out)
+}
+
+#[test]
+fn serve_exits_64_on_an_unknown_config_field() {
+    let err = serve_rejects_config("listen = \"127.0.0.1:0\"\nbogus_field = 1\n");
+    assert!(err.contains("bogus_field"), "stderr names the field: {err}");
+}
+
+#[test]
+fn serve_exits_64_on_max_attempts_zero() {
+    let err = serve_rejects_config("[queues.x]\nmax_attempts = 0\n");
+    assert!(err.contains("queues.x.max_attempts"), "stderr names the setting: {err}");
+}
+
+#[test]
+fn serve_exits_64_on_a_bad_listen_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = taskbroker(dir.path());
+    cmd.args(["serve", "--storage", "memory", "--listen", "nonsense"]);
+    let out = run(cmd);
+    assert_eq!(out.status.code(), Some(EXIT_CONFIG), "stderr: {}", stderr(&out));
+    assert!(stderr(&out).contains("listen"), "stderr names the setting: {}", stderr(&out));
+}
+
+#[test]
+fn serve_exits_64_on_a_bad_config_named_by_env() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("taskbroker.toml");
+    std::fs::write(&file, "[queues.x]\nmax_attempts = 0\n").unwrap();
+    let mut cmd = taskbroker(dir.path());
+    cmd.args(["serve", "--storage", "memory", "--listen", "127.0.0.1:0"]).env("TASKBROKER_CONFIG", &file);
+    let out = run(cmd);
+    assert_eq!(out.status.code(), Some(EXIT_CONFIG), "stderr: {}", stderr(&out));
+    assert!(stderr(&out).contains("queues.x.max_attempts"), "stderr: {}", stderr(&out));
+}
+
+// ---------------------------------------------------------------------------
+// Client subcommands against a served broker.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn enqueue_get_cancel_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut serve = serve_memory(&dir);
+    let server = serve.server();
+    let client = |args: &[&str]| {
+        let mut cmd = taskbroker(dir.path());
+        cmd.args(args).args(["--server", &server]);
+        run(cmd)
+    };
+
+    let enqueued =
+        ok(&client(&["enqueue", "--queue", "q", "--kind", "k", "--payload", "hello", "--priority", "5"]));
+    assert_eq!(enqueued.lines().count(), 1, "one JSON line: {enqueued:?}");
+    let id = json_str(&enqueued, "id");
+    assert_eq!(id.len(), 26, "a ULID: {id:?}");
+    assert_eq!(json_str(&enqueued, "queue"), "q");
+    assert_eq!(json_str(&enqueued, "kind"), "k");
+    assert_eq!(json_str(&enqueued, "payload"), "hello");
+    assert_eq!(json_str(&enqueued, "state"), "TASK_STATE_READY");
+    assert_eq!(json_num(&enqueued, "priority"), 5);
+
+    let got = ok(&client(&["get", &id]));
+    assert_eq!(json_str(&got, "id"), id);
+    assert_eq!(json_str(&got, "state"), "TASK_STATE_READY");
+    assert_eq!(json_str(&got, "payload"), "hello");
+    assert_eq!(json_num(&got, "priority"), 5);
+
+    let canceled = ok(&client(&["cancel", &id]));
+    assert_eq!(json_str(&canceled, "id"), id);
+    assert_eq!(json_str(&canceled, "state"), "TASK_STATE_CANCELED");
+    let got = ok(&client(&["get", &id]));
+    assert_eq!(json_str(&got, "state"), "TASK_STATE_CANCELED");
+
+    let missing = client(&["get", UNKNOWN_ID]);
+    assert!(!missing.status.success(), "get of an unknown id: {}", stdout(&missing));
+    assert!(stderr(&missing).contains("NotFound"), "stderr: {}", stderr(&missing));
+    assert!(stdout(&missing).is_empty(), "no task printed: {}", stdout(&missing));
+
+    let bad = client(&["enqueue", "--queue", "q", "--kind", ""]);
+    assert!(!bad.status.success(), "enqueue without a kind: {}", stdout(&bad));
+    let err = stderr(&bad);
+    assert!(err.contains("InvalidArgument") && err.contains("kind"), "stderr names the field: {err}");
+
+    // TASKBROKER_SERVER stands in for --server.
+    let mut cmd = taskbroker(dir.path());
+    cmd.args(["enqueue", "--kind", "k2"]).env("TASKBROKER_SERVER", &server);
+    let out = ok(&run(cmd));
+    assert_eq!(json_str(&out, "kind"), "k2");
+    assert_eq!(json_str(&out, "queue"), "default", "unrouted tasks land in the default queue");
+
+    let status = serve.terminate();
+    assert_eq!(status.code(), Some(0), "serve exits 0 on SIGTERM: {status:?}");
+}
+
+#[test]
+fn client_without_a_server_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port nothing listens on: bind one, note it, close it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut cmd = taskbroker(dir.path());
+    cmd.args(["get", UNKNOWN_ID, "--server", &format!("http://127.0.0.1:{port}")]);
+    let out = run(cmd);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("cannot connect"), "stderr: {}", stderr(&out));
+}
+
+// ---------------------------------------------------------------------------
+// Environment overrides and signals.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn env_vars_configure_serve_without_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = taskbroker(dir.path());
+    cmd.arg("serve").env("TASKBROKER_STORAGE", "memory").env("TASKBROKER_LISTEN", "127.0.0.1:0");
+    let mut serve = Serve::start(cmd, &dir.path().join("serve.log"));
+    assert!(serve.addr.starts_with("127.0.0.1:") && !serve.addr.ends_with(":0"), "addr {}", serve.addr);
+
+    let mut cmd = taskbroker(dir.path());
+    cmd.args(["enqueue", "--kind", "k", "--payload", "via env"]).env("TASKBROKER_SERVER", serve.server());
+    let out = ok(&run(cmd));
+    assert_eq!(json_str(&out, "payload"), "via env");
+
+    assert_eq!(serve.terminate().code(), Some(0));
+    // Memory storage: no default data directory appeared.
+    assert!(!dir.path().join("taskbroker-data").exists(), "memory storage wrote a data directory");
+}
+
+#[test]
+fn env_data_dir_holds_the_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("custom-data");
+    let mut cmd = taskbroker(dir.path());
+    cmd.arg("serve").env("TASKBROKER_DATA_DIR", &data).env("TASKBROKER_LISTEN", "127.0.0.1:0");
+    let mut serve = Serve::start(cmd, &dir.path().join("serve.log"));
+    assert!(
+        data.join("tasks.redb").is_file(),
+        "embedded storage (the default) opened in TASKBROKER_DATA_DIR"
+    );
+    assert_eq!(serve.terminate().code(), Some(0));
+    assert!(!dir.path().join("taskbroker-data").exists(), "the default data directory was not used");
+}
+
+#[test]
+fn flags_override_env_and_env_overrides_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // The file alone would fail (bad listen); the env var fixes listen; the
+    // flag beats the env var's bad storage value.
+    let file = dir.path().join("taskbroker.toml");
+    std::fs::write(&file, "listen = \"nonsense\"\nstorage = \"embedded\"\n").unwrap();
+    let mut cmd = taskbroker(dir.path());
+    cmd.args(["serve", "--storage", "memory"])
+        .env("TASKBROKER_CONFIG", &file)
+        .env("TASKBROKER_LISTEN", "127.0.0.1:0")
+        .env("TASKBROKER_STORAGE", "not-a-backend");
+    let mut serve = Serve::start(cmd, &dir.path().join("serve.log"));
+    round_trip(&dir, &serve);
+    assert_eq!(serve.terminate().code(), Some(0));
+    assert!(!dir.path().join("taskbroker-data").exists(), "--storage memory won over the file");
+
+    // Without the env override the file's bad listen address is reported.
+    let mut cmd = taskbroker(dir.path());
+    cmd.args(["serve", "--storage", "memory", "--config"]).arg(&file);
+    let out = run(cmd);
+    assert_eq!(out.status.code(), Some(EXIT_CONFIG), "stderr: {}", stderr(&out));
+    assert!(stderr(&out).contains("listen"), "stderr: {}", stderr(&out));
+}
+
+#[test]
+fn sigterm_stops_serve_promptly_with_exit_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut serve = serve_memory(&dir);
+    round_trip(&dir, &serve);
+    let started = Instant::now();
+    let status = serve.terminate();
+    assert_eq!(status.code(), Some(0), "serve exits 0 on SIGTERM: {status:?}");
+    eprintln!("serve stopped {:?} after SIGTERM", started.elapsed());
+}
+
+/// A supervisor may stop the broker as soon as it announced itself. Several
+/// brokers at once, so the start-up race shows on an otherwise idle machine.
+#[test]
+fn sigterm_right_after_the_listening_line_exits_0() {
+    let starters: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(|| {
+                let mut bad = Vec::new();
+                for _ in 0..15 {
+                    let dir = tempfile::tempdir().unwrap();
+                    let mut serve = serve_memory(&dir);
+                    let status = serve.terminate();
+                    if status.code() != Some(0) {
+                        bad.push(status.to_string());
+                    }
+                }
+                bad
+            })
+        })
+        .collect();
+    let bad: Vec<String> = starters.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    assert!(bad.is_empty(), "{} of 60 brokers did not exit 0 on SIGTERM: {:?}", bad.len(), bad);
+}
+
+/// A worker waiting in a long-poll Lease must not hold up shutdown: it has
+/// nothing to finish, so it should get its (empty) answer and serve exit.
+#[test]
+fn sigterm_with_a_waiting_worker_exits_promptly() {
+    use taskbroker::pb;
+    use taskbroker::pb::worker_service_client::WorkerServiceClient;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut serve = serve_memory(&dir);
+    let server = serve.server();
+    let (connected, lease_done) = mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let mut worker = WorkerServiceClient::connect(server).await.expect("connect");
+            let _ = connected.send(None);
+            let request = pb::LeaseRequest {
+                queues: vec!["idle".into()],
+                wait: Some(prost_types::Duration { seconds: 30, nanos: 0 }),
+                ..Default::default()
+            };
+            let reply = worker.lease(request).await.map(|r| r.into_inner().tasks.len());
+            let _ = connected.send(Some(reply));
+        });
+    });
+    assert!(matches!(lease_done.recv_timeout(TIMEOUT), Ok(None)), "the worker connected");
+    // Nothing observable says the server has parked the call; give the
+    // request time to arrive (this is the one sleep of these tests).
+    std::thread::sleep(Duration::from_millis(500));
+
+    let started = Instant::now();
+    let status = serve.terminate();
+    assert_eq!(status.code(), Some(0), "serve exits 0 on SIGTERM: {status:?}");
+    let reply = lease_done.recv_timeout(TIMEOUT).expect("the long-poll ended").expect("its reply");
+    assert!(
+        matches!(reply, Ok(0)),
+        "the waiting Lease answers empty at shutdown, got {reply:?} after {:?}",
+        started.elapsed()
+    );
+}

@@ -1,0 +1,596 @@
+//! Durability through `kill -9` of the real binary: whatever the broker
+//! acknowledged must be there after a restart on the same data directory.
+//!
+//! Each test runs `taskbroker serve --storage embedded` as a child process,
+//! reads its port from the `listening on ADDR` line, works against it over
+//! gRPC, SIGKILLs it, and starts a new process on the same data directory.
+#![cfg(unix)]
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStdout, Command};
+use tokio::sync::watch;
+use tokio::time::timeout;
+use tonic::transport::Channel;
+use tonic::Code;
+
+use taskbroker::pb;
+use taskbroker::pb::enqueue_result::Result as ItemResult;
+use taskbroker::pb::producer_service_client::ProducerServiceClient;
+use taskbroker::pb::worker_service_client::WorkerServiceClient;
+
+const BIN: &str = env!("CARGO_BIN_EXE_taskbroker");
+/// Variables the binary reads; cleared so the caller's environment cannot leak in.
+const ENV_VARS: &[&str] = &[
+    "TASKBROKER_CONFIG",
+    "TASKBROKER_LISTEN",
+    "TASKBROKER_DATA_DIR",
+    "TASKBROKER_STORAGE",
+    "TASKBROKER_SERVER",
+    "TASKBROKER_LOG_FORMAT",
+];
+/// Longest wait for the `listening on` line (a restart may recover the database).
+const STARTUP: Duration = Duration::from_secs(30);
+/// Bound on every gRPC call (long-polls included).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for a killed process to be reaped.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+const SIGKILL: i32 = 9;
+
+/// A `taskbroker serve` process. Dropping it kills the process, so a failed
+/// assertion never leaves a broker behind; on a panic it also prints the log.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+    /// Held so the child's stdout stays an open pipe.
+    _stdout: Option<BufReader<ChildStdout>>,
+}
+
+impl Server {
+    /// Starts the broker on the embedded store in `data_dir` (stderr appended
+    /// to `log`) and waits until it serves.
+    async fn start(data_dir: &Path, log: &Path) -> Server {
+        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("open the log");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .args(["--storage", "embedded", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .kill_on_drop(true);
+        for var in ENV_VARS {
+            cmd.env_remove(var);
+        }
+        let child = cmd.spawn().expect("spawn taskbroker");
+        let mut server =
+            Server { child, addr: SocketAddr::from(([127, 0, 0, 1], 0)), log: log.to_owned(), _stdout: None };
+        let mut stdout = BufReader::new(server.child.stdout.take().expect("piped stdout"));
+        server.addr = timeout(STARTUP, listen_line(&mut stdout))
+            .await
+            .unwrap_or_else(|_| panic!("no `listening on` line within {STARTUP:?}"));
+        server._stdout = Some(stdout);
+        server
+    }
+
+    /// SIGKILLs the process and checks that it was still running and died of it.
+    async fn kill9(&mut self) {
+        assert!(
+            self.child.try_wait().expect("poll the child").is_none(),
+            "the broker exited before it was killed"
+        );
+        self.child.start_kill().expect("send SIGKILL");
+        let status = timeout(EXIT_TIMEOUT, self.child.wait())
+            .await
+            .expect("the killed broker is reaped in time")
+            .expect("wait for the broker");
+        assert_eq!(status.signal(), Some(SIGKILL), "the broker died of SIGKILL: {status:?}");
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(CALL_TIMEOUT)
+            .connect()
+            .await
+            .expect("connect to the broker")
+    }
+
+    async fn producer(&self) -> ProducerServiceClient<Channel> {
+        ProducerServiceClient::new(self.channel().await)
+    }
+
+    async fn worker(&self) -> WorkerServiceClient<Channel> {
+        WorkerServiceClient::new(self.channel().await)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail = &log[log.len().saturating_sub(8000)..];
+            eprintln!("--- taskbroker log ({}), tail ---\n{tail}", self.log.display());
+        }
+    }
+}
+
+/// Reads stdout up to the `listening on ADDR` line.
+async fn listen_line(stdout: &mut BufReader<ChildStdout>) -> SocketAddr {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = stdout.read_line(&mut line).await.expect("read the broker's stdout");
+        assert!(n > 0, "the broker exited before it printed `listening on`");
+        if let Some(addr) = line.trim().strip_prefix("listening on ") {
+            return addr.parse().unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));
+        }
+    }
+}
+
+fn state(t: &pb::Task) -> pb::TaskState {
+    pb::TaskState::try_from(t.state).unwrap_or(pb::TaskState::Unspecified)
+}
+
+fn secs(s: i64) -> Option<prost_types::Duration> {
+    Some(prost_types::Duration { seconds: s, nanos: 0 })
+}
+
+fn system_time(t: &prost_types::Timestamp) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::new(t.seconds as u64, t.nanos as u32)
+}
+
+async fn get(client: &mut ProducerServiceClient<Channel>, id: &str) -> pb::Task {
+    client
+        .get_task(pb::GetTaskRequest { task_id: id.into() })
+        .await
+        .unwrap_or_else(|s| panic!("GetTask {id}: {s:?}"))
+        .into_inner()
+        .task
+        .expect("GetTask returns the task")
+}
+
+// ---------------------------------------------------------------------------
+// Acknowledged enqueues survive kill -9.
+// ---------------------------------------------------------------------------
+
+/// Concurrent producers.
+const PRODUCERS: usize = 4;
+/// Producers stop after this many acknowledged tasks...
+const TARGET: usize = 3000;
+/// ...or after this long.
+const PRODUCE_FOR: Duration = Duration::from_secs(3);
+/// The broker is killed once this many are acknowledged (or half the time is gone).
+const KILL_AFTER: usize = 1000;
+/// Largest batch a producer sends.
+const MAX_BATCH: usize = 40;
+
+/// A task the broker acknowledged, with the request that created it.
+struct Acked {
+    id: String,
+    request: pb::EnqueueRequest,
+}
+
+#[derive(Default)]
+struct Shared {
+    acked: Mutex<Vec<Acked>>,
+    count: AtomicUsize,
+    /// Set just before SIGKILL: failures after it are expected.
+    killed: AtomicBool,
+    /// Failures while the broker was alive (there should be none).
+    early_errors: Mutex<Vec<String>>,
+    /// Calls that failed because of the kill.
+    failed_by_kill: AtomicUsize,
+}
+
+impl Shared {
+    fn record(&self, progress: &watch::Sender<usize>, acked: Vec<Acked>) {
+        let n = acked.len();
+        self.acked.lock().unwrap().extend(acked);
+        let total = self.count.fetch_add(n, Ordering::SeqCst) + n;
+        progress.send_replace(total);
+    }
+
+    /// Files a failed call (the producer then stops).
+    fn failed(&self, what: String) {
+        if self.killed.load(Ordering::SeqCst) {
+            self.failed_by_kill.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.early_errors.lock().unwrap().push(what);
+        }
+    }
+}
+
+fn request(p: usize, n: usize, i: usize) -> pb::EnqueueRequest {
+    pb::EnqueueRequest {
+        queue: format!("crash-{}", p % 2),
+        kind: "crash.test".into(),
+        payload: format!("payload p{p} n{n} i{i}").into_bytes(),
+        priority: Some(((p + n + i) % 10) as u32),
+        request_id: format!("req-{p}-{n}-{i}"),
+        ..Default::default()
+    }
+}
+
+/// Enqueues (unary and batches, alternating) until the target, the deadline,
+/// or the first failure.
+async fn produce(
+    p: usize,
+    mut client: ProducerServiceClient<Channel>,
+    shared: Arc<Shared>,
+    progress: watch::Sender<usize>,
+    deadline: Instant,
+) {
+    let mut n = 0;
+    while shared.count.load(Ordering::SeqCst) < TARGET && Instant::now() < deadline {
+        n += 1;
+        if n % 2 == 0 {
+            let req = request(p, n, 0);
+            match client.enqueue(req.clone()).await {
+                Ok(resp) => {
+                    let resp = resp.into_inner();
+                    let task = resp.task.expect("Enqueue returns the task");
+                    assert!(!resp.deduplicated, "a fresh request_id is not deduplicated");
+                    shared.record(&progress, vec![Acked { id: task.id, request: req }]);
+                }
+                Err(s) => return shared.failed(format!("producer {p} Enqueue: {s:?}")),
+            }
+        } else {
+            let size = 1 + (n * 7 + p) % MAX_BATCH;
+            let reqs: Vec<_> = (0..size).map(|i| request(p, n, i)).collect();
+            match client.enqueue_batch(pb::EnqueueBatchRequest { tasks: reqs.clone() }).await {
+                Ok(resp) => {
+                    let results = resp.into_inner().results;
+                    assert_eq!(results.len(), size, "one result per item");
+                    let mut acked = Vec::new();
+                    for (req, r) in reqs.into_iter().zip(results) {
+                        match r.result {
+                            Some(ItemResult::Task(t)) => acked.push(Acked { id: t.id, request: req }),
+                            other => shared
+                                .early_errors
+                                .lock()
+                                .unwrap()
+                                .push(format!("producer {p} batch item {}: {other:?}", req.request_id)),
+                        }
+                    }
+                    shared.record(&progress, acked);
+                }
+                Err(s) => return shared.failed(format!("producer {p} EnqueueBatch: {s:?}")),
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_enqueues_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("broker.log");
+    let mut server = Server::start(&data, &log).await;
+
+    let shared = Arc::new(Shared::default());
+    let (progress, mut watch_progress) = watch::channel(0usize);
+    let start = Instant::now();
+    let deadline = start + PRODUCE_FOR;
+    let mut producers = Vec::new();
+    for p in 0..PRODUCERS {
+        let client = server.producer().await;
+        producers.push(tokio::spawn(produce(p, client, shared.clone(), progress.clone(), deadline)));
+    }
+    drop(progress);
+
+    // Kill mid-stream: once KILL_AFTER are acknowledged, or half the time is gone.
+    let _ = timeout(PRODUCE_FOR / 2, watch_progress.wait_for(|&n| n >= KILL_AFTER)).await;
+    assert!(
+        producers.iter().any(|p| !p.is_finished()),
+        "the producers finished before the kill ({} acknowledged; errors: {:?})",
+        shared.count.load(Ordering::SeqCst),
+        shared.early_errors.lock().unwrap()
+    );
+    shared.killed.store(true, Ordering::SeqCst);
+    server.kill9().await;
+    let killed_at = start.elapsed();
+    for p in producers {
+        timeout(CALL_TIMEOUT + EXIT_TIMEOUT, p)
+            .await
+            .expect("producers stop after the kill")
+            .expect("producer task");
+    }
+    drop(server);
+
+    let early = shared.early_errors.lock().unwrap().clone();
+    assert!(early.is_empty(), "calls failed while the broker was alive: {early:?}");
+    let acked = std::mem::take(&mut *shared.acked.lock().unwrap());
+    assert!(!acked.is_empty(), "nothing was acknowledged before the kill");
+    let ids: HashSet<&str> = acked.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids.len(), acked.len(), "task ids are unique");
+    eprintln!(
+        "killed after {killed_at:?}: {} tasks acknowledged, {} calls failed by the kill",
+        acked.len(),
+        shared.failed_by_kill.load(Ordering::SeqCst)
+    );
+
+    // Restart on the same data: every acknowledged task is there, READY, as sent.
+    let server = Server::start(&data, &log).await;
+    let mut client = server.producer().await;
+    let mut wrong = Vec::new();
+    for a in &acked {
+        match client.get_task(pb::GetTaskRequest { task_id: a.id.clone() }).await {
+            Ok(resp) => {
+                let t = resp.into_inner().task.expect("GetTask returns the task");
+                let expected =
+                    (pb::TaskState::Ready, &a.request.queue, &a.request.payload, a.request.priority);
+                if (state(&t), &t.queue, &t.payload, Some(t.priority)) != expected || t.attempt != 0 {
+                    wrong.push(format!("{}: {:?} attempt {} in {}", a.id, state(&t), t.attempt, t.queue));
+                }
+            }
+            Err(s) => wrong.push(format!("{}: {:?} {}", a.id, s.code(), s.message())),
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} acknowledged tasks lost or changed after kill -9, e.g. {:?}",
+        wrong.len(),
+        acked.len(),
+        &wrong[..wrong.len().min(10)]
+    );
+
+    // Request ids survive too: a client retrying after the crash gets the same task back.
+    for chunk in acked.chunks(500) {
+        let tasks = chunk.iter().map(|a| a.request.clone()).collect();
+        let results = client
+            .enqueue_batch(pb::EnqueueBatchRequest { tasks })
+            .await
+            .expect("EnqueueBatch after restart")
+            .into_inner()
+            .results;
+        for (a, r) in chunk.iter().zip(results) {
+            match r.result {
+                Some(ItemResult::Task(t)) => {
+                    assert!(r.deduplicated && t.id == a.id, "retry of {} after restart: got {} ", a.id, t.id)
+                }
+                other => panic!("retry of {}: {other:?}", a.id),
+            }
+        }
+    }
+
+    // And the recovered store takes new writes.
+    let fresh =
+        client.enqueue(request(99, 0, 0)).await.expect("Enqueue after restart").into_inner().task.unwrap();
+    assert!(!ids.contains(fresh.id.as_str()));
+    assert_eq!(get(&mut client, &fresh.id).await.id, fresh.id);
+}
+
+// ---------------------------------------------------------------------------
+// Leases and acks survive kill -9.
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_and_acks_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("broker.log");
+    let mut server = Server::start(&data, &log).await;
+    let mut producer = server.producer().await;
+    let mut worker = server.worker().await;
+
+    let batch = |queue: &str, n: usize| pb::EnqueueBatchRequest {
+        tasks: (0..n)
+            .map(|i| pb::EnqueueRequest {
+                queue: queue.into(),
+                kind: "job".into(),
+                payload: format!("{queue}-{i}").into_bytes(),
+                ..Default::default()
+            })
+            .collect(),
+    };
+    producer.enqueue_batch(batch("work", 10)).await.unwrap();
+    let idle: Vec<String> = producer
+        .enqueue_batch(batch("idle", 3))
+        .await
+        .unwrap()
+        .into_inner()
+        .results
+        .into_iter()
+        .map(|r| match r.result {
+            Some(ItemResult::Task(t)) => t.id,
+            other => panic!("enqueue: {other:?}"),
+        })
+        .collect();
+
+    let leased = worker
+        .lease(pb::LeaseRequest {
+            queues: vec!["work".into()],
+            max_tasks: 10,
+            lease_duration: secs(2),
+            worker_id: "before-crash".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    assert_eq!(leased.len(), 10);
+    let (to_ack, to_hold) = leased.split_at(5);
+    let mut acked = HashMap::new();
+    for lt in to_ack {
+        let id = lt.task.as_ref().unwrap().id.clone();
+        let result = format!("result of {id}").into_bytes();
+        worker
+            .ack(pb::AckRequest {
+                task_id: id.clone(),
+                lease_id: lt.lease_id.clone(),
+                result: result.clone(),
+            })
+            .await
+            .unwrap_or_else(|s| panic!("ack {id}: {s:?}"));
+        acked.insert(id, result);
+    }
+    // id -> (lease id, lease deadline)
+    let held: HashMap<String, (String, SystemTime)> = to_hold
+        .iter()
+        .map(|lt| {
+            let deadline = system_time(lt.lease_expire_time.as_ref().expect("lease_expire_time"));
+            (lt.task.as_ref().unwrap().id.clone(), (lt.lease_id.clone(), deadline))
+        })
+        .collect();
+    let first_deadline = held.values().map(|(_, d)| *d).min().unwrap();
+
+    server.kill9().await;
+    drop(server);
+    let server = Server::start(&data, &log).await;
+    let mut producer = server.producer().await;
+    let mut worker = server.worker().await;
+
+    for (id, result) in &acked {
+        let t = get(&mut producer, id).await;
+        assert_eq!(state(&t), pb::TaskState::Succeeded, "acked task {id} after restart");
+        assert_eq!(&t.result, result, "acked task {id} keeps its result");
+        assert_eq!(t.attempt, 1);
+    }
+    for id in &idle {
+        let t = get(&mut producer, id).await;
+        assert_eq!((state(&t), t.attempt), (pb::TaskState::Ready, 0), "never-leased task {id}");
+    }
+    let mut observed = Vec::new();
+    for id in held.keys() {
+        observed.push((id.clone(), get(&mut producer, id).await));
+    }
+    if SystemTime::now() < first_deadline {
+        // Looked at before the leases ran out: they are still held.
+        for (id, t) in &observed {
+            assert_eq!((state(t), t.attempt), (pb::TaskState::Leased, 1), "held task {id} after restart");
+        }
+    } else {
+        eprintln!("note: the restart outlasted the 2s leases; LEASED-after-restart not observable this run");
+    }
+
+    // Once the leases expire the held tasks come back, and only they.
+    let mut back: HashMap<String, pb::LeasedTask> = HashMap::new();
+    let give_up = Instant::now() + Duration::from_secs(20);
+    while back.len() < held.len() {
+        assert!(Instant::now() < give_up, "only {} of {} held tasks came back", back.len(), held.len());
+        let tasks = worker
+            .lease(pb::LeaseRequest {
+                queues: vec!["work".into()],
+                max_tasks: 10,
+                lease_duration: secs(30),
+                wait: secs(10),
+                worker_id: "after-crash".into(),
+            })
+            .await
+            .expect("long-poll Lease")
+            .into_inner()
+            .tasks;
+        for lt in tasks {
+            let t = lt.task.clone().unwrap();
+            let (old_lease, deadline) = held
+                .get(&t.id)
+                .unwrap_or_else(|| panic!("task {} was delivered again but was not held", t.id));
+            assert!(SystemTime::now() >= *deadline, "task {} came back before its lease expired", t.id);
+            assert_eq!(t.attempt, 2, "task {} redelivered", t.id);
+            assert_ne!(&lt.lease_id, old_lease, "a redelivery carries a new lease id");
+            assert!(back.insert(t.id.clone(), lt).is_none(), "task {} delivered twice", t.id);
+        }
+    }
+    let more = worker
+        .lease(pb::LeaseRequest { queues: vec!["work".into()], max_tasks: 10, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    assert!(more.is_empty(), "acked tasks are not delivered again: {more:?}");
+
+    // The pre-crash leases are fenced off; the new ones settle the tasks.
+    for (id, (old_lease, _)) in &held {
+        let err = worker
+            .ack(pb::AckRequest { task_id: id.clone(), lease_id: old_lease.clone(), result: vec![] })
+            .await
+            .expect_err("ack with the pre-crash lease");
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+        let lt = &back[id];
+        worker
+            .ack(pb::AckRequest {
+                task_id: id.clone(),
+                lease_id: lt.lease_id.clone(),
+                result: b"ok".to_vec(),
+            })
+            .await
+            .unwrap_or_else(|s| panic!("ack {id} with the new lease: {s:?}"));
+        let t = get(&mut producer, id).await;
+        assert_eq!((state(&t), t.attempt, t.result.as_slice()), (pb::TaskState::Succeeded, 2, &b"ok"[..]));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Lease ids are never reused across a restart (fencing).
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_lease_ids_stay_fenced_after_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("broker.log");
+    let mut server = Server::start(&data, &log).await;
+    let mut producer = server.producer().await;
+    let mut worker = server.worker().await;
+
+    let task = producer
+        .enqueue(pb::EnqueueRequest { queue: "fence".into(), kind: "job".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    let lease = |wait| pb::LeaseRequest {
+        queues: vec!["fence".into()],
+        max_tasks: 1,
+        lease_duration: secs(30),
+        wait,
+        worker_id: String::new(),
+    };
+    let first = worker.lease(lease(None)).await.unwrap().into_inner().tasks.pop().expect("leased");
+    // The worker gives up on it: the task waits 1s for a retry and no lease is held.
+    worker
+        .nack(pb::NackRequest {
+            task_id: task.id.clone(),
+            lease_id: first.lease_id.clone(),
+            error: "try again".into(),
+            retry_after: secs(1),
+            no_retry: false,
+        })
+        .await
+        .unwrap();
+
+    server.kill9().await;
+    drop(server);
+    let server = Server::start(&data, &log).await;
+    let mut worker = server.worker().await;
+
+    let second = worker.lease(lease(secs(10))).await.unwrap().into_inner().tasks.pop().expect("redelivered");
+    assert_eq!(second.task.as_ref().unwrap().id, task.id);
+    assert_eq!(second.task.as_ref().unwrap().attempt, 2);
+    // A stale worker still holding the first lease id must not settle the new delivery.
+    let stale = worker
+        .ack(pb::AckRequest { task_id: task.id.clone(), lease_id: first.lease_id.clone(), result: vec![] })
+        .await;
+    assert!(
+        matches!(&stale, Err(s) if s.code() == Code::FailedPrecondition),
+        "ack with the pre-crash lease id {:?} (new lease id {:?}) was {stale:?}",
+        first.lease_id,
+        second.lease_id
+    );
+    assert_ne!(first.lease_id, second.lease_id, "a lease id is never handed out twice");
+}
