@@ -5,6 +5,8 @@ mod config_cmd;
 mod enqueue;
 mod get;
 pub mod serve;
+mod watch;
+mod work;
 
 use std::process::ExitCode;
 
@@ -35,6 +37,10 @@ pub enum Command {
     Get(get::GetArgs),
     /// Cancel a task and print it as JSON.
     Cancel(get::GetArgs),
+    /// Run a command for every task of the given queues (a polyglot worker).
+    Work(work::WorkArgs),
+    /// Print a task's states as JSON lines until it finishes.
+    Watch(watch::WatchArgs),
     /// Configuration helpers.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
@@ -67,7 +73,9 @@ pub fn main() -> ExitCode {
             Command::Enqueue(args) => enqueue::run(args).await.map_err(CliError::Other),
             Command::Get(args) => get::run(args, false).await.map_err(CliError::Other),
             Command::Cancel(args) => get::run(args, true).await.map_err(CliError::Other),
-            Command::Config(cmd) => config_cmd::run(cmd).map_err(CliError::Other),
+            Command::Work(args) => work::run(args).await.map_err(CliError::Other),
+            Command::Watch(args) => watch::run(args).await.map_err(CliError::Other),
+            Command::Config(cmd) => config_cmd::run(cmd),
         }
     });
     match outcome {
