@@ -26,7 +26,8 @@ pub async fn watch(
     task_id: String,
     print_each: bool,
 ) -> anyhow::Result<pb::Task> {
-    let mut states = client.watch_task(pb::WatchTaskRequest { task_id }).await.map_err(status_error)?.into_inner();
+    let mut states =
+        client.watch_task(pb::WatchTaskRequest { task_id }).await.map_err(status_error)?.into_inner();
     let mut last = None;
     while let Some(msg) = states.next().await {
         let task = msg.map_err(status_error)?.task.unwrap_or_default();

@@ -73,7 +73,11 @@ pub async fn run(args: WorkArgs) -> anyhow::Result<()> {
     let mut client = WorkerServiceClient::new(channel);
     let (tx, rx) = mpsc::channel::<pb::StreamRequest>(1024);
     let send = |msg: Msg| pb::StreamRequest { msg: Some(msg) };
-    let worker_id = if args.worker_id.is_empty() { format!("work-{}", std::process::id()) } else { args.worker_id.clone() };
+    let worker_id = if args.worker_id.is_empty() {
+        format!("work-{}", std::process::id())
+    } else {
+        args.worker_id.clone()
+    };
     tx.send(send(Msg::Subscribe(pb::Subscribe {
         queues: args.queues.clone(),
         mode: pb::SubscribeMode::Strict as i32,
@@ -157,7 +161,8 @@ pub async fn run(args: WorkArgs) -> anyhow::Result<()> {
     }
     // Let the last settlements reach the broker before closing the stream.
     drop(tx);
-    let _ = tokio::time::timeout(Duration::from_secs(5), async { while pushed.next().await.is_some() {} }).await;
+    let _ =
+        tokio::time::timeout(Duration::from_secs(5), async { while pushed.next().await.is_some() {} }).await;
     Ok(())
 }
 
@@ -175,8 +180,10 @@ pub fn task_env(task: &pb::Task) -> Vec<(String, String)> {
         ("TASKBROKER_CONTENT_TYPE".to_owned(), task.content_type.clone()),
     ];
     for (name, value) in &task.headers {
-        let name: String =
-            name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+        let name: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+            .collect();
         env.push((format!("TASKBROKER_HEADER_{name}"), value.clone()));
     }
     if let Some(tp) = task.headers.get("traceparent") {
