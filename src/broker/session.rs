@@ -209,10 +209,22 @@ impl Session {
             }
         };
         let n = tasks.len();
-        for task in tasks {
+        // Record every lease before sending anything: if the client is gone,
+        // `release_all` must give back the whole batch.
+        let mut lost = Vec::new();
+        for task in &tasks {
             if let Some(lease) = &task.lease {
-                self.held.insert(task.id, lease.id);
+                if let Some(old) = self.held.insert(task.id, lease.id) {
+                    // The task expired and came back to this same stream before
+                    // the lost-lease event did: tell the worker first.
+                    lost.push(LostLease { task_id: task.id, lease_id: old, reason: LostReason::Expired });
+                }
             }
+        }
+        for l in lost {
+            self.send(Event::LeaseLost(l)).await?;
+        }
+        for task in tasks {
             self.send(Event::Task(Box::new(task))).await?;
         }
         Ok(Some(n))
