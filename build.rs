@@ -17,8 +17,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 PathBuf::from("proto/taskbroker/v1/producer.proto"),
                 PathBuf::from("proto/taskbroker/v1/worker.proto"),
             ],
-            &[PathBuf::from("proto"), wkt],
+            &[PathBuf::from("proto"), wkt.clone()],
         )?;
+    // The load tool's no-op baseline; kept out of the broker's descriptor set
+    // so reflection on a broker does not list it.
+    tonic_prost_build::configure().compile_protos(
+        &[PathBuf::from("proto/taskbroker/bench/v1/echo.proto")],
+        &[PathBuf::from("proto"), wkt],
+    )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

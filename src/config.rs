@@ -29,6 +29,8 @@ pub enum StorageKind {
     Embedded,
     /// Nothing persisted (tests, benchmarks).
     Memory,
+    /// Shared Redis (or Valkey) at `redis_url`: many broker replicas, one store.
+    Redis,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -39,6 +41,9 @@ pub struct Config {
     /// Where the embedded store keeps its database.
     pub data_dir: PathBuf,
     pub storage: StorageKind,
+    /// Redis to use with `storage = "redis"` (`redis://[user:pass@]host:port/db`,
+    /// `rediss://` for TLS).
+    pub redis_url: String,
     /// Refuse undeclared queues with NOT_FOUND instead of creating them.
     pub strict_queues: bool,
     /// Largest accepted task payload, in bytes.
@@ -58,6 +63,7 @@ impl Default for Config {
             listen: "127.0.0.1:50051".into(),
             data_dir: PathBuf::from("./taskbroker-data"),
             storage: StorageKind::Embedded,
+            redis_url: "redis://127.0.0.1:6379".into(),
             strict_queues: false,
             max_payload_bytes: 1 << 20,
             max_message_bytes: 64 << 20,
@@ -123,6 +129,11 @@ impl Config {
         let mut errors = Vec::new();
         if self.listen.parse::<SocketAddr>().is_err() {
             errors.push(format!("listen: {:?} is not an address like 127.0.0.1:50051", self.listen));
+        }
+        if self.storage == StorageKind::Redis
+            && !(self.redis_url.starts_with("redis://") || self.redis_url.starts_with("rediss://"))
+        {
+            errors.push(format!("redis_url: {:?} must start with redis:// or rediss://", self.redis_url));
         }
         if self.max_payload_bytes == 0 {
             errors.push("max_payload_bytes: must be >= 1".into());

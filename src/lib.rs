@@ -34,4 +34,9 @@ pub mod pb {
 
     /// Descriptor set for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("taskbroker_descriptor");
+
+    /// `taskbroker.bench.v1`: the no-op echo service `taskbroker bench` uses as its baseline.
+    pub mod bench {
+        tonic::include_proto!("taskbroker.bench.v1");
+    }
 }

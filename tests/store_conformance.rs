@@ -11,8 +11,14 @@ use taskbroker::core::retry::Backoff;
 use taskbroker::core::task::{NewTask, Task, TaskState};
 use taskbroker::store::embedded::EmbeddedStore;
 use taskbroker::store::memory::MemoryStore;
+use taskbroker::store::redis::RedisStore;
 use taskbroker::store::{LeaseSpec, NackSpec, Store, StoreError};
 use tempfile::TempDir;
+
+#[allow(dead_code)]
+#[path = "common/redis.rs"]
+mod redis_server;
+use redis_server::RedisServer;
 
 const NOW: u64 = 1_767_225_600_000;
 const SEC: u64 = 1_000;
@@ -38,25 +44,40 @@ fn policies() -> Arc<Policies> {
 struct Backend {
     store: Arc<dyn Store>,
     dir: Option<TempDir>,
+    /// The private redis-server of the Redis backend.
+    redis: Option<RedisServer>,
 }
 
 impl Backend {
     fn memory() -> Self {
-        Self { store: Arc::new(MemoryStore::new(policies())), dir: None }
+        Self { store: Arc::new(MemoryStore::new(policies())), dir: None, redis: None }
     }
 
     fn embedded() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(EmbeddedStore::open(dir.path(), policies()).unwrap());
-        Self { store, dir: Some(dir) }
+        Self { store, dir: Some(dir), redis: None }
+    }
+
+    /// A fresh redis-server per test: tests run in parallel and share nothing.
+    async fn redis() -> Self {
+        let server = RedisServer::start();
+        let store = RedisStore::connect(&server.url(), policies(), false).await.unwrap();
+        Self { store: Arc::new(store), dir: None, redis: Some(server) }
     }
 
     /// Closes and reopens a persistent backend (None for memory).
     async fn reopen(self) -> Option<Self> {
+        if let Some(server) = self.redis {
+            // A new store on the same server: what another replica would see.
+            drop(self.store);
+            let store = RedisStore::connect(&server.url(), policies(), false).await.unwrap();
+            return Some(Self { store: Arc::new(store), dir: None, redis: Some(server) });
+        }
         let dir = self.dir?;
         drop(self.store); // closes the database
         let store = EmbeddedStore::open(dir.path(), policies()).unwrap();
-        Some(Self { store: Arc::new(store), dir: Some(dir) })
+        Some(Self { store: Arc::new(store), dir: Some(dir), redis: None })
     }
 }
 
@@ -341,6 +362,10 @@ macro_rules! conformance {
         mod embedded {
             $(#[tokio::test] async fn $case() { super::$case(&super::Backend::embedded()).await })*
             #[tokio::test] async fn state_survives_a_reopen() { super::state_survives_a_reopen(super::Backend::embedded()).await }
+        }
+        mod redis {
+            $(#[tokio::test] async fn $case() { super::$case(&super::Backend::redis().await).await })*
+            #[tokio::test] async fn state_survives_a_reopen() { super::state_survives_a_reopen(super::Backend::redis().await).await }
         }
     };
 }

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use futures_util::future::{select_all, FutureExt};
+use futures_util::future::{join_all, select_all, FutureExt};
 use futures_util::{Stream, StreamExt};
 use tokio::sync::{broadcast, mpsc};
 
@@ -36,6 +36,17 @@ pub enum SettleOp {
 /// What the worker sends after subscribing.
 #[derive(Debug)]
 pub enum Command {
+    Settle(Settlement),
+    Credit(u32),
+    /// The worker is stopping: push nothing more.
+    Drain,
+    /// A protocol violation: ends the stream with this error.
+    Violation(BrokerError),
+}
+
+/// A settling message: each gets a [`Event::Settled`] answer.
+#[derive(Debug)]
+pub enum Settlement {
     Ack {
         task_id: String,
         lease_id: String,
@@ -53,9 +64,6 @@ pub enum Command {
         lease_id: String,
         extend_by: Option<Duration>,
     },
-    Credit(u32),
-    /// The worker is stopping: push nothing more.
-    Drain,
     /// A settling message that could not be read: answered with its error.
     Invalid {
         task_id: String,
@@ -63,8 +71,6 @@ pub enum Command {
         op: SettleOp,
         error: BrokerError,
     },
-    /// A protocol violation: ends the stream with this error.
-    Violation(BrokerError),
 }
 
 /// What the session sends to the worker.
@@ -101,6 +107,28 @@ struct Session {
 
 /// The client went away (or the stream must end): stop the session.
 struct Gone;
+
+/// One settling command through the broker: `(task, lease, operation, outcome)`.
+async fn settle(
+    broker: Broker,
+    s: Settlement,
+) -> (String, String, SettleOp, Result<Option<Millis>, BrokerError>) {
+    match s {
+        Settlement::Ack { task_id, lease_id, result } => {
+            let outcome = broker.ack(&task_id, &lease_id, result).await.map(|_| None);
+            (task_id, lease_id, SettleOp::Ack, outcome)
+        }
+        Settlement::Nack { task_id, lease_id, error, retry_after, no_retry } => {
+            let outcome = broker.nack(&task_id, &lease_id, error, retry_after, no_retry).await.map(|_| None);
+            (task_id, lease_id, SettleOp::Nack, outcome)
+        }
+        Settlement::Extend { task_id, lease_id, extend_by } => {
+            let outcome = broker.extend(&task_id, &lease_id, extend_by).await.map(Some);
+            (task_id, lease_id, SettleOp::Extend, outcome)
+        }
+        Settlement::Invalid { task_id, lease_id, op, error } => (task_id, lease_id, op, Err(error)),
+    }
+}
 
 /// Runs a stream's session until the worker goes away or the broker stops.
 pub async fn run(
@@ -154,13 +182,22 @@ pub async fn run(
             tokio::select! {
                 cmd = inbound.next() => {
                     let Some(cmd) = cmd else { return Err(Gone) };
-                    s.handle(cmd).await?;
-                    for _ in 1..COMMAND_BATCH {
+                    // Take what else has arrived, and settle it all at once.
+                    let mut batch = vec![cmd];
+                    let mut ended = false;
+                    while batch.len() < COMMAND_BATCH {
                         match inbound.next().now_or_never() {
-                            Some(Some(cmd)) => s.handle(cmd).await?,
-                            Some(None) => return Err(Gone),
+                            Some(Some(cmd)) => batch.push(cmd),
+                            Some(None) => {
+                                ended = true;
+                                break;
+                            }
                             None => break,
                         }
+                    }
+                    s.handle(batch).await?;
+                    if ended {
+                        return Err(Gone);
                     }
                 }
                 _ = select_all(woken), if idle => {}
@@ -230,37 +267,33 @@ impl Session {
         Ok(Some(n))
     }
 
-    async fn handle(&mut self, cmd: Command) -> Result<(), Gone> {
-        let (task_id, lease_id, op, outcome) = match cmd {
-            Command::Credit(n) => {
-                self.window = (self.window + n as usize).min(MAX_IN_FLIGHT);
-                return Ok(());
+    /// Handles commands in arrival order. Settlements run concurrently, so a
+    /// durable store commits a batch of acks together; each store operation is
+    /// applied when first polled, so they still apply in arrival order, and
+    /// confirmations go out in that order.
+    async fn handle(&mut self, batch: Vec<Command>) -> Result<(), Gone> {
+        let mut settling = Vec::new();
+        let mut violation = None;
+        for cmd in batch {
+            match cmd {
+                Command::Credit(n) => self.window = (self.window + n as usize).min(MAX_IN_FLIGHT),
+                Command::Drain => self.draining = true,
+                Command::Violation(e) => {
+                    violation = Some(e);
+                    break;
+                }
+                Command::Settle(s) => settling.push(settle(self.broker.clone(), s)),
             }
-            Command::Drain => {
-                self.draining = true;
-                return Ok(());
-            }
-            Command::Violation(e) => {
-                let _ = self.out.send(Err(e)).await;
-                return Err(Gone);
-            }
-            Command::Invalid { task_id, lease_id, op, error } => (task_id, lease_id, op, Err(error)),
-            Command::Ack { task_id, lease_id, result } => {
-                let outcome = self.broker.ack(&task_id, &lease_id, result).await.map(|_| None);
-                (task_id, lease_id, SettleOp::Ack, outcome)
-            }
-            Command::Nack { task_id, lease_id, error, retry_after, no_retry } => {
-                let outcome =
-                    self.broker.nack(&task_id, &lease_id, error, retry_after, no_retry).await.map(|_| None);
-                (task_id, lease_id, SettleOp::Nack, outcome)
-            }
-            Command::Extend { task_id, lease_id, extend_by } => {
-                let outcome = self.broker.extend(&task_id, &lease_id, extend_by).await.map(Some);
-                (task_id, lease_id, SettleOp::Extend, outcome)
-            }
-        };
-        self.forget_if_settled(&task_id, &lease_id, op, &outcome);
-        self.send(Event::Settled { task_id, lease_id, op, outcome }).await
+        }
+        for (task_id, lease_id, op, outcome) in join_all(settling).await {
+            self.forget_if_settled(&task_id, &lease_id, op, &outcome);
+            self.send(Event::Settled { task_id, lease_id, op, outcome }).await?;
+        }
+        if let Some(e) = violation {
+            let _ = self.out.send(Err(e)).await;
+            return Err(Gone);
+        }
+        Ok(())
     }
 
     /// A held task leaves the window once settled, or once its lease is gone.

@@ -1,5 +1,6 @@
 //! The `taskbroker` command line: one file per subcommand.
 
+pub mod bench;
 mod client;
 mod config_cmd;
 mod enqueue;
@@ -44,6 +45,8 @@ pub enum Command {
     /// Configuration helpers.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
+    /// Load-test a broker (in-process by default) against a same-run gRPC echo baseline.
+    Bench(bench::BenchArgs),
 }
 
 /// Errors that end the program with a specific exit code.
@@ -76,6 +79,7 @@ pub fn main() -> ExitCode {
             Command::Work(args) => work::run(args).await.map_err(CliError::Other),
             Command::Watch(args) => watch::run(args).await.map_err(CliError::Other),
             Command::Config(cmd) => config_cmd::run(cmd),
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     match outcome {

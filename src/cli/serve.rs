@@ -13,6 +13,7 @@ use crate::core::clock::{Clock, SystemClock};
 use crate::grpc::server::{self, ServerOptions};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::memory::MemoryStore;
+use crate::store::redis::RedisStore;
 use crate::store::Store;
 
 #[derive(Debug, Default, Args)]
@@ -29,6 +30,9 @@ pub struct ServeArgs {
     /// Storage backend.
     #[arg(long, value_enum, env = "TASKBROKER_STORAGE")]
     pub storage: Option<StorageKind>,
+    /// Redis URL for --storage redis.
+    #[arg(long, env = "TASKBROKER_REDIS_URL")]
+    pub redis_url: Option<String>,
 }
 
 /// The file (if any) with the flags applied on top, validated.
@@ -51,16 +55,25 @@ pub fn load_config(args: &ServeArgs) -> Result<Config, CliError> {
     if let Some(storage) = args.storage {
         config.storage = storage;
     }
+    if let Some(url) = &args.redis_url {
+        config.redis_url = url.clone();
+    }
     config.validate().map_err(CliError::Config)?;
     Ok(config)
 }
 
 /// Opens the configured store and builds the broker on it.
-pub fn open_broker(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Broker> {
+pub async fn open_broker(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Broker> {
     let policies = Arc::new(config.policies());
     let store: Arc<dyn Store> = match config.storage {
         StorageKind::Memory => Arc::new(MemoryStore::new(policies.clone())),
         StorageKind::Embedded => Arc::new(EmbeddedStore::open(&config.data_dir, policies.clone())?),
+        // Redis's clock, not this replica's, times leases and delays.
+        StorageKind::Redis => Arc::new(
+            RedisStore::connect(&config.redis_url, policies.clone(), true)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot use Redis at {}: {e}", config.redis_url))?,
+        ),
     };
     let settings = BrokerSettings {
         policies,
@@ -73,7 +86,7 @@ pub fn open_broker(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Bro
 
 pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     let config = load_config(&args)?;
-    let broker = open_broker(&config, Arc::new(SystemClock))?;
+    let broker = open_broker(&config, Arc::new(SystemClock)).await?;
     let addr = config.listen.parse().map_err(|_| CliError::Config(vec!["listen: not an address".into()]))?;
     let opts =
         ServerOptions { max_message_bytes: config.max_message_bytes, shutdown_grace: config.shutdown_grace };

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
@@ -133,10 +133,12 @@ pub async fn start(broker: Broker, addr: SocketAddr, opts: ServerOptions) -> any
         .add_service(producer)
         .add_service(worker);
 
-    let server =
-        tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            let _ = accepting.wait_for(|s| *s).await;
-        }));
+    // Builder::tcp_nodelay does not apply to a listener we pass in: without
+    // TCP_NODELAY small replies wait ~40 ms for the peer's delayed ACK.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+        let _ = accepting.wait_for(|s| *s).await;
+    }));
     let timers = tokio::spawn(background::run_timers(broker.clone(), stop));
     tracing::info!(%addr, "taskbroker serving");
     Ok(Running {

@@ -11,7 +11,7 @@ use tonic::{Status, Streaming};
 
 use super::convert;
 use super::status::{to_rpc_status, to_status};
-use crate::broker::session::{self, Command, Event, SettleOp};
+use crate::broker::session::{self, Command, Event, SettleOp, Settlement};
 use crate::broker::validate::SubscribeInput;
 use crate::broker::{Broker, BrokerError};
 use crate::pb;
@@ -65,19 +65,19 @@ fn command(m: pb::StreamRequest) -> Command {
         Some(Msg::Credit(pb::Credit { count })) => Command::Credit(count),
         Some(Msg::Drain(pb::Drain {})) => Command::Drain,
         Some(Msg::Ack(pb::AckRequest { task_id, lease_id, result })) => {
-            Command::Ack { task_id, lease_id, result }
+            Command::Settle(Settlement::Ack { task_id, lease_id, result })
         }
         Some(Msg::Nack(pb::NackRequest { task_id, lease_id, error, retry_after, no_retry })) => {
-            match convert::duration_field("retry_after", retry_after) {
-                Ok(retry_after) => Command::Nack { task_id, lease_id, error, retry_after, no_retry },
-                Err(error) => Command::Invalid { task_id, lease_id, op: SettleOp::Nack, error },
-            }
+            Command::Settle(match convert::duration_field("retry_after", retry_after) {
+                Ok(retry_after) => Settlement::Nack { task_id, lease_id, error, retry_after, no_retry },
+                Err(error) => Settlement::Invalid { task_id, lease_id, op: SettleOp::Nack, error },
+            })
         }
         Some(Msg::Extend(pb::ExtendLeaseRequest { task_id, lease_id, extend_by })) => {
-            match convert::duration_field("extend_by", extend_by) {
-                Ok(extend_by) => Command::Extend { task_id, lease_id, extend_by },
-                Err(error) => Command::Invalid { task_id, lease_id, op: SettleOp::Extend, error },
-            }
+            Command::Settle(match convert::duration_field("extend_by", extend_by) {
+                Ok(extend_by) => Settlement::Extend { task_id, lease_id, extend_by },
+                Err(error) => Settlement::Invalid { task_id, lease_id, op: SettleOp::Extend, error },
+            })
         }
     }
 }

@@ -19,6 +19,7 @@
 
 pub mod embedded;
 pub mod memory;
+pub mod redis;
 pub mod table;
 
 use async_trait::async_trait;

@@ -1,6 +1,7 @@
 //! Test harness: a real broker served over gRPC on `127.0.0.1:0`, with real
 //! clients, an injectable clock and a shutdown handle.
 #![allow(dead_code)]
+pub mod redis;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,7 +68,7 @@ pub async fn start_with(opts: Options) -> TestServer {
         Some(m) => m.clone(),
         None => Arc::new(SystemClock),
     };
-    let broker = open_broker(&config, clock).unwrap();
+    let broker = open_broker(&config, clock).await.unwrap();
     let server_opts =
         ServerOptions { max_message_bytes: config.max_message_bytes, shutdown_grace: Duration::from_secs(5) };
     let running = server::start(broker.clone(), config.listen.parse().unwrap(), server_opts).await.unwrap();

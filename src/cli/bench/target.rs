@@ -1,0 +1,134 @@
+//! The broker under test: started in-process (the default) or reached at a
+//! URL.
+//!
+//! In-process, the broker is assembled exactly as `taskbroker serve` does it
+//! (`open_broker` + `grpc::server::start`) but runs on a runtime of its own
+//! whose threads are named `tb-broker`, so its CPU time can be read apart from
+//! the load generator's (see [`super::procfs`]). The data directory is a
+//! temporary one, removed at the end.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::ValueEnum;
+use serde::Serialize;
+use tempfile::TempDir;
+use tokio::runtime::Runtime;
+
+use super::meter::Probes;
+use crate::cli::serve::open_broker;
+use crate::config::{Config, StorageKind};
+use crate::core::clock::SystemClock;
+use crate::grpc::server::{self, Running, ServerOptions};
+
+/// The name of every thread that serves (broker runtime, echo runtime); the
+/// CPU probe sums threads whose name starts with `tb-`, which also catches the
+/// embedded store's `tb-writer`.
+pub const SERVER_THREAD_NAME: &str = "tb-broker";
+
+/// A multi-threaded runtime whose threads are all named [`SERVER_THREAD_NAME`].
+pub fn server_runtime() -> anyhow::Result<Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .thread_name(SERVER_THREAD_NAME)
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the server runtime: {e}"))
+}
+
+/// Drops a runtime off the async context (dropping one inside it panics).
+pub async fn retire(runtime: Runtime) {
+    let _ = tokio::task::spawn_blocking(move || runtime.shutdown_timeout(Duration::from_secs(5))).await;
+}
+
+/// Where the broker is, for the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetInfo {
+    /// `in-process` or `remote`.
+    pub mode: &'static str,
+    /// The storage backend, when in-process.
+    pub storage: Option<String>,
+    pub url: String,
+}
+
+/// The broker under test.
+pub struct Target {
+    url: String,
+    /// Present when the broker runs in this process.
+    local: Option<Local>,
+}
+
+/// An in-process broker and what it needs.
+struct Local {
+    storage: StorageKind,
+    runtime: Runtime,
+    running: Running,
+    /// Removed after the store has closed.
+    dir: TempDir,
+}
+
+impl Target {
+    /// Starts the in-process broker, or just remembers `server`.
+    pub async fn start(server: Option<String>, storage: StorageKind) -> anyhow::Result<Self> {
+        if let Some(url) = server {
+            return Ok(Self { url, local: None });
+        }
+        let dir = tempfile::Builder::new().prefix("taskbroker-bench-").tempdir()?;
+        let config = Config {
+            storage,
+            data_dir: dir.path().to_owned(),
+            listen: "127.0.0.1:0".into(),
+            ..Config::default()
+        };
+        config.validate().map_err(|problems| anyhow::anyhow!("bench config: {}", problems.join("; ")))?;
+        let runtime = server_runtime()?;
+        let opts = ServerOptions {
+            max_message_bytes: config.max_message_bytes,
+            shutdown_grace: Duration::from_secs(2),
+        };
+        let running = runtime
+            .spawn(async move {
+                let broker = open_broker(&config, Arc::new(SystemClock)).await?;
+                let addr = config.listen.parse()?;
+                server::start(broker, addr, opts).await
+            })
+            .await??;
+        let url = format!("http://{}", running.addr);
+        Ok(Self { url, local: Some(Local { storage, runtime, running, dir }) })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// What can be measured: everything in-process, fsyncs only on the embedded store.
+    pub fn probes(&self) -> Probes {
+        match &self.local {
+            Some(local) => Probes { in_process: true, fsyncs: local.storage == StorageKind::Embedded },
+            None => Probes { in_process: false, fsyncs: false },
+        }
+    }
+
+    pub fn info(&self) -> TargetInfo {
+        let storage = self.local.as_ref().map(|l| {
+            l.storage
+                .to_possible_value()
+                .map_or_else(|| format!("{:?}", l.storage), |v| v.get_name().to_owned())
+        });
+        let mode = if self.local.is_some() { "in-process" } else { "remote" };
+        TargetInfo { mode, storage, url: self.url.clone() }
+    }
+
+    /// Shuts an in-process broker down (its store closes before the data
+    /// directory is removed).
+    pub async fn stop(self) {
+        if let Some(Local { runtime, running, dir, .. }) = self.local {
+            match runtime.spawn(running.shutdown()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => eprintln!("bench: broker shutdown: {e:#}"),
+                Err(e) => eprintln!("bench: broker shutdown: {e}"),
+            }
+            retire(runtime).await;
+            drop(dir);
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Events between replicas: the scripts `PUBLISH` on [`keys::EVENTS`]; every
+//! `RedisStore` keeps one pub/sub connection subscribed to it and forwards what
+//! it hears to the receivers [`crate::store::Store::events`] hands out.
+//!
+//! Messages (written by `lua/lib.lua`):
+//! - `ready <queue>`: a script made tasks READY in the queue;
+//! - `lost <task id> <lease id> <0|1>`: a lease ended unsettled (expired, or
+//!   `1`: the task was canceled while leased).
+//!
+//! A replica also hears its own events; the broker treats them as idempotent
+//! (a spurious wake-up, a lost lease it already dropped). Pub/sub delivers at
+//! most once: after the subscription comes back from an outage the listener
+//! announces every queue as ready, since wake-ups may have been missed.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, PubSub};
+use redis::{AsyncCommands, Client, RedisResult};
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+
+use super::keys;
+use crate::store::StoreEvent;
+
+/// How long one (re)subscription may take.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Bounds of the wait between resubscription attempts.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// A new pub/sub connection subscribed to the events channel.
+pub async fn subscribe(client: &Client) -> RedisResult<PubSub> {
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub.subscribe(keys::EVENTS).await?;
+    Ok(pubsub)
+}
+
+/// The event a message stands for, if it is one.
+pub fn parse(payload: &[u8]) -> Option<StoreEvent> {
+    let text = std::str::from_utf8(payload).ok()?;
+    if let Some(queue) = text.strip_prefix("ready ") {
+        return Some(StoreEvent::Ready(queue.to_owned()));
+    }
+    let mut words = text.strip_prefix("lost ")?.split(' ');
+    let (id, lease, canceled) = (words.next()?, words.next()?, words.next()?);
+    if words.next().is_some() {
+        return None;
+    }
+    let canceled = match canceled {
+        "0" => false,
+        "1" => true,
+        _ => return None,
+    };
+    Some(StoreEvent::LeaseLost(id.parse().ok()?, lease.parse().ok()?, canceled))
+}
+
+/// The background task that relays events; stops when dropped.
+pub struct Listener(JoinHandle<()>);
+
+impl Listener {
+    /// Relays from `first` (already subscribed), then resubscribes by itself
+    /// whenever the connection drops.
+    pub fn spawn(
+        client: Client,
+        first: PubSub,
+        conn: ConnectionManager,
+        tx: broadcast::Sender<StoreEvent>,
+    ) -> Self {
+        Self(tokio::spawn(listen(client, first, conn, tx)))
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn listen(
+    client: Client,
+    first: PubSub,
+    mut conn: ConnectionManager,
+    tx: broadcast::Sender<StoreEvent>,
+) {
+    let mut pubsub = Some(first);
+    let mut delay = RETRY_MIN;
+    loop {
+        let Some(current) = pubsub.take() else {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(RETRY_MAX);
+            match tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribe(&client)).await {
+                Ok(Ok(p)) => {
+                    tracing::info!("redis event subscription restored");
+                    delay = RETRY_MIN;
+                    pubsub = Some(p);
+                    announce_all_queues(&mut conn, &tx).await;
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "redis event subscription failed"),
+                Err(_) => tracing::debug!("redis event subscription timed out"),
+            }
+            continue;
+        };
+        let mut messages = current.into_on_message();
+        while let Some(msg) = messages.next().await {
+            match parse(msg.get_payload_bytes()) {
+                Some(event) => {
+                    // No receiver is fine: nobody is listening yet.
+                    let _ = tx.send(event);
+                }
+                None => tracing::debug!("ignored a malformed redis event"),
+            }
+        }
+        tracing::warn!("redis event subscription lost; resubscribing");
+    }
+}
+
+/// Wakes every queue's waiters: events may have been missed while away.
+async fn announce_all_queues(conn: &mut ConnectionManager, tx: &broadcast::Sender<StoreEvent>) {
+    let queues: RedisResult<Vec<String>> = conn.smembers(keys::QUEUES).await;
+    for queue in queues.unwrap_or_default() {
+        let _ = tx.send(StoreEvent::Ready(queue));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::task::TaskId;
+
+    #[test]
+    fn parses_what_the_scripts_publish() {
+        let id = TaskId::generate(1_767_225_600_000);
+        assert_eq!(parse(b"ready emails"), Some(StoreEvent::Ready("emails".into())));
+        let lost = format!("lost {id} 42 1");
+        assert_eq!(parse(lost.as_bytes()), Some(StoreEvent::LeaseLost(id, 42, true)));
+        let lost = format!("lost {id} 7 0");
+        assert_eq!(parse(lost.as_bytes()), Some(StoreEvent::LeaseLost(id, 7, false)));
+        for bad in ["", "ready", "lost x 1 0", "lost 1 2", "changed 1", &format!("lost {id} 7 2")] {
+            assert_eq!(parse(bad.as_bytes()), None, "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! Lease: one `lease.lua` call per queue, in the worker's preference order.
+//!
+//! Each call is atomic (every task goes to exactly one caller); a lease over
+//! several queues is not, which only means another worker may take a task
+//! from a later queue in between.
+
+use super::keys::QueueKeys;
+use super::reply::{array, task, uint, unexpected};
+use super::{scripts, RedisStore};
+use crate::core::task::Task;
+use crate::core::Millis;
+use crate::store::{LeaseSpec, StoreError};
+
+impl RedisStore {
+    /// Leases by `spec` as [`crate::store::table::Table::lease`] does: up to
+    /// each queue's quota first, then the shortfall from the queues in order.
+    /// A failure after some tasks were leased returns those tasks.
+    pub(super) async fn lease_tasks(&self, spec: LeaseSpec, now: Millis) -> Result<Vec<Task>, StoreError> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        // Queues that gave less than asked: they have nothing more to give.
+        let mut drained: Vec<&str> = Vec::new();
+        let passes = spec
+            .queues
+            .iter()
+            .map(|(q, quota)| (q, Some(*quota)))
+            .chain(spec.queues.iter().map(|(q, _)| (q, None)));
+        for (queue, quota) in passes {
+            let missing = spec.max_tasks - out.len();
+            let take = quota.map_or(missing, |quota| quota.min(missing));
+            if take == 0 || drained.contains(&queue.as_str()) {
+                continue;
+            }
+            match self.lease_from(queue, take, &spec, now, &mut out, &mut bytes).await {
+                Ok(got) if got < take => drained.push(queue),
+                Ok(_) => {}
+                Err(e) if out.is_empty() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, queue, "lease stopped part-way; returning what was leased");
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Leases up to `take` tasks from `queue` into `out`; returns how many.
+    async fn lease_from(
+        &self,
+        queue: &str,
+        take: usize,
+        spec: &LeaseSpec,
+        now: Millis,
+        out: &mut Vec<Task>,
+        bytes: &mut usize,
+    ) -> Result<usize, StoreError> {
+        let keys = QueueKeys::new(queue);
+        let duration = spec
+            .lease_duration
+            .unwrap_or_else(|| self.policies.get(queue).lease_duration.as_millis() as Millis);
+        let mut inv = self.invocation(&scripts::LEASE, &keys, now);
+        inv.arg(take).arg(duration).arg(&spec.worker_id).arg(out.len()).arg(*bytes).arg(spec.max_bytes);
+        let items = array(self.run(&inv).await?)?;
+        let [total, _full, records @ ..] = items.as_slice() else {
+            return Err(unexpected("a short lease reply"));
+        };
+        *bytes = uint(total)? as usize;
+        let first = out.len();
+        for rec in records {
+            out.push(task(rec)?);
+        }
+        self.queues_of.remember(out[first..].iter().map(|t| (t.id, queue)));
+        Ok(records.len())
+    }
+}

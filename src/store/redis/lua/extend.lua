@@ -1,0 +1,24 @@
+-- extend: moves a live lease's deadline to now + by.
+-- KEYS: the queue's keys (lib.lua); writes tasks, leased.
+-- ARGV[3]: task id
+-- ARGV[4]: lease id presented by the worker
+-- ARGV[5]: by (ms)
+-- Returns: {'ok', new deadline} | {'not_found'} | {'mismatch'} | {'canceled'}
+
+local now = clock()
+local t = load(ARGV[3])
+if not t then
+  return {'not_found'}
+end
+local err = lease_error(t, tonumber(ARGV[4]), now)
+if err then
+  return {err}
+end
+
+-- Out of the index first (see lib.lua: this keeps extend working when full).
+unindex(t)
+t.lease_expire = now + tonumber(ARGV[5])
+t.update_time = now
+redis.call('ZADD', K_LEASED, fmt(t.lease_expire), t.id)
+save(t)
+return {'ok', fmt(t.lease_expire)}

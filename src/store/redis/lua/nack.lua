@@ -1,0 +1,73 @@
+-- nack: retries (READY or SCHEDULED) or kills (DEAD) a leased task.
+-- KEYS: the queue's keys (lib.lua); writes tasks, leased, ready, scheduled, finished, seq.
+-- ARGV[3]: task id
+-- ARGV[4]: lease id presented by the worker
+-- ARGV[5]: error text
+-- ARGV[6]: '1' to go straight to DEAD, else '0'
+-- ARGV[7]: retry delay (ms) instead of the backoff, or '' for the backoff
+-- ARGV[8..11]: the queue's backoff: initial (ms), max (ms), multiplier, jitter
+-- ARGV[12]: a random number in [0, 1) for the jitter
+-- ARGV[13]: the queue's retention of finished tasks (ms)
+-- Returns: {'ok', record} | {'not_found'} | {'mismatch'} | {'canceled'}
+-- Publishes: `ready <queue>` if the task is READY again at once.
+
+local now = clock()
+local t = load(ARGV[3])
+if not t then
+  return {'not_found'}
+end
+local err = lease_error(t, tonumber(ARGV[4]), now)
+if err then
+  return {err}
+end
+
+-- x^n by repeated squaring, exactly as Rust's f64::powi (compiler-rt's
+-- __powidf2) computes it, so the delay matches core::retry::Backoff::delay.
+local function powi(x, n)
+  local r = 1
+  while true do
+    if n % 2 == 1 then
+      r = r * x
+    end
+    n = math.floor(n / 2)
+    if n == 0 then
+      return r
+    end
+    x = x * x
+  end
+end
+
+-- core::retry::Backoff::delay, step by step in doubles.
+local function backoff(attempt)
+  local initial, max = tonumber(ARGV[8]), tonumber(ARGV[9])
+  local multiplier, jitter = tonumber(ARGV[10]), tonumber(ARGV[11])
+  local sample = math.min(math.max(tonumber(ARGV[12]), 0), 1)
+  local exponent = math.min(math.max(attempt - 1, 0), 64)
+  local base = initial * powi(multiplier, exponent)
+  local factor = 1 + jitter * (2 * sample - 1)
+  local capped = math.min(base * factor, max)
+  return math.floor(math.max(capped, 0))
+end
+
+local retry_in = nil
+if ARGV[6] ~= '1' and t.attempt < t.max_attempts then
+  if ARGV[7] ~= '' then
+    retry_in = tonumber(ARGV[7])
+  else
+    retry_in = backoff(t.attempt)
+  end
+end
+
+unindex(t)
+t.last_error = ARGV[5]
+clear_lease(t)
+t.update_time = now
+if retry_in == nil then
+  make_final(t, 'DEAD', tonumber(ARGV[13]))
+elseif retry_in == 0 then
+  make_ready(t)
+  publish_ready(t.queue)
+else
+  make_scheduled(t, now + retry_in)
+end
+return {'ok', save(t)}

@@ -1,0 +1,24 @@
+-- promote: makes SCHEDULED tasks due at `now` READY.
+-- KEYS: the queue's keys (lib.lua); writes tasks, scheduled, ready, seq.
+-- ARGV[3]: at most this many tasks per call
+-- Returns: {id...}: the promoted tasks.
+-- Publishes: `ready <queue>` once if any task was promoted.
+
+local now = clock()
+local out = {}
+local queue = nil
+for _, id in ipairs(due(K_SCHEDULED, now, tonumber(ARGV[3]))) do
+  local t = load(id)
+  redis.call('ZREM', K_SCHEDULED, id)
+  if t then
+    t.update_time = now
+    make_ready(t)
+    save(t)
+    queue = t.queue
+    out[#out + 1] = id
+  end
+end
+if queue then
+  publish_ready(queue)
+end
+return out

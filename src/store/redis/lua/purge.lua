@@ -1,0 +1,23 @@
+-- purge: removes finished tasks whose retention ran out (purge time <= now),
+-- with their request id and dedup key entries when those still point to them.
+-- KEYS: the queue's keys (lib.lua); writes tasks, finished, dedup, requests.
+-- ARGV[3]: at most this many tasks per call
+-- Returns: {id...}: the removed tasks (the caller then drops them from tb:index).
+
+local now = clock()
+local out = {}
+for _, id in ipairs(due(K_FINISHED, now, tonumber(ARGV[3]))) do
+  local t = load(id)
+  redis.call('ZREM', K_FINISHED, id)
+  if t then
+    redis.call('HDEL', K_TASKS, id)
+    if t.request_id ~= '' and redis.call('HGET', K_REQUESTS, t.request_id) == id then
+      redis.call('HDEL', K_REQUESTS, t.request_id)
+    end
+    if t.dedup_key ~= '' and redis.call('HGET', K_DEDUP, t.dedup_key) == id then
+      redis.call('HDEL', K_DEDUP, t.dedup_key)
+    end
+  end
+  out[#out + 1] = id
+end
+return out

@@ -1,0 +1,42 @@
+-- reap: returns tasks whose lease ran out (deadline <= now) to READY, or to
+-- DEAD when that was their last attempt. Safe to run from several replicas at
+-- once: a task is reaped by exactly one call.
+-- KEYS: the queue's keys (lib.lua); writes tasks, leased, ready, finished, seq.
+-- ARGV[3]: the queue's retention of finished tasks (ms)
+-- ARGV[4]: at most this many tasks per call
+-- Returns: {id_1, lease_id_1, ready_1, id_2, ...}: each reaped task, the lease
+--          that ran out and 1 if the task is READY again (0: DEAD).
+-- Publishes: `lost <id> <lease id> 0` per task; `ready <queue>` once if any
+--            task became READY.
+
+local now = clock()
+local retention = tonumber(ARGV[3])
+local out = {}
+local queue = nil
+for _, id in ipairs(due(K_LEASED, now, tonumber(ARGV[4]))) do
+  local t = load(id)
+  redis.call('ZREM', K_LEASED, id)
+  if t then
+    local lease_id = t.lease_id
+    clear_lease(t)
+    t.update_time = now
+    local again = 0
+    if t.attempt < t.max_attempts then
+      make_ready(t)
+      queue = t.queue
+      again = 1
+    else
+      t.last_error = string.format('lease expired on the last attempt (%d of %d)', t.attempt, t.max_attempts)
+      make_final(t, 'DEAD', retention)
+    end
+    save(t)
+    publish_lost(id, lease_id, false)
+    out[#out + 1] = id
+    out[#out + 1] = fmt(lease_id)
+    out[#out + 1] = again
+  end
+end
+if queue then
+  publish_ready(queue)
+end
+return out

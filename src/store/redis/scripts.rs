@@ -1,0 +1,68 @@
+//! The Lua scripts, one per operation, each loaded once and run by its SHA
+//! (`EVALSHA`, falling back to loading it when Redis does not know it, as
+//! after a restart).
+//!
+//! Every script is `lua/lib.lua` (shared helpers and the KEYS layout) followed
+//! by the operation's own file, which opens with its ARGV and return contract.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+macro_rules! script {
+    ($(#[$doc:meta])* $name:ident, $file:literal) => {
+        $(#[$doc])*
+        pub static $name: LazyLock<Script> =
+            LazyLock::new(|| Script::new(concat!(include_str!("lua/lib.lua"), include_str!($file))));
+    };
+}
+
+script!(
+    /// Creates a batch of tasks in one queue.
+    ENQUEUE,
+    "lua/enqueue.lua"
+);
+script!(
+    /// Leases up to N ready tasks of one queue.
+    LEASE,
+    "lua/lease.lua"
+);
+script!(
+    /// Settles a lease as SUCCEEDED.
+    ACK,
+    "lua/ack.lua"
+);
+script!(
+    /// Settles a lease as a failure: retry or DEAD.
+    NACK,
+    "lua/nack.lua"
+);
+script!(
+    /// Moves a live lease's deadline.
+    EXTEND,
+    "lua/extend.lua"
+);
+script!(
+    /// Cancels a task that has not finished.
+    CANCEL,
+    "lua/cancel.lua"
+);
+script!(
+    /// Returns expired leases to READY (or DEAD).
+    REAP,
+    "lua/reap.lua"
+);
+script!(
+    /// Makes due SCHEDULED tasks READY.
+    PROMOTE,
+    "lua/promote.lua"
+);
+script!(
+    /// Removes finished tasks past their retention.
+    PURGE,
+    "lua/purge.lua"
+);
+
+/// Most tasks one sweep script handles, so no call blocks Redis for long; the
+/// caller runs it again while it comes back full.
+pub const SWEEP_BATCH: usize = 1000;

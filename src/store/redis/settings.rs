@@ -1,0 +1,40 @@
+//! Redis settings that decide whether tasks can be lost, checked at connect.
+
+use redis::aio::ConnectionManager;
+
+use super::reply::bounded;
+
+/// Warns when Redis may lose tasks: eviction allowed, or no persistence.
+pub async fn warn_if_unsafe(conn: &ConnectionManager) {
+    let mut conn = conn.clone();
+    let mut get = async |name: &str| -> Option<String> {
+        let cmd = redis::cmd("CONFIG").arg("GET").arg(name).clone();
+        let pair: Vec<String> = bounded(cmd.query_async(&mut conn)).await.ok()?;
+        pair.get(1).cloned()
+    };
+    if let Some(policy) = get("maxmemory-policy").await {
+        if policy != "noeviction" {
+            tracing::warn!(
+                maxmemory_policy = %policy,
+                "REDIS MAY EVICT TASKS: maxmemory-policy is not noeviction; tasks can silently disappear \
+                 when Redis fills up. Set `maxmemory-policy noeviction`."
+            );
+        }
+    }
+    let aof = get("appendonly").await;
+    let save = get("save").await;
+    if aof.as_deref() == Some("no") {
+        if save.as_deref().is_some_and(|s| s.trim().is_empty()) {
+            tracing::warn!(
+                "REDIS PERSISTENCE IS OFF (appendonly no, save \"\"): a Redis restart loses every task. \
+                 Set `appendonly yes`."
+            );
+        } else {
+            tracing::warn!(
+                save = save.as_deref().unwrap_or("?"),
+                "Redis persists by snapshots only (appendonly no): a Redis crash loses the tasks changed \
+                 since the last snapshot. Set `appendonly yes`."
+            );
+        }
+    }
+}

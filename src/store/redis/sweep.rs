@@ -1,0 +1,136 @@
+//! The timer sweeps (reap, promote, purge) and the next timer, over every
+//! queue in `tb:queues`.
+//!
+//! Each queue is swept by its own script calls, all queues concurrently over
+//! the one multiplexed connection. Several replicas may sweep at once: each
+//! script re-reads the due tasks under Redis's atomicity, so every task is
+//! handled by exactly one call.
+
+use futures_util::future::join_all;
+use redis::{Script, Value};
+
+use super::keys::QueueKeys;
+use super::reply::{array, bounded, task_id, uint, unexpected};
+use super::scripts::{self, SWEEP_BATCH};
+use super::RedisStore;
+use crate::core::task::TaskId;
+use crate::core::Millis;
+use crate::store::{StoreError, Swept};
+
+/// A sweep script and the number of reply items it gives per task.
+#[derive(Clone, Copy)]
+struct Sweep {
+    script: &'static Script,
+    per_task: usize,
+}
+
+impl RedisStore {
+    /// `requeue_expired`: expired leases back to READY, or DEAD.
+    pub(super) async fn reap(&self, now: Millis) -> Result<Swept, StoreError> {
+        let reap = Sweep { script: &scripts::REAP, per_task: 3 };
+        let mut swept = Swept::default();
+        for (queue, items) in self.sweep(reap, now, |q| vec![self.retention(q)]).await? {
+            for item in items.chunks(3) {
+                let [id, lease_id, ready] = item else { return Err(unexpected("an odd reap reply")) };
+                let id = task_id(id)?;
+                swept.expired.push((id, uint(lease_id)?));
+                note(&mut swept, &queue, id, uint(ready)? == 1);
+            }
+        }
+        Ok(swept)
+    }
+
+    /// `promote_due`: due SCHEDULED tasks to READY.
+    pub(super) async fn promote(&self, now: Millis) -> Result<Swept, StoreError> {
+        let promote = Sweep { script: &scripts::PROMOTE, per_task: 1 };
+        let mut swept = Swept::default();
+        for (queue, items) in self.sweep(promote, now, |_| Vec::new()).await? {
+            for id in &items {
+                note(&mut swept, &queue, task_id(id)?, true);
+            }
+        }
+        Ok(swept)
+    }
+
+    /// `purge_finished`: finished tasks past retention removed, then their
+    /// index entries.
+    pub(super) async fn purge(&self, now: Millis) -> Result<Swept, StoreError> {
+        let purge = Sweep { script: &scripts::PURGE, per_task: 1 };
+        let mut count = 0;
+        for (_, items) in self.sweep(purge, now, |_| Vec::new()).await? {
+            count += items.len();
+            let ids = items.iter().map(task_id).collect::<Result<Vec<_>, _>>()?;
+            self.forget(ids.into_iter()).await;
+        }
+        Ok(Swept { count, ..Swept::default() })
+    }
+
+    /// `next_timer`: the smallest first score of every queue's leased,
+    /// scheduled and finished sets, read in one pipeline.
+    pub(super) async fn first_timer(&self) -> Result<Option<Millis>, StoreError> {
+        let queues = self.queues().await?;
+        if queues.is_empty() {
+            return Ok(None);
+        }
+        let mut pipe = redis::pipe();
+        for queue in &queues {
+            let keys = QueueKeys::new(queue);
+            for key in [keys.leased(), keys.scheduled(), keys.finished()] {
+                pipe.zrange_withscores(key, 0, 0);
+            }
+        }
+        let mut conn = self.conn.clone();
+        let firsts: Vec<Vec<(String, f64)>> = bounded(pipe.query_async(&mut conn)).await?;
+        Ok(firsts.iter().filter_map(|first| first.first()).map(|(_, at)| *at as Millis).min())
+    }
+
+    /// Runs a sweep on every queue at once; the per-queue replies in order.
+    async fn sweep(
+        &self,
+        sweep: Sweep,
+        now: Millis,
+        args: impl Fn(&str) -> Vec<u64>,
+    ) -> Result<Vec<(String, Vec<Value>)>, StoreError> {
+        let queues = self.queues().await?;
+        let runs = queues.iter().map(|q| {
+            let args = args(q);
+            async move { self.sweep_queue(sweep, q, now, &args).await }
+        });
+        let results = join_all(runs).await;
+        queues.into_iter().zip(results).map(|(q, r)| r.map(|items| (q, items))).collect()
+    }
+
+    /// Runs a sweep script on `queue` until it has nothing left due at `now`.
+    async fn sweep_queue(
+        &self,
+        sweep: Sweep,
+        queue: &str,
+        now: Millis,
+        args: &[u64],
+    ) -> Result<Vec<Value>, StoreError> {
+        let keys = QueueKeys::new(queue);
+        let mut all = Vec::new();
+        loop {
+            let mut inv = self.invocation(sweep.script, &keys, now);
+            for a in args {
+                inv.arg(*a);
+            }
+            inv.arg(SWEEP_BATCH);
+            let items = array(self.run(&inv).await?)?;
+            let full = items.len() >= SWEEP_BATCH * sweep.per_task;
+            all.extend(items);
+            if !full {
+                return Ok(all);
+            }
+        }
+    }
+}
+
+/// Records one swept task in the outcome, as the table does.
+fn note(swept: &mut Swept, queue: &str, id: TaskId, ready: bool) {
+    swept.count += 1;
+    swept.changed.push(id);
+    if ready && !swept.ready_queues.iter().any(|q| q == queue) {
+        swept.ready_queues.push(queue.to_owned());
+    }
+}

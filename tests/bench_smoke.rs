@@ -1,0 +1,198 @@
+//! `taskbroker bench` end to end: every scenario through the real binary with
+//! tiny counts and `--json`, checking the document's shape and that work was
+//! done. No timing assertions: the machine is shared and small.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+/// Tiny sizes: each run takes about a second.
+const SMALL: [&str; 8] = ["--tasks", "200", "--duration", "300ms", "--rates", "200", "--concurrency", "4"];
+
+fn bench(args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_taskbroker"))
+        .arg("bench")
+        .args(SMALL)
+        .args(args)
+        .arg("--json")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench {args:?} failed ({}):\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+/// A child process that is killed when the test ends, pass or fail.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The rows of `scenario`, by mode.
+fn rows<'a>(doc: &'a Value, scenario: &str) -> Vec<(&'a str, &'a Value)> {
+    let scenarios = doc["scenarios"].as_array().expect("scenarios is a list");
+    let found = scenarios.iter().find(|s| s["scenario"] == scenario).unwrap_or_else(|| {
+        panic!("no {scenario} entry in {doc:#}");
+    });
+    assert_eq!(found["failures"].as_array().map(Vec::len), Some(0), "{found:#}");
+    found["rows"].as_array().expect("rows").iter().map(|r| (r["mode"].as_str().unwrap(), r)).collect()
+}
+
+fn assert_worked(row: &Value) {
+    assert!(row["tasks"].as_u64().unwrap() > 0, "no tasks moved: {row:#}");
+    assert!(row["calls"].as_u64().unwrap() > 0, "no calls made: {row:#}");
+    assert_eq!(row["errors"].as_u64(), Some(0), "{row:#}");
+    assert!(row["tasks_per_s"].as_f64().unwrap() > 0.0, "{row:#}");
+    assert!(row["vs_echo"].as_f64().unwrap() > 0.0, "{row:#}");
+}
+
+fn assert_in_process_figures(doc: &Value, row: &Value) {
+    assert!(row["broker_cpu_s_per_1k_tasks"].is_number(), "{row:#}");
+    assert!(row["peak_rss_mib"].as_f64().unwrap() > 0.0, "{row:#}");
+    assert!(doc["memory"]["per_million_queued_mib"].is_number(), "{doc:#}");
+}
+
+#[test]
+fn the_baseline_is_measured_in_every_run() {
+    let doc = bench(&["--scenario", "enqueue"]);
+    for which in ["unary", "stream"] {
+        let row = &doc["baseline"][which];
+        assert!(row["tasks"].as_u64().unwrap() > 0, "{row:#}");
+        assert!(row["tasks_per_s"].as_f64().unwrap() > 0.0, "{row:#}");
+    }
+    assert_eq!(doc["target"]["mode"], "in-process");
+    assert_eq!(doc["target"]["storage"], "memory");
+}
+
+#[test]
+fn enqueue_runs_unary_and_every_batch_size() {
+    let doc = bench(&["--scenario", "enqueue"]);
+    let rows = rows(&doc, "enqueue");
+    let modes: Vec<_> = rows.iter().map(|(m, _)| *m).collect();
+    for mode in ["unary", "batch-10", "batch-100", "batch-1000", "stream"] {
+        assert!(modes.contains(&mode), "{mode} missing from {modes:?}");
+    }
+    for (_, row) in &rows {
+        assert_worked(row);
+        assert_eq!(row["tasks"].as_u64(), Some(200), "{row:#}");
+        assert_in_process_figures(&doc, row);
+    }
+}
+
+#[test]
+fn drain_empties_the_prefilled_queue_in_each_mode() {
+    let doc = bench(&["--scenario", "drain"]);
+    let rows = rows(&doc, "drain");
+    let modes: Vec<_> = rows.iter().map(|(m, _)| *m).collect();
+    assert_eq!(modes, ["lease1-ack", "lease100-acks", "stream"]);
+    for (_, row) in &rows {
+        assert_worked(row);
+        assert_eq!(row["tasks"].as_u64(), Some(200), "every pre-filled task acked: {row:#}");
+    }
+}
+
+#[test]
+fn mixed_rate_acks_while_producing() {
+    let doc = bench(&["--scenario", "mixed-rate"]);
+    let rows = rows(&doc, "mixed-rate");
+    assert_eq!(rows.len(), 1);
+    assert_worked(rows[0].1);
+}
+
+#[test]
+fn e2e_reports_latency_percentiles_per_rate_and_worker_kind() {
+    let doc = bench(&["--scenario", "e2e"]);
+    let rows = rows(&doc, "e2e");
+    let modes: Vec<_> = rows.iter().map(|(m, _)| *m).collect();
+    assert_eq!(modes, ["rate-200", "rate-200-stream"]);
+    for (_, row) in rows {
+        assert_worked(row);
+        assert_eq!(row["target_rate"].as_u64(), Some(200));
+        let latency = &row["latency_ms"];
+        for p in ["p50", "p99", "p99_9", "max"] {
+            assert!(latency[p].as_f64().unwrap() > 0.0, "{p}: {row:#}");
+        }
+        assert!(latency["p50"].as_f64() <= latency["p99"].as_f64());
+    }
+}
+
+#[test]
+fn mixed_finds_no_priority_inversions() {
+    let doc = bench(&["--scenario", "mixed"]);
+    let rows = rows(&doc, "mixed");
+    assert_worked(rows[0].1);
+    let mixed = doc["scenarios"].as_array().unwrap().iter().find(|s| s["scenario"] == "mixed").unwrap();
+    assert_eq!(mixed["inversions"].as_u64(), Some(0), "{mixed:#}");
+}
+
+#[test]
+fn the_embedded_store_reports_fsyncs() {
+    let doc = bench(&["--embedded", "embedded", "--scenario", "enqueue,drain"]);
+    assert_eq!(doc["target"]["storage"], "embedded");
+    for scenario in ["enqueue", "drain"] {
+        for (_, row) in rows(&doc, scenario) {
+            assert_worked(row);
+            assert!(row["fsyncs_per_1k_tasks"].as_f64().unwrap() > 0.0, "{row:#}");
+        }
+    }
+}
+
+#[test]
+fn a_remote_broker_gets_no_cpu_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut serve = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_taskbroker"))
+            .args(["serve", "--storage", "memory", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("serve starts"),
+    );
+    let mut first = String::new();
+    BufReader::new(serve.0.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    let addr = first.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{first:?}")).to_owned();
+
+    let doc = bench(&["--server", &format!("http://{addr}"), "--scenario", "drain"]);
+    drop(serve);
+    assert_eq!(doc["target"]["mode"], "remote");
+    assert!(doc["memory"].is_null(), "{doc:#}");
+    for (_, row) in rows(&doc, "drain") {
+        assert_worked(row);
+        assert!(row["broker_cpu_s_per_1k_tasks"].is_null(), "{row:#}");
+        assert!(row["peak_rss_mib"].is_null(), "{row:#}");
+    }
+}
+
+#[test]
+fn an_unreachable_broker_fails_cleanly() {
+    let out = Command::new(env!("CARGO_BIN_EXE_taskbroker"))
+        .args(["bench", "--server", "http://127.0.0.1:1", "--json"])
+        .args(SMALL)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"), "{out:?}");
+}
+
+#[test]
+fn bad_flags_exit_64() {
+    let out = Command::new(env!("CARGO_BIN_EXE_taskbroker"))
+        .args(["bench", "--concurrency", "0", "--rates", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--concurrency") && stderr.contains("--rates"), "{stderr}");
+}
