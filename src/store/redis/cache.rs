@@ -56,9 +56,12 @@ mod tests {
     #[test]
     fn keeps_between_one_and_two_generations() {
         let cache = QueueCache::default();
-        cache.remember((0..GENERATION as u128 * 2).map(|i| (TaskId(i), "q")));
+        let g = GENERATION as u128;
+        cache.remember((0..2 * g).map(|i| (TaskId(i), "q")));
+        assert_eq!(cache.get(TaskId(0)).as_deref(), Some("q"), "two generations are kept");
+        cache.remember([(TaskId(2 * g), "r")]);
         assert_eq!(cache.get(TaskId(0)), None, "the oldest generation is dropped");
-        assert_eq!(cache.get(TaskId(GENERATION as u128)).as_deref(), Some("q"));
-        assert_eq!(cache.get(TaskId(GENERATION as u128 * 2 - 1)).as_deref(), Some("q"));
+        assert_eq!(cache.get(TaskId(g)).as_deref(), Some("q"));
+        assert_eq!(cache.get(TaskId(2 * g)).as_deref(), Some("r"));
     }
 }

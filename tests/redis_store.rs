@@ -1,0 +1,356 @@
+//! What only the Redis store has to show: it survives a Redis restart, fails
+//! fast while Redis is away and comes back by itself, reports a full Redis,
+//! tells other replicas what happened, lets several replicas sweep at once,
+//! and can run on Redis's clock. The shared behaviour is in
+//! `store_conformance.rs`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use taskbroker::core::queue::{Policies, QueuePolicy};
+use taskbroker::core::retry::Backoff;
+use taskbroker::core::task::{NewTask, Task, TaskId, TaskState};
+use taskbroker::store::redis::RedisStore;
+use taskbroker::store::{LeaseSpec, NackSpec, Store, StoreError, StoreEvent};
+use tokio::sync::broadcast;
+
+#[allow(dead_code)]
+#[path = "common/redis.rs"]
+mod redis_server;
+use redis_server::RedisServer;
+
+const NOW: u64 = 1_767_225_600_000;
+const SEC: u64 = 1_000;
+
+fn policies() -> Arc<Policies> {
+    let policy = QueuePolicy {
+        lease_duration: Duration::from_secs(30),
+        max_attempts: 10,
+        retry_backoff: Backoff {
+            initial: Duration::from_millis(700),
+            max: Duration::from_secs(600),
+            multiplier: 1.7,
+            jitter: 0.3,
+        },
+        default_priority: 0,
+        retention: Duration::from_secs(100),
+        dedup_window: Duration::from_secs(10),
+    };
+    Arc::new(Policies::new(BTreeMap::new(), policy))
+}
+
+async fn connect(server: &RedisServer) -> RedisStore {
+    RedisStore::connect(&server.url(), policies(), false).await.expect("connects to redis")
+}
+
+fn new_task(queue: &str, payload: Vec<u8>) -> NewTask {
+    NewTask {
+        queue: queue.into(),
+        kind: "k".into(),
+        payload,
+        content_type: String::new(),
+        priority: 0,
+        headers: BTreeMap::new(),
+        max_attempts: 10,
+        scheduled_time: 0,
+        dedup_key: String::new(),
+        request_id: String::new(),
+    }
+}
+
+fn spec(queue: &str, max: usize) -> LeaseSpec {
+    LeaseSpec::strict(&[queue.to_string()], max, None, "w")
+}
+
+fn lease_id(t: &Task) -> u64 {
+    t.lease.as_ref().expect("a leased task").id
+}
+
+fn wall_clock() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// Retries `op` until it succeeds, for at most `within`.
+async fn eventually<T, F, Fut>(within: Duration, mut op: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match op().await {
+            Ok(v) => return v,
+            Err(e) if Instant::now() > deadline => panic!("still failing after {within:?}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// The next event matching `want`, skipping others, within 5 s.
+async fn expect_event(rx: &mut broadcast::Receiver<StoreEvent>, want: &StoreEvent) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Ok(ev)) if &ev == want => return,
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => panic!("event channel: {e}"),
+            Err(_) => panic!("no {want:?} within 5 s"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn binary_payloads_and_headers_survive_the_scripts() {
+    let server = RedisServer::start();
+    let s = connect(&server).await;
+    let payload: Vec<u8> = (0..=255).chain((0..=255).rev()).collect();
+    let headers: BTreeMap<String, String> =
+        [("traceparent".into(), "00-4bf9-00f0-01".into()), ("ünïcødé".into(), "✓".into())].into();
+    let t = NewTask { headers: headers.clone(), priority: 9, ..new_task("q", payload.clone()) };
+    let created = s.enqueue(vec![t], NOW).await.unwrap().pop().unwrap().task;
+    let l = s.lease(spec("q", 1), NOW).await.unwrap().pop().unwrap();
+    let n = s.nack(l.id, lease_id(&l), nack(Some(0), 0.5), NOW).await.unwrap();
+    let result: Vec<u8> = vec![0, 0xc4, 0xff, 0xa0];
+    let l = s.lease(spec("q", 1), NOW).await.unwrap().pop().unwrap();
+    let done = s.ack(l.id, lease_id(&l), result.clone(), NOW).await.unwrap();
+    for t in [&created, &n, &l, &done, &s.get(created.id).await.unwrap()] {
+        assert_eq!((&t.payload, &t.headers, t.priority), (&payload, &headers, 9));
+    }
+    assert_eq!(done.result, result);
+}
+
+fn nack(retry_after: Option<u64>, jitter_sample: f64) -> NackSpec {
+    NackSpec { error: "boom".into(), retry_after, no_retry: false, jitter_sample }
+}
+
+#[tokio::test]
+async fn backoff_in_lua_matches_the_core() {
+    let server = RedisServer::start();
+    let s = connect(&server).await;
+    let backoff = policies().get("q").retry_backoff.clone();
+    let t = s.enqueue(vec![new_task("q", vec![])], NOW).await.unwrap().pop().unwrap().task;
+    let mut now = NOW;
+    for (attempt, sample) in (1..10).zip([0.0, 0.999_999, 0.37, 0.5, 0.123_456_789, 0.9, 0.01, 0.77, 0.3333])
+    {
+        let l = s.lease(spec("q", 1), now).await.unwrap().pop().expect("the task again");
+        assert_eq!(l.attempt, attempt);
+        let n = s.nack(t.id, lease_id(&l), nack(None, sample), now).await.unwrap();
+        assert_eq!(
+            n.scheduled_time - now,
+            backoff.delay(attempt, sample),
+            "attempt {attempt}, sample {sample}"
+        );
+        now = n.scheduled_time;
+        assert_eq!(s.promote_due(now).await.unwrap().count, 1);
+    }
+}
+
+#[tokio::test]
+async fn acknowledged_writes_survive_a_redis_crash() {
+    let mut server = RedisServer::start();
+    let s = connect(&server).await;
+    let mut created = Vec::new();
+    for batch in 0..20 {
+        let tasks = (0..50).map(|i| new_task(["a", "b"][i % 2], vec![batch as u8; 100])).collect();
+        created.extend(s.enqueue(tasks, NOW).await.unwrap().into_iter().map(|e| e.task));
+    }
+    let leased = s.lease(spec("a", 10), NOW).await.unwrap();
+    for t in &leased[..5] {
+        s.ack(t.id, lease_id(t), b"done".to_vec(), NOW).await.unwrap();
+    }
+    let mut before = Vec::new();
+    for t in &created {
+        before.push(s.get(t.id).await.unwrap());
+    }
+
+    server.kill(); // SIGKILL, right after the last acknowledged write
+    server.restart();
+
+    // The same store reconnects by itself; a new one sees the same.
+    let first = created[0].id;
+    eventually(Duration::from_secs(15), || s.get(first)).await;
+    let fresh = connect(&server).await;
+    for t in &before {
+        assert_eq!(&s.get(t.id).await.unwrap(), t);
+        assert_eq!(&fresh.get(t.id).await.unwrap(), t);
+    }
+    let again = fresh.lease(spec("a", 1000), NOW).await.unwrap();
+    assert_eq!(again.len(), 500 - 10, "every ready task is still there, once");
+    let old = leased.iter().map(lease_id).max().unwrap();
+    assert!(again.iter().all(|t| lease_id(t) > old), "lease ids never come back");
+}
+
+#[tokio::test]
+async fn fails_fast_while_redis_is_down_and_recovers_by_itself() {
+    let mut server = RedisServer::start();
+    let s = connect(&server).await;
+    let other = connect(&server).await;
+    let t = s.enqueue(vec![new_task("q", vec![1])], NOW).await.unwrap().pop().unwrap().task;
+    assert!(s.healthy().await);
+
+    server.kill();
+    let bound = Duration::from_secs(10);
+    for round in 0..3 {
+        let started = Instant::now();
+        let calls: [Result<(), StoreError>; 5] = [
+            tokio::time::timeout(bound, s.get(t.id)).await.expect("get returns").map(drop),
+            tokio::time::timeout(bound, s.enqueue(vec![new_task("q", vec![])], NOW))
+                .await
+                .expect("enqueue returns")
+                .map(drop),
+            tokio::time::timeout(bound, s.lease(spec("q", 1), NOW)).await.expect("lease returns").map(drop),
+            tokio::time::timeout(bound, s.ack(t.id, 1, vec![], NOW)).await.expect("ack returns").map(drop),
+            tokio::time::timeout(bound, s.requeue_expired(NOW)).await.expect("reap returns").map(drop),
+        ];
+        for r in calls {
+            assert!(matches!(r, Err(StoreError::Unavailable(_))), "round {round}: {r:?}");
+        }
+        assert!(started.elapsed() < bound, "five failing calls took {:?}", started.elapsed());
+    }
+    assert!(!tokio::time::timeout(bound, s.healthy()).await.unwrap());
+
+    server.restart();
+    let got = eventually(Duration::from_secs(15), || s.get(t.id)).await;
+    assert_eq!(got.id, t.id);
+    assert!(s.healthy().await);
+    // Events flow again once the subscription is back.
+    let mut rx = other.events().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        assert!(Instant::now() < deadline, "no event from the other replica after the restart");
+        if s.enqueue(vec![new_task("back", vec![])], NOW).await.is_err() {
+            continue;
+        }
+        let heard = tokio::time::timeout(Duration::from_millis(500), async {
+            loop {
+                match rx.recv().await {
+                    Ok(StoreEvent::Ready(q)) if q == "back" => return true,
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return false,
+                }
+            }
+        })
+        .await;
+        if heard == Ok(true) {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_full_redis_is_full_not_unavailable() {
+    let server = RedisServer::start_with(&["--maxmemory", "3mb", "--maxmemory-policy", "noeviction"]);
+    let s = connect(&server).await;
+    let mut stored = Vec::new();
+    let mut outcome = None;
+    for _ in 0..500 {
+        match s.enqueue(vec![new_task("q", vec![7; 32 * 1024])], NOW).await {
+            Ok(mut e) => stored.push(e.pop().unwrap().task),
+            Err(e) => {
+                outcome = Some(e);
+                break;
+            }
+        }
+    }
+    let err = outcome.expect("redis fills up within 16 MB of payloads");
+    assert!(matches!(err, StoreError::Full(_)), "{err:?}");
+    assert!(!stored.is_empty(), "some tasks fit before it filled up");
+    // Reads still work, and what was stored is intact.
+    let last = stored.last().unwrap();
+    assert!(s.get(last.id).await.unwrap() == *last);
+    // Workers can still drain the queue: settling only shrinks Redis.
+    let mut sp = spec("q", 2);
+    sp.max_bytes = usize::MAX;
+    let leased = s.lease(sp, NOW).await.expect("leasing works when full");
+    assert_eq!(leased.len(), 2);
+    s.extend(leased[0].id, lease_id(&leased[0]), 60 * SEC, NOW).await.expect("extend works when full");
+    s.ack(leased[0].id, lease_id(&leased[0]), vec![], NOW).await.expect("ack works when full");
+    s.nack(leased[1].id, lease_id(&leased[1]), nack(Some(0), 0.5), NOW).await.expect("nack works when full");
+    let err = s.enqueue(vec![new_task("q", vec![7; 32 * 1024])], NOW).await.unwrap_err();
+    assert!(matches!(err, StoreError::Full(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn events_reach_the_other_replicas() {
+    let server = RedisServer::start();
+    let a = connect(&server).await;
+    let b = connect(&server).await;
+    let mut rx = b.events().expect("a shared store has events");
+
+    let t = a.enqueue(vec![new_task("mail", vec![])], NOW).await.unwrap().pop().unwrap().task;
+    expect_event(&mut rx, &StoreEvent::Ready("mail".into())).await;
+
+    let l = a.lease(spec("mail", 1), NOW).await.unwrap().pop().unwrap();
+    let swept = a.requeue_expired(NOW + 30 * SEC).await.unwrap();
+    assert_eq!(swept.expired, [(t.id, lease_id(&l))]);
+    expect_event(&mut rx, &StoreEvent::LeaseLost(t.id, lease_id(&l), false)).await;
+    expect_event(&mut rx, &StoreEvent::Ready("mail".into())).await;
+
+    let l = a.lease(spec("mail", 1), NOW + 30 * SEC).await.unwrap().pop().unwrap();
+    a.cancel(t.id, NOW + 30 * SEC).await.unwrap();
+    expect_event(&mut rx, &StoreEvent::LeaseLost(t.id, lease_id(&l), true)).await;
+
+    let n = a.enqueue(vec![new_task("mail", vec![])], NOW).await.unwrap().pop().unwrap().task;
+    let l = a.lease(spec("mail", 1), NOW).await.unwrap().pop().unwrap();
+    a.nack(n.id, lease_id(&l), nack(Some(0), 0.5), NOW).await.unwrap();
+    expect_event(&mut rx, &StoreEvent::Ready("mail".into())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reapers_handle_each_expired_lease_once() {
+    let server = RedisServer::start();
+    let a = Arc::new(connect(&server).await);
+    let b = Arc::new(connect(&server).await);
+    let mut leased = HashSet::new();
+    for queue in ["x", "y"] {
+        let tasks = (0..1500).map(|_| new_task(queue, vec![])).collect();
+        a.enqueue(tasks, NOW).await.unwrap();
+        let mut sp = spec(queue, 1500);
+        sp.lease_duration = Some(SEC);
+        for t in a.lease(sp, NOW).await.unwrap() {
+            leased.insert((t.id, lease_id(&t)));
+        }
+    }
+    assert_eq!(leased.len(), 3000);
+    let (ra, rb) = tokio::join!(
+        tokio::spawn({
+            let a = a.clone();
+            async move { a.requeue_expired(NOW + SEC).await.unwrap() }
+        }),
+        tokio::spawn({
+            let b = b.clone();
+            async move { b.requeue_expired(NOW + SEC).await.unwrap() }
+        }),
+    );
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    let mut seen: Vec<(TaskId, u64)> = ra.expired.iter().chain(&rb.expired).copied().collect();
+    assert_eq!(seen.len(), 3000, "a: {}, b: {}", ra.expired.len(), rb.expired.len());
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.into_iter().collect::<HashSet<_>>(), leased, "each expired lease exactly once");
+    assert_eq!(ra.count + rb.count, 3000);
+    let again = a.lease(spec("x", 2000), NOW + SEC).await.unwrap();
+    assert_eq!(again.len(), 1500);
+    assert!(again.iter().all(|t| t.attempt == 2 && t.state == TaskState::Leased));
+}
+
+#[tokio::test]
+async fn server_time_mode_uses_the_redis_clock() {
+    let server = RedisServer::start();
+    let s = RedisStore::connect(&server.url(), policies(), true).await.unwrap();
+    let near = |at: u64, expected: u64| at.abs_diff(expected) < 10 * SEC;
+    // Callers' clocks are ignored, however wrong.
+    let t = s.enqueue(vec![new_task("q", vec![])], 1).await.unwrap().pop().unwrap().task;
+    assert!(near(t.create_time, wall_clock()), "created at {} (now {})", t.create_time, wall_clock());
+    let l = s.lease(spec("q", 1), 1).await.unwrap().pop().unwrap();
+    let deadline = l.lease.as_ref().unwrap().expire_time;
+    assert!(near(deadline, wall_clock() + 30 * SEC));
+    assert_eq!(s.requeue_expired(u64::MAX / 4).await.unwrap().count, 0, "not expired by Redis's clock");
+    let until = s.extend(t.id, lease_id(&l), 60 * SEC, 1).await.unwrap();
+    assert!(near(until, wall_clock() + 60 * SEC));
+    let done = s.ack(t.id, lease_id(&l), vec![], u64::MAX / 4).await.unwrap();
+    assert_eq!(done.state, TaskState::Succeeded);
+    assert!(near(done.update_time, wall_clock()));
+}
