@@ -222,7 +222,11 @@ async fn follow_store(inner: std::sync::Weak<Inner>, mut events: broadcast::Rece
         let event = match events.recv().await {
             Ok(e) => e,
             Err(broadcast::error::RecvError::Lagged(n)) => {
-                tracing::warn!(missed = n, "store events lagged");
+                // Some wake-ups were lost: wake every waiter to look again.
+                tracing::warn!(missed = n, "store events lagged; waking every waiting worker");
+                if let Some(inner) = inner.upgrade() {
+                    inner.waiters.wake_all();
+                }
                 continue;
             }
             Err(broadcast::error::RecvError::Closed) => return,

@@ -21,6 +21,14 @@ impl Waiters {
         queues.entry(queue.to_owned()).or_default().clone()
     }
 
+    /// Wakes everyone waiting on any queue (after missed wake-ups).
+    pub fn wake_all(&self) {
+        let queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        for n in queues.values() {
+            n.notify_waiters();
+        }
+    }
+
     /// Wakes everyone waiting on `queue`.
     pub fn wake(&self, queue: &str) {
         let queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());

@@ -32,6 +32,14 @@ impl RedisServer {
         Self::start_with(&[])
     }
 
+    /// A server that fsyncs its AOF before answering each write
+    /// (`appendonly yes`, `appendfsync always`): what it acknowledged survives
+    /// a SIGKILL of the server (and of the machine).
+    pub fn start_fsync_always() -> Self {
+        // Later command-line settings override earlier ones.
+        Self::start_with(&["--appendfsync", "always"])
+    }
+
     /// A server with extra settings, e.g. `&["--maxmemory", "2mb"]`.
     pub fn start_with(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory for redis");

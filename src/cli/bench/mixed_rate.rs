@@ -1,19 +1,26 @@
 //! The `mixed-rate` scenario: producers and workers on one queue at the same
-//! time for `--duration`, the sustained rate being acked tasks/s.
+//! time for `--duration`, the sustained rate being acked tasks/s. Two rows:
+//! - `unary`: producers send EnqueueBatch of [`BATCH`]; workers Lease (long-poll)
+//!   and Ack;
+//! - `stream`: producers pipeline single tasks on EnqueueStream; workers hold a
+//!   `Stream` with [`STREAM_CREDITS`] credits and ack on it.
 //!
-//! Producers send EnqueueBatch of [`BATCH`] and pause while the backlog
-//! (enqueued − acked) is over [`BACKLOG_BATCHES`] batches per producer, so the
-//! figure is the broker's steady state with a bounded queue, not the speed of
-//! filling an ever-deeper one.
+//! Producers pause while the backlog (enqueued − acked) is over
+//! [`BACKLOG_BATCHES`] batches per producer, so the figure is the broker's
+//! steady state with a bounded queue, not the speed of filling an ever-deeper
+//! one.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
 use super::load::{self, join, stop_signal, Stop, Tally};
 use super::meter::Meter;
 use super::report::{ScenarioReport, Transport};
-use super::work::Worker;
+use super::work::{StreamWorker, Worker};
 use super::Ctx;
 use crate::pb;
 
@@ -26,14 +33,122 @@ const WAIT: Duration = Duration::from_secs(1);
 /// A paused producer looks again after this long.
 const PAUSE: Duration = Duration::from_millis(1);
 
+/// Credits of each stream worker in the `stream` row.
+const STREAM_CREDITS: u32 = 128;
+/// Most unanswered EnqueueStream requests per producer.
+const STREAM_WINDOW: u64 = 1000;
+
 pub async fn run(ctx: &Ctx) -> anyhow::Result<ScenarioReport> {
+    let (unary, note) = run_unary(ctx).await?;
+    let (stream, stream_note) = run_stream(ctx).await?;
+    let mut report = ScenarioReport::new("mixed-rate", vec![unary, stream]);
+    report.notes.push(note);
+    report.notes.push(stream_note);
+    Ok(report)
+}
+
+/// Producers on EnqueueStream, workers on Stream.
+async fn run_stream(ctx: &Ctx) -> anyhow::Result<(super::report::Row, String)> {
+    let queue = ctx.queue("mixed-rate-stream");
+    let producers = (ctx.opts.concurrency / 8).max(1);
+    let workers = (ctx.opts.concurrency / 8).max(1);
+    let backlog_limit = BACKLOG_BATCHES * BATCH * producers as u64;
+    let enqueued = Arc::new(AtomicU64::new(0));
+    let meter = Meter::start(ctx.probes, "mixed-rate", "stream".to_string());
+    let acked = meter.tally();
+    let (stop, stopped) = stop_signal();
+    let mut handles = Vec::new();
+    for caller in 0..producers {
+        let producer = StreamProducer {
+            client: ctx.pool.producer(caller),
+            queue: queue.clone(),
+            payload: ctx.payload(),
+            enqueued: enqueued.clone(),
+            tally: acked.clone(),
+            backlog_limit,
+        };
+        handles.push(tokio::spawn(producer.run(stopped.clone())));
+    }
+    for caller in 0..workers {
+        let worker = StreamWorker {
+            client: ctx.pool.worker(producers + caller),
+            queues: vec![queue.clone()],
+            max_in_flight: STREAM_CREDITS,
+        };
+        handles.push(tokio::spawn(worker.run_until(stopped.clone(), acked.clone(), |_| {})));
+    }
+    tokio::time::sleep(ctx.opts.duration).await;
+    stop.stop();
+    join(handles).await;
+    let row = meter.finish(Transport::Stream, Some(&ctx.baseline));
+    let note = format!(
+        "stream: {producers} producers (EnqueueStream, up to {STREAM_WINDOW} unanswered), {workers} stream \
+         workers ({STREAM_CREDITS} credits); {} enqueued",
+        enqueued.load(Ordering::Relaxed)
+    );
+    Ok((row, note))
+}
+
+/// Pipelines single enqueues on one EnqueueStream until stopped.
+struct StreamProducer {
+    client: pb::producer_service_client::ProducerServiceClient<tonic::transport::Channel>,
+    queue: String,
+    payload: Vec<u8>,
+    enqueued: Arc<AtomicU64>,
+    tally: Arc<Tally>,
+    backlog_limit: u64,
+}
+
+impl StreamProducer {
+    async fn run(mut self, mut stop: Stop) {
+        let (tx, rx) = mpsc::channel(STREAM_WINDOW as usize);
+        let mut answers = match self.client.enqueue_stream(ReceiverStream::new(rx)).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => return self.tally.status(&s),
+        };
+        let answered = Arc::new(AtomicU64::new(0));
+        let reader = {
+            let (answered, enqueued, tally) = (answered.clone(), self.enqueued.clone(), self.tally.clone());
+            tokio::spawn(async move {
+                while let Ok(Some(a)) = answers.message().await {
+                    answered.fetch_add(1, Ordering::Relaxed);
+                    match a.result {
+                        Some(pb::enqueue_stream_response::Result::Task(_)) => {
+                            enqueued.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => tally.failed(1, || "stream enqueue failed".into()),
+                    }
+                }
+            })
+        };
+        let mut sent = 0u64;
+        while !stop.is_set() {
+            let backlog = self.enqueued.load(Ordering::Relaxed).saturating_sub(self.tally.tasks());
+            if backlog > self.backlog_limit || sent - answered.load(Ordering::Relaxed) >= STREAM_WINDOW {
+                tokio::select! {
+                    _ = tokio::time::sleep(PAUSE) => {}
+                    _ = stop.wait() => break,
+                }
+                continue;
+            }
+            if tx.send(load::task(&self.queue, self.payload.clone())).await.is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        drop(tx);
+        let _ = reader.await;
+    }
+}
+
+async fn run_unary(ctx: &Ctx) -> anyhow::Result<(super::report::Row, String)> {
     let queue = ctx.queue("mixed-rate");
     let producers = (ctx.opts.concurrency / 4).max(1);
     let workers = ctx.opts.concurrency.saturating_sub(producers).max(1);
     let backlog_limit = BACKLOG_BATCHES * BATCH * producers as u64;
     let enqueued = Arc::new(AtomicU64::new(0));
 
-    let meter = Meter::start(ctx.probes, "mixed-rate", format!("{producers}p+{workers}w"));
+    let meter = Meter::start(ctx.probes, "mixed-rate", "unary".to_string());
     let acked = meter.tally();
     let (stop, stopped) = stop_signal();
     let mut handles = Vec::new();
@@ -62,15 +177,13 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<ScenarioReport> {
     stop.stop();
     join(handles).await;
     let row = meter.finish(Transport::Unary, Some(&ctx.baseline));
-
-    let mut report = ScenarioReport::new("mixed-rate", vec![row]);
-    report.notes.push(format!(
-        "{producers} producers (EnqueueBatch of {BATCH}), {workers} workers (Lease up to {BATCH}, wait {}s); \
+    let note = format!(
+        "unary: {producers} producers (EnqueueBatch of {BATCH}), {workers} workers (Lease up to {BATCH}, wait {}s); \
          {} enqueued, backlog bound {backlog_limit}",
         WAIT.as_secs(),
         enqueued.load(Ordering::Relaxed)
-    ));
-    Ok(report)
+    );
+    Ok((row, note))
 }
 
 /// Sends batches until stopped, pausing while the backlog is over its bound.
