@@ -19,7 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::load::{self, join, stop_signal, Stop, Tally};
 use super::meter::Meter;
-use super::report::{ScenarioReport, Transport};
+use super::report::{Row, ScenarioReport, Transport};
 use super::work::{StreamWorker, Worker};
 use super::Ctx;
 use crate::pb;
@@ -39,27 +39,34 @@ const STREAM_CREDITS: u32 = 128;
 const STREAM_WINDOW: u64 = 1000;
 
 pub async fn run(ctx: &Ctx) -> anyhow::Result<ScenarioReport> {
-    let (unary, note) = run_unary(ctx).await?;
-    let (stream, stream_note) = run_stream(ctx).await?;
+    let (unary, note) = run_mode(ctx, Transport::Unary).await;
+    let (stream, stream_note) = run_mode(ctx, Transport::Stream).await;
     let mut report = ScenarioReport::new("mixed-rate", vec![unary, stream]);
     report.notes.push(note);
     report.notes.push(stream_note);
     Ok(report)
 }
 
-/// Producers on EnqueueStream, workers on Stream.
-async fn run_stream(ctx: &Ctx) -> anyhow::Result<(super::report::Row, String)> {
-    let queue = ctx.queue("mixed-rate-stream");
-    let producers = (ctx.opts.concurrency / 8).max(1);
-    let workers = (ctx.opts.concurrency / 8).max(1);
+/// One row: producers and workers of one transport together for `--duration`.
+async fn run_mode(ctx: &Ctx, transport: Transport) -> (Row, String) {
+    let stream = transport == Transport::Stream;
+    let mode = if stream { "stream" } else { "unary" };
+    let queue = ctx.queue(&format!("mixed-rate-{mode}"));
+    // Unary workers need many callers to keep calls in flight; streams do not.
+    let (producers, workers) = if stream {
+        ((ctx.opts.concurrency / 8).max(1), (ctx.opts.concurrency / 8).max(1))
+    } else {
+        let producers = (ctx.opts.concurrency / 4).max(1);
+        (producers, ctx.opts.concurrency.saturating_sub(producers).max(1))
+    };
     let backlog_limit = BACKLOG_BATCHES * BATCH * producers as u64;
     let enqueued = Arc::new(AtomicU64::new(0));
-    let meter = Meter::start(ctx.probes, "mixed-rate", "stream".to_string());
+    let meter = Meter::start(ctx.probes, "mixed-rate", mode.to_string());
     let acked = meter.tally();
     let (stop, stopped) = stop_signal();
     let mut handles = Vec::new();
     for caller in 0..producers {
-        let producer = StreamProducer {
+        let producer = Producer {
             client: ctx.pool.producer(caller),
             queue: queue.clone(),
             payload: ctx.payload(),
@@ -67,40 +74,60 @@ async fn run_stream(ctx: &Ctx) -> anyhow::Result<(super::report::Row, String)> {
             tally: acked.clone(),
             backlog_limit,
         };
-        handles.push(tokio::spawn(producer.run(stopped.clone())));
+        handles.push(if stream {
+            tokio::spawn(producer.run_stream(stopped.clone()))
+        } else {
+            tokio::spawn(producer.run_batches(stopped.clone()))
+        });
     }
     for caller in 0..workers {
-        let worker = StreamWorker {
-            client: ctx.pool.worker(producers + caller),
-            queues: vec![queue.clone()],
-            max_in_flight: STREAM_CREDITS,
-        };
-        handles.push(tokio::spawn(worker.run_until(stopped.clone(), acked.clone(), |_| {})));
+        // Workers use connections after the producers', so each side spreads.
+        let client = ctx.pool.worker(producers + caller);
+        let queues = vec![queue.clone()];
+        handles.push(if stream {
+            let worker = StreamWorker { client, queues, max_in_flight: STREAM_CREDITS };
+            tokio::spawn(worker.run_until(stopped.clone(), acked.clone(), |_| {}))
+        } else {
+            let worker = Worker { client, queues, max_tasks: BATCH as u32, wait: Some(WAIT) };
+            tokio::spawn(worker.run_until(stopped.clone(), acked.clone(), |_| {}))
+        });
     }
     tokio::time::sleep(ctx.opts.duration).await;
     stop.stop();
     join(handles).await;
-    let row = meter.finish(Transport::Stream, Some(&ctx.baseline));
-    let note = format!(
-        "stream: {producers} producers (EnqueueStream, up to {STREAM_WINDOW} unanswered), {workers} stream \
-         workers ({STREAM_CREDITS} credits); {} enqueued",
-        enqueued.load(Ordering::Relaxed)
-    );
-    Ok((row, note))
+    let row = meter.finish(transport, Some(&ctx.baseline));
+    let enqueued = enqueued.load(Ordering::Relaxed);
+    let note = if stream {
+        format!(
+            "stream: {producers} producers (EnqueueStream, up to {STREAM_WINDOW} unanswered), {workers} stream \
+             workers ({STREAM_CREDITS} credits); {enqueued} enqueued, backlog bound {backlog_limit}"
+        )
+    } else {
+        format!(
+            "unary: {producers} producers (EnqueueBatch of {BATCH}), {workers} workers (Lease up to {BATCH}, \
+             wait {}s); {enqueued} enqueued, backlog bound {backlog_limit}",
+            WAIT.as_secs()
+        )
+    };
+    (row, note)
 }
 
-/// Pipelines single enqueues on one EnqueueStream until stopped.
-struct StreamProducer {
+/// Enqueues until stopped, pausing while the backlog is over its bound.
+struct Producer {
     client: pb::producer_service_client::ProducerServiceClient<tonic::transport::Channel>,
     queue: String,
     payload: Vec<u8>,
+    /// Tasks enqueued by every producer.
     enqueued: Arc<AtomicU64>,
+    /// The run's tally: its tasks are the acked ones; producers add their
+    /// calls and errors.
     tally: Arc<Tally>,
     backlog_limit: u64,
 }
 
-impl StreamProducer {
-    async fn run(mut self, mut stop: Stop) {
+impl Producer {
+    /// Pipelines single enqueues on one EnqueueStream until stopped.
+    async fn run_stream(mut self, mut stop: Stop) {
         let (tx, rx) = mpsc::channel(STREAM_WINDOW as usize);
         let mut answers = match self.client.enqueue_stream(ReceiverStream::new(rx)).await {
             Ok(r) => r.into_inner(),
@@ -139,68 +166,8 @@ impl StreamProducer {
         drop(tx);
         let _ = reader.await;
     }
-}
-
-async fn run_unary(ctx: &Ctx) -> anyhow::Result<(super::report::Row, String)> {
-    let queue = ctx.queue("mixed-rate");
-    let producers = (ctx.opts.concurrency / 4).max(1);
-    let workers = ctx.opts.concurrency.saturating_sub(producers).max(1);
-    let backlog_limit = BACKLOG_BATCHES * BATCH * producers as u64;
-    let enqueued = Arc::new(AtomicU64::new(0));
-
-    let meter = Meter::start(ctx.probes, "mixed-rate", "unary".to_string());
-    let acked = meter.tally();
-    let (stop, stopped) = stop_signal();
-    let mut handles = Vec::new();
-    for caller in 0..producers {
-        let producer = Producer {
-            client: ctx.pool.producer(caller),
-            queue: queue.clone(),
-            payload: ctx.payload(),
-            enqueued: enqueued.clone(),
-            tally: acked.clone(),
-            backlog_limit,
-        };
-        handles.push(tokio::spawn(producer.run(stopped.clone())));
-    }
-    for caller in 0..workers {
-        // Workers use connections after the producers', so each side spreads.
-        let worker = Worker {
-            client: ctx.pool.worker(producers + caller),
-            queues: vec![queue.clone()],
-            max_tasks: BATCH as u32,
-            wait: Some(WAIT),
-        };
-        handles.push(tokio::spawn(worker.run_until(stopped.clone(), acked.clone(), |_| {})));
-    }
-    tokio::time::sleep(ctx.opts.duration).await;
-    stop.stop();
-    join(handles).await;
-    let row = meter.finish(Transport::Unary, Some(&ctx.baseline));
-    let note = format!(
-        "unary: {producers} producers (EnqueueBatch of {BATCH}), {workers} workers (Lease up to {BATCH}, wait {}s); \
-         {} enqueued, backlog bound {backlog_limit}",
-        WAIT.as_secs(),
-        enqueued.load(Ordering::Relaxed)
-    );
-    Ok((row, note))
-}
-
-/// Sends batches until stopped, pausing while the backlog is over its bound.
-struct Producer {
-    client: pb::producer_service_client::ProducerServiceClient<tonic::transport::Channel>,
-    queue: String,
-    payload: Vec<u8>,
-    /// Tasks enqueued by every producer.
-    enqueued: Arc<AtomicU64>,
-    /// The run's tally: its tasks are the acked ones; producers add their
-    /// calls and errors.
-    tally: Arc<Tally>,
-    backlog_limit: u64,
-}
-
-impl Producer {
-    async fn run(mut self, stop: Stop) {
+    /// Sends batches until stopped.
+    async fn run_batches(mut self, stop: Stop) {
         while !stop.is_set() {
             let backlog = self.enqueued.load(Ordering::Relaxed).saturating_sub(self.tally.tasks());
             if backlog > self.backlog_limit {
