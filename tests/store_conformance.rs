@@ -12,7 +12,7 @@ use taskbroker::core::task::{NewTask, Task, TaskState};
 use taskbroker::store::embedded::EmbeddedStore;
 use taskbroker::store::memory::MemoryStore;
 use taskbroker::store::redis::RedisStore;
-use taskbroker::store::{LeaseSpec, NackSpec, Store, StoreError};
+use taskbroker::store::{AckItem, LeaseSpec, NackSpec, Store, StoreError};
 use tempfile::TempDir;
 
 #[allow(dead_code)]
@@ -176,6 +176,31 @@ async fn ack_needs_the_live_lease(b: &Backend) {
     assert_eq!((done.state, done.result.as_slice()), (TaskState::Succeeded, &b"ok"[..]));
     let again = s.ack(t.id, lease_id(&l), vec![], NOW + SEC).await.unwrap_err();
     assert_eq!(again, StoreError::Lease(LeaseError::Mismatch), "a lease settles once");
+}
+
+async fn ack_many_settles_each_item_alone(b: &Backend) {
+    let s = &*b.store;
+    put(s, new_task("q", 0)).await;
+    put(s, new_task("other", 0)).await;
+    let a = lease_one(s, "q", NOW).await;
+    let o = lease_one(s, "other", NOW).await;
+    let items = vec![
+        AckItem { id: a.id, lease_id: lease_id(&a), result: b"a".to_vec() },
+        AckItem { id: o.id, lease_id: lease_id(&o) + 999, result: vec![] },
+        AckItem { id: o.id, lease_id: lease_id(&o), result: b"o".to_vec() },
+        AckItem { id: a.id, lease_id: lease_id(&a), result: vec![] },
+    ];
+    let out = s.ack_many(items, NOW).await.unwrap();
+    assert_eq!(out.len(), 4);
+    assert_eq!(out[0].as_ref().unwrap().result, b"a");
+    assert_eq!(out[1].as_ref().unwrap_err(), &StoreError::Lease(LeaseError::Mismatch));
+    assert_eq!(out[2].as_ref().unwrap().state, TaskState::Succeeded, "queues of one batch settle alike");
+    assert_eq!(
+        out[3].as_ref().unwrap_err(),
+        &StoreError::Lease(LeaseError::Mismatch),
+        "a lease settles once"
+    );
+    assert_eq!(s.get(a.id).await.unwrap().result, b"a");
 }
 
 async fn nack_backs_off_then_dies(b: &Backend) {
@@ -376,6 +401,7 @@ conformance!(
     weighted_quotas_then_fill,
     lease_responses_are_capped_by_payload_bytes,
     ack_needs_the_live_lease,
+    ack_many_settles_each_item_alone,
     nack_backs_off_then_dies,
     nack_no_retry_is_dead,
     expired_leases_come_back_then_die,

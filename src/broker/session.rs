@@ -7,6 +7,8 @@
 //! and gives back everything it holds the moment the stream ends.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use futures_util::future::{join_all, select_all, FutureExt};
@@ -107,6 +109,58 @@ struct Session {
 
 /// The client went away (or the stream must end): stop the session.
 struct Gone;
+
+/// What a settlement came to: `(task, lease, operation, outcome)`.
+type Settled = (String, String, SettleOp, Result<Option<Millis>, BrokerError>);
+
+/// Settles a batch in arrival order: all acks in one store operation (one
+/// commit, one script per queue), the rest concurrently, so a durable store
+/// commits them together. Each store operation applies when first polled,
+/// and the acks' operation is placed at the first ack, so per task the
+/// operations apply in the order they arrived.
+async fn settle_all(broker: &Broker, settlements: Vec<Settlement>) -> Vec<Settled> {
+    let n = settlements.len();
+    let mut acks = Vec::new();
+    // Arrival slot of each ack, and where in `work` the acks' operation goes.
+    let mut ack_slots = Vec::new();
+    let mut acks_at = None;
+    let mut work: Vec<Pin<Box<dyn Future<Output = Vec<(usize, Settled)>> + Send>>> = Vec::new();
+    for (slot, s) in settlements.into_iter().enumerate() {
+        match s {
+            Settlement::Ack { task_id, lease_id, result } => {
+                if acks_at.is_none() {
+                    acks_at = Some(work.len());
+                    work.push(Box::pin(std::future::ready(Vec::new())));
+                }
+                ack_slots.push(slot);
+                acks.push((task_id, lease_id, result));
+            }
+            other => {
+                let broker = broker.clone();
+                work.push(Box::pin(async move { vec![(slot, settle(broker, other).await)] }));
+            }
+        }
+    }
+    if let Some(at) = acks_at {
+        let broker = broker.clone();
+        let slots = ack_slots;
+        work[at] = Box::pin(async move {
+            let ids: Vec<_> = acks.iter().map(|(t, l, _)| (t.clone(), l.clone())).collect();
+            let outcomes = broker.ack_many(acks).await;
+            slots
+                .into_iter()
+                .zip(ids)
+                .zip(outcomes)
+                .map(|((slot, (t, l)), o)| (slot, (t, l, SettleOp::Ack, o.map(|_| None))))
+                .collect()
+        });
+    }
+    let mut out: Vec<Option<Settled>> = (0..n).map(|_| None).collect();
+    for (slot, settled) in join_all(work).await.into_iter().flatten() {
+        out[slot] = Some(settled);
+    }
+    out.into_iter().flatten().collect()
+}
 
 /// One settling command through the broker: `(task, lease, operation, outcome)`.
 async fn settle(
@@ -272,7 +326,7 @@ impl Session {
     /// applied when first polled, so they still apply in arrival order, and
     /// confirmations go out in that order.
     async fn handle(&mut self, batch: Vec<Command>) -> Result<(), Gone> {
-        let mut settling = Vec::new();
+        let mut settlements = Vec::new();
         let mut violation = None;
         for cmd in batch {
             match cmd {
@@ -282,10 +336,11 @@ impl Session {
                     violation = Some(e);
                     break;
                 }
-                Command::Settle(s) => settling.push(settle(self.broker.clone(), s)),
+                Command::Settle(s) => settlements.push(s),
             }
         }
-        for (task_id, lease_id, op, outcome) in join_all(settling).await {
+        let settled = settle_all(&self.broker, settlements).await;
+        for (task_id, lease_id, op, outcome) in settled {
             self.forget_if_settled(&task_id, &lease_id, op, &outcome);
             self.send(Event::Settled { task_id, lease_id, op, outcome }).await?;
         }

@@ -9,7 +9,7 @@ use super::validate::{lease_length, SubscribeInput, Subscription};
 use super::{parse_id, Broker, BrokerError, LeaseInput, LostLease, Phase};
 use crate::core::task::{Task, TaskId, TaskState};
 use crate::core::Millis;
-use crate::store::{LeaseSpec, NackSpec};
+use crate::store::{AckItem, LeaseSpec, NackSpec};
 
 /// Longest error text kept from a Nack.
 const MAX_ERROR_BYTES: usize = 16 * 1024;
@@ -76,6 +76,37 @@ impl Broker {
         let task = self.store().ack(id, lease, result, self.now()).await?;
         self.changed([&task]);
         Ok(task)
+    }
+
+    /// Acks several tasks in one store operation; each succeeds or fails alone.
+    pub async fn ack_many(&self, acks: Vec<(String, String, Vec<u8>)>) -> Vec<Result<Task, BrokerError>> {
+        let max = self.inner.settings.max_payload_bytes;
+        let checked: Vec<Result<AckItem, BrokerError>> = acks
+            .into_iter()
+            .map(|(task_id, lease_id, result)| {
+                let (id, lease_id) = parse_settle(&task_id, &lease_id)?;
+                if result.len() > max {
+                    return Err(BrokerError::invalid("result", "over the payload size limit"));
+                }
+                Ok(AckItem { id, lease_id, result })
+            })
+            .collect();
+        let valid: Vec<AckItem> = checked.iter().filter_map(|c| c.as_ref().ok().cloned()).collect();
+        let n = valid.len();
+        let mut stored = match self.store().ack_many(valid, self.now()).await {
+            Ok(results) => results.into_iter().map(|r| r.map_err(BrokerError::from)).collect(),
+            Err(e) => vec![Err(BrokerError::from(e)); n],
+        };
+        self.changed(stored.iter().filter_map(|r| r.as_ref().ok()));
+        stored.reverse();
+        checked
+            .into_iter()
+            .map(|c| {
+                c.and_then(|_| {
+                    stored.pop().unwrap_or_else(|| Err(BrokerError::Unavailable("store lost an ack".into())))
+                })
+            })
+            .collect()
     }
 
     pub async fn nack(

@@ -24,7 +24,7 @@ use redb::{Database, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
 use super::table::{Changes, Table};
-use super::{Enqueued, LeaseSpec, NackSpec, Store, StoreError, Swept};
+use super::{AckItem, Enqueued, LeaseSpec, NackSpec, Store, StoreError, Swept};
 use crate::core::queue::Policies;
 use crate::core::task::{NewTask, Task, TaskId};
 use crate::core::Millis;
@@ -239,6 +239,14 @@ impl Store for EmbeddedStore {
 
     async fn ack(&self, id: TaskId, lease_id: u64, result: Vec<u8>, now: Millis) -> Result<Task, StoreError> {
         self.run(|t| t.ack(id, lease_id, result, now)).await?
+    }
+
+    async fn ack_many(
+        &self,
+        items: Vec<AckItem>,
+        now: Millis,
+    ) -> Result<Vec<Result<Task, StoreError>>, StoreError> {
+        self.run(|t| t.ack_many(items, now)).await
     }
 
     async fn nack(&self, id: TaskId, lease_id: u64, spec: NackSpec, now: Millis) -> Result<Task, StoreError> {

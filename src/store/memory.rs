@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use super::table::Table;
-use super::{Enqueued, LeaseSpec, NackSpec, Store, StoreError, Swept};
+use super::{AckItem, Enqueued, LeaseSpec, NackSpec, Store, StoreError, Swept};
 use crate::core::queue::Policies;
 use crate::core::task::{NewTask, Task, TaskId};
 use crate::core::Millis;
@@ -39,6 +39,14 @@ impl Store for MemoryStore {
 
     async fn ack(&self, id: TaskId, lease_id: u64, result: Vec<u8>, now: Millis) -> Result<Task, StoreError> {
         self.table().ack(id, lease_id, result, now)
+    }
+
+    async fn ack_many(
+        &self,
+        items: Vec<AckItem>,
+        now: Millis,
+    ) -> Result<Vec<Result<Task, StoreError>>, StoreError> {
+        Ok(self.table().ack_many(items, now))
     }
 
     async fn nack(&self, id: TaskId, lease_id: u64, spec: NackSpec, now: Millis) -> Result<Task, StoreError> {

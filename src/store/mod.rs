@@ -86,6 +86,14 @@ pub struct LeaseSpec {
     pub worker_id: String,
 }
 
+/// One item of [`Store::ack_many`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct AckItem {
+    pub id: TaskId,
+    pub lease_id: u64,
+    pub result: Vec<u8>,
+}
+
 /// How a failed delivery is settled.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NackSpec {
@@ -138,6 +146,19 @@ pub trait Store: Send + Sync + 'static {
     async fn lease(&self, spec: LeaseSpec, now: Millis) -> Result<Vec<Task>, StoreError>;
     /// Marks a leased task SUCCEEDED with `result`.
     async fn ack(&self, id: TaskId, lease_id: u64, result: Vec<u8>, now: Millis) -> Result<Task, StoreError>;
+    /// Acks several tasks in one store operation (one commit; one script per
+    /// queue); each item succeeds or fails alone, in order.
+    async fn ack_many(
+        &self,
+        items: Vec<AckItem>,
+        now: Millis,
+    ) -> Result<Vec<Result<Task, StoreError>>, StoreError> {
+        let mut out = Vec::with_capacity(items.len());
+        for AckItem { id, lease_id, result } in items {
+            out.push(self.ack(id, lease_id, result, now).await);
+        }
+        Ok(out)
+    }
     /// Retries (READY or SCHEDULED) or kills (DEAD) a leased task.
     async fn nack(&self, id: TaskId, lease_id: u64, spec: NackSpec, now: Millis) -> Result<Task, StoreError>;
     /// Sets the lease deadline to `now + by`; returns the new deadline.

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use super::{Enqueued, LeaseSpec, NackSpec, StoreError, Swept};
+use super::{AckItem, Enqueued, LeaseSpec, NackSpec, StoreError, Swept};
 use crate::core::lease;
 use crate::core::priority::ReadyKey;
 use crate::core::queue::Policies;
@@ -211,6 +211,10 @@ impl Table {
             });
             out.push(task.clone());
         }
+    }
+
+    pub fn ack_many(&mut self, items: Vec<AckItem>, now: Millis) -> Vec<Result<Task, StoreError>> {
+        items.into_iter().map(|i| self.ack(i.id, i.lease_id, i.result, now)).collect()
     }
 
     pub fn ack(
