@@ -112,6 +112,8 @@ struct Gone;
 
 /// What a settlement came to: `(task, lease, operation, outcome)`.
 type Settled = (String, String, SettleOp, Result<Option<Millis>, BrokerError>);
+/// Settlements under way, each answering for its arrival slots.
+type SettleWork = Pin<Box<dyn Future<Output = Vec<(usize, Settled)>> + Send>>;
 
 /// Settles a batch in arrival order: all acks in one store operation (one
 /// commit, one script per queue), the rest concurrently, so a durable store
@@ -124,7 +126,7 @@ async fn settle_all(broker: &Broker, settlements: Vec<Settlement>) -> Vec<Settle
     // Arrival slot of each ack, and where in `work` the acks' operation goes.
     let mut ack_slots = Vec::new();
     let mut acks_at = None;
-    let mut work: Vec<Pin<Box<dyn Future<Output = Vec<(usize, Settled)>> + Send>>> = Vec::new();
+    let mut work: Vec<SettleWork> = Vec::new();
     for (slot, s) in settlements.into_iter().enumerate() {
         match s {
             Settlement::Ack { task_id, lease_id, result } => {
