@@ -4,7 +4,7 @@ use tokio::sync::broadcast;
 
 use super::validate::MAX_BATCH;
 use super::{parse_id, Broker, BrokerError, EnqueueInput, LostLease, LostReason};
-use crate::core::task::{Task, TaskState};
+use crate::core::task::{Task, TaskId, TaskState};
 use crate::store::Enqueued;
 
 impl Broker {
@@ -42,16 +42,20 @@ impl Broker {
     }
 
     fn after_enqueue(&self, enqueued: &[Enqueued]) {
-        let mut woken: Vec<&str> = Vec::new();
+        // Ready tasks per queue (a batch usually holds one or a few queues).
+        let mut ready: Vec<(&str, usize)> = Vec::new();
         for e in enqueued.iter().filter(|e| !e.deduplicated) {
             match e.task.state {
-                TaskState::Ready if !woken.contains(&e.task.queue.as_str()) => {
-                    woken.push(&e.task.queue);
-                    self.inner.waiters.wake(&e.task.queue);
-                }
+                TaskState::Ready => match ready.iter_mut().find(|(q, _)| *q == e.task.queue) {
+                    Some((_, n)) => *n += 1,
+                    None => ready.push((&e.task.queue, 1)),
+                },
                 TaskState::Scheduled => self.timer_at(e.task.scheduled_time),
                 _ => {}
             }
+        }
+        for (queue, n) in ready {
+            self.inner.waiters.wake_for(queue, n);
         }
     }
 
@@ -76,7 +80,19 @@ impl Broker {
     pub async fn watch(&self, task_id: &str) -> Result<(Task, broadcast::Receiver<Task>), BrokerError> {
         let id = parse_id(task_id)?;
         let rx = self.inner.watchers.subscribe(id);
-        match self.store().get(id).await {
+        // Before the read too: a shared store then reports later changes made
+        // through other replicas.
+        let read = match self.store().set_watched(id, true).await {
+            Ok(()) => {
+                let read = self.store().get(id).await;
+                if read.is_err() {
+                    self.unmark_watched(id);
+                }
+                read
+            }
+            Err(e) => Err(e),
+        };
+        match read {
             Ok(task) => Ok((task, rx)),
             Err(e) => {
                 drop(rx);
@@ -90,6 +106,19 @@ impl Broker {
     pub fn unwatch(&self, task_id: &str) {
         if let Ok(id) = parse_id(task_id) {
             self.inner.watchers.release(id);
+            self.unmark_watched(id);
         }
+    }
+
+    /// Ends the store's count of one watch, in the background (best effort:
+    /// a count left behind only costs some events until the task is purged).
+    fn unmark_watched(&self, id: TaskId) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let broker = self.clone();
+        runtime.spawn(async move {
+            if let Err(e) = broker.store().set_watched(id, false).await {
+                tracing::debug!(error = %e, task = %id, "could not end a watch in the store");
+            }
+        });
     }
 }

@@ -229,6 +229,17 @@ pub async fn run(
                     continue;
                 }
             }
+            // Stay registered for wake-ups only while waiting for them: a
+            // registered waiter that is not polled would hold on to a
+            // wake-up meant for another idle stream.
+            let wake = async move {
+                if idle {
+                    select_all(woken).await;
+                } else {
+                    drop(woken);
+                    std::future::pending::<()>().await;
+                }
+            };
             let retry = async {
                 match retry_at {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -256,7 +267,7 @@ pub async fn run(
                         return Err(Gone);
                     }
                 }
-                _ = select_all(woken), if idle => {}
+                _ = wake => {}
                 _ = retry => retry_at = None,
                 ev = lost.recv() => s.on_lost(ev).await?,
                 _ = phase.changed() => {

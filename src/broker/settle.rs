@@ -139,7 +139,7 @@ impl Broker {
         let spec = NackSpec { error, retry_after, no_retry, jitter_sample: rand::random::<f64>() };
         let task = self.store().nack(id, lease, spec, self.now()).await?;
         match task.state {
-            TaskState::Ready => self.inner.waiters.wake(&task.queue),
+            TaskState::Ready => self.inner.waiters.wake_for(&task.queue, 1),
             TaskState::Scheduled => self.timer_at(task.scheduled_time),
             _ => {}
         }
