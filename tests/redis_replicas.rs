@@ -1115,3 +1115,44 @@ async fn a_stream_open_on_b_through_a_redis_restart_is_pushed_what_a_enqueues_af
     stream_b.ack(&pushed).await;
     stream_b.settled_ok(&task.id, SettleOperation::Ack).await;
 }
+
+// ---------------------------------------------------------------------------
+// 7. WatchTask across replicas.
+// ---------------------------------------------------------------------------
+
+/// The next state a WatchTask stream reports, within [`PROMPT`].
+async fn next_state(name: &str, watch: &mut Streaming<pb::WatchTaskResponse>) -> TaskState {
+    let msg = timeout(PROMPT, watch.message())
+        .await
+        .unwrap_or_else(|_| panic!("the watch on {name} reported nothing within {PROMPT:?}"))
+        .unwrap_or_else(|s| panic!("the watch on {name} failed: {s:?}"))
+        .unwrap_or_else(|| panic!("the watch on {name} ended early"));
+    state(msg.task.as_ref().expect("WatchTask responses carry the task"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_task_on_b_sees_every_state_of_a_task_leased_and_acked_through_a() {
+    let redis = RedisServer::start();
+    let replicas = start_replicas(&redis, &["A", "B"]).await;
+    let (a, b) = (&replicas[0], &replicas[1]);
+
+    let task = enqueue(&mut a.producer(), "watched", "to be watched").await;
+    let mut watch = b
+        .producer()
+        .watch_task(pb::WatchTaskRequest { task_id: task.id.clone() })
+        .await
+        .expect("WatchTask on B")
+        .into_inner();
+    assert_eq!(next_state("B", &mut watch).await, TaskState::Ready);
+
+    // Leased by a stream on A, acked on it (the stream's batched ack path).
+    let mut stream_a = open(&a.worker(), subscription("watched", 1, 30, "stream-on-a")).await;
+    let held = stream_a.task_within(PROMPT).await;
+    assert_eq!(id(&held), task.id);
+    assert_eq!(next_state("B", &mut watch).await, TaskState::Leased);
+    stream_a.ack(&held).await;
+    stream_a.settled_ok(&task.id, SettleOperation::Ack).await;
+    assert_eq!(next_state("B", &mut watch).await, TaskState::Succeeded);
+    let end = timeout(PROMPT, watch.message()).await.expect("the watch ends after a final state");
+    assert!(matches!(end, Ok(None)), "the watch ends after SUCCEEDED: {end:?}");
+}

@@ -8,11 +8,12 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use taskbroker::core::lease::LeaseError;
 use taskbroker::core::queue::{Policies, QueuePolicy};
 use taskbroker::core::retry::Backoff;
 use taskbroker::core::task::{NewTask, Task, TaskId, TaskState};
 use taskbroker::store::redis::RedisStore;
-use taskbroker::store::{LeaseSpec, NackSpec, Store, StoreError, StoreEvent};
+use taskbroker::store::{AckItem, LeaseSpec, NackSpec, Store, StoreError, StoreEvent};
 use tokio::sync::broadcast;
 
 #[allow(dead_code)]
@@ -353,4 +354,74 @@ async fn server_time_mode_uses_the_redis_clock() {
     let done = s.ack(t.id, lease_id(&l), vec![], u64::MAX / 4).await.unwrap();
     assert_eq!(done.state, TaskState::Succeeded);
     assert!(near(done.update_time, wall_clock()));
+}
+
+#[tokio::test]
+async fn only_watched_tasks_announce_their_changes() {
+    let server = RedisServer::start();
+    let a = connect(&server).await;
+    let b = connect(&server).await;
+    let mut rx = b.events().expect("a shared store has events");
+    let mut tasks = a.enqueue(vec![new_task("w", vec![]), new_task("w", vec![])], NOW).await.unwrap();
+    let (watched, other) = (tasks.remove(0).task, tasks.remove(0).task);
+    // Two watches (two replicas); one ending leaves the task watched.
+    b.set_watched(watched.id, true).await.unwrap();
+    a.set_watched(watched.id, true).await.unwrap();
+    a.set_watched(watched.id, false).await.unwrap();
+
+    let leased = a.lease(spec("w", 2), NOW).await.unwrap();
+    assert_eq!(leased.len(), 2);
+    expect_event(&mut rx, &StoreEvent::Changed(watched.id)).await;
+    let acks = leased.iter().map(|t| AckItem { id: t.id, lease_id: lease_id(t), result: vec![] }).collect();
+    let acked = a.ack_many(acks, NOW).await.unwrap();
+    assert!(acked.iter().all(|r| r.is_ok()), "{acked:?}");
+    expect_event(&mut rx, &StoreEvent::Changed(watched.id)).await;
+
+    // The last watch ends: nothing more is announced.
+    b.set_watched(watched.id, false).await.unwrap();
+    let n = a.enqueue(vec![new_task("w", vec![])], NOW).await.unwrap().pop().unwrap().task;
+    a.lease(spec("w", 1), NOW).await.unwrap();
+    a.cancel(n.id, NOW).await.unwrap();
+    a.cancel(watched.id, NOW).await.unwrap_err();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    while let Ok(ev) = rx.try_recv() {
+        assert!(
+            !matches!(ev, StoreEvent::Changed(id) if id == other.id || id == watched.id || id == n.id),
+            "an unwatched task was announced: {ev:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn ack_many_settles_each_item_alone_across_queues() {
+    let server = RedisServer::start();
+    let s = connect(&server).await;
+    s.enqueue(vec![new_task("x", vec![]), new_task("y", vec![]), new_task("x", vec![])], NOW).await.unwrap();
+    let mut leased = s.lease(spec("x", 2), NOW).await.unwrap();
+    leased.extend(s.lease(spec("y", 1), NOW).await.unwrap());
+    let item = |t: &Task, lease_id: u64| AckItem { id: t.id, lease_id, result: b"r".to_vec() };
+    let unknown = TaskId::generate(NOW);
+    let items = vec![
+        item(&leased[2], lease_id(&leased[2])),
+        item(&leased[0], lease_id(&leased[0]) + 100),
+        AckItem { id: unknown, lease_id: 1, result: vec![] },
+        item(&leased[0], lease_id(&leased[0])),
+        item(&leased[1], lease_id(&leased[1])),
+        item(&leased[1], lease_id(&leased[1])),
+    ];
+    // A second store: every queue is read from tb:index, not its cache.
+    let other = connect(&server).await;
+    let out = other.ack_many(items, NOW).await.unwrap();
+    let summary: Vec<_> = out.into_iter().map(|r| r.map(|t| (t.id, t.state, t.result))).collect();
+    assert_eq!(
+        summary,
+        vec![
+            Ok((leased[2].id, TaskState::Succeeded, b"r".to_vec())),
+            Err(StoreError::Lease(LeaseError::Mismatch)),
+            Err(StoreError::TaskNotFound(unknown)),
+            Ok((leased[0].id, TaskState::Succeeded, b"r".to_vec())),
+            Ok((leased[1].id, TaskState::Succeeded, b"r".to_vec())),
+            Err(StoreError::Lease(LeaseError::Mismatch)),
+        ]
+    );
 }

@@ -177,6 +177,16 @@ pub trait Store: Send + Sync + 'static {
     /// Whether the store can serve (for readiness).
     async fn healthy(&self) -> bool;
 
+    /// Counts one WatchTask on `id` starting (`true`) or ending (`false`), for
+    /// stores shared by several brokers: while a task has watches, the store
+    /// reports its changes as [`StoreEvent::Changed`] to every replica. Each
+    /// `true` is matched by one `false`. Local stores need not: the broker
+    /// already tells its watchers.
+    async fn set_watched(&self, id: TaskId, watched: bool) -> Result<(), StoreError> {
+        let _ = (id, watched);
+        Ok(())
+    }
+
     /// Events from other replicas, for stores shared by several brokers.
     /// Local stores return `None`: the broker already knows what it did.
     fn events(&self) -> Option<tokio::sync::broadcast::Receiver<StoreEvent>> {

@@ -20,6 +20,8 @@
 //! - [`report`]: result rows, the aligned table and the JSON document.
 //! - [`enqueue`], [`drain`], [`mixed_rate`], [`e2e`], [`mixed`]: one
 //!   scenario each.
+//! - [`redis_raw`]: the Redis store's scripts without broker or gRPC, the
+//!   ceiling for `--embedded redis` (not in `all`: it needs Redis).
 
 mod drain;
 mod e2e;
@@ -31,6 +33,7 @@ mod meter;
 mod mixed;
 mod mixed_rate;
 mod procfs;
+mod redis_raw;
 mod report;
 mod target;
 mod work;
@@ -92,6 +95,8 @@ pub enum ScenarioArg {
     MixedRate,
     E2e,
     Mixed,
+    /// The Redis store driven directly (`redis_url`'s default Redis).
+    RedisRaw,
 }
 
 /// Every scenario, in the order `all` runs them.
@@ -160,6 +165,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
             ScenarioArg::MixedRate => mixed_rate::run(&ctx).await,
             ScenarioArg::E2e => e2e::run(&ctx).await,
             ScenarioArg::Mixed => mixed::run(&ctx).await,
+            ScenarioArg::RedisRaw => redis_raw::run(&ctx).await,
             ScenarioArg::All => continue,
         };
         done.push(outcome?);

@@ -5,7 +5,9 @@
 //! Messages (written by `lua/lib.lua`):
 //! - `ready <queue>`: a script made tasks READY in the queue;
 //! - `lost <task id> <lease id> <0|1>`: a lease ended unsettled (expired, or
-//!   `1`: the task was canceled while leased).
+//!   `1`: the task was canceled while leased);
+//! - `changed <task id>`: a watched task changed state (see
+//!   [`crate::store::Store::set_watched`]).
 //!
 //! A replica also hears its own events; the broker treats them as idempotent
 //! (a spurious wake-up, a lost lease it already dropped). Pub/sub delivers at
@@ -41,6 +43,9 @@ pub fn parse(payload: &[u8]) -> Option<StoreEvent> {
     let text = std::str::from_utf8(payload).ok()?;
     if let Some(queue) = text.strip_prefix("ready ") {
         return Some(StoreEvent::Ready(queue.to_owned()));
+    }
+    if let Some(id) = text.strip_prefix("changed ") {
+        return Some(StoreEvent::Changed(id.parse().ok()?));
     }
     let mut words = text.strip_prefix("lost ")?.split(' ');
     let (id, lease, canceled) = (words.next()?, words.next()?, words.next()?);
@@ -136,6 +141,8 @@ mod tests {
         assert_eq!(parse(lost.as_bytes()), Some(StoreEvent::LeaseLost(id, 42, true)));
         let lost = format!("lost {id} 7 0");
         assert_eq!(parse(lost.as_bytes()), Some(StoreEvent::LeaseLost(id, 7, false)));
+        let changed = format!("changed {id}");
+        assert_eq!(parse(changed.as_bytes()), Some(StoreEvent::Changed(id)));
         for bad in ["", "ready", "lost x 1 0", "lost 1 2", "changed 1", &format!("lost {id} 7 2")] {
             assert_eq!(parse(bad.as_bytes()), None, "{bad:?}");
         }

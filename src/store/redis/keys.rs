@@ -20,18 +20,18 @@ pub const EVENTS: &str = "tb:events";
 /// The keys of one queue, in the order every script receives them as `KEYS`
 /// (see `lua/lib.lua`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QueueKeys([String; 9]);
+pub struct QueueKeys([String; 10]);
 
 /// The role of each key, in `KEYS` order.
-const ROLES: [&str; 9] =
-    ["tasks", "ready", "leased", "scheduled", "finished", "seq", "lease", "dedup", "requests"];
+const ROLES: [&str; 10] =
+    ["tasks", "ready", "leased", "scheduled", "finished", "seq", "lease", "dedup", "requests", "watched"];
 
 impl QueueKeys {
     pub fn new(queue: &str) -> Self {
         Self(ROLES.map(|role| format!("tb:{{{queue}}}:{role}")))
     }
 
-    /// All nine keys, in `KEYS` order.
+    /// All ten keys, in `KEYS` order.
     pub fn all(&self) -> &[String] {
         &self.0
     }
@@ -66,6 +66,7 @@ mod tests {
         let k = QueueKeys::new("emails");
         assert_eq!(k.tasks(), "tb:{emails}:tasks");
         assert_eq!(k.all()[8], "tb:{emails}:requests");
+        assert_eq!(k.all()[9], "tb:{emails}:watched");
         assert!(k.all().iter().all(|key| key.starts_with("tb:{emails}:")));
     }
 }

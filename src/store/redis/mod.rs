@@ -35,6 +35,7 @@
 //! failover. `maxmemory-policy` must be `noeviction`, or Redis silently evicts
 //! tasks; [`RedisStore::connect`] warns when it is not.
 
+mod ack;
 mod cache;
 mod enqueue;
 mod events;
@@ -57,7 +58,7 @@ use tokio::sync::broadcast;
 
 use self::keys::QueueKeys;
 use self::reply::{bounded, settled, settled_task, uint, unexpected};
-use super::{Enqueued, LeaseSpec, NackSpec, Store, StoreError, StoreEvent, Swept};
+use super::{AckItem, Enqueued, LeaseSpec, NackSpec, Store, StoreError, StoreEvent, Swept};
 use crate::core::queue::Policies;
 use crate::core::task::{NewTask, Task, TaskId};
 use crate::core::Millis;
@@ -174,10 +175,16 @@ impl Store for RedisStore {
     }
 
     async fn ack(&self, id: TaskId, lease_id: u64, result: Vec<u8>, now: Millis) -> Result<Task, StoreError> {
-        let queue = self.queue_of(id).await?;
-        let mut inv = self.invocation(&scripts::ACK, &QueueKeys::new(&queue), now);
-        inv.arg(id.to_string()).arg(lease_id).arg(result).arg(self.retention(&queue));
-        settled_task(self.run(&inv).await?, id)
+        let mut results = self.ack_items(vec![AckItem { id, lease_id, result }], now).await?;
+        results.pop().unwrap_or_else(|| Err(unexpected("no ack reply")))
+    }
+
+    async fn ack_many(
+        &self,
+        items: Vec<AckItem>,
+        now: Millis,
+    ) -> Result<Vec<Result<Task, StoreError>>, StoreError> {
+        self.ack_items(items, now).await
     }
 
     async fn nack(&self, id: TaskId, lease_id: u64, spec: NackSpec, now: Millis) -> Result<Task, StoreError> {
@@ -247,5 +254,12 @@ impl Store for RedisStore {
 
     fn events(&self) -> Option<broadcast::Receiver<StoreEvent>> {
         Some(self.events.subscribe())
+    }
+
+    async fn set_watched(&self, id: TaskId, watched: bool) -> Result<(), StoreError> {
+        let queue = self.queue_of(id).await?;
+        let mut inv = self.invocation(&scripts::WATCH, &QueueKeys::new(&queue), 0);
+        inv.arg(id.to_string()).arg(if watched { 1 } else { -1 });
+        self.run(&inv).await.map(|_| ())
     }
 }

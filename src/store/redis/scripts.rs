@@ -28,7 +28,7 @@ script!(
     "lua/lease.lua"
 );
 script!(
-    /// Settles a lease as SUCCEEDED.
+    /// Settles leases of one queue as SUCCEEDED, each alone.
     ACK,
     "lua/ack.lua"
 );
@@ -46,6 +46,11 @@ script!(
     /// Cancels a task that has not finished.
     CANCEL,
     "lua/cancel.lua"
+);
+script!(
+    /// Counts the watches of a task, so changes to it are announced.
+    WATCH,
+    "lua/watch.lua"
 );
 script!(
     /// Returns expired leases to READY (or DEAD).

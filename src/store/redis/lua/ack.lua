@@ -1,24 +1,37 @@
--- ack: marks a leased task SUCCEEDED.
+-- ack: marks leased tasks SUCCEEDED, each alone: one item's refusal changes
+-- nothing of it and does not stop the others (a batch acts like one ack per
+-- item, in order).
 -- KEYS: the queue's keys (lib.lua); writes tasks, leased, finished.
--- ARGV[3]: task id
--- ARGV[4]: lease id presented by the worker
--- ARGV[5]: result bytes
--- ARGV[6]: the queue's retention of finished tasks (ms)
--- Returns: {'ok', record} | {'not_found'} | {'mismatch'} | {'canceled'}
+-- ARGV[3]: the queue's retention of finished tasks (ms)
+-- ARGV[4..]: one triple per item: task id, lease id presented by the worker,
+--            result bytes
+-- Returns: {status_1, record_1, status_2, record_2, ...} in argument order:
+--          status 'ok' with the new record, or 'not_found' | 'mismatch' |
+--          'canceled' with ''.
+-- Publishes: `changed <id>` per acked task that is watched.
 
 local now = clock()
-local t = load(ARGV[3])
-if not t then
-  return {'not_found'}
+local retention = tonumber(ARGV[3])
+local watching = any_watched()
+local out = {}
+for i = 4, #ARGV, 3 do
+  local t = load(ARGV[i])
+  local err = 'not_found'
+  if t then
+    err = lease_error(t, tonumber(ARGV[i + 1]), now)
+  end
+  if err then
+    out[#out + 1] = err
+    out[#out + 1] = ''
+  else
+    unindex(t)
+    t.result = ARGV[i + 2]
+    clear_lease(t)
+    t.update_time = now
+    make_final(t, 'SUCCEEDED', retention)
+    out[#out + 1] = 'ok'
+    out[#out + 1] = save(t)
+    publish_changed(t.id, watching)
+  end
 end
-local err = lease_error(t, tonumber(ARGV[4]), now)
-if err then
-  return {err}
-end
-
-unindex(t)
-t.result = ARGV[5]
-clear_lease(t)
-t.update_time = now
-make_final(t, 'SUCCEEDED', tonumber(ARGV[6]))
-return {'ok', save(t)}
+return out

@@ -5,7 +5,8 @@
 -- ARGV[4]: the queue's retention of finished tasks (ms)
 -- Returns: {'ok', record} (also for a task already CANCELED) | {'not_found'}
 --          | {'finished'} (SUCCEEDED or DEAD)
--- Publishes: `lost <id> <lease id> 1` when the task was LEASED.
+-- Publishes: `lost <id> <lease id> 1` when the task was LEASED; `changed <id>`
+--            if the task is watched.
 
 local now = clock()
 local t = load(ARGV[3])
@@ -24,6 +25,7 @@ unindex(t)
 t.update_time = now
 make_final(t, 'CANCELED', tonumber(ARGV[4]))
 local raw = save(t)
+publish_changed(t.id, any_watched())
 if was_leased then
   publish_lost(t.id, t.lease_id, true)
 end

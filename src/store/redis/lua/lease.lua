@@ -10,6 +10,7 @@
 --          it is left READY, unless the response would otherwise be empty
 -- Returns: {bytes, full, record...}: payload bytes in the response now, 1 if a
 --          task was left for lack of budget (else 0), the leased records.
+-- Publishes: `changed <id>` per leased task that is watched.
 
 local now = clock()
 local want = tonumber(ARGV[3])
@@ -25,6 +26,7 @@ if want < 1 then
   return out
 end
 local taken = 0
+local watching = any_watched()
 for _, id in ipairs(redis.call('ZRANGE', K_READY, 0, want - 1)) do
   local t = load(id)
   if not t then
@@ -48,6 +50,7 @@ for _, id in ipairs(redis.call('ZRANGE', K_READY, 0, want - 1)) do
     t.update_time = now
     redis.call('ZADD', K_LEASED, fmt(t.lease_expire), id)
     out[#out + 1] = save(t)
+    publish_changed(id, watching)
   end
 end
 out[1] = bytes

@@ -1,7 +1,7 @@
 -- lib.lua: helpers shared by every script; scripts.rs puts this file in
 -- front of each script, so these locals are in scope there.
 --
--- Every script receives the keys of ONE queue, always all nine, in this order
+-- Every script receives the keys of ONE queue, always all ten, in this order
 -- (built by keys.rs):
 --   KEYS[1] tasks      HASH  task id -> MessagePack record (see record.rs)
 --   KEYS[2] ready      ZSET  READY tasks by (9 - priority) * 2^44 + ready_seq
@@ -12,10 +12,12 @@
 --   KEYS[7] lease      counter: the next lease id (a fencing token, never reused)
 --   KEYS[8] dedup      HASH  dedup_key -> task id
 --   KEYS[9] requests   HASH  request_id -> task id
+--   KEYS[10] watched   HASH  task id -> number of WatchTask calls on it
 -- and two common arguments:
 --   ARGV[1] now in ms since the Unix epoch, or '' to use Redis's clock (TIME)
 --   ARGV[2] the pub/sub channel for events ("ready <queue>",
---           "lost <task id> <lease id> <1 if canceled, else 0>")
+--           "lost <task id> <lease id> <1 if canceled, else 0>",
+--           "changed <task id>" for a watched task)
 -- Each script's own arguments start at ARGV[3].
 --
 -- A task is in exactly one of ready/leased/scheduled/finished: the one of its
@@ -30,7 +32,7 @@
 -- full Redis instead of stalling on it.
 
 local K_TASKS, K_READY, K_LEASED, K_SCHEDULED, K_FINISHED = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local K_SEQ, K_LEASE, K_DEDUP, K_REQUESTS = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local K_SEQ, K_LEASE, K_DEDUP, K_REQUESTS, K_WATCHED = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local CHANNEL = ARGV[2]
 
 -- Exact decimal digits: Lua 5.1 turns numbers into strings with %.14g, which
@@ -126,6 +128,19 @@ end
 
 local function publish_lost(id, lease_id, canceled)
   redis.call('PUBLISH', CHANNEL, 'lost ' .. id .. ' ' .. fmt(lease_id) .. ' ' .. (canceled and '1' or '0'))
+end
+
+-- Whether any task of the queue is watched: one O(1) check per call, so the
+-- per-task check (and its cost) only happens while someone watches.
+local function any_watched()
+  return redis.call('EXISTS', K_WATCHED) == 1
+end
+
+-- Tells the replicas that a watched task changed; `watching` is any_watched().
+local function publish_changed(id, watching)
+  if watching and redis.call('HEXISTS', K_WATCHED, id) == 1 then
+    redis.call('PUBLISH', CHANNEL, 'changed ' .. id)
+  end
 end
 
 -- Up to `limit` members of a time-ordered set due at `now`.

@@ -9,7 +9,8 @@
 -- ARGV[12]: a random number in [0, 1) for the jitter
 -- ARGV[13]: the queue's retention of finished tasks (ms)
 -- Returns: {'ok', record} | {'not_found'} | {'mismatch'} | {'canceled'}
--- Publishes: `ready <queue>` if the task is READY again at once.
+-- Publishes: `ready <queue>` if the task is READY again at once; `changed <id>`
+--            if the task is watched.
 
 local now = clock()
 local t = load(ARGV[3])
@@ -70,4 +71,6 @@ elseif retry_in == 0 then
 else
   make_scheduled(t, now + retry_in)
 end
-return {'ok', save(t)}
+local raw = save(t)
+publish_changed(t.id, any_watched())
+return {'ok', raw}

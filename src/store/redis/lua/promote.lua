@@ -2,11 +2,13 @@
 -- KEYS: the queue's keys (lib.lua); writes tasks, scheduled, ready, seq.
 -- ARGV[3]: at most this many tasks per call
 -- Returns: {id...}: the promoted tasks.
--- Publishes: `ready <queue>` once if any task was promoted.
+-- Publishes: `ready <queue>` once if any task was promoted; `changed <id>` per
+--            watched task.
 
 local now = clock()
 local out = {}
 local queue = nil
+local watching = any_watched()
 for _, id in ipairs(due(K_SCHEDULED, now, tonumber(ARGV[3]))) do
   local t = load(id)
   redis.call('ZREM', K_SCHEDULED, id)
@@ -14,6 +16,7 @@ for _, id in ipairs(due(K_SCHEDULED, now, tonumber(ARGV[3]))) do
     t.update_time = now
     make_ready(t)
     save(t)
+    publish_changed(id, watching)
     queue = t.queue
     out[#out + 1] = id
   end

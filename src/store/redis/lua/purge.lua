@@ -1,6 +1,6 @@
 -- purge: removes finished tasks whose retention ran out (purge time <= now),
 -- with their request id and dedup key entries when those still point to them.
--- KEYS: the queue's keys (lib.lua); writes tasks, finished, dedup, requests.
+-- KEYS: the queue's keys (lib.lua); writes tasks, finished, dedup, requests, watched.
 -- ARGV[3]: at most this many tasks per call
 -- Returns: {id...}: the removed tasks (the caller then drops them from tb:index).
 
@@ -11,6 +11,7 @@ for _, id in ipairs(due(K_FINISHED, now, tonumber(ARGV[3]))) do
   redis.call('ZREM', K_FINISHED, id)
   if t then
     redis.call('HDEL', K_TASKS, id)
+    redis.call('HDEL', K_WATCHED, id)
     if t.request_id ~= '' and redis.call('HGET', K_REQUESTS, t.request_id) == id then
       redis.call('HDEL', K_REQUESTS, t.request_id)
     end

@@ -7,12 +7,13 @@
 -- Returns: {id_1, lease_id_1, ready_1, id_2, ...}: each reaped task, the lease
 --          that ran out and 1 if the task is READY again (0: DEAD).
 -- Publishes: `lost <id> <lease id> 0` per task; `ready <queue>` once if any
---            task became READY.
+--            task became READY; `changed <id>` per watched task.
 
 local now = clock()
 local retention = tonumber(ARGV[3])
 local out = {}
 local queue = nil
+local watching = any_watched()
 for _, id in ipairs(due(K_LEASED, now, tonumber(ARGV[4]))) do
   local t = load(id)
   redis.call('ZREM', K_LEASED, id)
@@ -31,6 +32,7 @@ for _, id in ipairs(due(K_LEASED, now, tonumber(ARGV[4]))) do
     end
     save(t)
     publish_lost(id, lease_id, false)
+    publish_changed(id, watching)
     out[#out + 1] = id
     out[#out + 1] = fmt(lease_id)
     out[#out + 1] = again
