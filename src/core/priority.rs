@@ -4,17 +4,18 @@ use super::MAX_PRIORITY;
 
 /// The sort key of a ready task: smaller sorts (and is delivered) first.
 ///
-/// The first part inverts the priority so that 9 sorts before 0; the second is
-/// the order in which tasks became ready.
+/// One `u64` (it is stored once per ready task): the top 8 bits invert the
+/// priority so that 9 sorts before 0; the low 56 bits are the order in which
+/// tasks became ready (2^56 sequence numbers outlast any broker).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ReadyKey {
-    inverted_priority: u8,
-    seq: u64,
-}
+pub struct ReadyKey(u64);
+
+const SEQ_BITS: u32 = 56;
 
 impl ReadyKey {
     pub fn new(priority: u8, seq: u64) -> Self {
-        Self { inverted_priority: MAX_PRIORITY - priority.min(MAX_PRIORITY), seq }
+        let inverted = u64::from(MAX_PRIORITY - priority.min(MAX_PRIORITY));
+        Self(inverted << SEQ_BITS | (seq & ((1 << SEQ_BITS) - 1)))
     }
 }
 

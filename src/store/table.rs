@@ -6,30 +6,27 @@
 //! operation touched ([`Table::take_changes`]). The table owns the state
 //! transitions; the rules it applies (ordering, fencing, backoff) come from
 //! [`crate::core`].
+//!
+//! Tasks are kept as compact [`Record`]s (see [`record`]); a [`Task`] is built
+//! only when one is handed out or persisted.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+mod indexes;
+mod names;
+mod record;
+mod slab;
+
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use self::indexes::{index, take_due, unindex, Indexes};
+use self::names::Names;
+use self::record::Record;
+use self::slab::Slab;
 use super::{AckItem, Enqueued, LeaseSpec, NackSpec, StoreError, Swept};
 use crate::core::lease;
-use crate::core::priority::ReadyKey;
 use crate::core::queue::Policies;
-use crate::core::task::{Lease, NewTask, Task, TaskId, TaskState};
+use crate::core::task::{NewTask, Task, TaskId, TaskState};
 use crate::core::Millis;
-
-/// Where each task sits, by state. A task is in exactly one index, the one of
-/// its state.
-#[derive(Default)]
-struct Indexes {
-    /// READY tasks per queue, in delivery order.
-    ready: HashMap<String, BTreeMap<ReadyKey, TaskId>>,
-    /// LEASED tasks by lease deadline: the reaper's work list.
-    leased: BTreeSet<(Millis, TaskId)>,
-    /// SCHEDULED tasks by due time: the scheduler's work list.
-    scheduled: BTreeSet<(Millis, TaskId)>,
-    /// Finished tasks by removal time (finish + retention).
-    finished: BTreeSet<(Millis, TaskId)>,
-}
 
 /// The records an operation created, changed or removed, for persistence.
 #[derive(Debug, Default)]
@@ -49,7 +46,9 @@ impl Changes {
 
 pub struct Table {
     policies: Arc<Policies>,
-    tasks: HashMap<TaskId, Task>,
+    tasks: Slab,
+    /// The queue, kind and lease-holder names the records refer to.
+    names: Names,
     idx: Indexes,
     /// Latest task per (queue, dedup_key).
     dedup: HashMap<(String, String), TaskId>,
@@ -69,7 +68,8 @@ impl Table {
     pub fn new(policies: Arc<Policies>, track: bool) -> Self {
         Self {
             policies,
-            tasks: HashMap::new(),
+            tasks: Slab::default(),
+            names: Names::default(),
             idx: Indexes::default(),
             dedup: HashMap::new(),
             requests: HashMap::new(),
@@ -88,8 +88,12 @@ impl Table {
             self.next_lease = self.next_lease.max(l.id + 1);
         }
         self.index_lookups(&task);
-        index(&mut self.idx, &self.policies, &task);
-        self.tasks.insert(task.id, task);
+        let id = task.id;
+        let record = Record::new(task, &mut self.names);
+        index(&mut self.idx, &self.policies, &self.names, id, &record);
+        if let Some(old) = self.tasks.insert(id, record) {
+            old.release(&mut self.names);
+        }
     }
 
     /// Lease ids below `next` were handed out before (read back from disk).
@@ -110,7 +114,7 @@ impl Table {
         let mut ids = std::mem::take(&mut self.dirty);
         ids.sort_unstable();
         ids.dedup();
-        let put = ids.iter().filter_map(|id| self.tasks.get(id).cloned()).collect();
+        let put = ids.iter().filter_map(|&id| Some(self.tasks.get(&id)?.to_task(id, &self.names))).collect();
         Changes { put, removed: std::mem::take(&mut self.removed), next_lease: self.next_lease }
     }
 
@@ -119,8 +123,8 @@ impl Table {
     }
 
     fn enqueue_one(&mut self, new: NewTask, now: Millis) -> Enqueued {
-        if let Some(task) = self.existing(&new, now) {
-            return Enqueued { task: task.clone(), deduplicated: true };
+        if let Some(id) = self.existing(&new, now) {
+            return Enqueued { task: self.tasks[&id].to_task(id, &self.names), deduplicated: true };
         }
         let mut id = TaskId::generate(now);
         while self.tasks.contains_key(&id) {
@@ -131,27 +135,29 @@ impl Table {
             task.ready_seq = self.take_seq();
         }
         self.index_lookups(&task);
-        index(&mut self.idx, &self.policies, &task);
+        let record = Record::new(task.clone(), &mut self.names);
+        index(&mut self.idx, &self.policies, &self.names, id, &record);
         self.mark(id);
-        self.tasks.insert(id, task.clone());
+        self.tasks.insert(id, record);
         Enqueued { task, deduplicated: false }
     }
 
     /// The task a request_id or dedup_key points to, if it still counts.
-    fn existing(&self, new: &NewTask, now: Millis) -> Option<&Task> {
+    fn existing(&self, new: &NewTask, now: Millis) -> Option<TaskId> {
         if !new.request_id.is_empty() {
             let key = (new.queue.clone(), new.request_id.clone());
-            if let Some(t) = self.requests.get(&key).and_then(|id| self.tasks.get(id)) {
-                return Some(t);
+            if let Some(&id) = self.requests.get(&key).filter(|id| self.tasks.contains_key(id)) {
+                return Some(id);
             }
         }
         if new.dedup_key.is_empty() {
             return None;
         }
         let key = (new.queue.clone(), new.dedup_key.clone());
-        let task = self.dedup.get(&key).and_then(|id| self.tasks.get(id))?;
-        let window = self.policies.get(&task.queue).dedup_window.as_millis() as Millis;
-        (!task.state.is_final() || task.update_time + window > now).then_some(task)
+        let id = *self.dedup.get(&key)?;
+        let task = self.tasks.get(&id)?;
+        let window = self.policies.get(self.names.resolve(task.queue)).dedup_window.as_millis() as Millis;
+        (!task.state.is_final() || task.update_time + window > now).then_some(id)
     }
 
     fn index_lookups(&mut self, task: &Task) {
@@ -189,27 +195,25 @@ impl Table {
         let duration = spec
             .lease_duration
             .unwrap_or_else(|| self.policies.get(queue).lease_duration.as_millis() as Millis);
+        let Some(queue) = self.names.get(queue) else { return };
         while out.len() < until {
-            let Some(&id) = self.idx.ready.get(queue).and_then(|r| r.values().next()) else {
+            let Some(&id) = self.idx.ready.get(&queue).and_then(|r| r.values().next()) else {
                 break;
             };
-            let size = self.tasks.get(&id).map_or(0, |t| t.payload.len());
+            let size = self.tasks.get(&id).map_or(0, |t| t.payload_len());
             if !out.is_empty() && *bytes + size > spec.max_bytes {
                 break;
             }
             *bytes += size;
             let lease_id = self.next_lease;
             self.next_lease += 1;
+            let worker = self.names.acquire(&spec.worker_id);
             let task = self.transition(id, now, |t| {
                 t.state = TaskState::Leased;
                 t.attempt += 1;
-                t.lease = Some(Lease {
-                    id: lease_id,
-                    expire_time: now + duration,
-                    worker_id: spec.worker_id.clone(),
-                });
+                t.set_lease(lease_id, now + duration, worker);
             });
-            out.push(task.clone());
+            out.push(task);
         }
     }
 
@@ -225,13 +229,11 @@ impl Table {
         now: Millis,
     ) -> Result<Task, StoreError> {
         self.check_lease(id, lease_id, now)?;
-        Ok(self
-            .transition(id, now, |t| {
-                t.state = TaskState::Succeeded;
-                t.result = result;
-                t.lease = None;
-            })
-            .clone())
+        Ok(self.transition(id, now, |t| {
+            t.state = TaskState::Succeeded;
+            t.set_result(result);
+            t.clear_lease();
+        }))
     }
 
     pub fn nack(
@@ -242,23 +244,21 @@ impl Table {
         now: Millis,
     ) -> Result<Task, StoreError> {
         let task = self.check_lease(id, lease_id, now)?;
-        let backoff = &self.policies.get(&task.queue).retry_backoff;
+        let backoff = &self.policies.get(self.names.resolve(task.queue)).retry_backoff;
         let retry_in = (!spec.no_retry && task.attempts_left())
             .then(|| spec.retry_after.unwrap_or_else(|| backoff.delay(task.attempt, spec.jitter_sample)));
-        Ok(self
-            .transition(id, now, |t| {
-                t.last_error = spec.error;
-                t.lease = None;
-                match retry_in {
-                    None => t.state = TaskState::Dead,
-                    Some(0) => t.state = TaskState::Ready,
-                    Some(delay) => {
-                        t.state = TaskState::Scheduled;
-                        t.scheduled_time = now + delay;
-                    }
+        Ok(self.transition(id, now, |t| {
+            t.set_last_error(spec.error);
+            t.clear_lease();
+            match retry_in {
+                None => t.state = TaskState::Dead,
+                Some(0) => t.state = TaskState::Ready,
+                Some(delay) => {
+                    t.state = TaskState::Scheduled;
+                    t.scheduled_time = now + delay;
                 }
-            })
-            .clone())
+            }
+        }))
     }
 
     pub fn extend(
@@ -269,46 +269,43 @@ impl Table {
         now: Millis,
     ) -> Result<Millis, StoreError> {
         self.check_lease(id, lease_id, now)?;
-        self.transition(id, now, |t| {
-            if let Some(l) = t.lease.as_mut() {
-                l.expire_time = now + by;
-            }
-        });
+        self.transition_in_place(id, now, |t| t.set_lease_expire(now + by));
         Ok(now + by)
     }
 
     pub fn cancel(&mut self, id: TaskId, now: Millis) -> Result<Task, StoreError> {
         let task = self.tasks.get(&id).ok_or(StoreError::TaskNotFound(id))?;
         match task.state {
-            TaskState::Canceled => Ok(task.clone()),
+            TaskState::Canceled => Ok(task.to_task(id, &self.names)),
             TaskState::Succeeded | TaskState::Dead => Err(StoreError::TaskFinished(id)),
             TaskState::Scheduled | TaskState::Ready | TaskState::Leased => {
-                Ok(self.transition(id, now, |t| t.state = TaskState::Canceled).clone())
+                Ok(self.transition(id, now, |t| t.state = TaskState::Canceled))
             }
         }
     }
 
     pub fn get(&self, id: TaskId) -> Result<Task, StoreError> {
-        self.tasks.get(&id).cloned().ok_or(StoreError::TaskNotFound(id))
+        self.tasks.get(&id).map(|t| t.to_task(id, &self.names)).ok_or(StoreError::TaskNotFound(id))
     }
 
     pub fn requeue_expired(&mut self, now: Millis) -> Swept {
         let due = take_due(&self.idx.leased, now);
         let mut swept = Swept::default();
         for id in due {
-            let lease_id = self.tasks.get(&id).and_then(|t| t.lease.as_ref()).map_or(0, |l| l.id);
+            let lease_id = self.tasks.get(&id).and_then(|t| t.holder()).map_or(0, |(lease_id, _)| lease_id);
             swept.expired.push((id, lease_id));
-            let task = self.transition(id, now, |t| {
-                t.lease = None;
+            self.transition_in_place(id, now, |t| {
+                t.clear_lease();
                 if t.attempts_left() {
                     t.state = TaskState::Ready;
                 } else {
                     t.state = TaskState::Dead;
-                    t.last_error =
+                    let error =
                         format!("lease expired on the last attempt ({} of {})", t.attempt, t.max_attempts);
+                    t.set_last_error(error);
                 }
             });
-            note(&mut swept, task);
+            self.note(&mut swept, id);
         }
         swept
     }
@@ -317,8 +314,8 @@ impl Table {
         let due = take_due(&self.idx.scheduled, now);
         let mut swept = Swept::default();
         for id in due {
-            let task = self.transition(id, now, |t| t.state = TaskState::Ready);
-            note(&mut swept, task);
+            self.transition_in_place(id, now, |t| t.state = TaskState::Ready);
+            self.note(&mut swept, id);
         }
         swept
     }
@@ -327,15 +324,21 @@ impl Table {
         let due = take_due(&self.idx.finished, now);
         for id in &due {
             let Some(task) = self.tasks.remove(id) else { continue };
-            unindex(&mut self.idx, &self.policies, &task);
-            let key = (task.queue.clone(), task.request_id);
-            if self.requests.get(&key) == Some(id) {
-                self.requests.remove(&key);
+            unindex(&mut self.idx, &self.policies, &self.names, *id, &task);
+            let queue = self.names.resolve(task.queue);
+            if !task.request_id().is_empty() {
+                let key = (queue.to_owned(), task.request_id().to_owned());
+                if self.requests.get(&key) == Some(id) {
+                    self.requests.remove(&key);
+                }
             }
-            let key = (task.queue, task.dedup_key);
-            if self.dedup.get(&key) == Some(id) {
-                self.dedup.remove(&key);
+            if !task.dedup_key().is_empty() {
+                let key = (queue.to_owned(), task.dedup_key().to_owned());
+                if self.dedup.get(&key) == Some(id) {
+                    self.dedup.remove(&key);
+                }
             }
+            task.release(&mut self.names);
             if self.track {
                 self.removed.push(*id);
             }
@@ -350,29 +353,53 @@ impl Table {
             .min()
     }
 
-    fn check_lease(&self, id: TaskId, lease_id: u64, now: Millis) -> Result<&Task, StoreError> {
+    fn check_lease(&self, id: TaskId, lease_id: u64, now: Millis) -> Result<&Record, StoreError> {
         let task = self.tasks.get(&id).ok_or(StoreError::TaskNotFound(id))?;
-        lease::check(task, lease_id, now).map_err(StoreError::from)?;
+        // Fencing reads only fixed-size fields: the hollow task costs no allocation.
+        lease::check(&task.hollow(id), lease_id, now).map_err(StoreError::from)?;
         Ok(task)
     }
 
+    /// [`Self::transition_in_place`], returning the changed task.
+    fn transition(&mut self, id: TaskId, now: Millis, change: impl FnOnce(&mut Record)) -> Task {
+        self.transition_in_place(id, now, change);
+        self.tasks[&id].to_task(id, &self.names)
+    }
+
     /// Applies `change` to a task, moving it between indexes. A task that
-    /// enters READY goes to the back of its priority level.
-    fn transition(&mut self, id: TaskId, now: Millis, change: impl FnOnce(&mut Task)) -> &Task {
+    /// enters READY goes to the back of its priority level. A lease that
+    /// `change` replaces or removes gives back its holder's name.
+    fn transition_in_place(&mut self, id: TaskId, now: Millis, change: impl FnOnce(&mut Record)) {
         let task = self.tasks.get_mut(&id).expect("transition of a task in the table");
         let before = task.state;
-        unindex(&mut self.idx, &self.policies, task);
+        let holder = task.holder();
+        unindex(&mut self.idx, &self.policies, &self.names, id, task);
         change(task);
+        if let Some((lease_id, worker)) = holder {
+            if task.holder().map(|(id, _)| id) != Some(lease_id) {
+                self.names.release(worker);
+            }
+        }
         task.update_time = now;
         if task.state == TaskState::Ready && before != TaskState::Ready {
             task.ready_seq = self.next_seq;
             self.next_seq += 1;
         }
-        index(&mut self.idx, &self.policies, task);
+        index(&mut self.idx, &self.policies, &self.names, id, task);
         if self.track {
             self.dirty.push(id);
         }
-        task
+    }
+
+    /// Records a swept task's outcome.
+    fn note(&self, swept: &mut Swept, id: TaskId) {
+        swept.count += 1;
+        swept.changed.push(id);
+        let task = &self.tasks[&id];
+        let queue = self.names.resolve(task.queue);
+        if task.state == TaskState::Ready && !swept.ready_queues.iter().any(|q| q == queue) {
+            swept.ready_queues.push(queue.to_owned());
+        }
     }
 
     fn take_seq(&mut self) -> u64 {
@@ -383,64 +410,6 @@ impl Table {
     fn mark(&mut self, id: TaskId) {
         if self.track {
             self.dirty.push(id);
-        }
-    }
-}
-
-/// Records a swept task's outcome.
-fn note(swept: &mut Swept, task: &Task) {
-    swept.count += 1;
-    swept.changed.push(task.id);
-    if task.state == TaskState::Ready && !swept.ready_queues.contains(&task.queue) {
-        swept.ready_queues.push(task.queue.clone());
-    }
-}
-
-/// Ids whose time key is at or before `now`.
-fn take_due(set: &BTreeSet<(Millis, TaskId)>, now: Millis) -> Vec<TaskId> {
-    set.range(..=(now, TaskId(u128::MAX))).map(|(_, id)| *id).collect()
-}
-
-/// When a finished task is removed.
-fn purge_time(policies: &Policies, task: &Task) -> Millis {
-    task.update_time + policies.get(&task.queue).retention.as_millis() as Millis
-}
-
-fn index(idx: &mut Indexes, policies: &Policies, task: &Task) {
-    match task.state {
-        TaskState::Ready => {
-            let key = ReadyKey::new(task.priority, task.ready_seq);
-            idx.ready.entry(task.queue.clone()).or_default().insert(key, task.id);
-        }
-        TaskState::Leased => {
-            let deadline = task.lease.as_ref().map_or(0, |l| l.expire_time);
-            idx.leased.insert((deadline, task.id));
-        }
-        TaskState::Scheduled => {
-            idx.scheduled.insert((task.scheduled_time, task.id));
-        }
-        TaskState::Succeeded | TaskState::Dead | TaskState::Canceled => {
-            idx.finished.insert((purge_time(policies, task), task.id));
-        }
-    }
-}
-
-fn unindex(idx: &mut Indexes, policies: &Policies, task: &Task) {
-    match task.state {
-        TaskState::Ready => {
-            if let Some(ready) = idx.ready.get_mut(&task.queue) {
-                ready.remove(&ReadyKey::new(task.priority, task.ready_seq));
-            }
-        }
-        TaskState::Leased => {
-            let deadline = task.lease.as_ref().map_or(0, |l| l.expire_time);
-            idx.leased.remove(&(deadline, task.id));
-        }
-        TaskState::Scheduled => {
-            idx.scheduled.remove(&(task.scheduled_time, task.id));
-        }
-        TaskState::Succeeded | TaskState::Dead | TaskState::Canceled => {
-            idx.finished.remove(&(purge_time(policies, task), task.id));
         }
     }
 }
