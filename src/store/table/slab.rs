@@ -3,8 +3,9 @@
 //!
 //! A `HashMap<TaskId, Record>` touches every bucket it has, and it has up to
 //! twice as many as tasks right after it grows; here only the id map (24-byte
-//! buckets) carries that slack, and the records take one slot each (a `Vec`
-//! only touches the slots it uses). Freed slots are reused.
+//! buckets) carries that slack, and the records take one slot each. Records
+//! live in fixed-size chunks, so growing never moves them: a million-task
+//! table grows without a stall while it holds the lock. Freed slots are reused.
 
 use std::collections::HashMap;
 use std::ops::Index;
@@ -23,20 +24,36 @@ fn key(id: TaskId) -> Key {
 pub struct Slab {
     /// Slot of each task's record.
     slots: HashMap<Key, u32>,
-    /// Records by slot; `None` is a free slot (listed in `free`).
-    records: Vec<Option<Record>>,
+    /// Records by slot, [`CHUNK`] slots per chunk; `None` is a free slot
+    /// (listed in `free`).
+    chunks: Vec<Vec<Option<Record>>>,
+    /// Slots in use or free (the next new slot's number).
+    used: u32,
     free: Vec<u32>,
 }
 
+/// Slots per chunk.
+const CHUNK: usize = 4096;
+
 impl Slab {
+    fn at(&self, slot: u32) -> &Option<Record> {
+        let slot = slot as usize;
+        &self.chunks[slot / CHUNK][slot % CHUNK]
+    }
+
+    fn at_mut(&mut self, slot: u32) -> &mut Option<Record> {
+        let slot = slot as usize;
+        &mut self.chunks[slot / CHUNK][slot % CHUNK]
+    }
+
     pub fn get(&self, id: &TaskId) -> Option<&Record> {
         let slot = *self.slots.get(&key(*id))?;
-        self.records[slot as usize].as_ref()
+        self.at(slot).as_ref()
     }
 
     pub fn get_mut(&mut self, id: &TaskId) -> Option<&mut Record> {
         let slot = *self.slots.get(&key(*id))?;
-        self.records[slot as usize].as_mut()
+        self.at_mut(slot).as_mut()
     }
 
     pub fn contains_key(&self, id: &TaskId) -> bool {
@@ -46,16 +63,21 @@ impl Slab {
     /// Puts `record` under `id`, returning the record it replaces.
     pub fn insert(&mut self, id: TaskId, record: Record) -> Option<Record> {
         if let Some(&slot) = self.slots.get(&key(id)) {
-            return self.records[slot as usize].replace(record);
+            return self.at_mut(slot).replace(record);
         }
         let slot = match self.free.pop() {
             Some(slot) => {
-                self.records[slot as usize] = Some(record);
+                *self.at_mut(slot) = Some(record);
                 slot
             }
             None => {
-                self.records.push(Some(record));
-                u32::try_from(self.records.len() - 1).expect("fewer than 2^32 tasks")
+                let slot = self.used;
+                self.used = slot.checked_add(1).expect("fewer than 2^32 tasks");
+                if slot as usize % CHUNK == 0 {
+                    self.chunks.push(Vec::with_capacity(CHUNK));
+                }
+                self.chunks.last_mut().expect("a chunk with room").push(Some(record));
+                slot
             }
         };
         self.slots.insert(key(id), slot);
@@ -65,7 +87,7 @@ impl Slab {
     pub fn remove(&mut self, id: &TaskId) -> Option<Record> {
         let slot = self.slots.remove(&key(*id))?;
         self.free.push(slot);
-        self.records[slot as usize].take()
+        self.at_mut(slot).take()
     }
 
     pub fn len(&self) -> usize {
@@ -120,6 +142,17 @@ mod tests {
         assert_eq!(slab.remove(&a).map(|r| r.priority), Some(4));
         assert!(slab.remove(&a).is_none() && !slab.contains_key(&a) && slab.get(&c).is_none());
         slab.insert(c, record(&mut names, 5));
-        assert_eq!((slab.records.len(), slab[&c].priority, slab.len()), (2, 5, 2), "slot reused");
+        assert_eq!((slab.used, slab[&c].priority, slab.len()), (2, 5, 2), "slot reused");
+    }
+
+    #[test]
+    fn records_span_chunks() {
+        let mut names = Names::default();
+        let mut slab = Slab::default();
+        for i in 0..(2 * CHUNK as u128 + 3) {
+            slab.insert(TaskId(i), record(&mut names, (i % 10) as u8));
+        }
+        assert_eq!((slab.chunks.len(), slab.len()), (3, 2 * CHUNK + 3));
+        assert_eq!(slab[&TaskId(CHUNK as u128 + 7)].priority, ((CHUNK + 7) % 10) as u8);
     }
 }
