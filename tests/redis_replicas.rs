@@ -1096,6 +1096,9 @@ async fn a_stream_open_on_b_through_a_redis_restart_is_pushed_what_a_enqueues_af
     stream_b.assert_quiet().await;
 
     redis.kill();
+    // Both replicas must see the outage before Redis returns; otherwise a
+    // replica whose health never left SERVING has no change left to report.
+    health_becomes("A", &mut health_a, ServingStatus::NotServing, Duration::from_secs(15)).await;
     health_becomes("B", &mut health_b, ServingStatus::NotServing, Duration::from_secs(15)).await;
     redis.restart();
     health_becomes("A", &mut health_a, ServingStatus::Serving, Duration::from_secs(15)).await;

@@ -13,9 +13,11 @@
 //! - `requeue_expired`, `promote_due` and `purge_finished` are idempotent and
 //!   safe to call at any time and from several places at once.
 //!
-//! Backends: [`memory::MemoryStore`] (the reference) and
+//! Backends: [`memory::MemoryStore`] (the reference),
 //! [`embedded::EmbeddedStore`] (the same state machine, persisted in redb with
-//! group commit). Both share [`table::Table`], the in-memory state machine.
+//! group commit) — both share [`table::Table`], the in-memory state machine —
+//! and [`redis::RedisStore`] (one Lua script per operation, shared by many
+//! broker replicas, which it keeps informed through [`Store::events`]).
 
 pub mod embedded;
 pub mod memory;
