@@ -6,138 +6,30 @@
 //! gRPC, SIGKILLs it, and starts a new process on the same data directory.
 #![cfg(unix)]
 
+#[path = "common/serve.rs"]
+mod serve;
+
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
-use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::watch;
 use tokio::time::timeout;
 use tonic::transport::Channel;
 use tonic::Code;
 
+use serve::{ServeProcess, CALL_TIMEOUT, EXIT_TIMEOUT};
 use taskbroker::pb;
 use taskbroker::pb::enqueue_result::Result as ItemResult;
 use taskbroker::pb::producer_service_client::ProducerServiceClient;
-use taskbroker::pb::worker_service_client::WorkerServiceClient;
 
-const BIN: &str = env!("CARGO_BIN_EXE_taskbroker");
-/// Variables the binary reads; cleared so the caller's environment cannot leak in.
-const ENV_VARS: &[&str] = &[
-    "TASKBROKER_CONFIG",
-    "TASKBROKER_LISTEN",
-    "TASKBROKER_DATA_DIR",
-    "TASKBROKER_STORAGE",
-    "TASKBROKER_SERVER",
-    "TASKBROKER_LOG_FORMAT",
-];
-/// Longest wait for the `listening on` line (a restart may recover the database).
-const STARTUP: Duration = Duration::from_secs(30);
-/// Bound on every gRPC call (long-polls included).
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest wait for a killed process to be reaped.
-const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
-const SIGKILL: i32 = 9;
-
-/// A `taskbroker serve` process. Dropping it kills the process, so a failed
-/// assertion never leaves a broker behind; on a panic it also prints the log.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-    /// Held so the child's stdout stays an open pipe.
-    _stdout: Option<BufReader<ChildStdout>>,
-}
-
-impl Server {
-    /// Starts the broker on the embedded store in `data_dir` (stderr appended
-    /// to `log`) and waits until it serves.
-    async fn start(data_dir: &Path, log: &Path) -> Server {
-        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("open the log");
-        let mut cmd = Command::new(BIN);
-        cmd.arg("serve")
-            .args(["--storage", "embedded", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .kill_on_drop(true);
-        for var in ENV_VARS {
-            cmd.env_remove(var);
-        }
-        let child = cmd.spawn().expect("spawn taskbroker");
-        let mut server =
-            Server { child, addr: SocketAddr::from(([127, 0, 0, 1], 0)), log: log.to_owned(), _stdout: None };
-        let mut stdout = BufReader::new(server.child.stdout.take().expect("piped stdout"));
-        server.addr = timeout(STARTUP, listen_line(&mut stdout))
-            .await
-            .unwrap_or_else(|_| panic!("no `listening on` line within {STARTUP:?}"));
-        server._stdout = Some(stdout);
-        server
-    }
-
-    /// SIGKILLs the process and checks that it was still running and died of it.
-    async fn kill9(&mut self) {
-        assert!(
-            self.child.try_wait().expect("poll the child").is_none(),
-            "the broker exited before it was killed"
-        );
-        self.child.start_kill().expect("send SIGKILL");
-        let status = timeout(EXIT_TIMEOUT, self.child.wait())
-            .await
-            .expect("the killed broker is reaped in time")
-            .expect("wait for the broker");
-        assert_eq!(status.signal(), Some(SIGKILL), "the broker died of SIGKILL: {status:?}");
-    }
-
-    async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(CALL_TIMEOUT)
-            .connect()
-            .await
-            .expect("connect to the broker")
-    }
-
-    async fn producer(&self) -> ProducerServiceClient<Channel> {
-        ProducerServiceClient::new(self.channel().await)
-    }
-
-    async fn worker(&self) -> WorkerServiceClient<Channel> {
-        WorkerServiceClient::new(self.channel().await)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail = &log[log.len().saturating_sub(8000)..];
-            eprintln!("--- taskbroker log ({}), tail ---\n{tail}", self.log.display());
-        }
-    }
-}
-
-/// Reads stdout up to the `listening on ADDR` line.
-async fn listen_line(stdout: &mut BufReader<ChildStdout>) -> SocketAddr {
-    let mut line = String::new();
-    loop {
-        line.clear();
-        let n = stdout.read_line(&mut line).await.expect("read the broker's stdout");
-        assert!(n > 0, "the broker exited before it printed `listening on`");
-        if let Some(addr) = line.trim().strip_prefix("listening on ") {
-            return addr.parse().unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));
-        }
-    }
+/// Starts a broker on the embedded store in `data_dir`, its stderr appended
+/// to `log`, and waits until it serves.
+async fn start_broker(data_dir: &Path, log: &Path) -> ServeProcess {
+    let data_dir = data_dir.to_str().expect("a UTF-8 temporary path");
+    ServeProcess::start("broker", &["--storage", "embedded", "--data-dir", data_dir], log).await
 }
 
 fn state(t: &pb::Task) -> pb::TaskState {
@@ -278,7 +170,7 @@ async fn acknowledged_enqueues_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let log = dir.path().join("broker.log");
-    let mut server = Server::start(&data, &log).await;
+    let mut server = start_broker(&data, &log).await;
 
     let shared = Arc::new(Shared::default());
     let (progress, mut watch_progress) = watch::channel(0usize);
@@ -286,7 +178,7 @@ async fn acknowledged_enqueues_survive_kill_9() {
     let deadline = start + PRODUCE_FOR;
     let mut producers = Vec::new();
     for p in 0..PRODUCERS {
-        let client = server.producer().await;
+        let client = server.producer();
         producers.push(tokio::spawn(produce(p, client, shared.clone(), progress.clone(), deadline)));
     }
     drop(progress);
@@ -323,8 +215,8 @@ async fn acknowledged_enqueues_survive_kill_9() {
     );
 
     // Restart on the same data: every acknowledged task is there, READY, as sent.
-    let server = Server::start(&data, &log).await;
-    let mut client = server.producer().await;
+    let server = start_broker(&data, &log).await;
+    let mut client = server.producer();
     let mut wrong = Vec::new();
     for a in &acked {
         match client.get_task(pb::GetTaskRequest { task_id: a.id.clone() }).await {
@@ -382,9 +274,9 @@ async fn leases_and_acks_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let log = dir.path().join("broker.log");
-    let mut server = Server::start(&data, &log).await;
-    let mut producer = server.producer().await;
-    let mut worker = server.worker().await;
+    let mut server = start_broker(&data, &log).await;
+    let mut producer = server.producer();
+    let mut worker = server.worker();
 
     let batch = |queue: &str, n: usize| pb::EnqueueBatchRequest {
         tasks: (0..n)
@@ -450,9 +342,9 @@ async fn leases_and_acks_survive_kill_9() {
 
     server.kill9().await;
     drop(server);
-    let server = Server::start(&data, &log).await;
-    let mut producer = server.producer().await;
-    let mut worker = server.worker().await;
+    let server = start_broker(&data, &log).await;
+    let mut producer = server.producer();
+    let mut worker = server.worker();
 
     for (id, result) in &acked {
         let t = get(&mut producer, id).await;
@@ -543,9 +435,9 @@ async fn old_lease_ids_stay_fenced_after_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let log = dir.path().join("broker.log");
-    let mut server = Server::start(&data, &log).await;
-    let mut producer = server.producer().await;
-    let mut worker = server.worker().await;
+    let mut server = start_broker(&data, &log).await;
+    let mut producer = server.producer();
+    let mut worker = server.worker();
 
     let task = producer
         .enqueue(pb::EnqueueRequest { queue: "fence".into(), kind: "job".into(), ..Default::default() })
@@ -576,8 +468,8 @@ async fn old_lease_ids_stay_fenced_after_kill_9() {
 
     server.kill9().await;
     drop(server);
-    let server = Server::start(&data, &log).await;
-    let mut worker = server.worker().await;
+    let server = start_broker(&data, &log).await;
+    let mut worker = server.worker();
 
     let second = worker.lease(lease(secs(10))).await.unwrap().into_inner().tasks.pop().expect("redelivered");
     assert_eq!(second.task.as_ref().unwrap().id, task.id);

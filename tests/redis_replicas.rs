@@ -13,18 +13,17 @@
 #[allow(dead_code)]
 #[path = "common/redis.rs"]
 mod redis_server;
+#[path = "common/serve.rs"]
+mod serve;
 mod stream_client;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::SocketAddr;
-use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use redis_server::RedisServer;
+use serve::{ServeProcess, CALL_TIMEOUT};
 use stream_client::{id, open, task_of, FAILED_PRECONDITION, WAIT};
 use taskbroker::pb;
 use taskbroker::pb::enqueue_result::Result as ItemResult;
@@ -33,36 +32,15 @@ use taskbroker::pb::stream_response::Msg as Resp;
 use taskbroker::pb::worker_service_client::WorkerServiceClient;
 use taskbroker::pb::{SettleOperation, TaskState};
 use tempfile::TempDir;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::watch;
 use tokio::time::timeout;
 use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
-const BIN: &str = env!("CARGO_BIN_EXE_taskbroker");
-/// Variables the binary reads; cleared so the caller's environment cannot leak in.
-const ENV_VARS: &[&str] = &[
-    "TASKBROKER_CONFIG",
-    "TASKBROKER_LISTEN",
-    "TASKBROKER_DATA_DIR",
-    "TASKBROKER_STORAGE",
-    "TASKBROKER_REDIS_URL",
-    "TASKBROKER_SERVER",
-    "TASKBROKER_LOG_FORMAT",
-];
-/// Longest wait for the `listening on` line.
-const STARTUP: Duration = Duration::from_secs(30);
-/// Bound on every unary gRPC call (long-polls included) and on opening a stream.
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest wait for a killed process to be reaped.
-const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How soon what one replica made ready must reach a waiting worker on another.
 const PROMPT: Duration = Duration::from_secs(2);
-const SIGKILL: i32 = 9;
 
 // ---------------------------------------------------------------------------
 // Harness: broker processes on one Redis.
@@ -72,12 +50,7 @@ const SIGKILL: i32 = 9;
 /// process; on a panic it also prints the tail of its log.
 struct Replica {
     name: &'static str,
-    child: Child,
-    addr: SocketAddr,
-    channel: Channel,
-    log: PathBuf,
-    /// Held so the child's stdout stays an open pipe.
-    _stdout: BufReader<ChildStdout>,
+    process: ServeProcess,
     /// Its data directory (unused by the Redis store) and its log.
     _dir: TempDir,
 }
@@ -86,114 +59,25 @@ impl Replica {
     /// Starts a replica on `redis` and waits until it serves.
     async fn start(name: &'static str, redis: &RedisServer) -> Replica {
         let dir = tempfile::tempdir().expect("a temporary directory for the broker");
-        let log = dir.path().join("broker.log");
-        let stderr = std::fs::File::create(&log).expect("create the log");
-        let mut cmd = Command::new(BIN);
-        cmd.arg("serve")
-            .args(["--storage", "redis", "--redis-url", &redis.url(), "--listen", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .kill_on_drop(true);
-        for var in ENV_VARS {
-            cmd.env_remove(var);
-        }
-        let mut child = cmd.spawn().expect("spawn taskbroker");
-        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        let addr = match timeout(STARTUP, listen_line(&mut stdout)).await {
-            Ok(Some(addr)) => addr,
-            outcome => {
-                let _ = child.start_kill();
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                panic!("replica {name} did not serve within {STARTUP:?} ({outcome:?}); its log:\n{text}");
-            }
-        };
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(CALL_TIMEOUT)
-            .connect_lazy();
-        Replica { name, child, addr, channel, log, _stdout: stdout, _dir: dir }
-    }
-
-    fn producer(&self) -> ProducerServiceClient<Channel> {
-        ProducerServiceClient::new(self.channel.clone())
-    }
-
-    fn worker(&self) -> WorkerServiceClient<Channel> {
-        WorkerServiceClient::new(self.channel.clone())
-    }
-
-    fn health(&self) -> HealthClient<Channel> {
-        HealthClient::new(self.channel.clone())
-    }
-
-    /// SIGKILLs the process and checks that it was still running and died of it.
-    async fn kill9(&mut self) {
-        assert!(
-            self.child.try_wait().expect("poll the child").is_none(),
-            "replica {} exited before it was killed",
-            self.name
-        );
-        self.child.start_kill().expect("send SIGKILL");
-        let status = timeout(EXIT_TIMEOUT, self.child.wait())
-            .await
-            .expect("the killed replica is reaped in time")
-            .expect("wait for the replica");
-        assert_eq!(status.signal(), Some(SIGKILL), "replica {} died of SIGKILL: {status:?}", self.name);
-    }
-
-    /// Sends SIGTERM (a graceful shutdown).
-    fn sigterm(&mut self) {
-        let pid = self.child.id().expect("the replica still runs");
-        let sent = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-        assert!(sent.is_ok_and(|s| s.success()), "send SIGTERM to replica {}", self.name);
-    }
-
-    /// Waits (at most `within`) for the process to exit, successfully.
-    async fn exits_cleanly(&mut self, within: Duration) {
-        let status = timeout(within, self.child.wait())
-            .await
-            .unwrap_or_else(|_| panic!("replica {} did not exit within {within:?}", self.name))
-            .expect("wait for the replica");
-        assert!(status.success(), "replica {} exits cleanly: {status:?}", self.name);
-    }
-
-    /// Panics unless the process still runs (it must survive a Redis outage).
-    fn assert_running(&mut self) {
-        let exited = self.child.try_wait().expect("poll the child");
-        assert!(exited.is_none(), "replica {} ({}) exited: {exited:?}", self.name, self.addr);
+        let data = dir.path().join("data");
+        let data = data.to_str().expect("a UTF-8 temporary path");
+        let args = ["--storage", "redis", "--redis-url", &redis.url(), "--data-dir", data];
+        let process = ServeProcess::start(name, &args, &dir.path().join("broker.log")).await;
+        Replica { name, process, _dir: dir }
     }
 }
 
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let mut cut = log.len().saturating_sub(6000);
-            while !log.is_char_boundary(cut) {
-                cut += 1;
-            }
-            eprintln!("--- replica {} ({}) log tail ---\n{}", self.name, self.addr, &log[cut..]);
-        }
+impl std::ops::Deref for Replica {
+    type Target = ServeProcess;
+
+    fn deref(&self) -> &ServeProcess {
+        &self.process
     }
 }
 
-/// Reads stdout up to the `listening on ADDR` line; `None` if it ends first.
-async fn listen_line(stdout: &mut BufReader<ChildStdout>) -> Option<SocketAddr> {
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if stdout.read_line(&mut line).await.ok()? == 0 {
-            return None;
-        }
-        if let Some(addr) = line.trim().strip_prefix("listening on ") {
-            return Some(addr.parse().unwrap_or_else(|e| panic!("bad address in {line:?}: {e}")));
-        }
+impl std::ops::DerefMut for Replica {
+    fn deref_mut(&mut self) -> &mut ServeProcess {
+        &mut self.process
     }
 }
 
