@@ -15,12 +15,8 @@ local retention = tonumber(ARGV[3])
 local watching = any_watched()
 local out = {}
 for i = 4, #ARGV, 3 do
-  local t = load(ARGV[i])
-  local err = 'not_found'
-  if t then
-    err = lease_error(t, tonumber(ARGV[i + 1]), now)
-  end
-  if err then
+  local t, err = load_held(ARGV[i], tonumber(ARGV[i + 1]), now)
+  if not t then
     out[#out + 1] = err
     out[#out + 1] = ''
   else

@@ -6,12 +6,8 @@
 -- Returns: {'ok', new deadline} | {'not_found'} | {'mismatch'} | {'canceled'}
 
 local now = clock()
-local t = load(ARGV[3])
+local t, err = load_held(ARGV[3], tonumber(ARGV[4]), now)
 if not t then
-  return {'not_found'}
-end
-local err = lease_error(t, tonumber(ARGV[4]), now)
-if err then
   return {err}
 end
 

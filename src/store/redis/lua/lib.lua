@@ -83,6 +83,20 @@ local function lease_error(t, lease_id, now)
   return 'mismatch'
 end
 
+-- The task `id` when `lease_id` is its live lease at `now`; else nil and the
+-- reason ('not_found', 'mismatch' or 'canceled').
+local function load_held(id, lease_id, now)
+  local t = load(id)
+  if not t then
+    return nil, 'not_found'
+  end
+  local err = lease_error(t, lease_id, now)
+  if err then
+    return nil, err
+  end
+  return t
+end
+
 local function clear_lease(t)
   t.lease_id = 0
   t.lease_expire = 0
