@@ -3,11 +3,10 @@
 
 use futures_util::future::join_all;
 
-use super::keys::{self, QueueKeys};
-use super::reply::{self, array, bounded, task, unexpected};
-use super::{scripts, RedisStore};
+use super::reply::{self, array, unexpected};
+use super::{record, scripts, RedisStore};
 use crate::core::lease::LeaseError;
-use crate::core::task::{Task, TaskId};
+use crate::core::task::Task;
 use crate::core::Millis;
 use crate::store::{AckItem, StoreError};
 
@@ -18,14 +17,17 @@ impl RedisStore {
         items: Vec<AckItem>,
         now: Millis,
     ) -> Result<Vec<Result<Task, StoreError>>, StoreError> {
-        let queues = self.queues_of_many(items.iter().map(|i| i.id)).await?;
         let mut out: Vec<Option<Result<Task, StoreError>>> = (0..items.len()).map(|_| None).collect();
         // (queue, positions, items): the batch split by queue, in order.
         let mut groups: Vec<(String, Vec<usize>, Vec<AckItem>)> = Vec::new();
-        for (pos, (item, queue)) in items.into_iter().zip(queues).enumerate() {
-            let Some(queue) = queue else {
-                out[pos] = Some(Err(StoreError::TaskNotFound(item.id)));
-                continue;
+        for (pos, item) in items.into_iter().enumerate() {
+            let queue = match self.queue_of(item.id).await {
+                Ok(queue) => queue,
+                Err(StoreError::TaskNotFound(id)) => {
+                    out[pos] = Some(Err(StoreError::TaskNotFound(id)));
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
             match groups.iter_mut().find(|(q, _, _)| *q == queue) {
                 Some((_, positions, items)) => {
@@ -61,55 +63,29 @@ impl RedisStore {
         items: &[AckItem],
         now: Millis,
     ) -> Result<Vec<Result<Task, StoreError>>, StoreError> {
-        let mut inv = self.invocation(&scripts::ACK, &QueueKeys::new(queue), now);
+        let mut inv = self.invocation(&scripts::ACK, queue, now);
         inv.arg(self.retention(queue));
         for item in items {
             inv.arg(item.id.to_string()).arg(item.lease_id).arg(&item.result);
         }
         let replies = array(self.run(&inv).await?)?;
-        if replies.len() != items.len() * 2 {
+        if replies.len() != items.len() * 3 {
             return Err(unexpected("an ack reply of the wrong length"));
         }
         Ok(replies
-            .chunks(2)
+            .chunks(3)
             .zip(items)
-            .map(|(pair, item)| match reply::text(&pair[0])? {
-                "ok" => task(&pair[1]),
+            .map(|(reply, item)| match reply::text(&reply[0])? {
+                "ok" => {
+                    let [_, meta, body] = reply else { unreachable!("chunks of three") };
+                    let t = record::decode(queue, reply::bytes(meta)?, reply::bytes(body)?, &item.result);
+                    t.map_err(reply::corrupt)
+                }
                 "not_found" => Err(StoreError::TaskNotFound(item.id)),
                 "mismatch" => Err(StoreError::Lease(LeaseError::Mismatch)),
                 "canceled" => Err(StoreError::Lease(LeaseError::Canceled)),
                 other => Err(unexpected(&format!("ack status {other:?}"))),
             })
             .collect())
-    }
-
-    /// The queue of each task (`None`: no such task), from the cache, the
-    /// rest read from `tb:index` in one call.
-    async fn queues_of_many(
-        &self,
-        ids: impl Iterator<Item = TaskId>,
-    ) -> Result<Vec<Option<String>>, StoreError> {
-        let ids: Vec<TaskId> = ids.collect();
-        let mut out: Vec<Option<String>> = ids.iter().map(|id| self.queues_of.get(*id)).collect();
-        let missing: Vec<usize> = (0..ids.len()).filter(|i| out[*i].is_none()).collect();
-        if missing.is_empty() {
-            return Ok(out);
-        }
-        let mut cmd = redis::cmd("HMGET");
-        cmd.arg(keys::INDEX);
-        for i in &missing {
-            cmd.arg(ids[*i].to_string());
-        }
-        let mut conn = self.conn.clone();
-        let found: Vec<Option<String>> = bounded(cmd.query_async(&mut conn)).await?;
-        if found.len() != missing.len() {
-            return Err(unexpected("an HMGET reply of the wrong length"));
-        }
-        self.queues_of
-            .remember(missing.iter().zip(&found).filter_map(|(i, q)| Some((ids[*i], q.as_deref()?))));
-        for (i, queue) in missing.into_iter().zip(found) {
-            out[i] = queue;
-        }
-        Ok(out)
     }
 }

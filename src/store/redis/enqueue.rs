@@ -1,16 +1,15 @@
 //! Enqueue: a batch grouped by queue, one `enqueue.lua` call per queue.
 //!
-//! The task index (`tb:index`) is written before the script, with `HSETNX`, so
-//! a (vanishingly unlikely) id collision is caught instead of overwriting
-//! another task's entry; entries of ids that went unused are removed after.
+//! Task ids carry their queue's tag ([`super::queues`]); the queue is
+//! registered in `tb:queues` before its first task is created. A (vanishingly
+//! unlikely) id collision is refused by the script, and retried with new ids.
 
 use futures_util::future::join_all;
 
-use super::keys::{self, QueueKeys};
-use super::reply::{self, array, bounded, task, task_id, uint, unexpected};
-use super::{record, scripts, RedisStore};
+use super::reply::{self, array, task, uint, unexpected};
+use super::{queues, record, scripts, RedisStore};
 use crate::core::clock::{Clock, SystemClock};
-use crate::core::task::{NewTask, Task, TaskId};
+use crate::core::task::{NewTask, Task};
 use crate::core::Millis;
 use crate::store::{Enqueued, StoreError};
 
@@ -26,7 +25,7 @@ impl RedisStore {
         let local_now = if self.server_time { SystemClock.now() } else { now };
         let mut groups: Vec<(String, Vec<usize>, Vec<Task>)> = Vec::new();
         for (pos, new) in tasks.into_iter().enumerate() {
-            let task = Task::create(TaskId::generate(local_now), new, local_now);
+            let task = Task::create(queues::new_id(local_now, &new.queue), new, local_now);
             match groups.iter_mut().find(|(q, _, _)| *q == task.queue) {
                 Some((_, positions, tasks)) => {
                     positions.push(pos);
@@ -55,58 +54,57 @@ impl RedisStore {
         mut tasks: Vec<Task>,
         now: Millis,
     ) -> Result<Vec<Enqueued>, StoreError> {
-        let keys = QueueKeys::new(queue);
+        self.register(queue).await?;
         let window = self.policies.get(queue).dedup_window.as_millis() as u64;
-        let mut conn = self.conn.clone();
         for _ in 0..3 {
-            // The index first: a task must never exist without its entry.
-            let mut pipe = redis::pipe();
-            for t in &tasks {
-                pipe.hset_nx(keys::INDEX, t.id.to_string(), queue);
-            }
-            pipe.sadd(keys::QUEUES, queue).ignore();
-            let fresh: Vec<bool> = bounded(pipe.query_async(&mut conn)).await?;
-            if fresh.iter().any(|f| !f) {
-                self.forget(tasks.iter().zip(&fresh).filter(|(_, f)| **f).map(|(t, _)| t.id)).await;
-                renew_ids(&mut tasks);
-                continue;
-            }
-            let mut inv = self.invocation(&scripts::ENQUEUE, &keys, now);
+            let mut inv = self.invocation(&scripts::ENQUEUE, queue, now);
             inv.arg(window);
             for t in &tasks {
-                inv.arg(record::encode(t));
+                inv.arg(t.id.to_string())
+                    .arg(record::encode_body(t))
+                    .arg(t.priority)
+                    .arg(t.max_attempts)
+                    .arg(t.scheduled_time)
+                    .arg(t.payload.len())
+                    .arg(&t.dedup_key)
+                    .arg(&t.request_id);
             }
             let items = array(self.run(&inv).await?)?;
             match items.first().map(reply::text).transpose()? {
                 Some("ok") => {}
                 Some("collision") => {
-                    // The taken id's entry is right (same queue); drop the others.
-                    let taken = task_id(items.get(1).ok_or_else(|| unexpected("no colliding id"))?)?;
-                    self.forget(tasks.iter().map(|t| t.id).filter(|id| *id != taken)).await;
-                    renew_ids(&mut tasks);
+                    renew_ids(&mut tasks, queue);
                     continue;
                 }
                 other => return Err(unexpected(&format!("enqueue status {other:?}"))),
             }
-            let out = items[1..]
-                .chunks(2)
-                .map(|pair| match pair {
-                    [created, rec] => Ok(Enqueued { task: task(rec)?, deduplicated: uint(created)? == 0 }),
-                    _ => Err(unexpected("an odd enqueue reply")),
+            if items.len() != 1 + 4 * tasks.len() {
+                return Err(unexpected("an enqueue reply of the wrong length"));
+            }
+            return items[1..]
+                .chunks(4)
+                .zip(tasks)
+                .map(|(item, mine)| {
+                    let [created, meta, ..] = item else { unreachable!("chunks of four") };
+                    if uint(created)? == 1 {
+                        // Ours: the script only set what Redis decides.
+                        let mut task = mine;
+                        record::apply_meta(&mut task, reply::bytes(meta)?).map_err(reply::corrupt)?;
+                        Ok(Enqueued { task, deduplicated: false })
+                    } else {
+                        let task = task(queue, &item[1..])?;
+                        Ok(Enqueued { task, deduplicated: true })
+                    }
                 })
-                .collect::<Result<Vec<_>, _>>()?;
-            self.queues_of.remember(out.iter().map(|e| (e.task.id, queue)));
-            // New ids that went unused (an existing task was returned).
-            self.forget(tasks.iter().zip(&out).filter(|(_, e)| e.deduplicated).map(|(t, _)| t.id)).await;
-            return Ok(out);
+                .collect();
         }
         Err(StoreError::Unavailable("could not find free task ids".into()))
     }
 }
 
 /// New random ids for tasks whose ids were taken.
-fn renew_ids(tasks: &mut [Task]) {
+fn renew_ids(tasks: &mut [Task], queue: &str) {
     for t in tasks {
-        t.id = TaskId::generate(t.create_time);
+        t.id = queues::new_id(t.create_time, queue);
     }
 }

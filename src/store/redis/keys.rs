@@ -1,18 +1,20 @@
 //! Every Redis key and channel name the Redis store uses, built here only.
 //!
 //! A queue's keys share the hash tag `{<queue>}`, so in Redis Cluster they sit
-//! in one slot and one Lua script can change them atomically. The two global
-//! keys ([`INDEX`], [`QUEUES`]) are never touched by a script: the Rust side
-//! writes them around the scripts.
+//! in one slot and one Lua script can change them atomically. The global keys
+//! ([`QUEUES`], [`LAYOUT`]) are never touched by a script, and only read or
+//! written once per queue or per connection, so they are never hot.
 
-/// HASH task id -> queue: how GetTask, Ack, Nack, Extend and Cancel, which only
-/// know a task id, find the queue's keys. Written before the enqueue script and
-/// deleted after the purge, so an entry without its task is possible (and
-/// harmless: it reads as "not found").
-pub const INDEX: &str = "tb:index";
-
-/// SET of every queue that ever had a task: what the timer sweeps walk.
+/// SET of every queue that ever had a task: what the timer sweeps walk, and
+/// how a task id's queue tag ([`super::queues`]) is resolved.
 pub const QUEUES: &str = "tb:queues";
+
+/// STRING: the version of this key layout; a Redis written by another layout
+/// is refused at start-up rather than misread.
+pub const LAYOUT: &str = "tb:layout";
+
+/// The layout this build reads and writes.
+pub const LAYOUT_VERSION: &str = "2";
 
 /// Pub/sub channel on which the scripts tell every replica what happened.
 pub const EVENTS: &str = "tb:events";
@@ -20,40 +22,62 @@ pub const EVENTS: &str = "tb:events";
 /// The keys of one queue, in the order every script receives them as `KEYS`
 /// (see `lua/lib.lua`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QueueKeys([String; 10]);
+pub struct QueueKeys([String; 12]);
 
 /// The role of each key, in `KEYS` order.
-const ROLES: [&str; 10] =
-    ["tasks", "ready", "leased", "scheduled", "finished", "seq", "lease", "dedup", "requests", "watched"];
+const ROLES: [&str; 12] = [
+    "meta",
+    "body",
+    "results",
+    "ready",
+    "leased",
+    "scheduled",
+    "finished",
+    "seq",
+    "lease",
+    "dedup",
+    "requests",
+    "watched",
+];
 
 impl QueueKeys {
     pub fn new(queue: &str) -> Self {
         Self(ROLES.map(|role| format!("tb:{{{queue}}}:{role}")))
     }
 
-    /// All ten keys, in `KEYS` order.
+    /// All twelve keys, in `KEYS` order.
     pub fn all(&self) -> &[String] {
         &self.0
     }
 
-    /// HASH task id -> MessagePack record.
-    pub fn tasks(&self) -> &str {
+    /// HASH task id -> meta record.
+    pub fn meta(&self) -> &str {
         &self.0[0]
+    }
+
+    /// HASH task id -> body.
+    pub fn body(&self) -> &str {
+        &self.0[1]
+    }
+
+    /// HASH task id -> result of a SUCCEEDED task.
+    pub fn results(&self) -> &str {
+        &self.0[2]
     }
 
     /// ZSET of LEASED tasks by deadline.
     pub fn leased(&self) -> &str {
-        &self.0[2]
+        &self.0[4]
     }
 
     /// ZSET of SCHEDULED tasks by due time.
     pub fn scheduled(&self) -> &str {
-        &self.0[3]
+        &self.0[5]
     }
 
     /// ZSET of finished tasks by purge time.
     pub fn finished(&self) -> &str {
-        &self.0[4]
+        &self.0[6]
     }
 }
 
@@ -64,9 +88,9 @@ mod tests {
     #[test]
     fn a_queue_keys_share_one_hash_tag() {
         let k = QueueKeys::new("emails");
-        assert_eq!(k.tasks(), "tb:{emails}:tasks");
-        assert_eq!(k.all()[8], "tb:{emails}:requests");
-        assert_eq!(k.all()[9], "tb:{emails}:watched");
+        assert_eq!(k.meta(), "tb:{emails}:meta");
+        assert_eq!(k.all()[10], "tb:{emails}:requests");
+        assert_eq!(k.all()[11], "tb:{emails}:watched");
         assert!(k.all().iter().all(|key| key.starts_with("tb:{emails}:")));
     }
 }

@@ -4,7 +4,6 @@
 //! several queues is not, which only means another worker may take a task
 //! from a later queue in between.
 
-use super::keys::QueueKeys;
 use super::reply::{array, task, uint, unexpected};
 use super::{scripts, RedisStore};
 use crate::core::task::Task;
@@ -54,22 +53,22 @@ impl RedisStore {
         out: &mut Vec<Task>,
         bytes: &mut usize,
     ) -> Result<usize, StoreError> {
-        let keys = QueueKeys::new(queue);
         let duration = spec
             .lease_duration
             .unwrap_or_else(|| self.policies.get(queue).lease_duration.as_millis() as Millis);
-        let mut inv = self.invocation(&scripts::LEASE, &keys, now);
+        let mut inv = self.invocation(&scripts::LEASE, queue, now);
         inv.arg(take).arg(duration).arg(&spec.worker_id).arg(out.len()).arg(*bytes).arg(spec.max_bytes);
         let items = array(self.run(&inv).await?)?;
         let [total, _full, records @ ..] = items.as_slice() else {
             return Err(unexpected("a short lease reply"));
         };
-        *bytes = uint(total)? as usize;
-        let first = out.len();
-        for rec in records {
-            out.push(task(rec)?);
+        if records.len() % 3 != 0 {
+            return Err(unexpected("a lease reply of the wrong length"));
         }
-        self.queues_of.remember(out[first..].iter().map(|t| (t.id, queue)));
-        Ok(records.len())
+        *bytes = uint(total)? as usize;
+        for record in records.chunks(3) {
+            out.push(task(queue, record)?);
+        }
+        Ok(records.len() / 3)
     }
 }

@@ -3,12 +3,14 @@
 //!
 //! # Layout in Redis
 //! Each queue has its own keys under one hash tag, `tb:{<queue>}:...` (see
-//! [`keys`]): the task records (a HASH of MessagePack records, see [`record`]),
-//! one sorted set per state (ready by priority then arrival, leased by
-//! deadline, scheduled by due time, finished by purge time), counters for the
-//! ready order and for lease ids, and the dedup-key and request-id lookups.
-//! Two global keys tie the queues together: `tb:index` (task id -> queue, for
-//! the calls that only carry a task id) and `tb:queues` (what the sweeps walk).
+//! [`keys`]): the task records in two parts (see [`record`]: a small meta
+//! record the scripts change, and a body they never decode), results, one
+//! sorted set per state (ready by priority then arrival, leased by deadline,
+//! scheduled by due time, finished by purge time), counters for the ready
+//! order and for lease ids, and the dedup-key and request-id lookups. A task
+//! id carries a tag of its queue's name ([`queues`]), so no global index is
+//! written per task; the one global set, `tb:queues`, lists the queues (what
+//! the sweeps walk), written once per queue.
 //!
 //! # Operations
 //! One script per operation under `lua/` ([`scripts`]); each checks everything
@@ -36,12 +38,11 @@
 //! tasks; [`RedisStore::connect`] warns when it is not.
 
 mod ack;
-mod cache;
 mod enqueue;
 mod events;
 mod keys;
 mod lease;
-mod msgpack;
+mod queues;
 mod record;
 mod reply;
 mod scripts;
@@ -53,7 +54,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, Script, ScriptInvocation, Value};
+use redis::{Script, ScriptInvocation, Value};
 use tokio::sync::broadcast;
 
 use self::keys::QueueKeys;
@@ -80,8 +81,8 @@ pub struct RedisStore {
     /// Events from every replica (this one included), fed by `_listener`.
     events: broadcast::Sender<StoreEvent>,
     _listener: events::Listener,
-    /// Task -> queue for tasks seen here, saving the `tb:index` lookup.
-    queues_of: cache::QueueCache,
+    /// The queues this replica knows, to find a task's queue from its id.
+    known: queues::KnownQueues,
 }
 
 impl RedisStore {
@@ -98,6 +99,7 @@ impl RedisStore {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
         let conn = bounded(client.get_connection_manager_with_config(config)).await?;
+        settings::check_layout(&conn).await?;
         settings::warn_if_unsafe(&conn).await;
         let first = bounded(events::subscribe(&client)).await?;
         let (tx, _) = broadcast::channel(EVENT_BUFFER);
@@ -108,55 +110,25 @@ impl RedisStore {
             server_time,
             events: tx,
             _listener: listener,
-            queues_of: cache::QueueCache::default(),
+            known: queues::KnownQueues::default(),
         })
     }
 
     /// A call of `script` on `queue`'s keys with the common arguments; the
     /// caller adds the script's own.
-    fn invocation<'a>(&self, script: &'a Script, keys: &QueueKeys, now: Millis) -> ScriptInvocation<'a> {
+    fn invocation<'a>(&self, script: &'a Script, queue: &str, now: Millis) -> ScriptInvocation<'a> {
         let mut inv = script.prepare_invoke();
-        for key in keys.all() {
+        for key in QueueKeys::new(queue).all() {
             inv.key(key);
         }
         let now = if self.server_time { String::new() } else { now.to_string() };
-        inv.arg(now).arg(keys::EVENTS);
+        inv.arg(now).arg(keys::EVENTS).arg(queue);
         inv
     }
 
     async fn run(&self, inv: &ScriptInvocation<'_>) -> Result<Value, StoreError> {
         let mut conn = self.conn.clone();
         bounded(inv.invoke_async(&mut conn)).await
-    }
-
-    /// The queue holding task `id`.
-    async fn queue_of(&self, id: TaskId) -> Result<String, StoreError> {
-        if let Some(queue) = self.queues_of.get(id) {
-            return Ok(queue);
-        }
-        let mut conn = self.conn.clone();
-        let queue: Option<String> = bounded(conn.hget(keys::INDEX, id.to_string())).await?;
-        let queue = queue.ok_or(StoreError::TaskNotFound(id))?;
-        self.queues_of.remember([(id, queue.as_str())]);
-        Ok(queue)
-    }
-
-    async fn queues(&self) -> Result<Vec<String>, StoreError> {
-        let mut conn = self.conn.clone();
-        bounded(conn.smembers(keys::QUEUES)).await
-    }
-
-    /// Drops index entries of tasks that do not exist (best effort: an entry
-    /// left behind only reads as "not found").
-    async fn forget(&self, ids: impl Iterator<Item = TaskId>) {
-        let ids: Vec<String> = ids.map(|id| id.to_string()).collect();
-        if ids.is_empty() {
-            return;
-        }
-        let mut conn = self.conn.clone();
-        if let Err(e) = bounded(conn.hdel::<_, _, ()>(keys::INDEX, ids)).await {
-            tracing::debug!(error = %e, "could not drop unused task index entries");
-        }
     }
 
     fn retention(&self, queue: &str) -> u64 {
@@ -190,7 +162,7 @@ impl Store for RedisStore {
     async fn nack(&self, id: TaskId, lease_id: u64, spec: NackSpec, now: Millis) -> Result<Task, StoreError> {
         let queue = self.queue_of(id).await?;
         let backoff = &self.policies.get(&queue).retry_backoff;
-        let mut inv = self.invocation(&scripts::NACK, &QueueKeys::new(&queue), now);
+        let mut inv = self.invocation(&scripts::NACK, &queue, now);
         inv.arg(id.to_string())
             .arg(lease_id)
             .arg(spec.error)
@@ -203,12 +175,12 @@ impl Store for RedisStore {
             .arg(format!("{:?}", backoff.jitter))
             .arg(format!("{:?}", spec.jitter_sample))
             .arg(self.retention(&queue));
-        settled_task(self.run(&inv).await?, id)
+        settled_task(self.run(&inv).await?, id, &queue)
     }
 
     async fn extend(&self, id: TaskId, lease_id: u64, by: Millis, now: Millis) -> Result<Millis, StoreError> {
         let queue = self.queue_of(id).await?;
-        let mut inv = self.invocation(&scripts::EXTEND, &QueueKeys::new(&queue), now);
+        let mut inv = self.invocation(&scripts::EXTEND, &queue, now);
         inv.arg(id.to_string()).arg(lease_id).arg(by);
         let rest = settled(self.run(&inv).await?, id)?;
         uint(rest.first().ok_or_else(|| unexpected("no deadline"))?)
@@ -216,17 +188,22 @@ impl Store for RedisStore {
 
     async fn cancel(&self, id: TaskId, now: Millis) -> Result<Task, StoreError> {
         let queue = self.queue_of(id).await?;
-        let mut inv = self.invocation(&scripts::CANCEL, &QueueKeys::new(&queue), now);
+        let mut inv = self.invocation(&scripts::CANCEL, &queue, now);
         inv.arg(id.to_string()).arg(self.retention(&queue));
-        settled_task(self.run(&inv).await?, id)
+        settled_task(self.run(&inv).await?, id, &queue)
     }
 
     async fn get(&self, id: TaskId) -> Result<Task, StoreError> {
         let queue = self.queue_of(id).await?;
+        let keys = QueueKeys::new(&queue);
+        let field = id.to_string();
+        let mut pipe = redis::pipe();
+        pipe.atomic().hget(keys.meta(), &field).hget(keys.body(), &field).hget(keys.results(), &field);
         let mut conn = self.conn.clone();
-        let raw: Option<Vec<u8>> = bounded(conn.hget(QueueKeys::new(&queue).tasks(), id.to_string())).await?;
-        let raw = raw.ok_or(StoreError::TaskNotFound(id))?;
-        record::decode(&raw).map_err(|e| StoreError::Unavailable(e.to_string()))
+        let (meta, body, result): (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>) =
+            bounded(pipe.query_async(&mut conn)).await?;
+        let (Some(meta), Some(body)) = (meta, body) else { return Err(StoreError::TaskNotFound(id)) };
+        record::decode(&queue, &meta, &body, &result.unwrap_or_default()).map_err(reply::corrupt)
     }
 
     async fn requeue_expired(&self, now: Millis) -> Result<Swept, StoreError> {
@@ -258,7 +235,7 @@ impl Store for RedisStore {
 
     async fn set_watched(&self, id: TaskId, watched: bool) -> Result<(), StoreError> {
         let queue = self.queue_of(id).await?;
-        let mut inv = self.invocation(&scripts::WATCH, &QueueKeys::new(&queue), 0);
+        let mut inv = self.invocation(&scripts::WATCH, &queue, 0);
         inv.arg(id.to_string()).arg(if watched { 1 } else { -1 });
         self.run(&inv).await.map(|_| ())
     }

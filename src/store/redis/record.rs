@@ -1,78 +1,82 @@
-//! The task record as stored in Redis: a MessagePack map with named fields
-//! that the Lua scripts read and change with Redis's built-in `cmsgpack`.
+//! The task record as stored in Redis, in two parts so the Lua scripts never
+//! decode more than they change:
+//! - the **body** ([`encode_body`]): what never changes after enqueue (id,
+//!   kind, payload, content type, headers), written here and only copied by
+//!   Lua;
+//! - the **meta** record: the fields the scripts read and change (state,
+//!   attempts, lease, times, ...), packed by Lua's `struct` library with the
+//!   layout `META` in `lua/lib.lua`, read here by [`decode`].
 //!
-//! The encoding is written by hand rather than derived, because it has to
-//! survive a round trip through `cmsgpack`, which (in Redis 7.0) cannot read
-//! MessagePack `bin` values, writes every Lua string back as `str`, writes an
-//! empty table as an array and drops `nil` fields. So:
-//! - bytes (payload, result) are written as `str` holding raw bytes, and any
-//!   `str` or `bin` is read back as bytes;
-//! - headers are a flat array `[k1, v1, k2, v2, ...]`;
-//! - there is no nil: no lease is `lease_id = 0` (lease ids start at 1);
-//! - numbers are integers below 2^53 (exact as Lua doubles); a float holding
-//!   an integer is accepted too;
-//! - fields are found by name, in any order, so Lua may reorder them.
+//! A SUCCEEDED task's result is a third value, kept apart (`results`).
 
 use std::collections::BTreeMap;
 
-use super::msgpack::{self, Value, Writer};
 use crate::core::task::{Lease, Task, TaskId, TaskState};
+
+/// First byte of every body: the body layout's version.
+const BODY_V1: u8 = 1;
 
 /// A stored record that cannot be read back.
 #[derive(Debug, PartialEq, thiserror::Error)]
 #[error("corrupt task record: {0}")]
-pub struct Corrupt(String);
+pub struct Corrupt(&'static str);
 
-/// The record of `task`.
-pub fn encode(t: &Task) -> Vec<u8> {
-    let mut w = Writer(Vec::with_capacity(t.payload.len() + t.result.len() + 256));
-    w.map_len(21);
-    w.field_str("id", &t.id.to_string());
-    w.field_str("queue", &t.queue);
-    w.field_str("kind", &t.kind);
-    w.field_bytes("payload", &t.payload);
-    w.field_str("content_type", &t.content_type);
-    w.field_uint("priority", u64::from(t.priority));
-    w.bytes(b"headers");
-    w.array_len(t.headers.len() * 2);
-    for (k, v) in &t.headers {
-        w.bytes(k.as_bytes());
-        w.bytes(v.as_bytes());
+/// The body of `t`: version, id (16 bytes), then kind, payload, content type
+/// and headers (a count, then key and value), each string a u32 length and
+/// its bytes; integers little-endian.
+pub fn encode_body(t: &Task) -> Vec<u8> {
+    let headers: usize = t.headers.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
+    let mut out =
+        Vec::with_capacity(1 + 16 + 16 + t.kind.len() + t.payload.len() + t.content_type.len() + headers);
+    out.push(BODY_V1);
+    out.extend_from_slice(&t.id.0.to_le_bytes());
+    for field in [t.kind.as_bytes(), &t.payload, t.content_type.as_bytes()] {
+        put(&mut out, field);
     }
-    w.field_str("state", state_name(t.state));
-    w.field_uint("attempt", u64::from(t.attempt));
-    w.field_uint("max_attempts", u64::from(t.max_attempts));
-    w.field_str("dedup_key", &t.dedup_key);
-    w.field_str("request_id", &t.request_id);
-    w.field_uint("create_time", t.create_time);
-    w.field_uint("update_time", t.update_time);
-    w.field_uint("scheduled_time", t.scheduled_time);
-    w.field_bytes("result", &t.result);
-    w.field_str("last_error", &t.last_error);
-    let (lease_id, expire, worker) = match &t.lease {
-        Some(l) => (l.id, l.expire_time, l.worker_id.as_str()),
-        None => (0, 0, ""),
-    };
-    w.field_uint("lease_id", lease_id);
-    w.field_uint("lease_expire", expire);
-    w.field_str("lease_worker", worker);
-    w.field_uint("ready_seq", t.ready_seq);
-    w.0
+    out.extend_from_slice(&(t.headers.len() as u32).to_le_bytes());
+    for (k, v) in &t.headers {
+        put(&mut out, k.as_bytes());
+        put(&mut out, v.as_bytes());
+    }
+    out
 }
 
-/// Reads a record written by [`encode`] or re-packed by a script.
-pub fn decode(bytes: &[u8]) -> Result<Task, Corrupt> {
-    let Value::Map(fields) = msgpack::read(bytes).map_err(|e| Corrupt(e.0))? else {
-        return Err(corrupt("not a map"));
-    };
-    let mut t = Task {
-        id: TaskId(0),
-        queue: String::new(),
-        kind: String::new(),
-        payload: Vec::new(),
-        content_type: String::new(),
+fn put(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// The task of `queue` whose parts are `meta`, `body` and `result`.
+pub fn decode(queue: &str, meta: &[u8], body: &[u8], result: &[u8]) -> Result<Task, Corrupt> {
+    let mut t = decode_body(queue, body)?;
+    apply_meta(&mut t, meta)?;
+    t.result = result.to_vec();
+    Ok(t)
+}
+
+/// The task of a body, its changing fields still to be set by [`apply_meta`].
+fn decode_body(queue: &str, body: &[u8]) -> Result<Task, Corrupt> {
+    let mut b = Reader(body);
+    if b.u8()? != BODY_V1 {
+        return Err(Corrupt("unknown body version"));
+    }
+    let id = TaskId(u128::from_le_bytes(b.take(16)?.try_into().map_err(|_| Corrupt("short id"))?));
+    let kind = b.text()?;
+    let payload = b.string()?.to_vec();
+    let content_type = b.text()?;
+    let mut headers = BTreeMap::new();
+    for _ in 0..b.u32()? {
+        let k = b.text()?;
+        headers.insert(k, b.text()?);
+    }
+    Ok(Task {
+        id,
+        queue: queue.to_owned(),
+        kind,
+        payload,
+        content_type,
         priority: 0,
-        headers: BTreeMap::new(),
+        headers,
         state: TaskState::Ready,
         attempt: 0,
         max_attempts: 0,
@@ -85,129 +89,116 @@ pub fn decode(bytes: &[u8]) -> Result<Task, Corrupt> {
         last_error: String::new(),
         lease: None,
         ready_seq: 0,
-    };
-    let (mut lease_id, mut lease_expire, mut lease_worker) = (0, 0, String::new());
-    let mut seen_id = false;
-    for (key, value) in fields {
-        let Value::Bytes(key) = key else { return Err(corrupt("a field name is not a string")) };
-        match key {
-            b"id" => {
-                t.id = text(value)?.parse().map_err(|_| corrupt("bad id"))?;
-                seen_id = true;
-            }
-            b"queue" => t.queue = text(value)?,
-            b"kind" => t.kind = text(value)?,
-            b"payload" => t.payload = bytes_of(value)?.to_vec(),
-            b"content_type" => t.content_type = text(value)?,
-            b"priority" => t.priority = small(value)?,
-            b"headers" => t.headers = headers(value)?,
-            b"state" => t.state = state_of(&text(value)?)?,
-            b"attempt" => t.attempt = small(value)?,
-            b"max_attempts" => t.max_attempts = small(value)?,
-            b"dedup_key" => t.dedup_key = text(value)?,
-            b"request_id" => t.request_id = text(value)?,
-            b"create_time" => t.create_time = uint(value)?,
-            b"update_time" => t.update_time = uint(value)?,
-            b"scheduled_time" => t.scheduled_time = uint(value)?,
-            b"result" => t.result = bytes_of(value)?.to_vec(),
-            b"last_error" => t.last_error = text(value)?,
-            b"lease_id" => lease_id = uint(value)?,
-            b"lease_expire" => lease_expire = uint(value)?,
-            b"lease_worker" => lease_worker = text(value)?,
-            b"ready_seq" => t.ready_seq = uint(value)?,
-            _ => {} // a field from a newer version: ignore
-        }
-    }
-    if !seen_id {
-        return Err(corrupt("no id"));
-    }
-    if lease_id != 0 {
-        t.lease = Some(Lease { id: lease_id, expire_time: lease_expire, worker_id: lease_worker });
-    }
-    Ok(t)
-}
-
-/// The state's name in records (and in the scripts).
-pub fn state_name(s: TaskState) -> &'static str {
-    match s {
-        TaskState::Scheduled => "SCHEDULED",
-        TaskState::Ready => "READY",
-        TaskState::Leased => "LEASED",
-        TaskState::Succeeded => "SUCCEEDED",
-        TaskState::Dead => "DEAD",
-        TaskState::Canceled => "CANCELED",
-    }
-}
-
-fn state_of(name: &str) -> Result<TaskState, Corrupt> {
-    Ok(match name {
-        "SCHEDULED" => TaskState::Scheduled,
-        "READY" => TaskState::Ready,
-        "LEASED" => TaskState::Leased,
-        "SUCCEEDED" => TaskState::Succeeded,
-        "DEAD" => TaskState::Dead,
-        "CANCELED" => TaskState::Canceled,
-        other => return Err(corrupt(&format!("unknown state {other:?}"))),
     })
 }
 
-fn corrupt(why: &str) -> Corrupt {
-    Corrupt(why.to_owned())
+/// Sets the changing fields of `t` from its meta record.
+pub fn apply_meta(t: &mut Task, meta: &[u8]) -> Result<(), Corrupt> {
+    let mut m = Reader(meta);
+    t.state = state_of(m.u8()?)?;
+    t.priority = m.u8()?;
+    t.attempt = m.u32()?;
+    t.max_attempts = m.u32()?;
+    let _payload_bytes = m.u32()?;
+    let [lease_id, lease_expire, create_time, update_time, scheduled_time, ready_seq] =
+        [m.f64()?, m.f64()?, m.f64()?, m.f64()?, m.f64()?, m.f64()?];
+    (t.create_time, t.update_time, t.scheduled_time, t.ready_seq) =
+        (create_time, update_time, scheduled_time, ready_seq);
+    let lease_worker = m.text()?;
+    t.last_error = m.text()?;
+    t.dedup_key = m.text()?;
+    t.request_id = m.text()?;
+    t.lease =
+        (lease_id != 0).then_some(Lease { id: lease_id, expire_time: lease_expire, worker_id: lease_worker });
+    Ok(())
 }
 
-fn bytes_of(v: Value<'_>) -> Result<&[u8], Corrupt> {
-    match v {
-        Value::Bytes(b) => Ok(b),
-        // An empty Lua string never becomes nil, but be lenient.
-        Value::Nil => Ok(&[]),
-        _ => Err(corrupt("expected a string")),
-    }
+fn state_of(code: u8) -> Result<TaskState, Corrupt> {
+    Ok(match code {
+        1 => TaskState::Scheduled,
+        2 => TaskState::Ready,
+        3 => TaskState::Leased,
+        4 => TaskState::Succeeded,
+        5 => TaskState::Dead,
+        6 => TaskState::Canceled,
+        _ => return Err(Corrupt("unknown state")),
+    })
 }
 
-fn text(v: Value<'_>) -> Result<String, Corrupt> {
-    String::from_utf8(bytes_of(v)?.to_vec()).map_err(|_| corrupt("a text field is not UTF-8"))
-}
+/// Reads fields off the front of a record.
+struct Reader<'a>(&'a [u8]);
 
-fn uint(v: Value<'_>) -> Result<u64, Corrupt> {
-    match v {
-        Value::Uint(n) => Ok(n),
-        Value::Int(n) if n >= 0 => Ok(n as u64),
-        Value::Float(f) if f >= 0.0 && f.fract() == 0.0 && f < 18_446_744_073_709_551_616.0 => Ok(f as u64),
-        Value::Bool | Value::Nil => Err(corrupt("expected a number")),
-        _ => Err(corrupt("expected a non-negative integer")),
-    }
-}
-
-fn small<T: TryFrom<u64>>(v: Value<'_>) -> Result<T, Corrupt> {
-    T::try_from(uint(v)?).map_err(|_| corrupt("number out of range"))
-}
-
-fn headers(v: Value<'_>) -> Result<BTreeMap<String, String>, Corrupt> {
-    let mut out = BTreeMap::new();
-    match v {
-        Value::Array(items) => {
-            if items.len() % 2 != 0 {
-                return Err(corrupt("odd headers array"));
-            }
-            let mut it = items.into_iter();
-            while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                out.insert(text(k)?, text(v)?);
-            }
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Corrupt> {
+        if self.0.len() < n {
+            return Err(Corrupt("truncated"));
         }
-        Value::Map(pairs) => {
-            for (k, v) in pairs {
-                out.insert(text(k)?, text(v)?);
-            }
-        }
-        Value::Nil => {}
-        _ => return Err(corrupt("headers are not an array")),
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
     }
-    Ok(out)
+
+    fn u8(&mut self) -> Result<u8, Corrupt> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, Corrupt> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().map_err(|_| Corrupt("truncated"))?))
+    }
+
+    /// An integer Lua stored as a double (exact below 2^53).
+    fn f64(&mut self) -> Result<u64, Corrupt> {
+        let f = f64::from_le_bytes(self.take(8)?.try_into().map_err(|_| Corrupt("truncated"))?);
+        if !(0.0..9_007_199_254_740_992.0).contains(&f) || f.fract() != 0.0 {
+            return Err(Corrupt("a number that is not a non-negative integer"));
+        }
+        Ok(f as u64)
+    }
+
+    fn string(&mut self) -> Result<&'a [u8], Corrupt> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+
+    fn text(&mut self) -> Result<String, Corrupt> {
+        String::from_utf8(self.string()?.to_vec()).map_err(|_| Corrupt("a text field is not UTF-8"))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The state's number in meta records (`lua/lib.lua`).
+    fn state_code(s: TaskState) -> u8 {
+        match s {
+            TaskState::Scheduled => 1,
+            TaskState::Ready => 2,
+            TaskState::Leased => 3,
+            TaskState::Succeeded => 4,
+            TaskState::Dead => 5,
+            TaskState::Canceled => 6,
+        }
+    }
+
+    /// What `encode(t)` in `lua/lib.lua` packs, for the tests.
+    fn encode_meta(t: &Task) -> Vec<u8> {
+        let mut out = vec![state_code(t.state), t.priority];
+        for n in [t.attempt, t.max_attempts, t.payload.len() as u32] {
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        let (lease_id, expire, worker) = match &t.lease {
+            Some(l) => (l.id, l.expire_time, l.worker_id.as_str()),
+            None => (0, 0, ""),
+        };
+        for n in [lease_id, expire, t.create_time, t.update_time, t.scheduled_time, t.ready_seq] {
+            out.extend_from_slice(&(n as f64).to_le_bytes());
+        }
+        for s in [worker, &t.last_error, &t.dedup_key, &t.request_id] {
+            put(&mut out, s.as_bytes());
+        }
+        out
+    }
 
     fn sample() -> Task {
         Task {
@@ -240,36 +231,26 @@ mod tests {
     #[test]
     fn records_round_trip() {
         let t = sample();
-        assert_eq!(decode(&encode(&t)).unwrap(), t);
+        assert_eq!(decode("emails", &encode_meta(&t), &encode_body(&t), &t.result).unwrap(), t);
         let bare = Task { headers: BTreeMap::new(), lease: None, payload: vec![], result: vec![], ..t };
-        assert_eq!(decode(&encode(&bare)).unwrap(), bare);
-    }
-
-    #[test]
-    fn reads_what_cmsgpack_writes() {
-        // Fields in another order, an empty headers table as an empty array,
-        // a float timestamp and a negative-fixint-free integer mix.
-        let mut w = Writer(Vec::new());
-        w.map_len(4);
-        w.field_uint("ready_seq", 3);
-        w.bytes(b"headers");
-        w.array_len(0);
-        w.bytes(b"create_time");
-        w.0.push(0xcb);
-        w.0.extend_from_slice(&1_767_225_600_000f64.to_bits().to_be_bytes());
-        w.field_str("id", "01KDZ8Q4G0000000000000000Z");
-        let t = decode(&w.0).unwrap();
-        assert_eq!((t.ready_seq, t.create_time, t.headers.len()), (3, 1_767_225_600_000, 0));
-        assert!(t.lease.is_none());
+        assert_eq!(decode("emails", &encode_meta(&bare), &encode_body(&bare), &[]).unwrap(), bare);
     }
 
     #[test]
     fn garbage_is_corrupt_not_a_panic() {
-        let raw = encode(&sample());
-        for cut in [0, 1, 10, raw.len() / 2, raw.len() - 1] {
-            assert!(decode(&raw[..cut]).is_err());
+        let t = sample();
+        let (meta, body) = (encode_meta(&t), encode_body(&t));
+        for cut in [0, 1, 10, body.len() / 2, body.len() - 1] {
+            assert!(decode("q", &meta, &body[..cut], &[]).is_err());
         }
-        assert!(decode(&[0xc1]).is_err());
-        assert!(decode(&[0x80]).is_err(), "no id");
+        for cut in [0, 1, 10, meta.len() / 2, meta.len() - 1] {
+            assert!(decode("q", &meta[..cut], &body, &[]).is_err());
+        }
+        let mut bad_state = meta.clone();
+        bad_state[0] = 9;
+        assert!(decode("q", &bad_state, &body, &[]).is_err());
+        let mut bad_version = body.clone();
+        bad_version[0] = 0;
+        assert!(decode("q", &meta, &bad_version, &[]).is_err());
     }
 }

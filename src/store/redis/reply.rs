@@ -69,8 +69,15 @@ pub fn task_id(v: &Value) -> Result<TaskId, StoreError> {
     text(v)?.parse().map_err(|_| unexpected("a malformed task id"))
 }
 
-pub fn task(v: &Value) -> Result<Task, StoreError> {
-    record::decode(bytes(v)?).map_err(|e| StoreError::Unavailable(e.to_string()))
+/// A stored record that cannot be read is reported as a storage failure.
+pub fn corrupt(e: record::Corrupt) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// The task of `queue` from a record's three reply items (`lua/lib.lua`).
+pub fn task(queue: &str, items: &[Value]) -> Result<Task, StoreError> {
+    let [meta, body, result] = items else { return Err(unexpected("a record that is not three strings")) };
+    record::decode(queue, bytes(meta)?, bytes(body)?, bytes(result)?).map_err(corrupt)
 }
 
 /// The reply of a settling script (`{'ok', ...}` or `{reason}`), with its
@@ -92,7 +99,6 @@ pub fn settled(v: Value, id: TaskId) -> Result<Vec<Value>, StoreError> {
 }
 
 /// The record right after the status of a settling script's reply.
-pub fn settled_task(v: Value, id: TaskId) -> Result<Task, StoreError> {
-    let rest = settled(v, id)?;
-    task(rest.first().ok_or_else(|| unexpected("no record"))?)
+pub fn settled_task(v: Value, id: TaskId, queue: &str) -> Result<Task, StoreError> {
+    task(queue, &settled(v, id)?)
 }

@@ -2,7 +2,28 @@
 
 use redis::aio::ConnectionManager;
 
+use super::keys::{LAYOUT, LAYOUT_VERSION};
 use super::reply::bounded;
+use crate::store::StoreError;
+
+/// Refuses a Redis whose tasks were written in another key layout (by another
+/// version of taskbroker), and marks an empty one with this layout.
+pub async fn check_layout(conn: &ConnectionManager) -> Result<(), StoreError> {
+    let mut conn = conn.clone();
+    // The global index of layout 1, which had no `tb:layout` key.
+    let legacy: bool = bounded(redis::cmd("EXISTS").arg("tb:index").query_async(&mut conn)).await?;
+    let _: () =
+        bounded(redis::cmd("SET").arg(LAYOUT).arg(LAYOUT_VERSION).arg("NX").query_async(&mut conn)).await?;
+    let layout: Option<String> = bounded(redis::cmd("GET").arg(LAYOUT).query_async(&mut conn)).await?;
+    match layout.as_deref() {
+        Some(LAYOUT_VERSION) if !legacy => Ok(()),
+        found => Err(StoreError::Unavailable(format!(
+            "this Redis holds tasks in another key layout ({LAYOUT} = {}, expected {LAYOUT_VERSION}); drain it \
+             with the taskbroker version that wrote it, or use an empty Redis database",
+            if legacy { "1" } else { found.unwrap_or("none") }
+        ))),
+    }
+}
 
 /// Warns when Redis may lose tasks: eviction allowed, or no persistence.
 pub async fn warn_if_unsafe(conn: &ConnectionManager) {

@@ -52,16 +52,10 @@ impl RedisStore {
         Ok(swept)
     }
 
-    /// `purge_finished`: finished tasks past retention removed, then their
-    /// index entries.
+    /// `purge_finished`: finished tasks past retention removed.
     pub(super) async fn purge(&self, now: Millis) -> Result<Swept, StoreError> {
         let purge = Sweep { script: &scripts::PURGE, per_task: 1 };
-        let mut count = 0;
-        for (_, items) in self.sweep(purge, now, |_| Vec::new()).await? {
-            count += items.len();
-            let ids = items.iter().map(task_id).collect::<Result<Vec<_>, _>>()?;
-            self.forget(ids.into_iter()).await;
-        }
+        let count = self.sweep(purge, now, |_| Vec::new()).await?.iter().map(|(_, items)| items.len()).sum();
         Ok(Swept { count, ..Swept::default() })
     }
 
@@ -108,10 +102,9 @@ impl RedisStore {
         now: Millis,
         args: &[u64],
     ) -> Result<Vec<Value>, StoreError> {
-        let keys = QueueKeys::new(queue);
         let mut all = Vec::new();
         loop {
-            let mut inv = self.invocation(sweep.script, &keys, now);
+            let mut inv = self.invocation(sweep.script, queue, now);
             for a in args {
                 inv.arg(*a);
             }

@@ -1,32 +1,32 @@
 -- cancel: cancels a SCHEDULED, READY or LEASED task; a LEASED one keeps its
 -- lease id, so its holder's next settling call learns it was canceled.
--- KEYS: the queue's keys (lib.lua); writes tasks and the index of its state, finished.
--- ARGV[3]: task id
--- ARGV[4]: the queue's retention of finished tasks (ms)
--- Returns: {'ok', record} (also for a task already CANCELED) | {'not_found'}
+-- KEYS: the queue's keys (lib.lua); writes meta and the index of its state, finished.
+-- ARGV[4]: task id
+-- ARGV[5]: the queue's retention of finished tasks (ms)
+-- Returns: {'ok', meta, body, result} (also for a task already CANCELED) | {'not_found'}
 --          | {'finished'} (SUCCEEDED or DEAD)
 -- Publishes: `lost <id> <lease id> 1` when the task was LEASED; `changed <id>`
 --            if the task is watched.
 
 local now = clock()
-local t = load(ARGV[3])
+local t, raw = load_raw(ARGV[4])
 if not t then
   return {'not_found'}
 end
-if t.state == 'CANCELED' then
-  return {'ok', cmsgpack.pack(t)}
+if t.state == CANCELED then
+  return {'ok', record(t, raw)}
 end
 if is_final(t.state) then
   return {'finished'}
 end
 
-local was_leased = t.state == 'LEASED'
+local was_leased = t.state == LEASED
 unindex(t)
 t.update_time = now
-make_final(t, 'CANCELED', tonumber(ARGV[4]))
-local raw = save(t)
+make_final(t, CANCELED, tonumber(ARGV[5]))
+raw = save(t)
 publish_changed(t.id, any_watched())
 if was_leased then
   publish_lost(t.id, t.lease_id, true)
 end
-return {'ok', raw}
+return {'ok', record(t, raw)}

@@ -1,28 +1,35 @@
 -- lib.lua: helpers shared by every script; scripts.rs puts this file in
 -- front of each script, so these locals are in scope there.
 --
--- Every script receives the keys of ONE queue, always all ten, in this order
--- (built by keys.rs):
---   KEYS[1] tasks      HASH  task id -> MessagePack record (see record.rs)
---   KEYS[2] ready      ZSET  READY tasks by (9 - priority) * 2^44 + ready_seq
---   KEYS[3] leased     ZSET  LEASED tasks by lease deadline (ms)
---   KEYS[4] scheduled  ZSET  SCHEDULED tasks by due time (ms)
---   KEYS[5] finished   ZSET  SUCCEEDED/DEAD/CANCELED tasks by purge time (ms)
---   KEYS[6] seq        counter: ready_seq of the next task to become READY
---   KEYS[7] lease      counter: the next lease id (a fencing token, never reused)
---   KEYS[8] dedup      HASH  dedup_key -> task id
---   KEYS[9] requests   HASH  request_id -> task id
---   KEYS[10] watched   HASH  task id -> number of WatchTask calls on it
--- and two common arguments:
+-- Every script receives the keys of ONE queue, always all twelve, in this
+-- order (built by keys.rs):
+--   KEYS[1] meta       HASH  task id -> the task's changing fields, packed (META)
+--   KEYS[2] body       HASH  task id -> the task's fixed fields (written by
+--                            record.rs, never read by Lua: kind, payload, ...)
+--   KEYS[3] results    HASH  task id -> result bytes of a SUCCEEDED task
+--   KEYS[4] ready      ZSET  READY tasks by (9 - priority) * 2^44 + ready_seq
+--   KEYS[5] leased     ZSET  LEASED tasks by lease deadline (ms)
+--   KEYS[6] scheduled  ZSET  SCHEDULED tasks by due time (ms)
+--   KEYS[7] finished   ZSET  SUCCEEDED/DEAD/CANCELED tasks by purge time (ms)
+--   KEYS[8] seq        counter: ready_seq of the last task made READY
+--   KEYS[9] lease      counter: the last lease id (a fencing token, never reused)
+--   KEYS[10] dedup     HASH  dedup_key -> task id
+--   KEYS[11] requests  HASH  request_id -> task id
+--   KEYS[12] watched   HASH  task id -> number of WatchTask calls on it
+-- and three common arguments:
 --   ARGV[1] now in ms since the Unix epoch, or '' to use Redis's clock (TIME)
 --   ARGV[2] the pub/sub channel for events ("ready <queue>",
 --           "lost <task id> <lease id> <1 if canceled, else 0>",
 --           "changed <task id>" for a watched task)
--- Each script's own arguments start at ARGV[3].
+--   ARGV[3] the queue's name
+-- Each script's own arguments start at ARGV[4].
 --
 -- A task is in exactly one of ready/leased/scheduled/finished: the one of its
 -- state. Scripts check everything they need before their first write, so a
 -- refused call leaves nothing half done.
+--
+-- A task record as scripts return it is three strings: meta, body, result
+-- (result '' unless SUCCEEDED; ack leaves it '' as the caller has it).
 --
 -- Out of memory (maxmemory, noeviction): Redis refuses a script's first write
 -- if that command may grow memory (HSET, ZADD, INCR, ...) and then lets the
@@ -31,9 +38,19 @@
 -- and runs anyway: workers can still lease, extend and settle, draining a
 -- full Redis instead of stalling on it.
 
-local K_TASKS, K_READY, K_LEASED, K_SCHEDULED, K_FINISHED = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local K_SEQ, K_LEASE, K_DEDUP, K_REQUESTS, K_WATCHED = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
-local CHANNEL = ARGV[2]
+local K_META, K_BODY, K_RESULTS = KEYS[1], KEYS[2], KEYS[3]
+local K_READY, K_LEASED, K_SCHEDULED, K_FINISHED = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local K_SEQ, K_LEASE, K_DEDUP, K_REQUESTS, K_WATCHED = KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local CHANNEL, QUEUE = ARGV[2], ARGV[3]
+
+-- The meta record (record.rs reads and writes the same layout): little-endian
+-- state, priority (u8); attempt, max_attempts, payload bytes (u32);
+-- lease_id, lease_expire, create_time, update_time, scheduled_time, ready_seq
+-- (f64: exact integers below 2^53); then four strings, each a u32 length and
+-- its bytes: lease worker, last error, dedup key, request id.
+local META = '<BBI4I4I4ddddddI4c0I4c0I4c0I4c0'
+
+local SCHEDULED, READY, LEASED, SUCCEEDED, DEAD, CANCELED = 1, 2, 3, 4, 5, 6
 
 -- Exact decimal digits: Lua 5.1 turns numbers into strings with %.14g, which
 -- would round ready scores (up to 2^48) and future timestamps.
@@ -49,23 +66,52 @@ local function clock()
   return tonumber(ARGV[1])
 end
 
-local function load(id)
-  local raw = redis.call('HGET', K_TASKS, id)
+-- The task table of a meta record.
+local function decode(id, raw)
+  local t = {id = id}
+  t.state, t.priority, t.attempt, t.max_attempts, t.size, t.lease_id, t.lease_expire, t.create_time,
+    t.update_time, t.scheduled_time, t.ready_seq, t.lease_worker, t.last_error, t.dedup_key, t.request_id =
+    struct.unpack(META, raw)
+  return t
+end
+
+local function encode(t)
+  return struct.pack(META, t.state, t.priority, t.attempt, t.max_attempts, t.size, t.lease_id, t.lease_expire,
+    t.create_time, t.update_time, t.scheduled_time, t.ready_seq, #t.lease_worker, t.lease_worker,
+    #t.last_error, t.last_error, #t.dedup_key, t.dedup_key, #t.request_id, t.request_id)
+end
+
+-- The task `id` and its meta record, or nil.
+local function load_raw(id)
+  local raw = redis.call('HGET', K_META, id)
   if not raw then
     return nil
   end
-  return cmsgpack.unpack(raw)
+  return decode(id, raw), raw
 end
 
--- Stores the record and returns its encoding.
+local function load(id)
+  return (load_raw(id))
+end
+
+-- Stores the task's meta record and returns it.
 local function save(t)
-  local raw = cmsgpack.pack(t)
-  redis.call('HSET', K_TASKS, t.id, raw)
+  local raw = encode(t)
+  redis.call('HSET', K_META, t.id, raw)
   return raw
 end
 
+-- The whole record of `t` (saved as `raw`) as scripts return it.
+local function record(t, raw)
+  local result = ''
+  if t.state == SUCCEEDED then
+    result = redis.call('HGET', K_RESULTS, t.id) or ''
+  end
+  return raw, redis.call('HGET', K_BODY, t.id) or '', result
+end
+
 local function is_final(state)
-  return state == 'SUCCEEDED' or state == 'DEAD' or state == 'CANCELED'
+  return state >= SUCCEEDED
 end
 
 -- core::lease::check: nil when lease_id is the live lease at `now`, else the
@@ -74,10 +120,10 @@ local function lease_error(t, lease_id, now)
   if t.lease_id == 0 or t.lease_id ~= lease_id then
     return 'mismatch'
   end
-  if t.state == 'CANCELED' then
+  if t.state == CANCELED then
     return 'canceled'
   end
-  if t.state == 'LEASED' and t.lease_expire > now then
+  if t.state == LEASED and t.lease_expire > now then
     return nil
   end
   return 'mismatch'
@@ -105,27 +151,30 @@ end
 
 -- Takes the task out of the index of its current state.
 local function unindex(t)
-  if t.state == 'READY' then
+  if t.state == READY then
     redis.call('ZREM', K_READY, t.id)
-  elseif t.state == 'LEASED' then
+  elseif t.state == LEASED then
     redis.call('ZREM', K_LEASED, t.id)
-  elseif t.state == 'SCHEDULED' then
+  elseif t.state == SCHEDULED then
     redis.call('ZREM', K_SCHEDULED, t.id)
   else
     redis.call('ZREM', K_FINISHED, t.id)
   end
 end
 
+local function ready_score(t)
+  return fmt((9 - math.min(t.priority, 9)) * 17592186044416 + t.ready_seq)
+end
+
 -- READY at the back of its priority level.
 local function make_ready(t)
-  t.state = 'READY'
+  t.state = READY
   t.ready_seq = redis.call('INCR', K_SEQ)
-  local score = (9 - math.min(t.priority, 9)) * 17592186044416 + t.ready_seq
-  redis.call('ZADD', K_READY, fmt(score), t.id)
+  redis.call('ZADD', K_READY, ready_score(t), t.id)
 end
 
 local function make_scheduled(t, due)
-  t.state = 'SCHEDULED'
+  t.state = SCHEDULED
   t.scheduled_time = due
   redis.call('ZADD', K_SCHEDULED, fmt(due), t.id)
 end
@@ -136,8 +185,8 @@ local function make_final(t, state, retention)
   redis.call('ZADD', K_FINISHED, fmt(t.update_time + retention), t.id)
 end
 
-local function publish_ready(queue)
-  redis.call('PUBLISH', CHANNEL, 'ready ' .. queue)
+local function publish_ready()
+  redis.call('PUBLISH', CHANNEL, 'ready ' .. QUEUE)
 end
 
 local function publish_lost(id, lease_id, canceled)
@@ -162,4 +211,26 @@ local function due(key, now, limit)
   return redis.call('ZRANGEBYSCORE', key, '-inf', fmt(now), 'LIMIT', 0, limit)
 end
 
-------------------------------------------------------------------------------
+-- Runs `cmd key a1 a2 ...` over `args` in slices, since Lua's unpack is
+-- bounded by the C stack (LUAI_MAXCSTACK, 8000).
+local function variadic(cmd, key, args)
+  local n = #args
+  for i = 1, n, 4000 do
+    redis.call(cmd, key, unpack(args, i, math.min(i + 3999, n)))
+  end
+end
+
+-- HMGET of many fields, in slices like `variadic`.
+local function hmget(key, fields)
+  local n = #fields
+  if n <= 4000 then
+    return redis.call('HMGET', key, unpack(fields))
+  end
+  local out = {}
+  for i = 1, n, 4000 do
+    for _, v in ipairs(redis.call('HMGET', key, unpack(fields, i, math.min(i + 3999, n)))) do
+      out[#out + 1] = v
+    end
+  end
+  return out
+end

@@ -1,19 +1,19 @@
 -- nack: retries (READY or SCHEDULED) or kills (DEAD) a leased task.
--- KEYS: the queue's keys (lib.lua); writes tasks, leased, ready, scheduled, finished, seq.
--- ARGV[3]: task id
--- ARGV[4]: lease id presented by the worker
--- ARGV[5]: error text
--- ARGV[6]: '1' to go straight to DEAD, else '0'
--- ARGV[7]: retry delay (ms) instead of the backoff, or '' for the backoff
--- ARGV[8..11]: the queue's backoff: initial (ms), max (ms), multiplier, jitter
--- ARGV[12]: a random number in [0, 1) for the jitter
--- ARGV[13]: the queue's retention of finished tasks (ms)
--- Returns: {'ok', record} | {'not_found'} | {'mismatch'} | {'canceled'}
+-- KEYS: the queue's keys (lib.lua); writes meta, leased, ready, scheduled, finished, seq.
+-- ARGV[4]: task id
+-- ARGV[5]: lease id presented by the worker
+-- ARGV[6]: error text
+-- ARGV[7]: '1' to go straight to DEAD, else '0'
+-- ARGV[8]: retry delay (ms) instead of the backoff, or '' for the backoff
+-- ARGV[9..12]: the queue's backoff: initial (ms), max (ms), multiplier, jitter
+-- ARGV[13]: a random number in [0, 1) for the jitter
+-- ARGV[14]: the queue's retention of finished tasks (ms)
+-- Returns: {'ok', meta, body, result} | {'not_found'} | {'mismatch'} | {'canceled'}
 -- Publishes: `ready <queue>` if the task is READY again at once; `changed <id>`
 --            if the task is watched.
 
 local now = clock()
-local t, err = load_held(ARGV[3], tonumber(ARGV[4]), now)
+local t, err = load_held(ARGV[4], tonumber(ARGV[5]), now)
 if not t then
   return {err}
 end
@@ -36,9 +36,9 @@ end
 
 -- core::retry::Backoff::delay, step by step in doubles.
 local function backoff(attempt)
-  local initial, max = tonumber(ARGV[8]), tonumber(ARGV[9])
-  local multiplier, jitter = tonumber(ARGV[10]), tonumber(ARGV[11])
-  local sample = math.min(math.max(tonumber(ARGV[12]), 0), 1)
+  local initial, max = tonumber(ARGV[9]), tonumber(ARGV[10])
+  local multiplier, jitter = tonumber(ARGV[11]), tonumber(ARGV[12])
+  local sample = math.min(math.max(tonumber(ARGV[13]), 0), 1)
   local exponent = math.min(math.max(attempt - 1, 0), 64)
   local base = initial * powi(multiplier, exponent)
   local factor = 1 + jitter * (2 * sample - 1)
@@ -47,26 +47,26 @@ local function backoff(attempt)
 end
 
 local retry_in = nil
-if ARGV[6] ~= '1' and t.attempt < t.max_attempts then
-  if ARGV[7] ~= '' then
-    retry_in = tonumber(ARGV[7])
+if ARGV[7] ~= '1' and t.attempt < t.max_attempts then
+  if ARGV[8] ~= '' then
+    retry_in = tonumber(ARGV[8])
   else
     retry_in = backoff(t.attempt)
   end
 end
 
 unindex(t)
-t.last_error = ARGV[5]
+t.last_error = ARGV[6]
 clear_lease(t)
 t.update_time = now
 if retry_in == nil then
-  make_final(t, 'DEAD', tonumber(ARGV[13]))
+  make_final(t, DEAD, tonumber(ARGV[14]))
 elseif retry_in == 0 then
   make_ready(t)
-  publish_ready(t.queue)
+  publish_ready()
 else
   make_scheduled(t, now + retry_in)
 end
 local raw = save(t)
 publish_changed(t.id, any_watched())
-return {'ok', raw}
+return {'ok', record(t, raw)}

@@ -1,15 +1,15 @@
 -- promote: makes SCHEDULED tasks due at `now` READY.
--- KEYS: the queue's keys (lib.lua); writes tasks, scheduled, ready, seq.
--- ARGV[3]: at most this many tasks per call
+-- KEYS: the queue's keys (lib.lua); writes meta, scheduled, ready, seq.
+-- ARGV[4]: at most this many tasks per call
 -- Returns: {id...}: the promoted tasks.
 -- Publishes: `ready <queue>` once if any task was promoted; `changed <id>` per
 --            watched task.
 
 local now = clock()
 local out = {}
-local queue = nil
+local any_ready = false
 local watching = any_watched()
-for _, id in ipairs(due(K_SCHEDULED, now, tonumber(ARGV[3]))) do
+for _, id in ipairs(due(K_SCHEDULED, now, tonumber(ARGV[4]))) do
   local t = load(id)
   redis.call('ZREM', K_SCHEDULED, id)
   if t then
@@ -17,11 +17,11 @@ for _, id in ipairs(due(K_SCHEDULED, now, tonumber(ARGV[3]))) do
     make_ready(t)
     save(t)
     publish_changed(id, watching)
-    queue = t.queue
+    any_ready = true
     out[#out + 1] = id
   end
 end
-if queue then
-  publish_ready(queue)
+if any_ready then
+  publish_ready()
 end
 return out

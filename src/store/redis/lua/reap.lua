@@ -1,20 +1,20 @@
 -- reap: returns tasks whose lease ran out (deadline <= now) to READY, or to
 -- DEAD when that was their last attempt. Safe to run from several replicas at
 -- once: a task is reaped by exactly one call.
--- KEYS: the queue's keys (lib.lua); writes tasks, leased, ready, finished, seq.
--- ARGV[3]: the queue's retention of finished tasks (ms)
--- ARGV[4]: at most this many tasks per call
+-- KEYS: the queue's keys (lib.lua); writes meta, leased, ready, finished, seq.
+-- ARGV[4]: the queue's retention of finished tasks (ms)
+-- ARGV[5]: at most this many tasks per call
 -- Returns: {id_1, lease_id_1, ready_1, id_2, ...}: each reaped task, the lease
 --          that ran out and 1 if the task is READY again (0: DEAD).
 -- Publishes: `lost <id> <lease id> 0` per task; `ready <queue>` once if any
 --            task became READY; `changed <id>` per watched task.
 
 local now = clock()
-local retention = tonumber(ARGV[3])
+local retention = tonumber(ARGV[4])
 local out = {}
-local queue = nil
+local any_ready = false
 local watching = any_watched()
-for _, id in ipairs(due(K_LEASED, now, tonumber(ARGV[4]))) do
+for _, id in ipairs(due(K_LEASED, now, tonumber(ARGV[5]))) do
   local t = load(id)
   redis.call('ZREM', K_LEASED, id)
   if t then
@@ -24,11 +24,11 @@ for _, id in ipairs(due(K_LEASED, now, tonumber(ARGV[4]))) do
     local again = 0
     if t.attempt < t.max_attempts then
       make_ready(t)
-      queue = t.queue
+      any_ready = true
       again = 1
     else
       t.last_error = string.format('lease expired on the last attempt (%d of %d)', t.attempt, t.max_attempts)
-      make_final(t, 'DEAD', retention)
+      make_final(t, DEAD, retention)
     end
     save(t)
     publish_lost(id, lease_id, false)
@@ -38,7 +38,7 @@ for _, id in ipairs(due(K_LEASED, now, tonumber(ARGV[4]))) do
     out[#out + 1] = again
   end
 end
-if queue then
-  publish_ready(queue)
+if any_ready then
+  publish_ready()
 end
 return out

@@ -1,0 +1,140 @@
+//! Which queue a task is in, read from its id, so the calls that only carry a
+//! task id (Ack, Nack, Extend, Cancel, GetTask) find the queue's keys without
+//! a global index that every enqueue would have to write.
+//!
+//! The Redis store makes task ids whose low 32 bits (part of the ULID's random
+//! part; 48 random bits remain per millisecond) are a tag of the queue's name
+//! ([`tag`], FNV-1a). Every queue is registered in `tb:queues` before its
+//! first task is created; a replica resolves a tag against the queues it
+//! knows and re-reads `tb:queues` when it knows none with that tag. Two
+//! queues with the same tag are possible and handled (each is tried).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::RwLock;
+
+use redis::AsyncCommands;
+
+use super::keys::{self, QueueKeys};
+use super::reply::bounded;
+use super::RedisStore;
+use crate::core::task::TaskId;
+use crate::core::Millis;
+use crate::store::StoreError;
+
+/// The tag of `queue` carried by its task ids.
+pub fn tag(queue: &str) -> u32 {
+    queue.bytes().fold(0x811c_9dc5, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+}
+
+/// A new task id for `queue`, created at `now`.
+pub fn new_id(now: Millis, queue: &str) -> TaskId {
+    TaskId((TaskId::generate(now).0 & !u128::from(u32::MAX)) | u128::from(tag(queue)))
+}
+
+fn tag_of(id: TaskId) -> u32 {
+    id.0 as u32
+}
+
+/// The queues this replica knows, by tag.
+#[derive(Default)]
+pub struct KnownQueues(RwLock<Known>);
+
+#[derive(Default)]
+struct Known {
+    by_tag: HashMap<u32, Vec<String>>,
+    /// Queues known to be in `tb:queues`.
+    registered: HashSet<String>,
+}
+
+impl KnownQueues {
+    fn candidates(&self, id: TaskId) -> Vec<String> {
+        let known = self.0.read().unwrap_or_else(|e| e.into_inner());
+        known.by_tag.get(&tag_of(id)).cloned().unwrap_or_default()
+    }
+
+    fn is_registered(&self, queue: &str) -> bool {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).registered.contains(queue)
+    }
+
+    fn learn(&self, queues: impl IntoIterator<Item = String>) {
+        let mut known = self.0.write().unwrap_or_else(|e| e.into_inner());
+        for q in queues {
+            if known.registered.insert(q.clone()) {
+                known.by_tag.entry(tag(&q)).or_default().push(q);
+            }
+        }
+    }
+}
+
+impl RedisStore {
+    /// Adds `queue` to `tb:queues` (once per queue and replica); called before
+    /// the queue's first task is created.
+    pub(super) async fn register(&self, queue: &str) -> Result<(), StoreError> {
+        if self.known.is_registered(queue) {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        bounded(conn.sadd::<_, _, ()>(keys::QUEUES, queue)).await?;
+        self.known.learn([queue.to_owned()]);
+        Ok(())
+    }
+
+    /// Every queue in `tb:queues`.
+    pub(super) async fn queues(&self) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        let queues: Vec<String> = bounded(conn.smembers(keys::QUEUES)).await?;
+        self.known.learn(queues.iter().cloned());
+        Ok(queues)
+    }
+
+    /// The queues task `id` may be in: those with its tag, re-reading
+    /// `tb:queues` when none is known here.
+    async fn candidates(&self, id: TaskId) -> Result<Vec<String>, StoreError> {
+        let known = self.known.candidates(id);
+        if !known.is_empty() {
+            return Ok(known);
+        }
+        self.queues().await?;
+        Ok(self.known.candidates(id))
+    }
+
+    /// The queue holding task `id`: when several queues share its tag, the
+    /// one whose records have it.
+    pub(super) async fn queue_of(&self, id: TaskId) -> Result<String, StoreError> {
+        let mut candidates = self.candidates(id).await?;
+        if candidates.len() > 1 {
+            let mut conn = self.conn.clone();
+            for queue in &candidates {
+                if bounded(conn.hexists(QueueKeys::new(queue).meta(), id.to_string())).await? {
+                    return Ok(queue.clone());
+                }
+            }
+        }
+        candidates.pop().ok_or(StoreError::TaskNotFound(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_carry_their_queue_tag_and_stay_ordered_ulids() {
+        let a = new_id(1_000, "emails");
+        let b = new_id(2_000, "emails");
+        assert_eq!(tag_of(a), tag("emails"));
+        assert_ne!(tag("emails"), tag("emails2"));
+        assert!(a < b && a.to_string() < b.to_string());
+        assert_eq!(a.to_string().parse::<TaskId>().unwrap(), a);
+        assert_ne!(new_id(1_000, "emails"), new_id(1_000, "emails"), "48 random bits remain");
+    }
+
+    #[test]
+    fn a_tag_resolves_to_every_queue_that_has_it() {
+        let known = KnownQueues::default();
+        known.learn(["a".to_owned(), "b".to_owned(), "a".to_owned()]);
+        assert_eq!(known.candidates(new_id(1, "a")), ["a"]);
+        assert!(known.candidates(new_id(1, "c")).is_empty());
+        assert!(known.is_registered("b") && !known.is_registered("c"));
+    }
+}
