@@ -75,7 +75,7 @@ impl QueueKeys {
         &self.0[5]
     }
 
-    /// ZSET of finished tasks by purge time.
+    /// LIST of finished tasks, `<purge time>:<id>`, in purge-time order.
     pub fn finished(&self) -> &str {
         &self.0[6]
     }

@@ -10,7 +10,7 @@ use futures_util::future::join_all;
 use redis::{Script, Value};
 
 use super::keys::QueueKeys;
-use super::reply::{array, bounded, task_id, uint, unexpected};
+use super::reply::{self, array, bounded, task_id, uint, unexpected};
 use super::scripts::{self, SWEEP_BATCH};
 use super::RedisStore;
 use crate::core::task::TaskId;
@@ -59,8 +59,8 @@ impl RedisStore {
         Ok(Swept { count, ..Swept::default() })
     }
 
-    /// `next_timer`: the smallest first score of every queue's leased,
-    /// scheduled and finished sets, read in one pipeline.
+    /// `next_timer`: the earliest of every queue's first lease deadline, due
+    /// time and purge time, read in one pipeline.
     pub(super) async fn first_timer(&self) -> Result<Option<Millis>, StoreError> {
         let queues = self.queues().await?;
         if queues.is_empty() {
@@ -69,13 +69,34 @@ impl RedisStore {
         let mut pipe = redis::pipe();
         for queue in &queues {
             let keys = QueueKeys::new(queue);
-            for key in [keys.leased(), keys.scheduled(), keys.finished()] {
-                pipe.zrange_withscores(key, 0, 0);
-            }
+            pipe.zrange_withscores(keys.leased(), 0, 0).zrange_withscores(keys.scheduled(), 0, 0);
+            pipe.lindex(keys.finished(), 0);
         }
         let mut conn = self.conn.clone();
-        let firsts: Vec<Vec<(String, f64)>> = bounded(pipe.query_async(&mut conn)).await?;
-        Ok(firsts.iter().filter_map(|first| first.first()).map(|(_, at)| *at as Millis).min())
+        let firsts: Vec<Value> = bounded(pipe.query_async(&mut conn)).await?;
+        let mut earliest: Option<Millis> = None;
+        for (i, first) in firsts.iter().enumerate() {
+            let at = if i % 3 == 2 {
+                // '<purge time>:<id>' (lua/lib.lua)
+                match first {
+                    Value::Nil => None,
+                    entry => reply::text(entry)?.split(':').next().and_then(|t| t.parse().ok()),
+                }
+            } else {
+                // [member, score]
+                array(first.clone())?
+                    .get(1)
+                    .map(reply::text)
+                    .transpose()?
+                    .and_then(|t| t.parse::<f64>().ok())
+                    .map(|f| f as Millis)
+            };
+            earliest = match (earliest, at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Ok(earliest)
     }
 
     /// Runs a sweep on every queue at once; the per-queue replies in order.

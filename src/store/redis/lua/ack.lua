@@ -57,10 +57,9 @@ end
 -- Out of the leased set first (see lib.lua: acks work when Redis is full).
 variadic('ZREM', K_LEASED, acked_ids)
 local finished, metas, results = {}, {}, {}
-local purge_at = fmt(now + retention)
+local prefix = finished_entry(now + retention, '')
 for _, t in ipairs(acked) do
-  finished[#finished + 1] = purge_at
-  finished[#finished + 1] = t.id
+  finished[#finished + 1] = prefix .. t.id
   metas[#metas + 1] = t.id
   metas[#metas + 1] = encode(t)
   if t.result ~= '' then
@@ -69,7 +68,7 @@ for _, t in ipairs(acked) do
   end
   publish_changed(t.id, watching)
 end
-variadic('ZADD', K_FINISHED, finished)
+variadic('RPUSH', K_FINISHED, finished)
 variadic('HSET', K_META, metas)
 if #results > 0 then
   variadic('HSET', K_RESULTS, results)

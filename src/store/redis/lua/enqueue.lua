@@ -94,7 +94,7 @@ for _, t in ipairs(news) do
     ready[#ready + 1] = ready_score(t)
     ready[#ready + 1] = t.id
   else
-    scheduled[#scheduled + 1] = fmt(t.scheduled_time)
+    scheduled[#scheduled + 1] = t.scheduled_time
     scheduled[#scheduled + 1] = t.id
   end
   t.meta = encode(t)

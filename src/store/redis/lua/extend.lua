@@ -15,6 +15,6 @@ end
 unindex(t)
 t.lease_expire = now + tonumber(ARGV[6])
 t.update_time = now
-redis.call('ZADD', K_LEASED, fmt(t.lease_expire), t.id)
+redis.call('ZADD', K_LEASED, t.lease_expire, t.id)
 save(t)
 return {'ok', fmt(t.lease_expire)}

@@ -81,7 +81,7 @@ for i, t in ipairs(taken) do
   t.lease_worker = worker
   t.update_time = now
   t.meta = encode(t)
-  leased[#leased + 1] = fmt(deadline)
+  leased[#leased + 1] = deadline
   leased[#leased + 1] = t.id
   metas[#metas + 1] = t.id
   metas[#metas + 1] = t.meta

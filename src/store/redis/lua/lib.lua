@@ -10,7 +10,8 @@
 --   KEYS[4] ready      ZSET  READY tasks by (9 - priority) * 2^44 + ready_seq
 --   KEYS[5] leased     ZSET  LEASED tasks by lease deadline (ms)
 --   KEYS[6] scheduled  ZSET  SCHEDULED tasks by due time (ms)
---   KEYS[7] finished   ZSET  SUCCEEDED/DEAD/CANCELED tasks by purge time (ms)
+--   KEYS[7] finished   LIST  SUCCEEDED/DEAD/CANCELED tasks as '<purge time>:<id>',
+--                            in the order they finished (so by purge time)
 --   KEYS[8] seq        counter: ready_seq of the last task made READY
 --   KEYS[9] lease      counter: the last lease id (a fencing token, never reused)
 --   KEYS[10] dedup     HASH  dedup_key -> task id
@@ -68,11 +69,13 @@ end
 
 -- The task table of a meta record.
 local function decode(id, raw)
-  local t = {id = id}
-  t.state, t.priority, t.attempt, t.max_attempts, t.size, t.lease_id, t.lease_expire, t.create_time,
-    t.update_time, t.scheduled_time, t.ready_seq, t.lease_worker, t.last_error, t.dedup_key, t.request_id =
-    struct.unpack(META, raw)
-  return t
+  local st, pr, att, max, size, lid, lexp, ct, ut, sched, seq, worker, err, dedup, req = struct.unpack(META, raw)
+  -- One constructor, so the table is allocated at its size once.
+  return {
+    id = id, state = st, priority = pr, attempt = att, max_attempts = max, size = size, lease_id = lid,
+    lease_expire = lexp, create_time = ct, update_time = ut, scheduled_time = sched, ready_seq = seq,
+    lease_worker = worker, last_error = err, dedup_key = dedup, request_id = req,
+  }
 end
 
 local function encode(t)
@@ -149,7 +152,8 @@ local function clear_lease(t)
   t.lease_worker = ''
 end
 
--- Takes the task out of the index of its current state.
+-- Takes a task that has not finished out of the index of its state (a
+-- finished task never changes state again).
 local function unindex(t)
   if t.state == READY then
     redis.call('ZREM', K_READY, t.id)
@@ -157,13 +161,13 @@ local function unindex(t)
     redis.call('ZREM', K_LEASED, t.id)
   elseif t.state == SCHEDULED then
     redis.call('ZREM', K_SCHEDULED, t.id)
-  else
-    redis.call('ZREM', K_FINISHED, t.id)
   end
 end
 
+-- Numbers passed to redis.call keep every digit (Redis formats them with
+-- %.17g), so scores and times go to Redis as numbers, unformatted.
 local function ready_score(t)
-  return fmt((9 - math.min(t.priority, 9)) * 17592186044416 + t.ready_seq)
+  return (9 - math.min(t.priority, 9)) * 17592186044416 + t.ready_seq
 end
 
 -- READY at the back of its priority level.
@@ -176,13 +180,18 @@ end
 local function make_scheduled(t, due)
   t.state = SCHEDULED
   t.scheduled_time = due
-  redis.call('ZADD', K_SCHEDULED, fmt(due), t.id)
+  redis.call('ZADD', K_SCHEDULED, due, t.id)
+end
+
+-- The finished list's entry of task `id`, to be purged at `purge_at`.
+local function finished_entry(purge_at, id)
+  return fmt(purge_at) .. ':' .. id
 end
 
 -- A final state, kept until update_time + retention.
 local function make_final(t, state, retention)
   t.state = state
-  redis.call('ZADD', K_FINISHED, fmt(t.update_time + retention), t.id)
+  redis.call('RPUSH', K_FINISHED, finished_entry(t.update_time + retention, t.id))
 end
 
 local function publish_ready()
@@ -208,7 +217,7 @@ end
 
 -- Up to `limit` members of a time-ordered set due at `now`.
 local function due(key, now, limit)
-  return redis.call('ZRANGEBYSCORE', key, '-inf', fmt(now), 'LIMIT', 0, limit)
+  return redis.call('ZRANGEBYSCORE', key, '-inf', now, 'LIMIT', 0, limit)
 end
 
 -- Runs `cmd key a1 a2 ...` over `args` in slices, since Lua's unpack is
