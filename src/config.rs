@@ -15,6 +15,7 @@ use crate::core::queue::{Policies, QueuePolicy};
 use crate::core::retry::Backoff;
 use crate::core::routing::Route;
 use crate::core::MAX_PRIORITY;
+use crate::store::redis::Target;
 
 /// The name of the queue that gets unrouted tasks; its settings are also the
 /// defaults of every other queue.
@@ -42,8 +43,11 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub storage: StorageKind,
     /// Redis to use with `storage = "redis"` (`redis://[user:pass@]host:port/db`,
-    /// `rediss://` for TLS).
+    /// `rediss://` for TLS); with `redis_cluster`, the comma-separated URLs
+    /// of some of the cluster's nodes.
     pub redis_url: String,
+    /// `redis_url` names Redis Cluster nodes.
+    pub redis_cluster: bool,
     /// Refuse undeclared queues with NOT_FOUND instead of creating them.
     pub strict_queues: bool,
     /// Largest accepted task payload, in bytes.
@@ -64,6 +68,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./taskbroker-data"),
             storage: StorageKind::Embedded,
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_cluster: false,
             strict_queues: false,
             max_payload_bytes: 1 << 20,
             max_message_bytes: 64 << 20,
@@ -124,16 +129,30 @@ impl Config {
         toml::from_str(text).map_err(|e| e.to_string())
     }
 
+    /// The Redis of `storage = "redis"`.
+    pub fn redis_target(&self) -> Target {
+        Target::new(&self.redis_url, self.redis_cluster)
+    }
+
     /// Every problem, each as `path: what is wrong`.
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut errors = Vec::new();
         if self.listen.parse::<SocketAddr>().is_err() {
             errors.push(format!("listen: {:?} is not an address like 127.0.0.1:50051", self.listen));
         }
+        let urls = match self.redis_target() {
+            Target::Single(url) => vec![url],
+            Target::Cluster(seeds) => seeds,
+        };
         if self.storage == StorageKind::Redis
-            && !(self.redis_url.starts_with("redis://") || self.redis_url.starts_with("rediss://"))
+            && (urls.is_empty()
+                || !urls.iter().all(|u| u.starts_with("redis://") || u.starts_with("rediss://")))
         {
-            errors.push(format!("redis_url: {:?} must start with redis:// or rediss://", self.redis_url));
+            errors.push(format!(
+                "redis_url: {:?} must be a URL starting with redis:// or rediss:// (with redis_cluster, one or \
+                 more, separated by commas)",
+                self.redis_url
+            ));
         }
         if self.max_payload_bytes == 0 {
             errors.push("max_payload_bytes: must be >= 1".into());

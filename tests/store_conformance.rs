@@ -11,14 +11,14 @@ use taskbroker::core::retry::Backoff;
 use taskbroker::core::task::{NewTask, Task, TaskState};
 use taskbroker::store::embedded::EmbeddedStore;
 use taskbroker::store::memory::MemoryStore;
-use taskbroker::store::redis::RedisStore;
+use taskbroker::store::redis::{RedisStore, Target};
 use taskbroker::store::{AckItem, LeaseSpec, NackSpec, Store, StoreError};
 use tempfile::TempDir;
 
 #[allow(dead_code)]
 #[path = "common/redis.rs"]
 mod redis_server;
-use redis_server::RedisServer;
+use redis_server::{RedisCluster, RedisServer};
 
 const NOW: u64 = 1_767_225_600_000;
 const SEC: u64 = 1_000;
@@ -46,24 +46,34 @@ struct Backend {
     dir: Option<TempDir>,
     /// The private redis-server of the Redis backend.
     redis: Option<RedisServer>,
+    /// The private Redis Cluster of the Redis Cluster backend.
+    cluster: Option<RedisCluster>,
 }
 
 impl Backend {
     fn memory() -> Self {
-        Self { store: Arc::new(MemoryStore::new(policies())), dir: None, redis: None }
+        Self { store: Arc::new(MemoryStore::new(policies())), dir: None, redis: None, cluster: None }
     }
 
     fn embedded() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(EmbeddedStore::open(dir.path(), policies()).unwrap());
-        Self { store, dir: Some(dir), redis: None }
+        Self { store, dir: Some(dir), redis: None, cluster: None }
     }
 
     /// A fresh redis-server per test: tests run in parallel and share nothing.
     async fn redis() -> Self {
         let server = RedisServer::start();
         let store = RedisStore::connect(&server.url(), policies(), false).await.unwrap();
-        Self { store: Arc::new(store), dir: None, redis: Some(server) }
+        Self { store: Arc::new(store), dir: None, redis: Some(server), cluster: None }
+    }
+
+    /// A fresh three-node Redis Cluster per test; queues land on different
+    /// nodes.
+    async fn redis_cluster() -> Self {
+        let cluster = RedisCluster::start();
+        let store = RedisStore::open(&Target::Cluster(cluster.urls()), policies(), false).await.unwrap();
+        Self { store: Arc::new(store), dir: None, redis: None, cluster: Some(cluster) }
     }
 
     /// Closes and reopens a persistent backend (None for memory).
@@ -72,12 +82,17 @@ impl Backend {
             // A new store on the same server: what another replica would see.
             drop(self.store);
             let store = RedisStore::connect(&server.url(), policies(), false).await.unwrap();
-            return Some(Self { store: Arc::new(store), dir: None, redis: Some(server) });
+            return Some(Self { store: Arc::new(store), dir: None, redis: Some(server), cluster: None });
+        }
+        if let Some(cluster) = self.cluster {
+            drop(self.store);
+            let store = RedisStore::open(&Target::Cluster(cluster.urls()), policies(), false).await.unwrap();
+            return Some(Self { store: Arc::new(store), dir: None, redis: None, cluster: Some(cluster) });
         }
         let dir = self.dir?;
         drop(self.store); // closes the database
         let store = EmbeddedStore::open(dir.path(), policies()).unwrap();
-        Some(Self { store: Arc::new(store), dir: Some(dir), redis: None })
+        Some(Self { store: Arc::new(store), dir: Some(dir), redis: None, cluster: None })
     }
 }
 
@@ -391,6 +406,10 @@ macro_rules! conformance {
         mod redis {
             $(#[tokio::test] async fn $case() { super::$case(&super::Backend::redis().await).await })*
             #[tokio::test] async fn state_survives_a_reopen() { super::state_survives_a_reopen(super::Backend::redis().await).await }
+        }
+        mod redis_cluster {
+            $(#[tokio::test] async fn $case() { super::$case(&super::Backend::redis_cluster().await).await })*
+            #[tokio::test] async fn state_survives_a_reopen() { super::state_survives_a_reopen(super::Backend::redis_cluster().await).await }
         }
     };
 }

@@ -30,9 +30,13 @@ pub struct ServeArgs {
     /// Storage backend.
     #[arg(long, value_enum, env = "TASKBROKER_STORAGE")]
     pub storage: Option<StorageKind>,
-    /// Redis URL for --storage redis.
+    /// Redis URL for --storage redis (with --redis-cluster: comma-separated
+    /// URLs of cluster nodes).
     #[arg(long, env = "TASKBROKER_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// --redis-url names Redis Cluster nodes.
+    #[arg(long, env = "TASKBROKER_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
 }
 
 /// The file (if any) with the flags applied on top, validated.
@@ -58,6 +62,7 @@ pub fn load_config(args: &ServeArgs) -> Result<Config, CliError> {
     if let Some(url) = &args.redis_url {
         config.redis_url = url.clone();
     }
+    config.redis_cluster |= args.redis_cluster;
     config.validate().map_err(CliError::Config)?;
     Ok(config)
 }
@@ -70,7 +75,7 @@ pub async fn open_broker(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Resu
         StorageKind::Embedded => Arc::new(EmbeddedStore::open(&config.data_dir, policies.clone())?),
         // Redis's clock, not this replica's, times leases and delays.
         StorageKind::Redis => Arc::new(
-            RedisStore::connect(&config.redis_url, policies.clone(), true)
+            RedisStore::open(&config.redis_target(), policies.clone(), true)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot use Redis at {}: {e}", config.redis_url))?,
         ),

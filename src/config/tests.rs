@@ -91,3 +91,24 @@ fn queue_names() {
     assert!(!valid_queue_name("has space"));
     assert!(!valid_queue_name(&"x".repeat(129)));
 }
+
+#[test]
+fn redis_cluster_takes_a_list_of_node_urls() {
+    let cluster = Config::from_toml(
+        "storage = \"redis\"\nredis_cluster = true\nredis_url = \"redis://10.0.0.1:6379, rediss://u:p@10.0.0.2:6379\"",
+    )
+    .unwrap();
+    cluster.validate().unwrap();
+    assert_eq!(
+        cluster.redis_target(),
+        Target::Cluster(vec!["redis://10.0.0.1:6379".into(), "rediss://u:p@10.0.0.2:6379".into()])
+    );
+    for bad in ["redis://a:1,http://b:2", ",", ""] {
+        let text = format!("storage = \"redis\"\nredis_cluster = true\nredis_url = {bad:?}");
+        let errors = Config::from_toml(&text).unwrap().validate().unwrap_err();
+        assert!(errors[0].starts_with("redis_url:"), "{bad:?}: {errors:?}");
+    }
+    // Without redis_cluster a comma is just part of one (bad) URL's text.
+    let single = Config::from_toml("storage = \"redis\"\nredis_url = \"redis://a:1\"").unwrap();
+    assert_eq!(single.redis_target(), Target::Single("redis://a:1".into()));
+}

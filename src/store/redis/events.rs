@@ -17,11 +17,12 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, PubSub};
+use redis::aio::PubSub;
 use redis::{AsyncCommands, Client, RedisResult};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
+use super::conn::Conn;
 use super::keys;
 use crate::store::StoreEvent;
 
@@ -64,15 +65,11 @@ pub fn parse(payload: &[u8]) -> Option<StoreEvent> {
 pub struct Listener(JoinHandle<()>);
 
 impl Listener {
-    /// Relays from `first` (already subscribed), then resubscribes by itself
-    /// whenever the connection drops.
-    pub fn spawn(
-        client: Client,
-        first: PubSub,
-        conn: ConnectionManager,
-        tx: broadcast::Sender<StoreEvent>,
-    ) -> Self {
-        Self(tokio::spawn(listen(client, first, conn, tx)))
+    /// Relays from `first` (already subscribed to `clients[0]`), then
+    /// resubscribes by itself whenever the connection drops, trying `clients`
+    /// in turn (the seed nodes of a cluster).
+    pub fn spawn(clients: Vec<Client>, first: PubSub, conn: Conn, tx: broadcast::Sender<StoreEvent>) -> Self {
+        Self(tokio::spawn(listen(clients, first, conn, tx)))
     }
 }
 
@@ -82,19 +79,17 @@ impl Drop for Listener {
     }
 }
 
-async fn listen(
-    client: Client,
-    first: PubSub,
-    mut conn: ConnectionManager,
-    tx: broadcast::Sender<StoreEvent>,
-) {
+async fn listen(clients: Vec<Client>, first: PubSub, mut conn: Conn, tx: broadcast::Sender<StoreEvent>) {
     let mut pubsub = Some(first);
     let mut delay = RETRY_MIN;
+    let mut next = 0;
     loop {
         let Some(current) = pubsub.take() else {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(RETRY_MAX);
-            match tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribe(&client)).await {
+            let client = &clients[next % clients.len()];
+            next += 1;
+            match tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribe(client)).await {
                 Ok(Ok(p)) => {
                     tracing::info!("redis event subscription restored");
                     delay = RETRY_MIN;
@@ -121,7 +116,7 @@ async fn listen(
 }
 
 /// Wakes every queue's waiters: events may have been missed while away.
-async fn announce_all_queues(conn: &mut ConnectionManager, tx: &broadcast::Sender<StoreEvent>) {
+async fn announce_all_queues(conn: &mut Conn, tx: &broadcast::Sender<StoreEvent>) {
     let queues: RedisResult<Vec<String>> = conn.smembers(keys::QUEUES).await;
     for queue in queues.unwrap_or_default() {
         let _ = tx.send(StoreEvent::Ready(queue));

@@ -55,16 +55,6 @@ impl QueueKeys {
         &self.0[0]
     }
 
-    /// HASH task id -> body.
-    pub fn body(&self) -> &str {
-        &self.0[1]
-    }
-
-    /// HASH task id -> result of a SUCCEEDED task.
-    pub fn results(&self) -> &str {
-        &self.0[2]
-    }
-
     /// ZSET of LEASED tasks by deadline.
     pub fn leased(&self) -> &str {
         &self.0[4]

@@ -38,6 +38,7 @@
 //! tasks; [`RedisStore::connect`] warns when it is not.
 
 mod ack;
+mod conn;
 mod enqueue;
 mod events;
 mod keys;
@@ -53,10 +54,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, ScriptInvocation, Value};
 use tokio::sync::broadcast;
 
+use self::conn::Conn;
+pub use self::conn::Target;
 use self::keys::QueueKeys;
 use self::reply::{bounded, settled, settled_task, uint, unexpected};
 use super::{AckItem, Enqueued, LeaseSpec, NackSpec, Store, StoreError, StoreEvent, Swept};
@@ -64,17 +66,13 @@ use crate::core::queue::Policies;
 use crate::core::task::{NewTask, Task, TaskId};
 use crate::core::Millis;
 
-/// How long opening a connection to Redis may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long Redis may take to answer one command.
-const RESPONSE_TIMEOUT: Duration = Duration::from_millis(2_500);
 /// Events buffered for a slow receiver before it sees `Lagged`.
 const EVENT_BUFFER: usize = 4096;
 
 /// Tasks in Redis; a cheap handle over one multiplexed, self-reconnecting
-/// connection.
+/// connection (to one Redis, or to a Redis Cluster).
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
     policies: Arc<Policies>,
     /// Scripts read Redis's clock and ignore the `now` they are given.
     server_time: bool,
@@ -86,24 +84,32 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    /// Connects to `url` (`redis://host:port/db`), checks Redis's settings and
-    /// subscribes to the events of other replicas.
+    /// Connects to one Redis at `url` (`redis://host:port/db`); see
+    /// [`RedisStore::open`].
+    pub async fn connect(url: &str, policies: Arc<Policies>, server_time: bool) -> Result<Self, StoreError> {
+        Self::open(&Target::Single(url.to_owned()), policies, server_time).await
+    }
+
+    /// Connects to `target`, checks Redis's settings and subscribes to the
+    /// events of other replicas.
     ///
     /// `server_time`: use Redis's clock instead of the `now` every call passes
     /// (production); tests pass `false` to drive time explicitly.
-    pub async fn connect(url: &str, policies: Arc<Policies>, server_time: bool) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(reply::store_error)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = bounded(client.get_connection_manager_with_config(config)).await?;
+    pub async fn open(
+        target: &Target,
+        policies: Arc<Policies>,
+        server_time: bool,
+    ) -> Result<Self, StoreError> {
+        let clients = target.pubsub_clients().map_err(reply::store_error)?;
+        if clients.is_empty() {
+            return Err(StoreError::Unavailable("no Redis Cluster seed node given".into()));
+        }
+        let conn = bounded(Conn::open(target)).await?;
         settings::check_layout(&conn).await?;
         settings::warn_if_unsafe(&conn).await;
-        let first = bounded(events::subscribe(&client)).await?;
+        let first = bounded(events::subscribe(&clients[0])).await?;
         let (tx, _) = broadcast::channel(EVENT_BUFFER);
-        let listener = events::Listener::spawn(client, first, conn.clone(), tx.clone());
+        let listener = events::Listener::spawn(clients, first, conn.clone(), tx.clone());
         Ok(Self {
             conn,
             policies,
@@ -195,15 +201,9 @@ impl Store for RedisStore {
 
     async fn get(&self, id: TaskId) -> Result<Task, StoreError> {
         let queue = self.queue_of(id).await?;
-        let keys = QueueKeys::new(&queue);
-        let field = id.to_string();
-        let mut pipe = redis::pipe();
-        pipe.atomic().hget(keys.meta(), &field).hget(keys.body(), &field).hget(keys.results(), &field);
-        let mut conn = self.conn.clone();
-        let (meta, body, result): (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>) =
-            bounded(pipe.query_async(&mut conn)).await?;
-        let (Some(meta), Some(body)) = (meta, body) else { return Err(StoreError::TaskNotFound(id)) };
-        record::decode(&queue, &meta, &body, &result.unwrap_or_default()).map_err(reply::corrupt)
+        let mut inv = self.invocation(&scripts::GET, &queue, 0);
+        inv.arg(id.to_string());
+        settled_task(self.run(&inv).await?, id, &queue)
     }
 
     async fn requeue_expired(&self, now: Millis) -> Result<Swept, StoreError> {

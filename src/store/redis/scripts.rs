@@ -48,6 +48,11 @@ script!(
     "lua/cancel.lua"
 );
 script!(
+    /// Reads one task.
+    GET,
+    "lua/get.lua"
+);
+script!(
     /// Counts the watches of a task, so changes to it are announced.
     WATCH,
     "lua/watch.lua"

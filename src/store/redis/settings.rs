@@ -1,14 +1,13 @@
 //! Redis settings that decide whether tasks can be lost, checked at connect.
 
-use redis::aio::ConnectionManager;
-
+use super::conn::Conn;
 use super::keys::{LAYOUT, LAYOUT_VERSION};
 use super::reply::bounded;
 use crate::store::StoreError;
 
 /// Refuses a Redis whose tasks were written in another key layout (by another
 /// version of taskbroker), and marks an empty one with this layout.
-pub async fn check_layout(conn: &ConnectionManager) -> Result<(), StoreError> {
+pub async fn check_layout(conn: &Conn) -> Result<(), StoreError> {
     let mut conn = conn.clone();
     // The global index of layout 1, which had no `tb:layout` key.
     let legacy: bool = bounded(redis::cmd("EXISTS").arg("tb:index").query_async(&mut conn)).await?;
@@ -26,7 +25,7 @@ pub async fn check_layout(conn: &ConnectionManager) -> Result<(), StoreError> {
 }
 
 /// Warns when Redis may lose tasks: eviction allowed, or no persistence.
-pub async fn warn_if_unsafe(conn: &ConnectionManager) {
+pub async fn warn_if_unsafe(conn: &Conn) {
     let mut conn = conn.clone();
     let mut get = async |name: &str| -> Option<String> {
         let cmd = redis::cmd("CONFIG").arg("GET").arg(name).clone();

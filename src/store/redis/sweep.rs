@@ -66,14 +66,20 @@ impl RedisStore {
         if queues.is_empty() {
             return Ok(None);
         }
-        let mut pipe = redis::pipe();
-        for queue in &queues {
+        // One pipeline per queue (its keys share a slot in a cluster), all
+        // at once on the multiplexed connection.
+        let reads = queues.iter().map(|queue| {
             let keys = QueueKeys::new(queue);
+            let mut pipe = redis::pipe();
             pipe.zrange_withscores(keys.leased(), 0, 0).zrange_withscores(keys.scheduled(), 0, 0);
             pipe.lindex(keys.finished(), 0);
+            let mut conn = self.conn.clone();
+            async move { bounded(pipe.query_async::<Vec<Value>>(&mut conn)).await }
+        });
+        let mut firsts = Vec::new();
+        for read in join_all(reads).await {
+            firsts.extend(read?);
         }
-        let mut conn = self.conn.clone();
-        let firsts: Vec<Value> = bounded(pipe.query_async(&mut conn)).await?;
         let mut earliest: Option<Millis> = None;
         for (i, first) in firsts.iter().enumerate() {
             let at = if i % 3 == 2 {
