@@ -22,14 +22,13 @@ pub const EVENTS: &str = "tb:events";
 /// The keys of one queue, in the order every script receives them as `KEYS`
 /// (see `lua/lib.lua`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QueueKeys([String; 12]);
+pub struct QueueKeys([String; 21]);
 
-/// The role of each key, in `KEYS` order.
-const ROLES: [&str; 12] = [
+/// The role of each key, in `KEYS` order: then one ready list per priority.
+const ROLES: [&str; 21] = [
     "meta",
     "body",
     "results",
-    "ready",
     "leased",
     "scheduled",
     "finished",
@@ -38,6 +37,16 @@ const ROLES: [&str; 12] = [
     "dedup",
     "requests",
     "watched",
+    "ready:0",
+    "ready:1",
+    "ready:2",
+    "ready:3",
+    "ready:4",
+    "ready:5",
+    "ready:6",
+    "ready:7",
+    "ready:8",
+    "ready:9",
 ];
 
 impl QueueKeys {
@@ -45,7 +54,7 @@ impl QueueKeys {
         Self(ROLES.map(|role| format!("tb:{{{queue}}}:{role}")))
     }
 
-    /// All twelve keys, in `KEYS` order.
+    /// All the keys, in `KEYS` order.
     pub fn all(&self) -> &[String] {
         &self.0
     }
@@ -57,17 +66,17 @@ impl QueueKeys {
 
     /// ZSET of LEASED tasks by deadline.
     pub fn leased(&self) -> &str {
-        &self.0[4]
+        &self.0[3]
     }
 
     /// ZSET of SCHEDULED tasks by due time.
     pub fn scheduled(&self) -> &str {
-        &self.0[5]
+        &self.0[4]
     }
 
     /// LIST of finished tasks, `<purge time>:<id>`, in purge-time order.
     pub fn finished(&self) -> &str {
-        &self.0[6]
+        &self.0[5]
     }
 }
 
@@ -79,8 +88,9 @@ mod tests {
     fn a_queue_keys_share_one_hash_tag() {
         let k = QueueKeys::new("emails");
         assert_eq!(k.meta(), "tb:{emails}:meta");
-        assert_eq!(k.all()[10], "tb:{emails}:requests");
-        assert_eq!(k.all()[11], "tb:{emails}:watched");
+        assert_eq!(k.all()[9], "tb:{emails}:requests");
+        assert_eq!(k.all()[11], "tb:{emails}:ready:0");
+        assert_eq!(k.all()[20], "tb:{emails}:ready:9");
         assert!(k.all().iter().all(|key| key.starts_with("tb:{emails}:")));
     }
 }

@@ -5,7 +5,7 @@
 //!   Lua;
 //! - the **meta** record: the fields the scripts read and change (state,
 //!   attempts, lease, times, ...), packed by Lua's `struct` library with the
-//!   layout `META` in `lua/lib.lua`, read here by [`decode`].
+//!   layout `HEAD` then `TAIL` in `lua/lib.lua`, read here by [`decode`].
 //!
 //! A SUCCEEDED task's result is a third value, kept apart (`results`).
 
@@ -95,16 +95,18 @@ fn decode_body(queue: &str, body: &[u8]) -> Result<Task, Corrupt> {
 /// Sets the changing fields of `t` from its meta record.
 pub fn apply_meta(t: &mut Task, meta: &[u8]) -> Result<(), Corrupt> {
     let mut m = Reader(meta);
+    // HEAD
     t.state = state_of(m.u8()?)?;
-    t.priority = m.u8()?;
     t.attempt = m.u32()?;
-    t.max_attempts = m.u32()?;
     let _payload_bytes = m.u32()?;
-    let [lease_id, lease_expire, create_time, update_time, scheduled_time, ready_seq] =
-        [m.f64()?, m.f64()?, m.f64()?, m.f64()?, m.f64()?, m.f64()?];
-    (t.create_time, t.update_time, t.scheduled_time, t.ready_seq) =
-        (create_time, update_time, scheduled_time, ready_seq);
+    let [lease_id, lease_expire, update_time] = [m.f64()?, m.f64()?, m.f64()?];
+    t.update_time = update_time;
     let lease_worker = m.text()?;
+    // TAIL
+    t.priority = m.u8()?;
+    t.max_attempts = m.u32()?;
+    let [create_time, scheduled_time, ready_seq] = [m.f64()?, m.f64()?, m.f64()?];
+    (t.create_time, t.scheduled_time, t.ready_seq) = (create_time, scheduled_time, ready_seq);
     t.last_error = m.text()?;
     t.dedup_key = m.text()?;
     t.request_id = m.text()?;
@@ -183,18 +185,24 @@ mod tests {
 
     /// What `encode(t)` in `lua/lib.lua` packs, for the tests.
     fn encode_meta(t: &Task) -> Vec<u8> {
-        let mut out = vec![state_code(t.state), t.priority];
-        for n in [t.attempt, t.max_attempts, t.payload.len() as u32] {
+        let mut out = vec![state_code(t.state)];
+        for n in [t.attempt, t.payload.len() as u32] {
             out.extend_from_slice(&n.to_le_bytes());
         }
         let (lease_id, expire, worker) = match &t.lease {
             Some(l) => (l.id, l.expire_time, l.worker_id.as_str()),
             None => (0, 0, ""),
         };
-        for n in [lease_id, expire, t.create_time, t.update_time, t.scheduled_time, t.ready_seq] {
+        for n in [lease_id, expire, t.update_time] {
             out.extend_from_slice(&(n as f64).to_le_bytes());
         }
-        for s in [worker, &t.last_error, &t.dedup_key, &t.request_id] {
+        put(&mut out, worker.as_bytes());
+        out.push(t.priority);
+        out.extend_from_slice(&t.max_attempts.to_le_bytes());
+        for n in [t.create_time, t.scheduled_time, t.ready_seq] {
+            out.extend_from_slice(&(n as f64).to_le_bytes());
+        }
+        for s in [&t.last_error, &t.dedup_key, &t.request_id] {
             put(&mut out, s.as_bytes());
         }
         out

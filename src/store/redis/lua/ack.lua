@@ -19,35 +19,43 @@ local ids = {}
 for i = 5, #ARGV, 3 do
   ids[#ids + 1] = ARGV[i]
 end
-local raws = hmget(K_META, ids)
-
--- Tasks already settled by an earlier item of this call, by id.
-local seen = {}
-local acked, acked_ids, out = {}, {}, {}
-for n, id in ipairs(ids) do
-  local t = seen[id]
-  if not t and raws[n] then
-    t = decode(id, raws[n])
-    seen[id] = t
+-- Each task's meta record as it stands; an ack rewrites it, so an item that
+-- repeats a task sees what the earlier item did.
+local current = {}
+for n, raw in ipairs(hmget(K_META, ids)) do
+  if raw and not current[ids[n]] then
+    current[ids[n]] = raw
   end
+end
+
+local acked, metas, results, out = {}, {}, {}, {}
+for n, id in ipairs(ids) do
+  local raw = current[id]
   local err = 'not_found'
-  if t then
-    err = lease_error(t, tonumber(ARGV[3 + 3 * n]), now)
+  local state, attempt, size, lease_id, lease_expire, _, _, tail
+  if raw then
+    state, attempt, size, lease_id, lease_expire, _, _, tail = unpack_head(raw)
+    err = check_lease(state, lease_id, lease_expire, tonumber(ARGV[3 + 3 * n]), now)
   end
   if err then
     out[#out + 1] = err
     out[#out + 1] = ''
     out[#out + 1] = ''
   else
-    t.state = SUCCEEDED
-    t.result = ARGV[4 + 3 * n]
-    clear_lease(t)
-    t.update_time = now
-    acked[#acked + 1] = t
-    acked_ids[#acked_ids + 1] = id
+    local meta = pack_head(SUCCEEDED, attempt, size, 0, 0, now, '') .. string.sub(raw, tail)
+    current[id] = meta
+    acked[#acked + 1] = id
+    metas[#metas + 1] = id
+    metas[#metas + 1] = meta
+    local result = ARGV[4 + 3 * n]
+    if result ~= '' then
+      results[#results + 1] = id
+      results[#results + 1] = result
+    end
     out[#out + 1] = 'ok'
-    out[#out + 1] = t -- replaced by its meta record below
-    out[#out + 1] = #acked
+    out[#out + 1] = meta
+    out[#out + 1] = #acked -- replaced by the body below
+    publish_changed(id, watching)
   end
 end
 if #acked == 0 then
@@ -55,30 +63,21 @@ if #acked == 0 then
 end
 
 -- Out of the leased set first (see lib.lua: acks work when Redis is full).
-variadic('ZREM', K_LEASED, acked_ids)
-local finished, metas, results = {}, {}, {}
+variadic('ZREM', K_LEASED, acked)
 local prefix = finished_entry(now + retention, '')
-for _, t in ipairs(acked) do
-  finished[#finished + 1] = prefix .. t.id
-  metas[#metas + 1] = t.id
-  metas[#metas + 1] = encode(t)
-  if t.result ~= '' then
-    results[#results + 1] = t.id
-    results[#results + 1] = t.result
-  end
-  publish_changed(t.id, watching)
+local finished = {}
+for i, id in ipairs(acked) do
+  finished[i] = prefix .. id
 end
 variadic('RPUSH', K_FINISHED, finished)
 variadic('HSET', K_META, metas)
 if #results > 0 then
   variadic('HSET', K_RESULTS, results)
 end
-local bodies = hmget(K_BODY, acked_ids)
+local bodies = hmget(K_BODY, acked)
 for i = 1, #out, 3 do
   if out[i] == 'ok' then
-    local n = out[i + 2]
-    out[i + 1] = metas[2 * n]
-    out[i + 2] = bodies[n] or ''
+    out[i + 2] = bodies[out[i + 2]] or ''
   end
 end
 return out

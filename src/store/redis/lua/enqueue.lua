@@ -51,89 +51,94 @@ local function existing(request_id, dedup_key)
   return nil
 end
 
--- First pass: which tasks are new, and which of those are READY at once.
-local news, found, readies = {}, {}, 0
+-- First pass: for each argument group (its first index `i`), the existing
+-- task's id, or `true` for a new task; and how many new tasks are READY now.
+local found, readies = {}, 0
 for i = 5, #ARGV, PER do
   local request_id, dedup_key = ARGV[i + 7], ARGV[i + 6]
   local old = existing(request_id, dedup_key)
   if old then
     found[#found + 1] = old
   else
-    local due_time = math.max(tonumber(ARGV[i + 4]), now)
-    local t = {
-      id = ARGV[i], state = SCHEDULED, priority = tonumber(ARGV[i + 2]), attempt = 0,
-      max_attempts = tonumber(ARGV[i + 3]), size = tonumber(ARGV[i + 5]), lease_id = 0, lease_expire = 0,
-      create_time = now, update_time = now, scheduled_time = due_time, ready_seq = 0, lease_worker = '',
-      last_error = '', dedup_key = dedup_key, request_id = request_id, body = ARGV[i + 1],
-    }
-    if due_time <= now then
-      t.state = READY
+    found[#found + 1] = true
+    if tonumber(ARGV[i + 4]) <= now then
       readies = readies + 1
     end
     if request_id ~= '' then
-      batch_requests[request_id] = t.id
+      batch_requests[request_id] = ARGV[i]
     end
     if dedup_key ~= '' then
-      batch_dedup[dedup_key] = t.id
+      batch_dedup[dedup_key] = ARGV[i]
     end
-    news[#news + 1] = t
-    found[#found + 1] = t
   end
 end
 
--- Second pass: the writes, one command each for all new tasks.
+-- Second pass: the new tasks' records, one command each for all of them.
 local seq = 0
 if readies > 0 then
   seq = redis.call('INCRBY', K_SEQ, readies) - readies
 end
-local metas, bodies, ready, scheduled = {}, {}, {}, {}
-for _, t in ipairs(news) do
-  if t.state == READY then
-    seq = seq + 1
-    t.ready_seq = seq
-    ready[#ready + 1] = ready_score(t)
-    ready[#ready + 1] = t.id
+local metas, bodies, scheduled = {}, {}, {}
+local ready = {} -- priority -> ids
+local out = {'ok'}
+for n, f in ipairs(found) do
+  local i = 5 + (n - 1) * PER
+  if f == true then
+    local id, priority, due, size = ARGV[i], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])
+    local dedup_key, request_id = ARGV[i + 6], ARGV[i + 7]
+    local state, ready_seq = SCHEDULED, 0
+    if due <= now then
+      state, due = READY, now
+      seq = seq + 1
+      ready_seq = seq
+      local level = ready[priority]
+      if not level then
+        level = {}
+        ready[priority] = level
+      end
+      level[#level + 1] = id
+    else
+      scheduled[#scheduled + 1] = due
+      scheduled[#scheduled + 1] = id
+    end
+    local meta = pack_head(state, 0, size, 0, 0, now, '')
+      .. pack_tail(priority, tonumber(ARGV[i + 3]), now, due, ready_seq, '', dedup_key, request_id)
+    metas[#metas + 1] = id
+    metas[#metas + 1] = meta
+    bodies[#bodies + 1] = id
+    bodies[#bodies + 1] = ARGV[i + 1]
+    if request_id ~= '' then
+      redis.call('HSET', K_REQUESTS, request_id, id)
+    end
+    if dedup_key ~= '' then
+      redis.call('HSET', K_DEDUP, dedup_key, id)
+    end
+    out[#out + 1] = 1
+    out[#out + 1] = meta
+    out[#out + 1] = ''
+    out[#out + 1] = ''
   else
-    scheduled[#scheduled + 1] = t.scheduled_time
-    scheduled[#scheduled + 1] = t.id
-  end
-  t.meta = encode(t)
-  metas[#metas + 1] = t.id
-  metas[#metas + 1] = t.meta
-  bodies[#bodies + 1] = t.id
-  bodies[#bodies + 1] = t.body
-  if t.request_id ~= '' then
-    redis.call('HSET', K_REQUESTS, t.request_id, t.id)
-  end
-  if t.dedup_key ~= '' then
-    redis.call('HSET', K_DEDUP, t.dedup_key, t.id)
+    out[#out + 1] = 0
+    out[#out + 1] = f -- replaced by the record below
+    out[#out + 1] = ''
+    out[#out + 1] = ''
   end
 end
-if #news > 0 then
+if #metas > 0 then
   variadic('HSET', K_META, metas)
   variadic('HSET', K_BODY, bodies)
 end
-if #ready > 0 then
-  variadic('ZADD', K_READY, ready)
+for priority, ids in pairs(ready) do
+  variadic('RPUSH', k_ready(priority), ids)
 end
 if #scheduled > 0 then
   variadic('ZADD', K_SCHEDULED, scheduled)
 end
 
-local out = {'ok'}
-for _, f in ipairs(found) do
-  if type(f) == 'table' then
-    out[#out + 1] = 1
-    out[#out + 1] = f.meta
-    out[#out + 1] = ''
-    out[#out + 1] = ''
-  else
-    -- An earlier task (possibly one created above under another request).
-    local meta, body, result = record(load_raw(f))
-    out[#out + 1] = 0
-    out[#out + 1] = meta
-    out[#out + 1] = body
-    out[#out + 1] = result
+-- Earlier tasks (possibly ones created above under another request).
+for k = 2, #out, 4 do
+  if out[k] == 0 then
+    out[k + 1], out[k + 2], out[k + 3] = record(load_raw(out[k + 1]))
   end
 end
 if readies > 0 then

@@ -22,75 +22,65 @@ local bytes = tonumber(ARGV[8])
 local budget = tonumber(ARGV[9])
 
 local out = {0, 0}
-if want < 1 then
-  out[1] = bytes
-  return out
-end
-local ids = redis.call('ZRANGE', K_READY, 0, want - 1)
-if #ids == 0 then
-  out[1] = bytes
-  return out
-end
-
--- The tasks that fit, in order; an index entry without its record cannot
--- happen through these scripts, but is dropped rather than block the queue.
-local taken, gone = {}, {}
-for i, raw in ipairs(hmget(K_META, ids)) do
-  if not raw then
-    gone[#gone + 1] = ids[i]
-  else
-    local t = decode(ids[i], raw)
-    if have + #taken > 0 and bytes + t.size > budget then
-      out[2] = 1
-      break
+-- The leased tasks' ids and their meta records (to be rewritten).
+local ids, raws = {}, {}
+local full = false
+for p = MAX_PRIORITY, 0, -1 do
+  if #ids >= want or full then
+    break
+  end
+  local key = k_ready(p)
+  local listed = redis.call('LRANGE', key, 0, want - #ids - 1)
+  if #listed > 0 then
+    -- How many of the list's first entries leave it: taken, or without a
+    -- record (which cannot happen through these scripts, but is dropped
+    -- rather than block the queue).
+    local consumed = 0
+    for i, raw in ipairs(hmget(K_META, listed)) do
+      if raw then
+        local size = struct.unpack('<I4', raw, 6)
+        if have + #ids > 0 and bytes + size > budget then
+          full = true
+          break
+        end
+        bytes = bytes + size
+        ids[#ids + 1] = listed[i]
+        raws[#raws + 1] = raw
+      end
+      consumed = i
     end
-    bytes = bytes + t.size
-    taken[#taken + 1] = t
+    -- Out of the ready list first (see lib.lua: this keeps leasing working
+    -- when Redis is full).
+    if consumed > 0 then
+      redis.call('LTRIM', key, consumed, -1)
+    end
   end
 end
 out[1] = bytes
--- Out of the ready set first (see lib.lua: this keeps leasing working when
--- Redis is full).
-local taken_ids = {}
-for i, t in ipairs(taken) do
-  taken_ids[i] = t.id
-end
-for _, id in ipairs(gone) do
-  taken_ids[#taken_ids + 1] = id
-end
-if #taken_ids > 0 then
-  variadic('ZREM', K_READY, taken_ids)
-end
-if #taken == 0 then
+out[2] = full and 1 or 0
+local n = #ids
+if n == 0 then
   return out
 end
 
-local n = #taken
-for i = #taken_ids, n + 1, -1 do
-  taken_ids[i] = nil
-end
 local first = redis.call('INCRBY', K_LEASE, n) - n
-local leased, metas = {}, {}
 local deadline = now + duration
+local leased, metas = {}, {}
 local watching = any_watched()
-for i, t in ipairs(taken) do
-  t.state = LEASED
-  t.attempt = t.attempt + 1
-  t.lease_id = first + i
-  t.lease_expire = deadline
-  t.lease_worker = worker
-  t.update_time = now
-  t.meta = encode(t)
+for i, id in ipairs(ids) do
+  local state, attempt, size, lease_id, lease_expire, update_time, old_worker, tail = unpack_head(raws[i])
+  local meta = pack_head(LEASED, attempt + 1, size, first + i, deadline, now, worker) .. string.sub(raws[i], tail)
+  raws[i] = meta
   leased[#leased + 1] = deadline
-  leased[#leased + 1] = t.id
-  metas[#metas + 1] = t.id
-  metas[#metas + 1] = t.meta
-  publish_changed(t.id, watching)
+  leased[#leased + 1] = id
+  metas[#metas + 1] = id
+  metas[#metas + 1] = meta
+  publish_changed(id, watching)
 end
 variadic('ZADD', K_LEASED, leased)
 variadic('HSET', K_META, metas)
-for i, body in ipairs(hmget(K_BODY, taken_ids)) do
-  out[#out + 1] = taken[i].meta
+for i, body in ipairs(hmget(K_BODY, ids)) do
+  out[#out + 1] = raws[i]
   out[#out + 1] = body or ''
   out[#out + 1] = ''
 end

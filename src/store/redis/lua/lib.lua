@@ -1,22 +1,24 @@
 -- lib.lua: helpers shared by every script; scripts.rs puts this file in
 -- front of each script, so these locals are in scope there.
 --
--- Every script receives the keys of ONE queue, always all twelve, in this
+-- Every script receives the keys of ONE queue, always all twenty, in this
 -- order (built by keys.rs):
---   KEYS[1] meta       HASH  task id -> the task's changing fields, packed (META)
+--   KEYS[1] meta       HASH  task id -> the task's changing fields, packed (HEAD, TAIL)
 --   KEYS[2] body       HASH  task id -> the task's fixed fields (written by
 --                            record.rs, never read by Lua: kind, payload, ...)
 --   KEYS[3] results    HASH  task id -> result bytes of a SUCCEEDED task
---   KEYS[4] ready      ZSET  READY tasks by (9 - priority) * 2^44 + ready_seq
---   KEYS[5] leased     ZSET  LEASED tasks by lease deadline (ms)
---   KEYS[6] scheduled  ZSET  SCHEDULED tasks by due time (ms)
---   KEYS[7] finished   LIST  SUCCEEDED/DEAD/CANCELED tasks as '<purge time>:<id>',
+--   KEYS[4] leased     ZSET  LEASED tasks by lease deadline (ms)
+--   KEYS[5] scheduled  ZSET  SCHEDULED tasks by due time (ms)
+--   KEYS[6] finished   LIST  SUCCEEDED/DEAD/CANCELED tasks as '<purge time>:<id>',
 --                            in the order they finished (so by purge time)
---   KEYS[8] seq        counter: ready_seq of the last task made READY
---   KEYS[9] lease      counter: the last lease id (a fencing token, never reused)
---   KEYS[10] dedup     HASH  dedup_key -> task id
---   KEYS[11] requests  HASH  request_id -> task id
---   KEYS[12] watched   HASH  task id -> number of WatchTask calls on it
+--   KEYS[7] seq        counter: ready_seq of the last task made READY
+--   KEYS[8] lease      counter: the last lease id (a fencing token, never reused)
+--   KEYS[9] dedup      HASH  dedup_key -> task id
+--   KEYS[10] requests  HASH  request_id -> task id
+--   KEYS[11] watched   HASH  task id -> number of WatchTask calls on it
+--   KEYS[12..21] ready LIST  READY tasks of priority 0..9, oldest first: a
+--                            lease takes from the highest non-empty list, so
+--                            priority first, FIFO within it, in O(1) per task
 -- and three common arguments:
 --   ARGV[1] now in ms since the Unix epoch, or '' to use Redis's clock (TIME)
 --   ARGV[2] the pub/sub channel for events ("ready <queue>",
@@ -40,16 +42,25 @@
 -- full Redis instead of stalling on it.
 
 local K_META, K_BODY, K_RESULTS = KEYS[1], KEYS[2], KEYS[3]
-local K_READY, K_LEASED, K_SCHEDULED, K_FINISHED = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local K_SEQ, K_LEASE, K_DEDUP, K_REQUESTS, K_WATCHED = KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local K_LEASED, K_SCHEDULED, K_FINISHED = KEYS[4], KEYS[5], KEYS[6]
+local K_SEQ, K_LEASE, K_DEDUP, K_REQUESTS, K_WATCHED = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local MAX_PRIORITY = 9
+
+-- The ready list of priority `p` (clamped to 0..9).
+local function k_ready(p)
+  return KEYS[12 + math.min(math.max(p, 0), MAX_PRIORITY)]
+end
 local CHANNEL, QUEUE = ARGV[2], ARGV[3]
 
--- The meta record (record.rs reads and writes the same layout): little-endian
--- state, priority (u8); attempt, max_attempts, payload bytes (u32);
--- lease_id, lease_expire, create_time, update_time, scheduled_time, ready_seq
--- (f64: exact integers below 2^53); then four strings, each a u32 length and
--- its bytes: lease worker, last error, dedup key, request id.
-local META = '<BBI4I4I4ddddddI4c0I4c0I4c0I4c0'
+-- The meta record (record.rs reads the same layout), little-endian, numbers
+-- above 2^32 as f64 (exact integers below 2^53), strings as a u32 length and
+-- their bytes. Two parts, so leasing and acking touch only the first:
+--   HEAD: state (u8); attempt, payload bytes (u32); lease_id, lease_expire,
+--         update_time (f64); lease worker (string)
+--   TAIL: priority (u8); max_attempts (u32); create_time, scheduled_time,
+--         ready_seq (f64); last error, dedup key, request id (strings)
+local HEAD = '<BI4I4dddI4c0'
+local TAIL = '<BI4dddI4c0I4c0I4c0'
 
 local SCHEDULED, READY, LEASED, SUCCEEDED, DEAD, CANCELED = 1, 2, 3, 4, 5, 6
 
@@ -69,7 +80,8 @@ end
 
 -- The task table of a meta record.
 local function decode(id, raw)
-  local st, pr, att, max, size, lid, lexp, ct, ut, sched, seq, worker, err, dedup, req = struct.unpack(META, raw)
+  local st, att, size, lid, lexp, ut, worker, at = struct.unpack(HEAD, raw)
+  local pr, max, ct, sched, seq, err, dedup, req = struct.unpack(TAIL, raw, at)
   -- One constructor, so the table is allocated at its size once.
   return {
     id = id, state = st, priority = pr, attempt = att, max_attempts = max, size = size, lease_id = lid,
@@ -78,10 +90,24 @@ local function decode(id, raw)
   }
 end
 
+local function pack_head(state, attempt, size, lease_id, lease_expire, update_time, worker)
+  return struct.pack(HEAD, state, attempt, size, lease_id, lease_expire, update_time, #worker, worker)
+end
+
+local function pack_tail(priority, max_attempts, create_time, scheduled_time, ready_seq, err, dedup, req)
+  return struct.pack(TAIL, priority, max_attempts, create_time, scheduled_time, ready_seq, #err, err, #dedup,
+    dedup, #req, req)
+end
+
 local function encode(t)
-  return struct.pack(META, t.state, t.priority, t.attempt, t.max_attempts, t.size, t.lease_id, t.lease_expire,
-    t.create_time, t.update_time, t.scheduled_time, t.ready_seq, #t.lease_worker, t.lease_worker,
-    #t.last_error, t.last_error, #t.dedup_key, t.dedup_key, #t.request_id, t.request_id)
+  return pack_head(t.state, t.attempt, t.size, t.lease_id, t.lease_expire, t.update_time, t.lease_worker)
+    .. pack_tail(t.priority, t.max_attempts, t.create_time, t.scheduled_time, t.ready_seq, t.last_error,
+      t.dedup_key, t.request_id)
+end
+
+-- The head's fields of a meta record, then where its tail starts.
+local function unpack_head(raw)
+  return struct.unpack(HEAD, raw)
 end
 
 -- The task `id` and its meta record, or nil.
@@ -117,19 +143,23 @@ local function is_final(state)
   return state >= SUCCEEDED
 end
 
--- core::lease::check: nil when lease_id is the live lease at `now`, else the
--- reason ('canceled' or 'mismatch').
-local function lease_error(t, lease_id, now)
-  if t.lease_id == 0 or t.lease_id ~= lease_id then
+-- core::lease::check: nil when `presented` is the live lease at `now` of a
+-- task with these fields, else the reason ('canceled' or 'mismatch').
+local function check_lease(state, lease_id, lease_expire, presented, now)
+  if lease_id == 0 or lease_id ~= presented then
     return 'mismatch'
   end
-  if t.state == CANCELED then
+  if state == CANCELED then
     return 'canceled'
   end
-  if t.state == LEASED and t.lease_expire > now then
+  if state == LEASED and lease_expire > now then
     return nil
   end
   return 'mismatch'
+end
+
+local function lease_error(t, presented, now)
+  return check_lease(t.state, t.lease_id, t.lease_expire, presented, now)
 end
 
 -- The task `id` when `lease_id` is its live lease at `now`; else nil and the
@@ -153,10 +183,11 @@ local function clear_lease(t)
 end
 
 -- Takes a task that has not finished out of the index of its state (a
--- finished task never changes state again).
+-- finished task never changes state again). Out of a ready list is O(n): only
+-- cancel takes a READY task out of turn.
 local function unindex(t)
   if t.state == READY then
-    redis.call('ZREM', K_READY, t.id)
+    redis.call('LREM', k_ready(t.priority), 1, t.id)
   elseif t.state == LEASED then
     redis.call('ZREM', K_LEASED, t.id)
   elseif t.state == SCHEDULED then
@@ -164,17 +195,13 @@ local function unindex(t)
   end
 end
 
--- Numbers passed to redis.call keep every digit (Redis formats them with
--- %.17g), so scores and times go to Redis as numbers, unformatted.
-local function ready_score(t)
-  return (9 - math.min(t.priority, 9)) * 17592186044416 + t.ready_seq
-end
-
--- READY at the back of its priority level.
+-- READY at the back of its priority level. (Numbers passed to redis.call
+-- keep every digit, Redis formats them with %.17g, so times go to Redis as
+-- numbers, unformatted.)
 local function make_ready(t)
   t.state = READY
   t.ready_seq = redis.call('INCR', K_SEQ)
-  redis.call('ZADD', K_READY, ready_score(t), t.id)
+  redis.call('RPUSH', k_ready(t.priority), t.id)
 end
 
 local function make_scheduled(t, due)
