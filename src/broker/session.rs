@@ -216,7 +216,7 @@ pub async fn run(
             s.draining |= *phase.borrow() != Phase::Serving;
             let mut woken: Vec<_> = notifies.iter().map(|n| Box::pin(n.notified())).collect();
             let mut idle = false;
-            if !s.draining && retry_at.is_none() && s.wants_more() {
+            if !s.draining && retry_at.is_none() && s.held.len() < s.window {
                 for w in &mut woken {
                     w.as_mut().enable();
                 }
@@ -225,7 +225,7 @@ pub async fn run(
                     Some(_) => {}
                     None => retry_at = Some(tokio::time::Instant::now() + STORE_RETRY),
                 }
-                if s.wants_more() && !idle && retry_at.is_none() {
+                if s.held.len() < s.window && !idle && retry_at.is_none() {
                     continue;
                 }
             }
@@ -292,15 +292,6 @@ pub async fn run(
 impl Session {
     async fn send(&self, event: Event) -> Result<(), Gone> {
         self.out.send(Ok(event)).await.map_err(|_| Gone)
-    }
-
-    /// Whether to lease now: at once for a worker holding nothing, else once
-    /// a quarter of its window is free (at least one task, at most 64), so a
-    /// busy worker is refilled in batches (one store call per batch) rather
-    /// than one task per ack.
-    fn wants_more(&self) -> bool {
-        let free = self.window.saturating_sub(self.held.len());
-        free > 0 && (self.held.is_empty() || free >= (self.window / 4).clamp(1, 64))
     }
 
     /// Leases and pushes as many tasks as the window allows; returns how
