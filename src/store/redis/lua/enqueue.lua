@@ -101,8 +101,8 @@ for n, f in ipairs(found) do
       scheduled[#scheduled + 1] = due
       scheduled[#scheduled + 1] = id
     end
-    local meta = pack_head(state, 0, size, 0, 0, now, '')
-      .. pack_tail(priority, tonumber(ARGV[i + 3]), now, due, ready_seq, '', dedup_key, request_id)
+    local meta = pack_whole(state, 0, size, 0, 0, now, '', priority, tonumber(ARGV[i + 3]), now, due, ready_seq, '',
+      dedup_key, request_id)
     metas[#metas + 1] = id
     metas[#metas + 1] = meta
     bodies[#bodies + 1] = id

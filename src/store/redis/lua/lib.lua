@@ -61,6 +61,7 @@ local CHANNEL, QUEUE = ARGV[2], ARGV[3]
 --         ready_seq (f64); last error, dedup key, request id (strings)
 local HEAD = '<BI4I4dddI4c0'
 local TAIL = '<BI4dddI4c0I4c0I4c0'
+local WHOLE = HEAD .. string.sub(TAIL, 2)
 
 local SCHEDULED, READY, LEASED, SUCCEEDED, DEAD, CANCELED = 1, 2, 3, 4, 5, 6
 
@@ -94,15 +95,17 @@ local function pack_head(state, attempt, size, lease_id, lease_expire, update_ti
   return struct.pack(HEAD, state, attempt, size, lease_id, lease_expire, update_time, #worker, worker)
 end
 
-local function pack_tail(priority, max_attempts, create_time, scheduled_time, ready_seq, err, dedup, req)
-  return struct.pack(TAIL, priority, max_attempts, create_time, scheduled_time, ready_seq, #err, err, #dedup,
-    dedup, #req, req)
+-- A whole meta record in one call (new tasks; what decode reads).
+local function pack_whole(state, attempt, size, lease_id, lease_expire, update_time, worker, priority,
+    max_attempts, create_time, scheduled_time, ready_seq, err, dedup, req)
+  return struct.pack(WHOLE, state, attempt, size, lease_id, lease_expire, update_time, #worker, worker, priority,
+    max_attempts, create_time, scheduled_time, ready_seq, #err, err, #dedup, dedup, #req, req)
 end
 
 local function encode(t)
-  return pack_head(t.state, t.attempt, t.size, t.lease_id, t.lease_expire, t.update_time, t.lease_worker)
-    .. pack_tail(t.priority, t.max_attempts, t.create_time, t.scheduled_time, t.ready_seq, t.last_error,
-      t.dedup_key, t.request_id)
+  return pack_whole(t.state, t.attempt, t.size, t.lease_id, t.lease_expire, t.update_time, t.lease_worker,
+    t.priority, t.max_attempts, t.create_time, t.scheduled_time, t.ready_seq, t.last_error, t.dedup_key,
+    t.request_id)
 end
 
 -- The head's fields of a meta record, then where its tail starts.
