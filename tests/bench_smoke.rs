@@ -7,6 +7,10 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
 
+#[allow(dead_code)]
+#[path = "common/redis.rs"]
+mod redis_server;
+
 /// Tiny sizes: each run takes about a second.
 const SMALL: [&str; 8] = ["--tasks", "200", "--duration", "300ms", "--rates", "200", "--concurrency", "4"];
 
@@ -111,6 +115,30 @@ fn mixed_rate_acks_while_producing() {
     for (_, row) in rows {
         assert_worked(row);
     }
+}
+
+#[test]
+fn redis_rows_and_the_raw_scripts_run_against_a_private_redis() {
+    let redis = redis_server::RedisServer::start();
+    let url = redis.url();
+    let doc = bench(&["--embedded", "redis", "--redis-url", &url, "--scenario", "mixed-rate,redis-raw"]);
+    let mixed = rows(&doc, "mixed-rate");
+    assert_eq!(mixed.iter().map(|(m, _)| *m).collect::<Vec<_>>(), ["unary", "stream"]);
+    for (_, row) in &mixed {
+        assert_worked(row);
+    }
+    let raw = rows(&doc, "redis-raw");
+    assert_eq!(
+        raw.iter().map(|(m, _)| *m).collect::<Vec<_>>(),
+        ["enqueue-100", "lease100-ack-many", "lifecycle"]
+    );
+    for (_, row) in &raw {
+        assert!(row["tasks_per_s"].as_f64().unwrap() > 0.0, "{row:#}");
+        assert_eq!(row["errors"].as_u64(), Some(0), "{row:#}");
+    }
+    let notes = doc["scenarios"].as_array().unwrap().iter().find(|s| s["scenario"] == "redis-raw").unwrap();
+    let notes = notes["notes"].to_string();
+    assert!(notes.contains("bytes per queued task"), "{notes}");
 }
 
 #[test]

@@ -425,3 +425,34 @@ async fn ack_many_settles_each_item_alone_across_queues() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_redis_written_in_another_key_layout_is_refused_at_connect() {
+    let server = RedisServer::start();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+
+    // Layout 1 had a global task index and no layout key.
+    let _: () = redis::cmd("HSET")
+        .arg("tb:index")
+        .arg("01KDZ8Q4G0000000000000000Z")
+        .arg("q")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let err = RedisStore::connect(&server.url(), policies(), false).await.err().expect("refused");
+    assert!(matches!(&err, StoreError::Unavailable(m) if m.contains("layout")), "{err:?}");
+
+    // A layout from a newer version.
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
+    let _: () = redis::cmd("SET").arg("tb:layout").arg("99").query_async(&mut raw).await.unwrap();
+    let err = RedisStore::connect(&server.url(), policies(), false).await.err().expect("refused");
+    assert!(matches!(&err, StoreError::Unavailable(m) if m.contains("tb:layout = 99")), "{err:?}");
+
+    // An empty Redis is marked with this layout, and accepted from then on.
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
+    drop(connect(&server).await);
+    let layout: String = redis::cmd("GET").arg("tb:layout").query_async(&mut raw).await.unwrap();
+    assert_eq!(layout, "2");
+    drop(connect(&server).await);
+}

@@ -84,6 +84,9 @@ pub struct BenchArgs {
     /// Print one JSON document instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// The Redis of `--embedded redis` and of the `redis-raw` scenario.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
 }
 
 /// A `--scenario` value.
@@ -95,7 +98,7 @@ pub enum ScenarioArg {
     MixedRate,
     E2e,
     Mixed,
-    /// The Redis store driven directly (`redis_url`'s default Redis).
+    /// The Redis store driven directly (at `--redis-url`).
     RedisRaw,
 }
 
@@ -112,6 +115,7 @@ pub struct Opts {
     pub connections: usize,
     pub duration: Duration,
     pub rates: Vec<u64>,
+    pub redis_url: String,
 }
 
 /// What every scenario gets: the connections, the flags, what can be
@@ -144,7 +148,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         if args.scenario.contains(&ScenarioArg::All) { ALL.to_vec() } else { dedup(&args.scenario) };
     let storage = args.embedded.unwrap_or(StorageKind::Memory);
 
-    let target = Target::start(args.server.clone(), storage).await?;
+    let target = Target::start(args.server.clone(), storage, &opts.redis_url).await?;
     let probes = target.probes();
     let pool = Pool::connect(target.url(), opts.connections).await?;
     let run_id = format!("{:08x}", rand::random::<u32>());
@@ -220,6 +224,7 @@ fn validate(args: &BenchArgs) -> Result<Opts, Vec<String>> {
         concurrency: args.concurrency,
         connections: args.connections,
         duration: args.duration,
+        redis_url: args.redis_url.clone(),
         rates: args.rates.clone(),
     })
 }

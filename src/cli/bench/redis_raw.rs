@@ -1,6 +1,6 @@
 //! The `redis-raw` scenario: the Redis store's scripts driven directly, with
 //! no broker and no gRPC, against the Redis the in-process broker uses
-//! (`redis_url`, by default `redis://127.0.0.1:6379`). It is the ceiling the
+//! (`--redis-url`, by default `redis://127.0.0.1:6379`). It is the ceiling the
 //! broker's Redis rows are read against: the same batch sizes (enqueue 100,
 //! lease 100, ack the leased 100 in one call), one [`RedisStore`] (one
 //! multiplexed connection, as a broker has), `--concurrency` callers. It
@@ -15,7 +15,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::config::Config;
 use crate::core::queue::{Policies, QueuePolicy};
 use crate::core::task::NewTask;
 use crate::store::redis::RedisStore;
@@ -32,16 +31,18 @@ const BATCH: usize = 100;
 pub async fn run(ctx: &Ctx) -> anyhow::Result<ScenarioReport> {
     let fallback = QueuePolicy::default();
     let policies = Arc::new(Policies::new(BTreeMap::new(), fallback));
-    let url = Config::default().redis_url;
+    let url = ctx.opts.redis_url.clone();
     let store = Arc::new(RedisStore::connect(&url, policies, true).await?);
     let tasks = ctx.opts.tasks;
     let callers = ctx.opts.concurrency;
     let payload = ctx.payload();
 
     let queue = ctx.queue("redis-raw.drain");
+    let before = used_memory(&url).await?;
     let meter = Meter::start(ctx.probes, "redis-raw", "enqueue-100");
     produce(&store, &queue, &payload, tasks, callers, meter.tally()).await;
     let enqueue = meter.finish(Transport::Unary, None);
+    let per_task = used_memory(&url).await?.saturating_sub(before) as f64 / tasks.max(1) as f64;
 
     let meter = Meter::start(ctx.probes, "redis-raw", "lease100-ack-many");
     consume(&store, &queue, tasks, callers, meter.tally()).await;
@@ -59,10 +60,25 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<ScenarioReport> {
 
     let mut report = ScenarioReport::new("redis-raw", vec![enqueue, drain, lifecycle]);
     report.notes.push(format!(
-        "redis-raw: the store's scripts without broker or gRPC, at {url}; batches of {BATCH}; lifecycle: \
+        "the store's scripts without broker or gRPC, at {url}; batches of {BATCH}; lifecycle: \
          {producers} producers, {workers} workers"
     ));
+    report.notes.push(format!(
+        "Redis memory {per_task:.0} bytes per queued task ({} B payload; used_memory before and after \
+         enqueue-100)",
+        payload.len()
+    ));
     Ok(report)
+}
+
+/// Redis's `used_memory` (bytes).
+async fn used_memory(url: &str) -> anyhow::Result<u64> {
+    let mut conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
+    let info: String = redis::cmd("INFO").arg("memory").query_async(&mut conn).await?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no used_memory in INFO memory"))
 }
 
 /// Enqueues `total` tasks in batches from `callers` callers.

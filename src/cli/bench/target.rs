@@ -68,7 +68,11 @@ struct Local {
 
 impl Target {
     /// Starts the in-process broker, or just remembers `server`.
-    pub async fn start(server: Option<String>, storage: StorageKind) -> anyhow::Result<Self> {
+    pub async fn start(
+        server: Option<String>,
+        storage: StorageKind,
+        redis_url: &str,
+    ) -> anyhow::Result<Self> {
         if let Some(url) = server {
             return Ok(Self { url, local: None });
         }
@@ -77,6 +81,7 @@ impl Target {
             storage,
             data_dir: dir.path().to_owned(),
             listen: "127.0.0.1:0".into(),
+            redis_url: redis_url.to_owned(),
             ..Config::default()
         };
         config.validate().map_err(|problems| anyhow::anyhow!("bench config: {}", problems.join("; ")))?;
