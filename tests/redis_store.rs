@@ -20,6 +20,8 @@ use tokio::sync::broadcast;
 #[path = "common/redis.rs"]
 mod redis_server;
 use redis_server::RedisServer;
+#[path = "common/proxy.rs"]
+mod proxy;
 
 const NOW: u64 = 1_767_225_600_000;
 const SEC: u64 = 1_000;
@@ -455,4 +457,42 @@ async fn a_redis_written_in_another_key_layout_is_refused_at_connect() {
     let layout: String = redis::cmd("GET").arg("tb:layout").query_async(&mut raw).await.unwrap();
     assert_eq!(layout, "2");
     drop(connect(&server).await);
+}
+
+#[tokio::test]
+async fn connections_that_go_silent_without_closing_are_replaced() {
+    let server = RedisServer::start();
+    let proxy = proxy::Proxy::start(server.port()).await;
+    let a = RedisStore::connect(&proxy.url(), policies(), false).await.expect("connects through the proxy");
+    let b = connect(&server).await;
+    let mut events = a.events().expect("the redis store has events");
+    b.enqueue(vec![new_task("before", b"x".to_vec())], NOW).await.unwrap();
+    expect_event(&mut events, &StoreEvent::Ready("before".into())).await;
+
+    // A partition: A's connections stay open and carry nothing. Nothing
+    // resets them, so only A's own checks can notice.
+    proxy.silence_open_connections();
+    let cut = Instant::now();
+
+    // B's events reach A again once A has resubscribed on a new connection.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    'heard: loop {
+        assert!(Instant::now() < deadline, "A heard nothing of B within 20 s of the partition");
+        b.enqueue(vec![new_task("after", b"y".to_vec())], NOW).await.unwrap();
+        let until = tokio::time::Instant::now() + Duration::from_millis(500);
+        while let Ok(ev) = tokio::time::timeout_at(until, events.recv()).await {
+            match ev {
+                Ok(StoreEvent::Ready(q)) if q == "after" => break 'heard,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("event channel: {e}"),
+            }
+        }
+    }
+    eprintln!("events flowed again {:?} after the partition", cut.elapsed());
+
+    // And A's calls work again: its command connection was replaced too.
+    let t = b.enqueue(vec![new_task("after", b"z".to_vec())], NOW).await.unwrap().pop().unwrap().task;
+    let got = eventually(Duration::from_secs(20), || a.get(t.id)).await;
+    assert_eq!(got.payload, b"z");
+    eprintln!("calls worked again {:?} after the partition", cut.elapsed());
 }

@@ -6,7 +6,14 @@
 //! Every script call and pipeline the store sends touches one queue's keys,
 //! which share a hash tag and so one slot; the few global keys are read or
 //! written alone. Nothing the store sends crosses slots.
+//!
+//! The connection manager reconnects when a connection breaks, but not when
+//! one merely stops answering (a partition or a dropped NAT entry that never
+//! resets the socket): every call would then time out forever. So a call that
+//! times out also replaces the single-node connection with a new one.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -52,21 +59,71 @@ impl Target {
 /// A cheap handle on the store's connection.
 #[derive(Clone)]
 pub enum Conn {
-    Single(ConnectionManager),
+    Single(Arc<Single>),
     Cluster(ClusterConnection),
+}
+
+/// One Redis: the current connection manager, replaced when calls time out.
+pub struct Single {
+    client: Client,
+    current: RwLock<ConnectionManager>,
+    replacing: AtomicBool,
+}
+
+impl Single {
+    fn config() -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500))
+    }
+
+    fn manager(&self) -> ConnectionManager {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// After a timeout: connects anew in the background (one attempt at a
+    /// time) and makes the new connection the current one.
+    fn replace(self: &Arc<Self>) {
+        if self.replacing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let fresh = this.client.get_connection_manager_with_config(Self::config());
+            match tokio::time::timeout(CONNECT_TIMEOUT * 2, fresh).await {
+                Ok(Ok(manager)) => {
+                    *this.current.write().unwrap_or_else(|e| e.into_inner()) = manager;
+                    tracing::warn!("redis stopped answering on a connection; replaced it");
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "could not replace the redis connection"),
+                Err(_) => tracing::debug!("replacing the redis connection timed out"),
+            }
+            this.replacing.store(false, Ordering::Release);
+        });
+    }
+
+    /// `result`, after replacing the connection if it timed out.
+    fn check<T>(self: &Arc<Self>, result: RedisResult<T>) -> RedisResult<T> {
+        if let Err(e) = &result {
+            if e.is_timeout() {
+                self.replace();
+            }
+        }
+        result
+    }
 }
 
 impl Conn {
     pub async fn open(target: &Target) -> RedisResult<Conn> {
         match target {
             Target::Single(url) => {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
-                    .set_number_of_retries(1)
-                    .set_max_delay(Duration::from_millis(500));
                 let client = Client::open(url.as_str())?;
-                Ok(Conn::Single(client.get_connection_manager_with_config(config).await?))
+                let manager = client.get_connection_manager_with_config(Single::config()).await?;
+                let single =
+                    Single { client, current: RwLock::new(manager), replacing: AtomicBool::new(false) };
+                Ok(Conn::Single(Arc::new(single)))
             }
             Target::Cluster(seeds) => {
                 let client = ClusterClient::builder(seeds.clone())
@@ -83,7 +140,10 @@ impl Conn {
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Single(single) => Box::pin(async move {
+                let result = single.manager().send_packed_command(cmd).await;
+                single.check(result)
+            }),
             Conn::Cluster(c) => c.req_packed_command(cmd),
         }
     }
@@ -95,14 +155,17 @@ impl ConnectionLike for Conn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Single(single) => Box::pin(async move {
+                let result = single.manager().send_packed_commands(cmd, offset, count).await;
+                single.check(result)
+            }),
             Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
-            Conn::Single(c) => c.get_db(),
+            Conn::Single(single) => single.manager().get_db(),
             Conn::Cluster(c) => c.get_db(),
         }
     }

@@ -9,10 +9,18 @@
 //! - `changed <task id>`: a watched task changed state (see
 //!   [`crate::store::Store::set_watched`]).
 //!
+//! - `beat <token>`: a listener's heartbeat (below), not an event.
+//!
 //! A replica also hears its own events; the broker treats them as idempotent
 //! (a spurious wake-up, a lost lease it already dropped). Pub/sub delivers at
 //! most once: after the subscription comes back from an outage the listener
 //! announces every queue as ready, since wake-ups may have been missed.
+//!
+//! A subscription can die without its connection closing (a partition, a
+//! dropped NAT entry: nothing ever resets the socket). So every listener
+//! publishes a heartbeat every [`HEARTBEAT`] and, when it has heard nothing at
+//! all, not even its own heartbeat, for [`SILENCE`], drops the subscription
+//! and subscribes again on a new connection.
 
 use std::time::Duration;
 
@@ -28,6 +36,10 @@ use crate::store::StoreEvent;
 
 /// How long one (re)subscription may take.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often a listener publishes its heartbeat.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+/// How long a listener may hear nothing before it resubscribes.
+pub const SILENCE: Duration = Duration::from_secs(6);
 /// Bounds of the wait between resubscription attempts.
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
@@ -44,6 +56,9 @@ pub fn parse(payload: &[u8]) -> Option<StoreEvent> {
     let text = std::str::from_utf8(payload).ok()?;
     if let Some(queue) = text.strip_prefix("ready ") {
         return Some(StoreEvent::Ready(queue.to_owned()));
+    }
+    if text.starts_with("beat ") {
+        return None;
     }
     if let Some(id) = text.strip_prefix("changed ") {
         return Some(StoreEvent::Changed(id.parse().ok()?));
@@ -79,10 +94,11 @@ impl Drop for Listener {
     }
 }
 
-async fn listen(clients: Vec<Client>, first: PubSub, mut conn: Conn, tx: broadcast::Sender<StoreEvent>) {
+async fn listen(clients: Vec<Client>, first: PubSub, conn: Conn, tx: broadcast::Sender<StoreEvent>) {
     let mut pubsub = Some(first);
     let mut delay = RETRY_MIN;
     let mut next = 0;
+    let token = rand::random::<u64>();
     loop {
         let Some(current) = pubsub.take() else {
             tokio::time::sleep(delay).await;
@@ -94,7 +110,8 @@ async fn listen(clients: Vec<Client>, first: PubSub, mut conn: Conn, tx: broadca
                     tracing::info!("redis event subscription restored");
                     delay = RETRY_MIN;
                     pubsub = Some(p);
-                    announce_all_queues(&mut conn, &tx).await;
+                    // Off the loop: events may already be arriving.
+                    tokio::spawn(announce_all_queues(conn.clone(), tx.clone()));
                 }
                 Ok(Err(e)) => tracing::debug!(error = %e, "redis event subscription failed"),
                 Err(_) => tracing::debug!("redis event subscription timed out"),
@@ -102,21 +119,45 @@ async fn listen(clients: Vec<Client>, first: PubSub, mut conn: Conn, tx: broadca
             continue;
         };
         let mut messages = current.into_on_message();
-        while let Some(msg) = messages.next().await {
-            match parse(msg.get_payload_bytes()) {
-                Some(event) => {
-                    // No receiver is fine: nobody is listening yet.
-                    let _ = tx.send(event);
+        let mut beat = tokio::time::interval(HEARTBEAT);
+        let mut heard = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                msg = messages.next() => {
+                    let Some(msg) = msg else {
+                        tracing::warn!("redis event subscription lost; resubscribing");
+                        break;
+                    };
+                    heard = tokio::time::Instant::now();
+                    let payload = msg.get_payload_bytes();
+                    match parse(payload) {
+                        // No receiver is fine: nobody is listening yet.
+                        Some(event) => drop(tx.send(event)),
+                        None if payload.starts_with(b"beat ") => {}
+                        None => tracing::debug!("ignored a malformed redis event"),
+                    }
                 }
-                None => tracing::debug!("ignored a malformed redis event"),
+                _ = beat.tick() => {
+                    if heard.elapsed() >= SILENCE {
+                        tracing::warn!(silence = ?heard.elapsed(), "redis event subscription silent; resubscribing");
+                        break;
+                    }
+                    // Off the loop, so a Redis that does not answer cannot
+                    // hold up the events already arriving.
+                    let mut conn = conn.clone();
+                    let beat = format!("beat {token:016x}");
+                    tokio::spawn(async move {
+                        let publish = conn.publish::<_, _, ()>(keys::EVENTS, beat);
+                        let _ = tokio::time::timeout(HEARTBEAT, publish).await;
+                    });
+                }
             }
         }
-        tracing::warn!("redis event subscription lost; resubscribing");
     }
 }
 
 /// Wakes every queue's waiters: events may have been missed while away.
-async fn announce_all_queues(conn: &mut Conn, tx: &broadcast::Sender<StoreEvent>) {
+async fn announce_all_queues(mut conn: Conn, tx: broadcast::Sender<StoreEvent>) {
     let queues: RedisResult<Vec<String>> = conn.smembers(keys::QUEUES).await;
     for queue in queues.unwrap_or_default() {
         let _ = tx.send(StoreEvent::Ready(queue));
@@ -138,7 +179,9 @@ mod tests {
         assert_eq!(parse(lost.as_bytes()), Some(StoreEvent::LeaseLost(id, 7, false)));
         let changed = format!("changed {id}");
         assert_eq!(parse(changed.as_bytes()), Some(StoreEvent::Changed(id)));
-        for bad in ["", "ready", "lost x 1 0", "lost 1 2", "changed 1", &format!("lost {id} 7 2")] {
+        for bad in
+            ["", "ready", "lost x 1 0", "lost 1 2", "changed 1", &format!("lost {id} 7 2"), "beat 00ff"]
+        {
             assert_eq!(parse(bad.as_bytes()), None, "{bad:?}");
         }
     }
