@@ -148,15 +148,19 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port").port()
 }
 
+/// The first reply (up to 4 KiB) of the server on `port` to `command`, if any.
+fn ask(port: u16, command: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    s.write_all(format!("{command}\r\n").as_bytes()).ok()?;
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
 /// Whether a server on `port` answers PING (and is done loading its data).
 fn ping(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-    if s.write_all(b"PING\r\n").is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 64];
-    matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+    ask(port, "PING").is_some_and(|r| r.starts_with("+PONG"))
 }
 
 /// A private three-node Redis Cluster (masters only), every slot assigned:
@@ -210,11 +214,5 @@ impl RedisCluster {
 
 /// Whether the node on `port` reports `cluster_state:ok`.
 fn cluster_ok(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-    if s.write_all(b"CLUSTER INFO\r\n").is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 4096];
-    matches!(s.read(&mut buf), Ok(n) if String::from_utf8_lossy(&buf[..n]).contains("cluster_state:ok"))
+    ask(port, "CLUSTER INFO").is_some_and(|r| r.contains("cluster_state:ok"))
 }
