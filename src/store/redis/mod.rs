@@ -5,9 +5,10 @@
 //! Each queue has its own keys under one hash tag, `tb:{<queue>}:...` (see
 //! [`keys`]): the task records in two parts (see [`record`]: a small meta
 //! record the scripts change, and a body they never decode), results, one
-//! sorted set per state (ready by priority then arrival, leased by deadline,
-//! scheduled by due time, finished by purge time), counters for the ready
-//! order and for lease ids, and the dedup-key and request-id lookups. A task
+//! list of ready tasks per priority (FIFO), sorted sets of leased tasks (by
+//! deadline) and scheduled tasks (by due time), a list of finished tasks in
+//! purge order, counters for the ready order and for lease ids, and the
+//! dedup-key and request-id lookups. A task
 //! id carries a tag of its queue's name ([`queues`]), so no global index is
 //! written per task; the one global set, `tb:queues`, lists the queues (what
 //! the sweeps walk), written once per queue.
@@ -35,7 +36,12 @@
 //! crash of the Redis process loses nothing acknowledged, a power loss up to
 //! about a second; asynchronous replication loses acknowledged writes on
 //! failover. `maxmemory-policy` must be `noeviction`, or Redis silently evicts
-//! tasks; [`RedisStore::connect`] warns when it is not.
+//! tasks; [`RedisStore::open`] warns when it is not.
+//!
+//! # Redis Cluster
+//! [`Target::Cluster`]: every script and pipeline touches one queue's keys
+//! (one slot); events use classic pub/sub, which the cluster forwards to every
+//! node.
 
 mod ack;
 mod conn;
