@@ -48,6 +48,9 @@ pub struct Config {
     pub redis_url: String,
     /// `redis_url` names Redis Cluster nodes.
     pub redis_cluster: bool,
+    /// The master name under Redis Sentinel; `redis_url` then names the
+    /// sentinels. Empty: no Sentinel.
+    pub redis_sentinel: String,
     /// Refuse undeclared queues with NOT_FOUND instead of creating them.
     pub strict_queues: bool,
     /// Largest accepted task payload, in bytes.
@@ -69,6 +72,7 @@ impl Default for Config {
             storage: StorageKind::Embedded,
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_cluster: false,
+            redis_sentinel: String::new(),
             strict_queues: false,
             max_payload_bytes: 1 << 20,
             max_message_bytes: 64 << 20,
@@ -131,7 +135,7 @@ impl Config {
 
     /// The Redis of `storage = "redis"`.
     pub fn redis_target(&self) -> Target {
-        Target::new(&self.redis_url, self.redis_cluster)
+        Target::new(&self.redis_url, self.redis_cluster, &self.redis_sentinel)
     }
 
     /// Every problem, each as `path: what is wrong`.
@@ -140,17 +144,17 @@ impl Config {
         if self.listen.parse::<SocketAddr>().is_err() {
             errors.push(format!("listen: {:?} is not an address like 127.0.0.1:50051", self.listen));
         }
-        let urls = match self.redis_target() {
-            Target::Single(url) => vec![url],
-            Target::Cluster(seeds) => seeds,
-        };
+        let urls = self.redis_target().urls();
+        if self.redis_cluster && !self.redis_sentinel.is_empty() {
+            errors.push("redis_sentinel: Redis Cluster (redis_cluster = true) does not use Sentinel".into());
+        }
         if self.storage == StorageKind::Redis
             && (urls.is_empty()
                 || !urls.iter().all(|u| u.starts_with("redis://") || u.starts_with("rediss://")))
         {
             errors.push(format!(
-                "redis_url: {:?} must be a URL starting with redis:// or rediss:// (with redis_cluster, one or \
-                 more, separated by commas)",
+                "redis_url: {:?} must be a URL starting with redis:// or rediss:// (with redis_cluster or \
+                 redis_sentinel, one or more, separated by commas)",
                 self.redis_url
             ));
         }

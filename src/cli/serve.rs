@@ -37,6 +37,10 @@ pub struct ServeArgs {
     /// --redis-url names Redis Cluster nodes.
     #[arg(long, env = "TASKBROKER_REDIS_CLUSTER")]
     pub redis_cluster: bool,
+    /// Use the master of this name under Redis Sentinel; --redis-url then
+    /// names the sentinels (comma-separated).
+    #[arg(long, env = "TASKBROKER_REDIS_SENTINEL")]
+    pub redis_sentinel: Option<String>,
 }
 
 /// The file (if any) with the flags applied on top, validated.
@@ -63,6 +67,9 @@ pub fn load_config(args: &ServeArgs) -> Result<Config, CliError> {
         config.redis_url = url.clone();
     }
     config.redis_cluster |= args.redis_cluster;
+    if let Some(master) = &args.redis_sentinel {
+        config.redis_sentinel = master.clone();
+    }
     config.validate().map_err(CliError::Config)?;
     Ok(config)
 }

@@ -112,3 +112,21 @@ fn redis_cluster_takes_a_list_of_node_urls() {
     let single = Config::from_toml("storage = \"redis\"\nredis_url = \"redis://a:1\"").unwrap();
     assert_eq!(single.redis_target(), Target::Single("redis://a:1".into()));
 }
+
+#[test]
+fn redis_sentinel_names_the_master_and_redis_url_the_sentinels() {
+    let text =
+        "storage = \"redis\"\nredis_sentinel = \"tb\"\nredis_url = \"redis://s1:26379,redis://s2:26379\"";
+    let config = Config::from_toml(text).unwrap();
+    config.validate().unwrap();
+    assert_eq!(
+        config.redis_target(),
+        Target::Sentinel {
+            sentinels: vec!["redis://s1:26379".into(), "redis://s2:26379".into()],
+            master: "tb".into()
+        }
+    );
+    let both = Config::from_toml(&format!("{text}\nredis_cluster = true")).unwrap();
+    let errors = both.validate().unwrap_err();
+    assert!(errors.iter().any(|e| e.starts_with("redis_sentinel:")), "{errors:?}");
+}

@@ -216,3 +216,82 @@ impl RedisCluster {
 fn cluster_ok(port: u16) -> bool {
     ask(port, "CLUSTER INFO").is_some_and(|r| r.contains("cluster_state:ok"))
 }
+
+/// A Sentinel-managed Redis: a master, one replica of it, and one sentinel
+/// (quorum 1) that fails over to the replica half a second after the master
+/// stops answering.
+pub struct RedisSentinel {
+    pub master: RedisServer,
+    pub replica: RedisServer,
+    sentinel: Child,
+    sentinel_port: u16,
+    _dir: TempDir,
+}
+
+/// The master name the sentinel watches.
+pub const SENTINEL_MASTER: &str = "tbmaster";
+
+impl RedisSentinel {
+    pub fn start() -> Self {
+        let master = RedisServer::start();
+        let replicaof = master.port().to_string();
+        let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &replicaof]);
+        let dir = tempfile::tempdir().expect("a temporary directory for the sentinel");
+        let sentinel_port = free_port();
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {sentinel_port}\nbind 127.0.0.1\nprotected-mode no\ndir {}\n\
+                 sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {} 1\n\
+                 sentinel down-after-milliseconds {SENTINEL_MASTER} 500\n\
+                 sentinel failover-timeout {SENTINEL_MASTER} 2000\n",
+                dir.path().display(),
+                master.port()
+            ),
+        )
+        .expect("write sentinel.conf");
+        let sentinel = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run redis-server --sentinel ({e}); {NOT_INSTALLED}"));
+        let mut setup = Self { master, replica, sentinel, sentinel_port, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // The sentinel answers, and the replica has caught up with the master.
+        while !(ping(setup.sentinel_port)
+            && ask(setup.replica.port(), "INFO replication")
+                .is_some_and(|r| r.contains("master_link_status:up"))
+            && ask(setup.sentinel_port, &format!("SENTINEL replicas {SENTINEL_MASTER}"))
+                .is_some_and(|r| r.contains(&setup.replica.port().to_string())))
+        {
+            if Instant::now() > deadline {
+                let _ = setup.sentinel.kill();
+                panic!("the sentinel did not see the master and its replica within 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        setup
+    }
+
+    /// The sentinel's URL: what a store is given, with [`SENTINEL_MASTER`].
+    pub fn sentinel_url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.sentinel_port)
+    }
+
+    /// The port of the node the sentinel names master now.
+    pub fn master_port(&self) -> Option<u16> {
+        let reply = ask(self.sentinel_port, &format!("SENTINEL get-master-addr-by-name {SENTINEL_MASTER}"))?;
+        reply.lines().filter(|l| !l.starts_with('*') && !l.starts_with('$')).nth(1)?.trim().parse().ok()
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        let _ = self.sentinel.kill();
+        let _ = self.sentinel.wait();
+    }
+}

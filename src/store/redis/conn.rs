@@ -1,7 +1,8 @@
 //! The connection the store sends commands on: one Redis (a multiplexed,
-//! self-reconnecting [`ConnectionManager`]) or a Redis Cluster (redis-rs's
-//! cluster client, which routes each command to the node owning its keys'
-//! slot and follows resharding and failover by itself).
+//! self-reconnecting [`ConnectionManager`]), the master of a Sentinel-managed
+//! Redis, or a Redis Cluster (redis-rs's cluster client, which routes each
+//! command to the node owning its keys' slot and follows resharding and
+//! failover by itself).
 //!
 //! Every script call and pipeline the store sends touches one queue's keys,
 //! which share a hash tag and so one slot; the few global keys are read or
@@ -10,16 +11,20 @@
 //! The connection manager reconnects when a connection breaks, but not when
 //! one merely stops answering (a partition or a dropped NAT entry that never
 //! resets the socket): every call would then time out forever. So a call that
-//! times out also replaces the single-node connection with a new one.
+//! times out also replaces the connection with a new one. Under Sentinel the
+//! new connection goes to whichever node the sentinels name master now, and a
+//! broken connection or a `READONLY` answer (the old master came back as a
+//! replica) replaces it too.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Client, Cmd, Pipeline, RedisFuture, RedisResult, Value};
+use redis::sentinel::{SentinelClient, SentinelServerType};
+use redis::{Client, Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 
 /// How long opening a connection to Redis may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -29,29 +34,34 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_millis(2_500);
 /// Where the store's Redis is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
-    /// One Redis (or Valkey), possibly with replicas behind a failover proxy.
+    /// One Redis (or Valkey).
     Single(String),
     /// A Redis Cluster, reached through any of these seed nodes.
     Cluster(Vec<String>),
+    /// The master named `master` of the sentinels at these URLs.
+    Sentinel { sentinels: Vec<String>, master: String },
 }
 
 impl Target {
-    /// A single Redis at `url`, or with `cluster` the comma-separated seed
-    /// node URLs of a Redis Cluster.
-    pub fn new(url: &str, cluster: bool) -> Self {
+    /// A single Redis at `url`; with `cluster` the comma-separated seed node
+    /// URLs of a Redis Cluster; with a `sentinel_master` name, the
+    /// comma-separated URLs of the sentinels that watch it.
+    pub fn new(url: &str, cluster: bool, sentinel_master: &str) -> Self {
+        let list = || url.split(',').map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()).collect();
         if cluster {
-            Target::Cluster(url.split(',').map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()).collect())
+            Target::Cluster(list())
+        } else if !sentinel_master.is_empty() {
+            Target::Sentinel { sentinels: list(), master: sentinel_master.to_owned() }
         } else {
             Target::Single(url.to_owned())
         }
     }
 
-    /// The nodes to subscribe to events on, in order of preference: in a
-    /// cluster, PUBLISH reaches subscribers on every node, so any seed does.
-    pub fn pubsub_clients(&self) -> RedisResult<Vec<Client>> {
+    /// Every URL in the target.
+    pub fn urls(&self) -> Vec<String> {
         match self {
-            Target::Single(url) => Ok(vec![Client::open(url.as_str())?]),
-            Target::Cluster(seeds) => seeds.iter().map(|u| Client::open(u.as_str())).collect(),
+            Target::Single(url) => vec![url.clone()],
+            Target::Cluster(urls) | Target::Sentinel { sentinels: urls, .. } => urls.clone(),
         }
     }
 }
@@ -60,14 +70,31 @@ impl Target {
 #[derive(Clone)]
 pub enum Conn {
     Single(Arc<Single>),
-    Cluster(ClusterConnection),
+    Cluster(Arc<Cluster>),
 }
 
-/// One Redis: the current connection manager, replaced when calls time out.
+/// One Redis (found directly or through sentinels): the current connection
+/// manager, replaced when calls time out.
 pub struct Single {
-    client: Client,
+    source: Source,
     current: RwLock<ConnectionManager>,
     replacing: AtomicBool,
+}
+
+/// Where a single-node connection goes.
+enum Source {
+    Url(Client),
+    Sentinel(tokio::sync::Mutex<SentinelClient>),
+}
+
+impl Source {
+    /// A client for the node to use now (under Sentinel: the current master).
+    async fn client(&self) -> RedisResult<Client> {
+        match self {
+            Source::Url(client) => Ok(client.clone()),
+            Source::Sentinel(sentinel) => sentinel.lock().await.async_get_client().await,
+        }
+    }
 }
 
 impl Single {
@@ -79,23 +106,30 @@ impl Single {
             .set_max_delay(Duration::from_millis(500))
     }
 
+    async fn open(source: Source) -> RedisResult<Single> {
+        let manager = source.client().await?.get_connection_manager_with_config(Self::config()).await?;
+        Ok(Single { source, current: RwLock::new(manager), replacing: AtomicBool::new(false) })
+    }
+
     fn manager(&self) -> ConnectionManager {
         self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// After a timeout: connects anew in the background (one attempt at a
-    /// time) and makes the new connection the current one.
+    /// Connects anew in the background (one attempt at a time) and makes the
+    /// new connection the current one.
     fn replace(self: &Arc<Self>) {
         if self.replacing.swap(true, Ordering::AcqRel) {
             return;
         }
         let this = self.clone();
         tokio::spawn(async move {
-            let fresh = this.client.get_connection_manager_with_config(Self::config());
-            match tokio::time::timeout(CONNECT_TIMEOUT * 2, fresh).await {
+            let fresh = async {
+                this.source.client().await?.get_connection_manager_with_config(Self::config()).await
+            };
+            match tokio::time::timeout(CONNECT_TIMEOUT * 3, fresh).await {
                 Ok(Ok(manager)) => {
                     *this.current.write().unwrap_or_else(|e| e.into_inner()) = manager;
-                    tracing::warn!("redis stopped answering on a connection; replaced it");
+                    tracing::warn!("replaced the redis connection");
                 }
                 Ok(Err(e)) => tracing::debug!(error = %e, "could not replace the redis connection"),
                 Err(_) => tracing::debug!("replacing the redis connection timed out"),
@@ -104,10 +138,13 @@ impl Single {
         });
     }
 
-    /// `result`, after replacing the connection if it timed out.
+    /// `result`, after replacing the connection if it showed the connection
+    /// is no good: a timeout, or under Sentinel a broken connection or a node
+    /// that is no longer master.
     fn check<T>(self: &Arc<Self>, result: RedisResult<T>) -> RedisResult<T> {
         if let Err(e) = &result {
-            if e.is_timeout() {
+            let sentinel = matches!(self.source, Source::Sentinel(_));
+            if e.is_timeout() || (sentinel && (lost_master(e))) {
                 self.replace();
             }
         }
@@ -115,15 +152,33 @@ impl Single {
     }
 }
 
+/// An error that says this connection no longer reaches a working master.
+fn lost_master(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.code() == Some("READONLY")
+}
+
+/// A Redis Cluster, and the seed nodes to subscribe to events on.
+pub struct Cluster {
+    conn: ClusterConnection,
+    seeds: Vec<Client>,
+    next_seed: AtomicUsize,
+}
+
 impl Conn {
     pub async fn open(target: &Target) -> RedisResult<Conn> {
         match target {
             Target::Single(url) => {
-                let client = Client::open(url.as_str())?;
-                let manager = client.get_connection_manager_with_config(Single::config()).await?;
-                let single =
-                    Single { client, current: RwLock::new(manager), replacing: AtomicBool::new(false) };
-                Ok(Conn::Single(Arc::new(single)))
+                Ok(Conn::Single(Arc::new(Single::open(Source::Url(Client::open(url.as_str())?)).await?)))
+            }
+            Target::Sentinel { sentinels, master } => {
+                let client = SentinelClient::build(
+                    sentinels.clone(),
+                    master.clone(),
+                    None,
+                    SentinelServerType::Master,
+                )?;
+                let source = Source::Sentinel(tokio::sync::Mutex::new(client));
+                Ok(Conn::Single(Arc::new(Single::open(source).await?)))
             }
             Target::Cluster(seeds) => {
                 let client = ClusterClient::builder(seeds.clone())
@@ -131,7 +186,22 @@ impl Conn {
                     .response_timeout(RESPONSE_TIMEOUT)
                     .retries(2)
                     .build()?;
-                Ok(Conn::Cluster(client.get_async_connection().await?))
+                let conn = client.get_async_connection().await?;
+                let seeds = seeds.iter().map(|u| Client::open(u.as_str())).collect::<RedisResult<_>>()?;
+                Ok(Conn::Cluster(Arc::new(Cluster { conn, seeds, next_seed: AtomicUsize::new(0) })))
+            }
+        }
+    }
+
+    /// A client to subscribe to events through, for each (re)subscription:
+    /// the node in use (under Sentinel the master now), or in a cluster, where
+    /// PUBLISH reaches subscribers on every node, the next seed node in turn.
+    pub async fn pubsub_client(&self) -> RedisResult<Client> {
+        match self {
+            Conn::Single(single) => single.source.client().await,
+            Conn::Cluster(cluster) => {
+                let next = cluster.next_seed.fetch_add(1, Ordering::Relaxed);
+                Ok(cluster.seeds[next % cluster.seeds.len()].clone())
             }
         }
     }
@@ -144,7 +214,9 @@ impl ConnectionLike for Conn {
                 let result = single.manager().send_packed_command(cmd).await;
                 single.check(result)
             }),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Cluster(cluster) => {
+                Box::pin(async move { cluster.conn.clone().req_packed_command(cmd).await })
+            }
         }
     }
 
@@ -159,14 +231,16 @@ impl ConnectionLike for Conn {
                 let result = single.manager().send_packed_commands(cmd, offset, count).await;
                 single.check(result)
             }),
-            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(cluster) => {
+                Box::pin(async move { cluster.conn.clone().req_packed_commands(cmd, offset, count).await })
+            }
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Conn::Single(single) => single.manager().get_db(),
-            Conn::Cluster(c) => c.get_db(),
+            Conn::Cluster(cluster) => cluster.conn.get_db(),
         }
     }
 }
@@ -176,10 +250,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_cluster_target_lists_its_seed_nodes() {
-        assert_eq!(Target::new("redis://a:1", false), Target::Single("redis://a:1".into()));
-        let cluster = Target::new("redis://a:1, redis://b:2,", true);
+    fn targets_list_their_nodes() {
+        assert_eq!(Target::new("redis://a:1", false, ""), Target::Single("redis://a:1".into()));
+        let cluster = Target::new("redis://a:1, redis://b:2,", true, "");
         assert_eq!(cluster, Target::Cluster(vec!["redis://a:1".into(), "redis://b:2".into()]));
-        assert_eq!(cluster.pubsub_clients().unwrap().len(), 2);
+        let sentinel = Target::new("redis://s1:26379,redis://s2:26379", false, "tb");
+        assert_eq!(
+            sentinel,
+            Target::Sentinel {
+                sentinels: vec!["redis://s1:26379".into(), "redis://s2:26379".into()],
+                master: "tb".into()
+            }
+        );
+        assert_eq!(sentinel.urls().len(), 2);
     }
 }

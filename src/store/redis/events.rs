@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use redis::aio::PubSub;
-use redis::{AsyncCommands, Client, RedisResult};
+use redis::{AsyncCommands, RedisResult};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
@@ -44,9 +44,10 @@ pub const SILENCE: Duration = Duration::from_secs(6);
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
-/// A new pub/sub connection subscribed to the events channel.
-pub async fn subscribe(client: &Client) -> RedisResult<PubSub> {
-    let mut pubsub = client.get_async_pubsub().await?;
+/// A new pub/sub connection subscribed to the events channel, on the node
+/// `conn` names for it.
+pub async fn subscribe(conn: &Conn) -> RedisResult<PubSub> {
+    let mut pubsub = conn.pubsub_client().await?.get_async_pubsub().await?;
     pubsub.subscribe(keys::EVENTS).await?;
     Ok(pubsub)
 }
@@ -80,11 +81,10 @@ pub fn parse(payload: &[u8]) -> Option<StoreEvent> {
 pub struct Listener(JoinHandle<()>);
 
 impl Listener {
-    /// Relays from `first` (already subscribed to `clients[0]`), then
-    /// resubscribes by itself whenever the connection drops, trying `clients`
-    /// in turn (the seed nodes of a cluster).
-    pub fn spawn(clients: Vec<Client>, first: PubSub, conn: Conn, tx: broadcast::Sender<StoreEvent>) -> Self {
-        Self(tokio::spawn(listen(clients, first, conn, tx)))
+    /// Relays from `first` (already subscribed), then resubscribes by itself
+    /// whenever the connection drops or goes silent.
+    pub fn spawn(first: PubSub, conn: Conn, tx: broadcast::Sender<StoreEvent>) -> Self {
+        Self(tokio::spawn(listen(first, conn, tx)))
     }
 }
 
@@ -94,18 +94,15 @@ impl Drop for Listener {
     }
 }
 
-async fn listen(clients: Vec<Client>, first: PubSub, conn: Conn, tx: broadcast::Sender<StoreEvent>) {
+async fn listen(first: PubSub, conn: Conn, tx: broadcast::Sender<StoreEvent>) {
     let mut pubsub = Some(first);
     let mut delay = RETRY_MIN;
-    let mut next = 0;
     let token = rand::random::<u64>();
     loop {
         let Some(current) = pubsub.take() else {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(RETRY_MAX);
-            let client = &clients[next % clients.len()];
-            next += 1;
-            match tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribe(client)).await {
+            match tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribe(&conn)).await {
                 Ok(Ok(p)) => {
                     tracing::info!("redis event subscription restored");
                     delay = RETRY_MIN;

@@ -38,10 +38,11 @@
 //! failover. `maxmemory-policy` must be `noeviction`, or Redis silently evicts
 //! tasks; [`RedisStore::open`] warns when it is not.
 //!
-//! # Redis Cluster
+//! # Redis Cluster and Sentinel
 //! [`Target::Cluster`]: every script and pipeline touches one queue's keys
 //! (one slot); events use classic pub/sub, which the cluster forwards to every
-//! node.
+//! node. [`Target::Sentinel`]: commands and events go to the master the
+//! sentinels name, found again after a failover (see [`conn`]).
 
 mod ack;
 mod conn;
@@ -106,16 +107,15 @@ impl RedisStore {
         policies: Arc<Policies>,
         server_time: bool,
     ) -> Result<Self, StoreError> {
-        let clients = target.pubsub_clients().map_err(reply::store_error)?;
-        if clients.is_empty() {
-            return Err(StoreError::Unavailable("no Redis Cluster seed node given".into()));
+        if target.urls().is_empty() {
+            return Err(StoreError::Unavailable("no Redis node given".into()));
         }
         let conn = bounded(Conn::open(target)).await?;
         settings::check_layout(&conn).await?;
         settings::warn_if_unsafe(&conn).await;
-        let first = bounded(events::subscribe(&clients[0])).await?;
+        let first = bounded(events::subscribe(&conn)).await?;
         let (tx, _) = broadcast::channel(EVENT_BUFFER);
-        let listener = events::Listener::spawn(clients, first, conn.clone(), tx.clone());
+        let listener = events::Listener::spawn(first, conn.clone(), tx.clone());
         Ok(Self {
             conn,
             policies,

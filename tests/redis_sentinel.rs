@@ -1,0 +1,105 @@
+//! The Redis store on a Sentinel-managed Redis (a master, its replica, one
+//! sentinel, all this test's own): the master is killed, the sentinel promotes
+//! the replica, and the same store finds the new master by itself: what was
+//! replicated before the crash is there, calls work again, and events flow
+//! again on the new master.
+#![cfg(unix)]
+
+#[allow(dead_code)]
+#[path = "common/redis.rs"]
+mod redis_server;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis_server::{RedisSentinel, SENTINEL_MASTER};
+use taskbroker::core::queue::{Policies, QueuePolicy};
+use taskbroker::core::task::{NewTask, TaskState};
+use taskbroker::store::redis::{RedisStore, Target};
+use taskbroker::store::{LeaseSpec, Store, StoreError, StoreEvent};
+
+const NOW: u64 = 1_767_225_600_000;
+
+fn policies() -> Arc<Policies> {
+    Arc::new(Policies::new(BTreeMap::new(), QueuePolicy::default()))
+}
+
+fn task(queue: &str, payload: &str) -> NewTask {
+    NewTask {
+        queue: queue.into(),
+        kind: "sentinel.test".into(),
+        payload: payload.as_bytes().to_vec(),
+        content_type: String::new(),
+        priority: 0,
+        headers: BTreeMap::new(),
+        max_attempts: 3,
+        scheduled_time: 0,
+        dedup_key: String::new(),
+        request_id: String::new(),
+    }
+}
+
+async fn open(setup: &RedisSentinel) -> RedisStore {
+    let target = Target::Sentinel { sentinels: vec![setup.sentinel_url()], master: SENTINEL_MASTER.into() };
+    RedisStore::open(&target, policies(), false).await.expect("connects through the sentinel")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_master_dies_the_store_follows_the_sentinel_to_the_promoted_replica() {
+    let mut setup = RedisSentinel::start();
+    let store = open(&setup).await;
+    let before: Vec<_> = store
+        .enqueue((0..20).map(|i| task("jobs", &format!("before {i}"))).collect(), NOW)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.task.id)
+        .collect();
+    // Replication is asynchronous: make sure the replica has the tasks
+    // before the master dies (what WAIT is for).
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}/", setup.master.port())).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let replicas: i64 = redis::cmd("WAIT").arg(1).arg(5000).query_async(&mut raw).await.unwrap();
+    assert_eq!(replicas, 1, "the replica acknowledged the writes");
+    let mut events = store.events().expect("the redis store has events");
+
+    setup.master.kill();
+    let killed = Instant::now();
+
+    // Calls fail with UNAVAILABLE until the sentinel has promoted the replica
+    // and the store has found it; then they work again, no restart needed.
+    loop {
+        match store.enqueue(vec![task("jobs", "after")], NOW).await {
+            Ok(_) => break,
+            Err(StoreError::Unavailable(_)) => {
+                assert!(killed.elapsed() < Duration::from_secs(30), "no working master 30 s after the crash");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("while failing over: {e:?}"),
+        }
+    }
+    eprintln!("writes worked again {:?} after the master died", killed.elapsed());
+    assert_eq!(setup.master_port(), Some(setup.replica.port()), "the sentinel promoted the replica");
+
+    for id in &before {
+        assert_eq!(store.get(*id).await.unwrap().state, TaskState::Ready, "{id} survived the failover");
+    }
+    let leased = store.lease(LeaseSpec::strict(&["jobs".to_string()], 100, None, "w"), NOW).await.unwrap();
+    assert_eq!(leased.len(), 21, "the 20 replicated tasks and the one enqueued after");
+
+    // Events come from the new master too: another replica's enqueue wakes this one.
+    let other = open(&setup).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    'heard: loop {
+        assert!(Instant::now() < deadline, "no event from the new master within 20 s");
+        other.enqueue(vec![task("wake", "x")], NOW).await.unwrap();
+        let until = tokio::time::Instant::now() + Duration::from_millis(500);
+        while let Ok(ev) = tokio::time::timeout_at(until, events.recv()).await {
+            if matches!(ev, Ok(StoreEvent::Ready(ref q)) if q == "wake") {
+                break 'heard;
+            }
+        }
+    }
+    eprintln!("events flowed again {:?} after the master died", killed.elapsed());
+}
