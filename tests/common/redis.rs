@@ -105,8 +105,13 @@ impl RedisServer {
 
     fn spawn(&mut self) -> Result<(), String> {
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--protected-mode", "no"])
-            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "everysec"])
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--protected-mode", "no"]);
+        if self.extra.iter().any(|a| a == "--cluster-enabled") {
+            // The cluster bus defaults to port + 10000, which can be taken or
+            // past 65535: give it a free port of its own.
+            cmd.args(["--cluster-port", &free_port().to_string()]);
+        }
+        cmd.args(["--save", "", "--appendonly", "yes", "--appendfsync", "everysec"])
             .arg("--dir")
             .arg(self.dir.path())
             .arg("--logfile")
