@@ -496,3 +496,36 @@ async fn connections_that_go_silent_without_closing_are_replaced() {
     assert_eq!(got.payload, b"z");
     eprintln!("calls worked again {:?} after the partition", cut.elapsed());
 }
+
+#[tokio::test]
+async fn rediss_urls_talk_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+    std::fs::write(&key_file, cert.key_pair.serialize_pem()).unwrap();
+    let tls_port = redis_server::free_port().to_string();
+    let server = RedisServer::start_with(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        cert_file.to_str().unwrap(),
+        "--tls-key-file",
+        key_file.to_str().unwrap(),
+        "--tls-auth-clients",
+        "no",
+    ]);
+    // A self-signed certificate: `#insecure` skips verifying it (tests and
+    // development only; production Redis certificates are checked against the
+    // system's roots).
+    let url = format!("rediss://127.0.0.1:{tls_port}/#insecure");
+    let store = RedisStore::connect(&url, policies(), false).await.expect("connects over TLS");
+    let t = store.enqueue(vec![new_task("tls", b"secret".to_vec())], NOW).await.unwrap().pop().unwrap().task;
+    assert_eq!(store.get(t.id).await.unwrap().payload, b"secret");
+    // The same task through the plaintext port: one Redis, two transports.
+    assert_eq!(connect(&server).await.get(t.id).await.unwrap().payload, b"secret");
+    // A plaintext client on the TLS port gets nowhere.
+    let plain = format!("redis://127.0.0.1:{tls_port}/");
+    assert!(RedisStore::connect(&plain, policies(), false).await.is_err());
+}
