@@ -23,8 +23,8 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::sentinel::{SentinelClient, SentinelServerType};
-use redis::{Client, Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{Client, Cmd, Pipeline, RedisError, RedisFuture, RedisResult, TlsMode, Value};
 
 /// How long opening a connection to Redis may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -152,6 +152,19 @@ impl Single {
     }
 }
 
+/// How to reach the nodes sentinels name: over TLS when the sentinels are
+/// reached over TLS (`rediss://`, `#insecure` carried over).
+fn node_tls(sentinels: &[String]) -> SentinelNodeConnectionInfo {
+    let info = SentinelNodeConnectionInfo::default();
+    match sentinels.first() {
+        Some(url) if url.starts_with("rediss://") && url.ends_with("#insecure") => {
+            info.set_tls_mode(TlsMode::Insecure)
+        }
+        Some(url) if url.starts_with("rediss://") => info.set_tls_mode(TlsMode::Secure),
+        _ => info,
+    }
+}
+
 /// An error that says this connection no longer reaches a working master.
 fn lost_master(e: &RedisError) -> bool {
     e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.code() == Some("READONLY")
@@ -174,7 +187,7 @@ impl Conn {
                 let client = SentinelClient::build(
                     sentinels.clone(),
                     master.clone(),
-                    None,
+                    Some(node_tls(sentinels)),
                     SentinelServerType::Master,
                 )?;
                 let source = Source::Sentinel(tokio::sync::Mutex::new(client));
