@@ -1,5 +1,6 @@
 //! Several real broker processes (`taskbroker serve --storage redis`) on one
-//! redis-server: what one replica does reaches the streams, long-polls and
+//! redis-server (the 10k drain also on a three-node Redis Cluster): what one
+//! replica does reaches the streams, long-polls and
 //! stream leases of the others; a replica killed with `kill -9` loses nothing
 //! but time; a Redis crash and restart loses nothing acknowledged, fails calls
 //! with `UNAVAILABLE` meanwhile and needs no broker restart.
@@ -22,7 +23,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use redis_server::RedisServer;
+use redis_server::{RedisCluster, RedisServer};
 use serve::{ServeProcess, CALL_TIMEOUT};
 use stream_client::{id, open, task_of, FAILED_PRECONDITION, WAIT};
 use taskbroker::pb;
@@ -58,10 +59,16 @@ struct Replica {
 impl Replica {
     /// Starts a replica on `redis` and waits until it serves.
     async fn start(name: &'static str, redis: &RedisServer) -> Replica {
+        Replica::start_on(name, &["--redis-url", &redis.url()]).await
+    }
+
+    /// Starts a replica with these Redis flags (`--redis-url ...`).
+    async fn start_on(name: &'static str, redis_args: &[&str]) -> Replica {
         let dir = tempfile::tempdir().expect("a temporary directory for the broker");
         let data = dir.path().join("data");
         let data = data.to_str().expect("a UTF-8 temporary path");
-        let args = ["--storage", "redis", "--redis-url", &redis.url(), "--data-dir", data];
+        let mut args = vec!["--storage", "redis", "--data-dir", data];
+        args.extend_from_slice(redis_args);
         let process = ServeProcess::start(name, &args, &dir.path().join("broker.log")).await;
         Replica { name, process, _dir: dir }
     }
@@ -315,7 +322,23 @@ async fn drain_worker(
 async fn eight_stream_workers_on_three_replicas_drain_10k_tasks_without_duplicates_or_losses() {
     let redis = RedisServer::start();
     let replicas = start_replicas(&redis, &["A", "B", "C"]).await;
+    drain_10k(&replicas).await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_drain_on_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    let seeds = cluster.urls().join(",");
+    let mut replicas = Vec::new();
+    for name in ["A", "B", "C"] {
+        replicas.push(Replica::start_on(name, &["--redis-cluster", "--redis-url", &seeds]).await);
+    }
+    drain_10k(&replicas).await;
+}
+
+/// 8 stream workers spread over `replicas` drain 10k tasks enqueued through
+/// them: every task delivered once, acked once, SUCCEEDED through every replica.
+async fn drain_10k(replicas: &[Replica]) {
     let drain = Arc::new(Drain::default());
     let (acked, mut acked_rx) = watch::channel(0usize);
     let acked = Arc::new(acked);
