@@ -96,7 +96,7 @@ async fn after_the_master_dies_the_store_follows_the_sentinel_to_the_promoted_re
         other.enqueue(vec![task("wake", "x")], NOW).await.unwrap();
         let until = tokio::time::Instant::now() + Duration::from_millis(500);
         while let Ok(ev) = tokio::time::timeout_at(until, events.recv()).await {
-            if matches!(ev, Ok(StoreEvent::Ready(ref q)) if q == "wake") {
+            if matches!(ev, Ok(StoreEvent::Ready(ref q, _)) if q == "wake") {
                 break 'heard;
             }
         }

@@ -229,7 +229,7 @@ async fn fails_fast_while_redis_is_down_and_recovers_by_itself() {
         let heard = tokio::time::timeout(Duration::from_millis(500), async {
             loop {
                 match rx.recv().await {
-                    Ok(StoreEvent::Ready(q)) if q == "back" => return true,
+                    Ok(StoreEvent::Ready(q, _)) if q == "back" => return true,
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(broadcast::error::RecvError::Closed) => return false,
                 }
@@ -283,13 +283,13 @@ async fn events_reach_the_other_replicas() {
     let mut rx = b.events().expect("a shared store has events");
 
     let t = a.enqueue(vec![new_task("mail", vec![])], NOW).await.unwrap().pop().unwrap().task;
-    expect_event(&mut rx, &StoreEvent::Ready("mail".into())).await;
+    expect_event(&mut rx, &StoreEvent::Ready("mail".into(), 1)).await;
 
     let l = a.lease(spec("mail", 1), NOW).await.unwrap().pop().unwrap();
     let swept = a.requeue_expired(NOW + 30 * SEC).await.unwrap();
     assert_eq!(swept.expired, [(t.id, lease_id(&l))]);
     expect_event(&mut rx, &StoreEvent::LeaseLost(t.id, lease_id(&l), false)).await;
-    expect_event(&mut rx, &StoreEvent::Ready("mail".into())).await;
+    expect_event(&mut rx, &StoreEvent::Ready("mail".into(), 1)).await;
 
     let l = a.lease(spec("mail", 1), NOW + 30 * SEC).await.unwrap().pop().unwrap();
     a.cancel(t.id, NOW + 30 * SEC).await.unwrap();
@@ -298,7 +298,11 @@ async fn events_reach_the_other_replicas() {
     let n = a.enqueue(vec![new_task("mail", vec![])], NOW).await.unwrap().pop().unwrap().task;
     let l = a.lease(spec("mail", 1), NOW).await.unwrap().pop().unwrap();
     a.nack(n.id, lease_id(&l), nack(Some(0), 0.5), NOW).await.unwrap();
-    expect_event(&mut rx, &StoreEvent::Ready("mail".into())).await;
+    expect_event(&mut rx, &StoreEvent::Ready("mail".into(), 1)).await;
+
+    // One event per batch, with the count of tasks it made ready.
+    a.enqueue((0..3).map(|_| new_task("mail", vec![])).collect(), NOW).await.unwrap();
+    expect_event(&mut rx, &StoreEvent::Ready("mail".into(), 3)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -467,7 +471,7 @@ async fn connections_that_go_silent_without_closing_are_replaced() {
     let b = connect(&server).await;
     let mut events = a.events().expect("the redis store has events");
     b.enqueue(vec![new_task("before", b"x".to_vec())], NOW).await.unwrap();
-    expect_event(&mut events, &StoreEvent::Ready("before".into())).await;
+    expect_event(&mut events, &StoreEvent::Ready("before".into(), 1)).await;
 
     // A partition: A's connections stay open and carry nothing. Nothing
     // resets them, so only A's own checks can notice.
@@ -482,7 +486,7 @@ async fn connections_that_go_silent_without_closing_are_replaced() {
         let until = tokio::time::Instant::now() + Duration::from_millis(500);
         while let Ok(ev) = tokio::time::timeout_at(until, events.recv()).await {
             match ev {
-                Ok(StoreEvent::Ready(q)) if q == "after" => break 'heard,
+                Ok(StoreEvent::Ready(q, _)) if q == "after" => break 'heard,
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(e) => panic!("event channel: {e}"),
             }

@@ -234,7 +234,10 @@ async fn follow_store(inner: std::sync::Weak<Inner>, mut events: broadcast::Rece
         let Some(inner) = inner.upgrade() else { return };
         let broker = Broker { inner };
         match event {
-            StoreEvent::Ready(queue) => broker.inner.waiters.wake(&queue),
+            // As many waiters as tasks, so one task does not wake every idle
+            // stream of every replica (they would all go to the store for it).
+            StoreEvent::Ready(queue, 0) => broker.inner.waiters.wake(&queue),
+            StoreEvent::Ready(queue, n) => broker.inner.waiters.wake_for(&queue, n),
             StoreEvent::LeaseLost(task_id, lease_id, canceled) => {
                 let reason = if canceled { LostReason::Canceled } else { LostReason::Expired };
                 let _ = broker.inner.lost.send(LostLease { task_id, lease_id, reason });

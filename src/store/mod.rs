@@ -52,8 +52,8 @@ pub enum StoreError {
 /// change made through one replica reaches streams and watchers on all.
 #[derive(Clone, Debug, PartialEq)]
 pub enum StoreEvent {
-    /// The queue got ready tasks.
-    Ready(String),
+    /// The queue got this many ready tasks (0: an unknown number).
+    Ready(String, usize),
     /// A lease ended unsettled: `(task, lease id, canceled?)`.
     LeaseLost(TaskId, u64, bool),
     /// The task changed state.

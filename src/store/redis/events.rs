@@ -3,7 +3,7 @@
 //! it hears to the receivers [`crate::store::Store::events`] hands out.
 //!
 //! Messages (written by `lua/lib.lua`):
-//! - `ready <queue>`: a script made tasks READY in the queue;
+//! - `ready <queue> <n>`: a script made `n` tasks READY in the queue;
 //! - `lost <task id> <lease id> <0|1>`: a lease ended unsettled (expired, or
 //!   `1`: the task was canceled while leased);
 //! - `changed <task id>`: a watched task changed state (see
@@ -55,8 +55,13 @@ pub async fn subscribe(conn: &Conn) -> RedisResult<PubSub> {
 /// The event a message stands for, if it is one.
 pub fn parse(payload: &[u8]) -> Option<StoreEvent> {
     let text = std::str::from_utf8(payload).ok()?;
-    if let Some(queue) = text.strip_prefix("ready ") {
-        return Some(StoreEvent::Ready(queue.to_owned()));
+    if let Some(rest) = text.strip_prefix("ready ") {
+        // Queue names have no spaces; a message without a count (an older
+        // broker's) wakes every waiter.
+        return Some(match rest.rsplit_once(' ') {
+            Some((queue, n)) => StoreEvent::Ready(queue.to_owned(), n.parse().ok()?),
+            None => StoreEvent::Ready(rest.to_owned(), 0),
+        });
     }
     if text.starts_with("beat ") {
         return None;
@@ -157,7 +162,7 @@ async fn listen(first: PubSub, conn: Conn, tx: broadcast::Sender<StoreEvent>) {
 async fn announce_all_queues(mut conn: Conn, tx: broadcast::Sender<StoreEvent>) {
     let queues: RedisResult<Vec<String>> = conn.smembers(keys::QUEUES).await;
     for queue in queues.unwrap_or_default() {
-        let _ = tx.send(StoreEvent::Ready(queue));
+        let _ = tx.send(StoreEvent::Ready(queue, 0));
     }
 }
 
@@ -169,7 +174,8 @@ mod tests {
     #[test]
     fn parses_what_the_scripts_publish() {
         let id = TaskId::generate(1_767_225_600_000);
-        assert_eq!(parse(b"ready emails"), Some(StoreEvent::Ready("emails".into())));
+        assert_eq!(parse(b"ready emails 3"), Some(StoreEvent::Ready("emails".into(), 3)));
+        assert_eq!(parse(b"ready emails"), Some(StoreEvent::Ready("emails".into(), 0)));
         let lost = format!("lost {id} 42 1");
         assert_eq!(parse(lost.as_bytes()), Some(StoreEvent::LeaseLost(id, 42, true)));
         let lost = format!("lost {id} 7 0");

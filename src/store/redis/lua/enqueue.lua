@@ -10,7 +10,7 @@
 --          caller has them) and 0 when an existing task (same request id, or
 --          same dedup key still counting) is returned instead;
 --          or {'collision', id} when a new task's id is taken (nothing written).
--- Publishes: `ready <queue>` once if a task became READY.
+-- Publishes: `ready <queue> <n>` once if n tasks became READY.
 
 local now = clock()
 local window = tonumber(ARGV[4])
@@ -142,6 +142,6 @@ for k = 2, #out, 4 do
   end
 end
 if readies > 0 then
-  publish_ready()
+  publish_ready(readies)
 end
 return out

@@ -21,7 +21,7 @@
 --                            priority first, FIFO within it, in O(1) per task
 -- and three common arguments:
 --   ARGV[1] now in ms since the Unix epoch, or '' to use Redis's clock (TIME)
---   ARGV[2] the pub/sub channel for events ("ready <queue>",
+--   ARGV[2] the pub/sub channel for events ("ready <queue> <n>",
 --           "lost <task id> <lease id> <1 if canceled, else 0>",
 --           "changed <task id>" for a watched task)
 --   ARGV[3] the queue's name
@@ -224,8 +224,9 @@ local function make_final(t, state, retention)
   redis.call('RPUSH', K_FINISHED, finished_entry(t.update_time + retention, t.id))
 end
 
-local function publish_ready()
-  redis.call('PUBLISH', CHANNEL, 'ready ' .. QUEUE)
+-- Tells the replicas that `n` tasks of the queue became READY.
+local function publish_ready(n)
+  redis.call('PUBLISH', CHANNEL, 'ready ' .. QUEUE .. ' ' .. n)
 end
 
 local function publish_lost(id, lease_id, canceled)

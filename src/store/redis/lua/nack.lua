@@ -9,7 +9,7 @@
 -- ARGV[13]: a random number in [0, 1) for the jitter
 -- ARGV[14]: the queue's retention of finished tasks (ms)
 -- Returns: {'ok', meta, body, result} | {'not_found'} | {'mismatch'} | {'canceled'}
--- Publishes: `ready <queue>` if the task is READY again at once; `changed <id>`
+-- Publishes: `ready <queue> 1` if the task is READY again at once; `changed <id>`
 --            if the task is watched.
 
 local now = clock()
@@ -63,7 +63,7 @@ if retry_in == nil then
   make_final(t, DEAD, tonumber(ARGV[14]))
 elseif retry_in == 0 then
   make_ready(t)
-  publish_ready()
+  publish_ready(1)
 else
   make_scheduled(t, now + retry_in)
 end

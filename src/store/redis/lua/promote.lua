@@ -2,12 +2,12 @@
 -- KEYS: the queue's keys (lib.lua); writes meta, scheduled, ready, seq.
 -- ARGV[4]: at most this many tasks per call
 -- Returns: {id...}: the promoted tasks.
--- Publishes: `ready <queue>` once if any task was promoted; `changed <id>` per
+-- Publishes: `ready <queue> <n>` once if n > 0 tasks were promoted; `changed <id>` per
 --            watched task.
 
 local now = clock()
 local out = {}
-local any_ready = false
+local readies = 0
 local watching = any_watched()
 for _, id in ipairs(due(K_SCHEDULED, now, tonumber(ARGV[4]))) do
   local t = load(id)
@@ -17,11 +17,11 @@ for _, id in ipairs(due(K_SCHEDULED, now, tonumber(ARGV[4]))) do
     make_ready(t)
     save(t)
     publish_changed(id, watching)
-    any_ready = true
+    readies = readies + 1
     out[#out + 1] = id
   end
 end
-if any_ready then
-  publish_ready()
+if readies > 0 then
+  publish_ready(readies)
 end
 return out

@@ -6,13 +6,13 @@
 -- ARGV[5]: at most this many tasks per call
 -- Returns: {id_1, lease_id_1, ready_1, id_2, ...}: each reaped task, the lease
 --          that ran out and 1 if the task is READY again (0: DEAD).
--- Publishes: `lost <id> <lease id> 0` per task; `ready <queue>` once if any
---            task became READY; `changed <id>` per watched task.
+-- Publishes: `lost <id> <lease id> 0` per task; `ready <queue> <n>` once if n > 0
+--            tasks became READY; `changed <id>` per watched task.
 
 local now = clock()
 local retention = tonumber(ARGV[4])
 local out = {}
-local any_ready = false
+local readies = 0
 local watching = any_watched()
 for _, id in ipairs(due(K_LEASED, now, tonumber(ARGV[5]))) do
   local t = load(id)
@@ -24,7 +24,7 @@ for _, id in ipairs(due(K_LEASED, now, tonumber(ARGV[5]))) do
     local again = 0
     if t.attempt < t.max_attempts then
       make_ready(t)
-      any_ready = true
+      readies = readies + 1
       again = 1
     else
       t.last_error = string.format('lease expired on the last attempt (%d of %d)', t.attempt, t.max_attempts)
@@ -38,7 +38,7 @@ for _, id in ipairs(due(K_LEASED, now, tonumber(ARGV[5]))) do
     out[#out + 1] = again
   end
 end
-if any_ready then
-  publish_ready()
+if readies > 0 then
+  publish_ready(readies)
 end
 return out
