@@ -144,7 +144,7 @@ impl Single {
     fn check<T>(self: &Arc<Self>, result: RedisResult<T>) -> RedisResult<T> {
         if let Err(e) = &result {
             let sentinel = matches!(self.source, Source::Sentinel(_));
-            if e.is_timeout() || (sentinel && (lost_master(e))) {
+            if e.is_timeout() || (sentinel && lost_master(e)) {
                 self.replace();
             }
         }

@@ -68,7 +68,7 @@ local deadline = now + duration
 local leased, metas = {}, {}
 local watching = any_watched()
 for i, id in ipairs(ids) do
-  local state, attempt, size, lease_id, lease_expire, update_time, old_worker, tail = unpack_head(raws[i])
+  local _, attempt, size, _, _, _, _, tail = unpack_head(raws[i])
   local meta = pack_head(LEASED, attempt + 1, size, first + i, deadline, now, worker) .. string.sub(raws[i], tail)
   raws[i] = meta
   leased[#leased + 1] = deadline
