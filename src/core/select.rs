@@ -60,6 +60,51 @@ impl Selector {
     }
 }
 
+/// The lease driver every store runs over its own per-queue primitive ("take
+/// up to n ready tasks from this queue"): first up to each queue's quota, in
+/// order, then whatever is still missing from the queues in the same order.
+/// A queue that gave less than it was asked has nothing more to give and is
+/// not asked again.
+#[derive(Clone, Debug)]
+pub struct Fill<'a> {
+    plan: &'a [(String, usize)],
+    max_tasks: usize,
+    /// Position in the two passes over `plan`.
+    step: usize,
+    drained: Vec<bool>,
+}
+
+impl<'a> Fill<'a> {
+    pub fn new(plan: &'a [(String, usize)], max_tasks: usize) -> Self {
+        Self { plan, max_tasks, step: 0, drained: vec![false; plan.len()] }
+    }
+
+    /// The next queue to lease from and how many to take, given that `have`
+    /// tasks were leased so far; `None` when the lease is complete.
+    pub fn next(&mut self, have: usize) -> Option<(&'a str, usize)> {
+        while self.step < 2 * self.plan.len() && have < self.max_tasks {
+            let i = self.step % self.plan.len();
+            let first_pass = self.step < self.plan.len();
+            self.step += 1;
+            let missing = self.max_tasks - have;
+            let take = if first_pass { self.plan[i].1.min(missing) } else { missing };
+            if take > 0 && !self.drained[i] {
+                return Some((&self.plan[i].0, take));
+            }
+        }
+        None
+    }
+
+    /// Records that the queue last returned by [`Self::next`] gave `got` of
+    /// the `asked` tasks.
+    pub fn took(&mut self, asked: usize, got: usize) {
+        if got < asked {
+            let i = (self.step - 1) % self.plan.len();
+            self.drained[i] = true;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,5 +137,37 @@ mod tests {
         let mut s = Selector::new(names(&["big", "small"]), Mode::Weighted(vec![9, 1]));
         let picks: Vec<String> = (0..10).map(|_| s.plan(1)[0].0.clone()).collect();
         assert_eq!(picks.iter().filter(|q| *q == "small").count(), 1);
+    }
+
+    fn fill(plan: &[(String, usize)], max: usize, available: &mut [usize]) -> Vec<(String, usize)> {
+        let mut fill = Fill::new(plan, max);
+        let (mut have, mut asks) = (0, Vec::new());
+        while let Some((queue, take)) = fill.next(have) {
+            let i = plan.iter().position(|(q, _)| q == queue).unwrap();
+            let got = take.min(available[i]);
+            available[i] -= got;
+            have += got;
+            fill.took(take, got);
+            asks.push((queue.to_owned(), take));
+        }
+        asks
+    }
+
+    #[test]
+    fn fill_takes_quotas_first_then_the_shortfall_in_order() {
+        let plan = vec![("a".to_string(), 2), ("b".to_string(), 3)];
+        let mut available = [10, 1];
+        let asks = fill(&plan, 5, &mut available);
+        // a gives its 2, b only 1 of 3 (drained), then a makes up the rest.
+        assert_eq!(asks, vec![("a".into(), 2), ("b".into(), 3), ("a".into(), 2)]);
+        assert_eq!(available, [6, 0]);
+    }
+
+    #[test]
+    fn fill_stops_when_full_and_never_asks_a_drained_queue_again() {
+        let plan = vec![("a".to_string(), 4), ("b".to_string(), 4)];
+        assert_eq!(fill(&plan, 4, &mut [9, 9]), vec![("a".into(), 4)]);
+        let asks = fill(&plan, 4, &mut [0, 0]);
+        assert_eq!(asks, vec![("a".into(), 4), ("b".into(), 4)]);
     }
 }

@@ -153,11 +153,6 @@ impl Task {
             ready_seq: 0,
         }
     }
-
-    /// Whether attempts remain after the current delivery.
-    pub fn attempts_left(&self) -> bool {
-        self.attempt < self.max_attempts
-    }
 }
 
 #[cfg(test)]

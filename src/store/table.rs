@@ -25,7 +25,9 @@ use self::slab::Slab;
 use super::{AckItem, Enqueued, LeaseSpec, NackSpec, StoreError, Swept};
 use crate::core::lease;
 use crate::core::queue::Policies;
+use crate::core::select::Fill;
 use crate::core::task::{NewTask, Task, TaskId, TaskState};
+use crate::core::transition::{self, Cancel, Retry};
 use crate::core::Millis;
 
 /// The records an operation created, changed or removed, for persistence.
@@ -172,12 +174,11 @@ impl Table {
     pub fn lease(&mut self, spec: &LeaseSpec, now: Millis) -> Vec<Task> {
         let mut out = Vec::new();
         let mut bytes = 0;
-        for (queue, quota) in &spec.queues {
-            let want = out.len() + (*quota).min(spec.max_tasks - out.len());
-            self.lease_from(queue, want, spec, now, &mut out, &mut bytes);
-        }
-        for (queue, _) in &spec.queues {
-            self.lease_from(queue, spec.max_tasks, spec, now, &mut out, &mut bytes);
+        let mut fill = Fill::new(&spec.queues, spec.max_tasks);
+        while let Some((queue, take)) = fill.next(out.len()) {
+            let before = out.len();
+            self.lease_from(queue, before + take, spec, now, &mut out, &mut bytes);
+            fill.took(take, out.len() - before);
         }
         out
     }
@@ -230,7 +231,7 @@ impl Table {
     ) -> Result<Task, StoreError> {
         self.check_lease(id, lease_id, now)?;
         Ok(self.transition(id, now, |t| {
-            t.state = TaskState::Succeeded;
+            t.state = transition::on_ack();
             t.set_result(result);
             t.clear_lease();
         }))
@@ -245,19 +246,17 @@ impl Table {
     ) -> Result<Task, StoreError> {
         let task = self.check_lease(id, lease_id, now)?;
         let backoff = &self.policies.get(self.names.resolve(task.queue)).retry_backoff;
-        let retry_in = (!spec.no_retry && task.attempts_left())
-            .then(|| spec.retry_after.unwrap_or_else(|| backoff.delay(task.attempt, spec.jitter_sample)));
+        let request = transition::NackRequest {
+            retry_after: spec.retry_after,
+            no_retry: spec.no_retry,
+            backoff,
+            jitter_sample: spec.jitter_sample,
+        };
+        let retry = transition::on_nack(task.attempt, task.max_attempts, &request, now);
         Ok(self.transition(id, now, |t| {
             t.set_last_error(spec.error);
             t.clear_lease();
-            match retry_in {
-                None => t.state = TaskState::Dead,
-                Some(0) => t.state = TaskState::Ready,
-                Some(delay) => {
-                    t.state = TaskState::Scheduled;
-                    t.scheduled_time = now + delay;
-                }
-            }
+            t.retry(retry);
         }))
     }
 
@@ -275,12 +274,10 @@ impl Table {
 
     pub fn cancel(&mut self, id: TaskId, now: Millis) -> Result<Task, StoreError> {
         let task = self.tasks.get(&id).ok_or(StoreError::TaskNotFound(id))?;
-        match task.state {
-            TaskState::Canceled => Ok(task.to_task(id, &self.names)),
-            TaskState::Succeeded | TaskState::Dead => Err(StoreError::TaskFinished(id)),
-            TaskState::Scheduled | TaskState::Ready | TaskState::Leased => {
-                Ok(self.transition(id, now, |t| t.state = TaskState::Canceled))
-            }
+        match transition::on_cancel(task.state) {
+            Cancel::AlreadyCanceled => Ok(task.to_task(id, &self.names)),
+            Cancel::Finished => Err(StoreError::TaskFinished(id)),
+            Cancel::Cancel { .. } => Ok(self.transition(id, now, |t| t.state = TaskState::Canceled)),
         }
     }
 
@@ -296,14 +293,11 @@ impl Table {
             swept.expired.push((id, lease_id));
             self.transition_in_place(id, now, |t| {
                 t.clear_lease();
-                if t.attempts_left() {
-                    t.state = TaskState::Ready;
-                } else {
-                    t.state = TaskState::Dead;
-                    let error =
-                        format!("lease expired on the last attempt ({} of {})", t.attempt, t.max_attempts);
-                    t.set_last_error(error);
+                let retry = transition::on_expiry(t.attempt, t.max_attempts);
+                if retry == Retry::Dead {
+                    t.set_last_error(transition::expiry_error(t.attempt, t.max_attempts));
                 }
+                t.retry(retry);
             });
             self.note(&mut swept, id);
         }

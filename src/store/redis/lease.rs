@@ -6,33 +6,22 @@
 
 use super::reply::{array, task, uint, unexpected};
 use super::{scripts, RedisStore};
+use crate::core::select::Fill;
 use crate::core::task::Task;
 use crate::core::Millis;
 use crate::store::{LeaseSpec, StoreError};
 
 impl RedisStore {
-    /// Leases by `spec` as [`crate::store::table::Table::lease`] does: up to
-    /// each queue's quota first, then the shortfall from the queues in order.
+    /// Leases by `spec` with the one lease driver, [`Fill`], over `lease.lua`
+    /// (one script call per queue).
     /// A failure after some tasks were leased returns those tasks.
     pub(super) async fn lease_tasks(&self, spec: LeaseSpec, now: Millis) -> Result<Vec<Task>, StoreError> {
         let mut out = Vec::new();
         let mut bytes = 0;
-        // Queues that gave less than asked: they have nothing more to give.
-        let mut drained: Vec<&str> = Vec::new();
-        let passes = spec
-            .queues
-            .iter()
-            .map(|(q, quota)| (q, Some(*quota)))
-            .chain(spec.queues.iter().map(|(q, _)| (q, None)));
-        for (queue, quota) in passes {
-            let missing = spec.max_tasks - out.len();
-            let take = quota.map_or(missing, |quota| quota.min(missing));
-            if take == 0 || drained.contains(&queue.as_str()) {
-                continue;
-            }
+        let mut fill = Fill::new(&spec.queues, spec.max_tasks);
+        while let Some((queue, take)) = fill.next(out.len()) {
             match self.lease_from(queue, take, &spec, now, &mut out, &mut bytes).await {
-                Ok(got) if got < take => drained.push(queue),
-                Ok(_) => {}
+                Ok(got) => fill.took(take, got),
                 Err(e) if out.is_empty() => return Err(e),
                 Err(e) => {
                     tracing::warn!(error = %e, queue, "lease stopped part-way; returning what was leased");

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use super::names::{Names, Sym};
 use crate::core::task::{Lease, Task, TaskId, TaskState};
+use crate::core::transition::Retry;
 use crate::core::Millis;
 
 /// A task as the table keeps it (its id is the table's key).
@@ -189,9 +190,13 @@ impl Record {
         self.cold.as_ref().map_or("", |c| &c.request_id)
     }
 
-    /// Whether attempts remain after the current delivery.
-    pub fn attempts_left(&self) -> bool {
-        self.attempt < self.max_attempts
+    /// Applies a retry decision of [`crate::core::transition`]: READY at once,
+    /// SCHEDULED until its due time, or DEAD.
+    pub fn retry(&mut self, retry: Retry) {
+        self.state = retry.state();
+        if let Retry::At(due) = retry {
+            self.scheduled_time = due;
+        }
     }
 
     /// The current lease's id and holder, if any.

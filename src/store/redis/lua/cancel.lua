@@ -1,5 +1,6 @@
 -- cancel: cancels a SCHEDULED, READY or LEASED task; a LEASED one keeps its
 -- lease id, so its holder's next settling call learns it was canceled.
+-- Mirrors core::transition::on_cancel.
 -- KEYS: the queue's keys (lib.lua); writes meta and the index of its state, finished.
 -- ARGV[4]: task id
 -- ARGV[5]: the queue's retention of finished tasks (ms)

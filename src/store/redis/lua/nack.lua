@@ -1,4 +1,6 @@
 -- nack: retries (READY or SCHEDULED) or kills (DEAD) a leased task.
+-- Mirrors core::transition::on_nack (and core::retry::Backoff::delay, bit for
+-- bit); tests/differential.rs keeps the two equal.
 -- KEYS: the queue's keys (lib.lua); writes meta, leased, ready, scheduled, finished, seq.
 -- ARGV[4]: task id
 -- ARGV[5]: lease id presented by the worker

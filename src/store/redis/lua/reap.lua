@@ -1,6 +1,7 @@
 -- reap: returns tasks whose lease ran out (deadline <= now) to READY, or to
 -- DEAD when that was their last attempt. Safe to run from several replicas at
 -- once: a task is reaped by exactly one call.
+-- Mirrors core::transition::on_expiry and expiry_error.
 -- KEYS: the queue's keys (lib.lua); writes meta, leased, ready, finished, seq.
 -- ARGV[4]: the queue's retention of finished tasks (ms)
 -- ARGV[5]: at most this many tasks per call
