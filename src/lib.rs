@@ -19,6 +19,7 @@
 //! Dependencies point one way: `grpc → broker → core`, `broker → store`.
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod background;
 pub mod broker;
 pub mod cli;

@@ -14,13 +14,29 @@ use crate::store::{AckItem, LeaseSpec, NackSpec};
 /// Longest error text kept from a Nack.
 const MAX_ERROR_BYTES: usize = 16 * 1024;
 
+/// How much of the client's deadline a long-poll leaves for the answer to
+/// travel back: an empty answer just before the deadline beats
+/// DEADLINE_EXCEEDED, which would strand tasks leased at the last moment
+/// until their lease expires.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(200);
+
+/// How long a Lease may wait: what it asked for, but never past the client's
+/// deadline (less [`DEADLINE_MARGIN`]).
+fn long_poll(wait: Option<Duration>, deadline: Option<Duration>) -> Duration {
+    let wait = wait.unwrap_or_default();
+    match deadline {
+        Some(d) => wait.min(d.saturating_sub(DEADLINE_MARGIN)),
+        None => wait,
+    }
+}
+
 impl Broker {
     /// Leases ready tasks, waiting up to `input.wait` for some to appear.
     pub async fn lease(&self, input: LeaseInput) -> Result<Vec<Task>, BrokerError> {
         let max_tasks = self.rules().lease(&input)?;
         let lease_duration = input.lease_duration.map(|d| d.as_millis() as Millis);
         let spec = LeaseSpec::strict(&input.queues, max_tasks, lease_duration, &input.worker_id);
-        let wait = input.wait.unwrap_or_default();
+        let wait = long_poll(input.wait, input.deadline);
         let deadline = tokio::time::Instant::now() + wait;
         let mut phase = self.phase();
         loop {
@@ -180,4 +196,19 @@ fn parse_settle(task_id: &str, lease_id: &str) -> Result<(TaskId, u64), BrokerEr
     // A lease id that is not one of ours cannot hold the task.
     let lease = lease_id.parse().map_err(|_| BrokerError::LeaseMismatch)?;
     Ok((id, lease))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_poll_ends_before_the_clients_deadline() {
+        let s = Duration::from_secs;
+        assert_eq!(long_poll(Some(s(30)), None), s(30));
+        assert_eq!(long_poll(Some(s(30)), Some(s(5))), s(5) - DEADLINE_MARGIN);
+        assert_eq!(long_poll(Some(s(1)), Some(s(5))), s(1));
+        assert_eq!(long_poll(Some(s(30)), Some(Duration::from_millis(50))), Duration::ZERO);
+        assert_eq!(long_poll(None, Some(s(5))), Duration::ZERO);
+    }
 }

@@ -10,6 +10,7 @@ use crate::core::queue::Policies;
 use crate::core::routing::{self, Route};
 use crate::core::select::Mode;
 use crate::core::task::NewTask;
+use crate::core::trace::TraceContext;
 use crate::core::{Millis, MAX_PRIORITY};
 
 /// Most headers a task may carry.
@@ -40,6 +41,8 @@ pub struct EnqueueInput {
     pub max_attempts: Option<u32>,
     pub dedup_key: String,
     pub request_id: String,
+    /// The producer's trace context, kept with the task (see [`TraceContext`]).
+    pub trace: TraceContext,
 }
 
 /// A Lease request, as the client sent it.
@@ -50,6 +53,8 @@ pub struct LeaseInput {
     pub lease_duration: Option<Duration>,
     pub wait: Option<Duration>,
     pub worker_id: String,
+    /// How long the client waits for the answer (its gRPC deadline).
+    pub deadline: Option<Duration>,
 }
 
 /// A stream's Subscribe message, as the client sent it.
@@ -100,6 +105,7 @@ impl Rules<'_> {
             max_attempts,
             dedup_key,
             request_id,
+            trace,
         } = input;
         let mut v = Vec::new();
         if kind.is_empty() {
@@ -141,6 +147,8 @@ impl Rules<'_> {
         if !v.is_empty() {
             return Err(BrokerError::Invalid(v));
         }
+        let mut headers = headers;
+        trace.inherit_into(&mut headers);
         let route = if queue.is_empty() { routing::route(self.routes, &kind, &headers) } else { None };
         let queue = match (queue.is_empty(), route) {
             (false, _) => queue,
@@ -207,7 +215,8 @@ impl Rules<'_> {
     /// Validates a stream subscription.
     pub fn subscribe(&self, input: SubscribeInput) -> Result<Subscription, BrokerError> {
         let SubscribeInput { queues, weighted, weights, max_in_flight, lease_duration, worker_id } = input;
-        let as_lease = LeaseInput { queues, max_tasks: 1, lease_duration, wait: None, worker_id };
+        let as_lease =
+            LeaseInput { queues, max_tasks: 1, lease_duration, wait: None, worker_id, deadline: None };
         let mut v = match self.lease(&as_lease) {
             Ok(_) => Vec::new(),
             Err(BrokerError::Invalid(v)) => v,

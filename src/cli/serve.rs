@@ -7,14 +7,9 @@ use std::sync::Arc;
 use clap::Args;
 
 use super::CliError;
-use crate::broker::{Broker, BrokerSettings};
+use crate::app;
 use crate::config::{Config, StorageKind};
-use crate::core::clock::{Clock, SystemClock};
-use crate::grpc::server::{self, ServerOptions};
-use crate::store::embedded::EmbeddedStore;
-use crate::store::memory::MemoryStore;
-use crate::store::redis::RedisStore;
-use crate::store::Store;
+use crate::core::clock::SystemClock;
 
 #[derive(Debug, Default, Args)]
 pub struct ServeArgs {
@@ -74,37 +69,11 @@ pub fn load_config(args: &ServeArgs) -> Result<Config, CliError> {
     Ok(config)
 }
 
-/// Opens the configured store and builds the broker on it.
-pub async fn open_broker(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Broker> {
-    let policies = Arc::new(config.policies());
-    let store: Arc<dyn Store> = match config.storage {
-        StorageKind::Memory => Arc::new(MemoryStore::new(policies.clone())),
-        StorageKind::Embedded => Arc::new(EmbeddedStore::open(&config.data_dir, policies.clone())?),
-        // Redis's clock, not this replica's, times leases and delays.
-        StorageKind::Redis => Arc::new(
-            RedisStore::open(&config.redis_target(), policies.clone(), true)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot use Redis at {}: {e}", config.redis_url))?,
-        ),
-    };
-    let settings = BrokerSettings {
-        policies,
-        routes: config.routes(),
-        strict_queues: config.strict_queues,
-        max_payload_bytes: config.max_payload_bytes,
-    };
-    Ok(Broker::new(store, clock, settings))
-}
-
 pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     let config = load_config(&args)?;
-    let broker = open_broker(&config, Arc::new(SystemClock)).await?;
-    let addr = config.listen.parse().map_err(|_| CliError::Config(vec!["listen: not an address".into()]))?;
-    let opts =
-        ServerOptions { max_message_bytes: config.max_message_bytes, shutdown_grace: config.shutdown_grace };
     // Handlers first: a SIGTERM right after the "listening" line must shut down cleanly.
     let signal = shutdown_signal()?;
-    let running = server::start(broker, addr, opts).await?;
+    let running = app::start(&config, Arc::new(SystemClock)).await?;
     tracing::info!(storage = ?config.storage, data_dir = %config.data_dir.display(), "ready");
     // Tests and supervisors read this line to learn the port (useful with :0).
     println!("listening on {}", running.addr);

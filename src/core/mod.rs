@@ -13,6 +13,7 @@ pub mod retry;
 pub mod routing;
 pub mod select;
 pub mod task;
+pub mod trace;
 pub mod transition;
 
 /// Milliseconds since the Unix epoch: the one time unit of the core.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use prost_types::Timestamp;
 
+use super::caller::Caller;
 use crate::broker::{BrokerError, EnqueueInput, LeaseInput, Violation};
 use crate::core::task::{Task, TaskState};
 use crate::core::Millis;
@@ -61,7 +62,8 @@ pub fn duration_field(
     duration(field, d).map_err(|v| BrokerError::Invalid(vec![v]))
 }
 
-pub fn enqueue_input(req: pb::EnqueueRequest) -> Result<EnqueueInput, BrokerError> {
+/// An Enqueue as the broker takes it; `caller` supplies the trace context.
+pub fn enqueue_input(req: pb::EnqueueRequest, caller: &Caller) -> Result<EnqueueInput, BrokerError> {
     let pb::EnqueueRequest {
         queue,
         kind,
@@ -90,15 +92,24 @@ pub fn enqueue_input(req: pb::EnqueueRequest) -> Result<EnqueueInput, BrokerErro
         max_attempts,
         dedup_key,
         request_id,
+        trace: caller.trace.clone(),
     })
 }
 
-pub fn lease_input(req: pb::LeaseRequest) -> Result<LeaseInput, BrokerError> {
+/// A Lease as the broker takes it; `caller` supplies the client's deadline.
+pub fn lease_input(req: pb::LeaseRequest, caller: &Caller) -> Result<LeaseInput, BrokerError> {
     let pb::LeaseRequest { queues, max_tasks, lease_duration, wait, worker_id } = req;
     let mut checks = Checks::default();
     let lease_duration = checks.take(duration("lease_duration", lease_duration));
     let wait = checks.take(duration("wait", wait));
-    checks.finish(LeaseInput { queues, max_tasks, lease_duration, wait, worker_id })
+    checks.finish(LeaseInput {
+        queues,
+        max_tasks,
+        lease_duration,
+        wait,
+        worker_id,
+        deadline: caller.deadline,
+    })
 }
 
 pub fn state(s: TaskState) -> pb::TaskState {
@@ -184,7 +195,9 @@ mod tests {
             scheduled_time: Some(Timestamp { seconds: -5, nanos: 0 }),
             ..Default::default()
         };
-        let Err(BrokerError::Invalid(v)) = enqueue_input(req) else { panic!("expected invalid") };
+        let Err(BrokerError::Invalid(v)) = enqueue_input(req, &Caller::default()) else {
+            panic!("expected invalid")
+        };
         let fields: Vec<_> = v.iter().map(|v| v.field.as_str()).collect();
         assert_eq!(fields, ["delay", "scheduled_time"]);
     }

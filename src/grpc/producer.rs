@@ -7,6 +7,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::caller::Caller;
 use super::convert;
 use super::status::to_rpc_status;
 use crate::broker::{Broker, BrokerError};
@@ -59,6 +60,7 @@ fn stream_result(outcome: Result<Enqueued, BrokerError>) -> pb::EnqueueStreamRes
 /// items, not the stream.
 async fn pump_enqueues(
     broker: Broker,
+    caller: Caller,
     mut inbound: Streaming<pb::EnqueueRequest>,
     out: mpsc::Sender<Result<pb::EnqueueStreamResponse, Status>>,
 ) {
@@ -79,7 +81,7 @@ async fn pump_enqueues(
         let items: Vec<_> = chunk
             .into_iter()
             .filter_map(|m| match m {
-                Ok(req) => Some(convert::enqueue_input(req)),
+                Ok(req) => Some(convert::enqueue_input(req, &caller)),
                 Err(status) => {
                     ended = Some(status);
                     None
@@ -158,7 +160,8 @@ impl ProducerService for Producer {
         req: Request<Streaming<pb::EnqueueRequest>>,
     ) -> Result<Response<Self::EnqueueStreamStream>, Status> {
         let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
-        tokio::spawn(pump_enqueues(self.broker.clone(), req.into_inner(), tx));
+        let caller = Caller::of(&req);
+        tokio::spawn(pump_enqueues(self.broker.clone(), caller, req.into_inner(), tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -177,7 +180,8 @@ impl ProducerService for Producer {
         &self,
         req: Request<pb::EnqueueRequest>,
     ) -> Result<Response<pb::EnqueueResponse>, Status> {
-        let input = convert::enqueue_input(req.into_inner())?;
+        let caller = Caller::of(&req);
+        let input = convert::enqueue_input(req.into_inner(), &caller)?;
         let out = self.broker.enqueue(input).await?;
         Ok(Response::new(pb::EnqueueResponse {
             task: Some(convert::task(out.task)),
@@ -189,8 +193,9 @@ impl ProducerService for Producer {
         &self,
         req: Request<pb::EnqueueBatchRequest>,
     ) -> Result<Response<pb::EnqueueBatchResponse>, Status> {
+        let caller = Caller::of(&req);
         let pb::EnqueueBatchRequest { tasks } = req.into_inner();
-        let items = tasks.into_iter().map(convert::enqueue_input).collect();
+        let items = tasks.into_iter().map(|t| convert::enqueue_input(t, &caller)).collect();
         let results = self.broker.enqueue_batch(items).await?.into_iter().map(enqueue_result).collect();
         Ok(Response::new(pb::EnqueueBatchResponse { results }))
     }

@@ -1,8 +1,5 @@
-//! Server assembly: services, health, reflection, transport settings, and the
-//! shutdown sequence.
-//!
-//! Shutdown: health turns NOT_SERVING, the server stops accepting, in-flight
-//! calls get `grace` to finish, then the timer loop stops.
+//! The gRPC server: services, health, reflection and transport settings on
+//! one listener. It serves; [`crate::app`] decides when to start and stop.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -15,10 +12,10 @@ use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
+use super::caller::CallerLayer;
 use super::producer::Producer;
 use super::worker::Worker;
-use crate::background;
-use crate::broker::{Broker, Phase};
+use crate::broker::Broker;
 use crate::pb;
 use crate::pb::producer_service_server::ProducerServiceServer;
 use crate::pb::worker_service_server::WorkerServiceServer;
@@ -28,81 +25,61 @@ use crate::pb::worker_service_server::WorkerServiceServer;
 pub struct ServerOptions {
     /// Largest request or response message, in bytes.
     pub max_message_bytes: usize,
-    /// How long in-flight calls may finish after shutdown starts.
-    pub shutdown_grace: Duration,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        Self { max_message_bytes: 64 << 20, shutdown_grace: Duration::from_secs(10) }
+        Self { max_message_bytes: 64 << 20 }
     }
 }
 
-/// A running server.
-pub struct Running {
+/// A gRPC server serving on its listener.
+pub struct Serving {
     /// The address it listens on (useful with port 0).
     pub addr: SocketAddr,
-    broker: Broker,
-    /// Stops accepting connections.
+    /// Readiness and per-service health.
+    pub health: HealthReporter,
     stop_accepting: watch::Sender<bool>,
-    /// Stops the timer loop and the storage watcher.
-    stop_background: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
-    timers: JoinHandle<()>,
-    health: HealthReporter,
-    grace: Duration,
 }
 
-impl Running {
-    /// Whether the server stopped by itself (an error).
+impl Serving {
+    /// Closes the listener; open connections and calls go on.
+    pub fn stop_accepting(&self) {
+        let _ = self.stop_accepting.send(true);
+    }
+
     pub fn is_finished(&self) -> bool {
         self.server.is_finished()
     }
 
-    /// The shutdown sequence: health NOT_SERVING, streams told to drain, no
-    /// new connections; in-flight calls and streams get the grace period;
-    /// then streams release what they hold, and background loops stop.
-    pub async fn shutdown(mut self) -> anyhow::Result<()> {
-        self.health.set_service_status("", ServingStatus::NotServing).await;
-        self.broker.set_phase(Phase::Draining);
-        let _ = self.stop_accepting.send(true);
-        let served = match tokio::time::timeout(self.grace, &mut self.server).await {
-            Ok(joined) => joined,
-            Err(_) => {
-                tracing::warn!(grace = ?self.grace, "calls still open after the grace period; ending them");
-                self.broker.set_phase(Phase::Stopped);
-                match tokio::time::timeout(AFTER_GRACE, &mut self.server).await {
-                    Ok(joined) => joined,
-                    Err(_) => {
-                        self.server.abort();
-                        Ok(Ok(()))
-                    }
-                }
-            }
-        };
-        self.broker.set_phase(Phase::Stopped);
-        let _ = self.stop_background.send(true);
-        let _ = self.timers.await;
-        Ok(served??)
+    /// Waits up to `within` for every open call to end; `None` if some remain.
+    pub async fn finish(&mut self, within: Duration) -> Option<anyhow::Result<()>> {
+        match tokio::time::timeout(within, &mut self.server).await {
+            Ok(Ok(served)) => Some(served.map_err(Into::into)),
+            Ok(Err(joined)) => Some(Err(joined.into())),
+            Err(_) => None,
+        }
+    }
+
+    /// Ends every open call at once.
+    pub fn abort(&self) {
+        self.server.abort();
     }
 }
 
-/// How long streams get to release their leases once the grace is over.
-const AFTER_GRACE: Duration = Duration::from_secs(2);
-
-/// Binds `addr` and serves `broker` until [`Running::shutdown`].
-pub async fn start(broker: Broker, addr: SocketAddr, opts: ServerOptions) -> anyhow::Result<Running> {
+/// Binds `addr` and serves `broker` until [`Serving::stop_accepting`] and the
+/// last open call ends.
+pub async fn serve(broker: Broker, addr: SocketAddr, opts: ServerOptions) -> anyhow::Result<Serving> {
     let listener =
         TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let addr = listener.local_addr()?;
     let (stop_accepting, mut accepting) = watch::channel(false);
-    let (stop_background, stop) = watch::channel(false);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
     health.set_serving::<ProducerServiceServer<Producer>>().await;
     health.set_serving::<WorkerServiceServer<Worker>>().await;
-    tokio::spawn(watch_storage(broker.clone(), health.clone(), stop.clone()));
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -117,7 +94,7 @@ pub async fn start(broker: Broker, addr: SocketAddr, opts: ServerOptions) -> any
     let producer = ProducerServiceServer::new(Producer::new(broker.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let worker = WorkerServiceServer::new(Worker::new(broker.clone()))
+    let worker = WorkerServiceServer::new(Worker::new(broker))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
 
@@ -127,6 +104,8 @@ pub async fn start(broker: Broker, addr: SocketAddr, opts: ServerOptions) -> any
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_connection_age(Duration::from_secs(30 * 60))
         .trace_fn(|req| tracing::debug_span!("grpc", path = %req.uri().path()))
+        // The one middleware stack: every layer a call passes before its handler.
+        .layer(tower::ServiceBuilder::new().layer(CallerLayer))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -139,35 +118,6 @@ pub async fn start(broker: Broker, addr: SocketAddr, opts: ServerOptions) -> any
     let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         let _ = accepting.wait_for(|s| *s).await;
     }));
-    let timers = tokio::spawn(background::run_timers(broker.clone(), stop));
     tracing::info!(%addr, "taskbroker serving");
-    Ok(Running {
-        addr,
-        broker,
-        stop_accepting,
-        stop_background,
-        server,
-        timers,
-        health,
-        grace: opts.shutdown_grace,
-    })
-}
-
-/// Readiness follows storage health (liveness does not: a storage outage must
-/// not become a restart storm).
-async fn watch_storage(broker: Broker, health: HealthReporter, mut stop: watch::Receiver<bool>) {
-    let mut was_healthy = true;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        let healthy = broker.healthy().await;
-        if healthy != was_healthy {
-            let status = if healthy { ServingStatus::Serving } else { ServingStatus::NotServing };
-            tracing::warn!(healthy, "storage health changed");
-            health.set_service_status("", status).await;
-            was_healthy = healthy;
-        }
-    }
+    Ok(Serving { addr, health, stop_accepting, server })
 }

@@ -2,6 +2,7 @@
 
 use tonic::{Request, Response, Status, Streaming};
 
+use super::caller::Caller;
 use super::convert;
 use crate::broker::Broker;
 use crate::pb;
@@ -29,7 +30,8 @@ impl WorkerService for Worker {
     }
 
     async fn lease(&self, req: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
-        let input = convert::lease_input(req.into_inner())?;
+        let caller = Caller::of(&req);
+        let input = convert::lease_input(req.into_inner(), &caller)?;
         let tasks = self.broker.lease(input).await?;
         Ok(Response::new(pb::LeaseResponse { tasks: tasks.into_iter().map(convert::leased_task).collect() }))
     }

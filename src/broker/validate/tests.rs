@@ -114,6 +114,7 @@ fn lease_limits() {
         lease_duration: Some(Duration::from_millis(500)),
         wait: Some(Duration::from_secs(61)),
         worker_id: String::new(),
+        deadline: None,
     };
     assert_eq!(fields(rules.lease(&bad).unwrap_err()), ["queues[1]", "max_tasks", "lease_duration", "wait"]);
     let none = LeaseInput::default();

@@ -2,7 +2,7 @@
 //! URL.
 //!
 //! In-process, the broker is assembled exactly as `taskbroker serve` does it
-//! (`open_broker` + `grpc::server::start`) but runs on a runtime of its own
+//! (`app::start`) but runs on a runtime of its own
 //! whose threads are named `tb-broker`, so its CPU time can be read apart from
 //! the load generator's (see [`super::procfs`]). The data directory is a
 //! temporary one, removed at the end.
@@ -16,10 +16,9 @@ use tempfile::TempDir;
 use tokio::runtime::Runtime;
 
 use super::meter::Probes;
-use crate::cli::serve::open_broker;
+use crate::app::{self, Running};
 use crate::config::{Config, StorageKind};
 use crate::core::clock::SystemClock;
-use crate::grpc::server::{self, Running, ServerOptions};
 
 /// The name of every thread that serves (broker runtime, echo runtime); the
 /// CPU probe sums threads whose name starts with `tb-`, which also catches the
@@ -82,21 +81,13 @@ impl Target {
             data_dir: dir.path().to_owned(),
             listen: "127.0.0.1:0".into(),
             redis_url: redis_url.to_owned(),
+            shutdown_grace: Duration::from_secs(2),
             ..Config::default()
         };
         config.validate().map_err(|problems| anyhow::anyhow!("bench config: {}", problems.join("; ")))?;
         let runtime = server_runtime()?;
-        let opts = ServerOptions {
-            max_message_bytes: config.max_message_bytes,
-            shutdown_grace: Duration::from_secs(2),
-        };
-        let running = runtime
-            .spawn(async move {
-                let broker = open_broker(&config, Arc::new(SystemClock)).await?;
-                let addr = config.listen.parse()?;
-                server::start(broker, addr, opts).await
-            })
-            .await??;
+        let running =
+            runtime.spawn(async move { app::start(&config, Arc::new(SystemClock)).await }).await??;
         let url = format!("http://{}", running.addr);
         Ok(Self { url, local: Some(Local { storage, runtime, running, dir }) })
     }

@@ -1,0 +1,154 @@
+//! The one place that assembles and stops the program: storage, the broker,
+//! the background loops, the gRPC server and readiness.
+//!
+//! `serve`, the test harness and the load tool all start a broker through
+//! [`start`]; nothing else spawns background loops or decides shutdown order.
+//!
+//! Shutdown ([`Running::shutdown`]): readiness NOT_SERVING → streams told to
+//! drain, long-polls return → no new connections → in-flight calls and streams
+//! get `shutdown_grace` → streams release what they still hold → background
+//! loops stop → the store closes when the last handle goes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+use crate::background;
+use crate::broker::{Broker, BrokerSettings, Phase};
+use crate::config::{Config, StorageKind};
+use crate::core::clock::Clock;
+use crate::grpc::server::{self, ServerOptions, Serving};
+use crate::store::embedded::EmbeddedStore;
+use crate::store::memory::MemoryStore;
+use crate::store::redis::RedisStore;
+use crate::store::Store;
+
+/// How long streams get to release their leases once the grace is over.
+const AFTER_GRACE: Duration = Duration::from_secs(2);
+/// How often readiness looks at storage health.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Opens the configured store.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let policies = Arc::new(config.policies());
+    Ok(match config.storage {
+        StorageKind::Memory => Arc::new(MemoryStore::new(policies)),
+        StorageKind::Embedded => Arc::new(EmbeddedStore::open(&config.data_dir, policies)?),
+        // Redis's clock, not this replica's, times leases and delays.
+        StorageKind::Redis => Arc::new(
+            RedisStore::open(&config.redis_target(), policies, true)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot use Redis at {}: {e}", config.redis_url))?,
+        ),
+    })
+}
+
+/// Opens the configured store and builds the broker on it.
+pub async fn open_broker(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Broker> {
+    let store = open_store(config).await?;
+    let settings = BrokerSettings {
+        policies: Arc::new(config.policies()),
+        routes: config.routes(),
+        strict_queues: config.strict_queues,
+        max_payload_bytes: config.max_payload_bytes,
+    };
+    Ok(Broker::new(store, clock, settings))
+}
+
+/// Starts everything `config` describes and serves until [`Running::shutdown`].
+/// `config` must have passed `validate()`.
+pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running> {
+    let broker = open_broker(config, clock).await?;
+    let addr: SocketAddr =
+        config.listen.parse().map_err(|_| anyhow::anyhow!("listen: not an address: {}", config.listen))?;
+    let (stop_background, stop) = watch::channel(false);
+    let opts = ServerOptions { max_message_bytes: config.max_message_bytes };
+    let grpc = server::serve(broker.clone(), addr, opts).await?;
+    let health = grpc.health.clone();
+    let readiness = tokio::spawn(follow_storage_health(broker.clone(), health.clone(), stop.clone()));
+    let timers = tokio::spawn(background::run_timers(broker.clone(), stop));
+    Ok(Running {
+        addr: grpc.addr,
+        broker,
+        grpc,
+        health,
+        stop_background,
+        background: vec![timers, readiness],
+        grace: config.shutdown_grace,
+    })
+}
+
+/// A running broker.
+pub struct Running {
+    /// The gRPC address it listens on (useful with port 0).
+    pub addr: SocketAddr,
+    broker: Broker,
+    grpc: Serving,
+    /// Readiness (`grpc.health.v1`, service `""`).
+    health: HealthReporter,
+    /// Stops the timer loop and the storage health watcher.
+    stop_background: watch::Sender<bool>,
+    background: Vec<JoinHandle<()>>,
+    /// How long in-flight calls may finish after shutdown starts.
+    grace: Duration,
+}
+
+impl Running {
+    /// The broker behind the server (tests drive its timers directly).
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// Whether the gRPC server stopped by itself (an error).
+    pub fn is_finished(&self) -> bool {
+        self.grpc.is_finished()
+    }
+
+    /// The shutdown sequence (see the module docs).
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.health.set_service_status("", ServingStatus::NotServing).await;
+        self.broker.set_phase(Phase::Draining);
+        self.grpc.stop_accepting();
+        let served = match self.grpc.finish(self.grace).await {
+            Some(served) => served,
+            None => {
+                tracing::warn!(grace = ?self.grace, "calls still open after the grace period; ending them");
+                self.broker.set_phase(Phase::Stopped);
+                self.grpc.finish(AFTER_GRACE).await.unwrap_or_else(|| {
+                    self.grpc.abort();
+                    Ok(())
+                })
+            }
+        };
+        self.broker.set_phase(Phase::Stopped);
+        let _ = self.stop_background.send(true);
+        for task in self.background.drain(..) {
+            let _ = task.await;
+        }
+        served
+    }
+}
+
+/// Readiness follows storage health (liveness does not: a storage outage must
+/// not become a restart storm).
+async fn follow_storage_health(broker: Broker, health: HealthReporter, mut stop: watch::Receiver<bool>) {
+    let mut was_healthy = true;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let healthy = broker.healthy().await;
+        if healthy != was_healthy {
+            let status = if healthy { ServingStatus::Serving } else { ServingStatus::NotServing };
+            tracing::warn!(healthy, "storage health changed");
+            health.set_service_status("", status).await;
+            was_healthy = healthy;
+        }
+    }
+}
