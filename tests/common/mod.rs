@@ -9,11 +9,10 @@ use std::time::Duration;
 use tempfile::TempDir;
 use tonic::transport::Channel;
 
+use taskbroker::app::{self, Running};
 use taskbroker::broker::Broker;
-use taskbroker::cli::serve::open_broker;
 use taskbroker::config::{Config, StorageKind};
 use taskbroker::core::clock::{Clock, ManualClock, SystemClock};
-use taskbroker::grpc::server::{self, Running, ServerOptions};
 use taskbroker::pb;
 use taskbroker::pb::producer_service_client::ProducerServiceClient;
 use taskbroker::pb::worker_service_client::WorkerServiceClient;
@@ -68,11 +67,9 @@ pub async fn start_with(opts: Options) -> TestServer {
         Some(m) => m.clone(),
         None => Arc::new(SystemClock),
     };
-    let broker = open_broker(&config, clock).await.unwrap();
-    let server_opts =
-        ServerOptions { max_message_bytes: config.max_message_bytes, shutdown_grace: Duration::from_secs(5) };
-    let running = server::start(broker.clone(), config.listen.parse().unwrap(), server_opts).await.unwrap();
-    let addr = running.addr;
+    config.shutdown_grace = Duration::from_secs(5);
+    let running = app::start(&config, clock).await.unwrap();
+    let (addr, broker) = (running.addr, running.broker().clone());
     let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
     TestServer {
         addr,
