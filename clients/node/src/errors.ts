@@ -124,7 +124,9 @@ export function fromServiceError(err: unknown): unknown {
 
 /** A google.protobuf.Any as proto-loader gives it (or as decoded here). */
 export interface AnyMessage {
-  typeUrl: string;
+  typeUrl?: string;
+  /** protobufjs spells it this way even with camelCase fields. */
+  type_url?: string;
   value: Buffer | Uint8Array;
 }
 
@@ -150,7 +152,8 @@ function decodeDetails(anys: AnyMessage[]): ErrorDetails {
   const out: ErrorDetails = {};
   for (const any of anys) {
     const value = Buffer.from(any.value);
-    switch (any.typeUrl.slice(any.typeUrl.lastIndexOf("/") + 1)) {
+    const url = any.typeUrl ?? any.type_url ?? "";
+    switch (url.slice(url.lastIndexOf("/") + 1)) {
       case "google.rpc.ErrorInfo": {
         // ErrorInfo { reason = 1; domain = 2; map<string,string> metadata = 3 }
         out.metadata = {};

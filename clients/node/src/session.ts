@@ -13,7 +13,7 @@
 import * as grpc from "@grpc/grpc-js";
 import { LeaseMismatch, TaskCanceled, TaskNotFound, fromRpcStatus, fromServiceError } from "./errors";
 import { Job, LeaseLost, NoRetry, Retry } from "./job";
-import { duration } from "./proto";
+import { duration, toDate } from "./proto";
 import { encode } from "./task";
 
 /** A task handler: its return value becomes the Ack's result; a throw becomes a Nack. */
@@ -189,7 +189,7 @@ export class Session {
     const gone = error instanceof LeaseMismatch || error instanceof TaskCanceled || error instanceof TaskNotFound;
     if (s.operation === "SETTLE_OPERATION_EXTEND") {
       if (!error) {
-        h.job._leaseExpireTime = s.leaseExpireTime ? new Date(Number(s.leaseExpireTime.seconds) * 1000) : null;
+        h.job._leaseExpireTime = toDate(s.leaseExpireTime);
         if (h.running) this.scheduleExtend(h);
       } else if (gone) {
         this.lose(h, error instanceof TaskCanceled ? "canceled" : "expired");
