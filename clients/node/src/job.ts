@@ -51,9 +51,9 @@ export class Job {
     return this.payload.toString("utf8");
   }
 
-  /** The payload parsed as JSON. */
+  /** The payload parsed as JSON (undefined when the payload is empty). */
   json<T = any>(): T {
-    return JSON.parse(this.payload.toString("utf8")) as T;
+    return (this.payload.length === 0 ? undefined : JSON.parse(this.payload.toString("utf8"))) as T;
   }
 }
 

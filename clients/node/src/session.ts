@@ -66,6 +66,8 @@ const CLOSE_GRACE_MS = 5_000;
 
 export class Session {
   private readonly held = new Map<string, Held>();
+  /** This session's handlers still running, including ones whose lease is gone. */
+  private readonly runs = new Set<Promise<void>>();
   private connected = false;
   /** No new tasks will come: this worker sent drain, or the broker is draining. */
   private draining = false;
@@ -146,8 +148,10 @@ export class Session {
       (result) => this.finishTask(h, { result }),
       (error) => this.finishTask(h, { error }),
     );
+    this.runs.add(run);
     this.cfg.handlerRuns.add(run);
-    run.finally(() => {
+    void run.finally(() => {
+      this.runs.delete(run);
       this.cfg.handlerRuns.delete(run);
       this.closeIfIdle();
     });
@@ -248,7 +252,7 @@ export class Session {
 
   /** Draining and nothing held or running: half-close, and cut the stream if it lingers. */
   private closeIfIdle(): void {
-    if (!this.draining || this.closing || this.ended || this.held.size > 0 || this.cfg.handlerRuns.size > 0) {
+    if (!this.draining || this.closing || this.ended || this.held.size > 0 || this.runs.size > 0) {
       return;
     }
     this.closing = true;

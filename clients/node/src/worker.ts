@@ -92,8 +92,10 @@ export class Worker {
    * subscription, refused credentials).
    */
   run(): Promise<void> {
-    if (this.runPromise) throw new Error("this worker is already running (or has run)");
-    if (this.handlers.size === 0) throw new Error("register handlers with worker.task(kind, fn) before run()");
+    if (this.runPromise) return Promise.reject(new Error("this worker is already running (or has run)"));
+    if (this.handlers.size === 0) {
+      return Promise.reject(new Error("register handlers with worker.task(kind, fn) before run()"));
+    }
     this.runPromise = this.loop();
     return this.runPromise;
   }
