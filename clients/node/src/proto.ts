@@ -68,9 +68,8 @@ export function loadApi(protoDir?: string): Api {
   if (cached) return cached;
   const def = protoLoader.loadSync(PROTO_FILES, { ...LOADER_OPTIONS, includeDirs: [dir] });
   const pkg = (grpc.loadPackageDefinition(def) as any).taskbroker.v1;
-  const enqueueType = (def["taskbroker.v1.EnqueueRequest"] as protoLoader.MessageTypeDefinition<unknown, unknown>).type as {
-    field: { name: string }[];
-  };
+  const enqueueDef = def["taskbroker.v1.EnqueueRequest"] as protoLoader.MessageTypeDefinition<unknown, unknown>;
+  const enqueueType = enqueueDef.type as { field: { name: string }[] };
   const api: Api = {
     ProducerService: pkg.ProducerService,
     WorkerService: pkg.WorkerService,

@@ -227,8 +227,17 @@ export class Session {
     for (const h of [...this.held.values()]) this.lose(h, reason);
   }
 
-  /** Extends the lease halfway through it, again after each extension, while the handler runs. */
-  private scheduleExtend(h: Held, afterMs = h.leaseMs / 2): void {
+  /**
+   * Extends the lease halfway through it, again after each extension, while
+   * the handler runs. Halfway by the lease's length, or sooner if the local
+   * clock says the deadline is nearer (clocks may differ; sooner is harmless).
+   */
+  private scheduleExtend(h: Held, afterMs?: number): void {
+    if (afterMs === undefined) {
+      afterMs = h.leaseMs / 2;
+      const expire = h.job.leaseExpireTime;
+      if (expire) afterMs = Math.min(afterMs, Math.max(200, (expire.getTime() - Date.now()) / 2));
+    }
     clearTimeout(h.extendTimer);
     h.extendTimer = setTimeout(() => {
       if (!h.running || this.ended) return;
@@ -283,8 +292,12 @@ export class Session {
 /** A Nack error for a thrown value: its name, message and the tail of its stack. */
 function describe(err: unknown): string {
   let text: string;
-  if (err instanceof Error) text = err.stack && err.stack.includes(err.message) ? err.stack : `${err.name}: ${err.message}\n${err.stack ?? ""}`;
-  else text = `thrown: ${typeof err === "string" ? err : safeJson(err)}`;
+  if (err instanceof Error) {
+    const stack = err.stack ?? "";
+    text = stack.includes(err.message) ? stack : `${err.name}: ${err.message}\n${stack}`;
+  } else {
+    text = `thrown: ${typeof err === "string" ? err : safeJson(err)}`;
+  }
   return text.length > MAX_ERROR_CHARS ? "…" + text.slice(text.length - MAX_ERROR_CHARS + 1) : text;
 }
 

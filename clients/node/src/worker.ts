@@ -147,7 +147,9 @@ export class Worker {
         if (end.kind === "broken") {
           const code = (end.error as { code?: number }).code;
           if (code !== undefined && FATAL_CODES.has(code)) throw end.error;
-          if (!this.stopping) this.log.warn(`stream to the broker ended (${(end.error as Error).message}); reconnecting`);
+          if (!this.stopping) {
+            this.log.warn(`stream to the broker ended (${(end.error as Error).message}); reconnecting`);
+          }
         }
         if (end.connected) failures = 0;
         if (this.stopping) break;

@@ -69,7 +69,10 @@ export async function startBroker(opts: BrokerOptions = {}): Promise<Broker> {
     fs.writeFileSync(file, opts.config);
     args.push("--config", file);
   }
-  const proc = spawn(brokerBin(), args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, RUST_LOG: "warn" } });
+  const proc = spawn(brokerBin(), args, {
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, RUST_LOG: "warn" },
+  });
   live.add(proc);
   const exited = new Promise<number | null>((resolve) =>
     proc.on("exit", (code) => {

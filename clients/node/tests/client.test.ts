@@ -160,7 +160,10 @@ describe("Client", () => {
     await client.wait(done.id, { timeoutMs: 10_000 });
     await worker.stop();
     await run;
-    await assert.rejects(client.cancel(done.id), (e: unknown) => e instanceof TaskFinished && e.reason === "TASK_FINISHED");
+    await assert.rejects(
+      client.cancel(done.id),
+      (e: unknown) => e instanceof TaskFinished && e.reason === "TASK_FINISHED",
+    );
   });
 
   it("enqueueMany returns the tasks in order, or every item's outcome when some are refused", async () => {

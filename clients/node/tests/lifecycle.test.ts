@@ -1,12 +1,13 @@
 // A worker's life around its process and the broker's: SIGTERM to a worker
 // process drains it, and a worker survives a broker restart (draining the
-// task it held, then reconnecting to the new broker on the same port).
+// task it held, then reconnecting to the new broker on the same port), and
+// a broker killed outright aborts the running handler.
 
 import { describe, it } from "node:test";
 import * as assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import * as path from "node:path";
-import { Client, TaskState, Worker } from "../src/index";
+import { Client, LeaseLost, TaskState, Worker } from "../src/index";
 import { Output, Signal, startBroker, tempDir, uniqueQueue, within } from "./broker";
 
 describe("worker lifecycle", () => {
@@ -90,6 +91,57 @@ describe("worker lifecycle", () => {
       await run;
       client.close();
       await first.stop();
+      await second?.stop();
+    }
+  });
+
+  it("a broker killed mid-task: the handler aborts (disconnected), the task comes back after a restart", async () => {
+    const dataDir = tempDir("kill");
+    const config = '[queues.default]\nlease_duration = "1s"\n';
+    const first = await startBroker({ storage: "embedded", dataDir, config });
+    const client = new Client(first.addr);
+    const queue = uniqueQueue("kill");
+    const started = new Signal<string>();
+    const aborted = new Signal<unknown>();
+    const attempts: number[] = [];
+    const worker = new Worker(first.addr, {
+      queues: [queue],
+      handleSignals: false,
+      logger: null,
+      reconnect: { initialMs: 100, maxMs: 500 },
+    });
+    worker.task("job", async (job, signal) => {
+      attempts.push(job.attempt);
+      if (job.attempt > 1) return `done on attempt ${job.attempt}`;
+      started.resolve(job.id);
+      await new Promise<void>((resolve) =>
+        signal.addEventListener("abort", () => {
+          aborted.resolve(signal.reason);
+          resolve();
+        }),
+      );
+      return "ignored: the stream is gone";
+    });
+    const run = worker.run();
+    let second: Awaited<ReturnType<typeof startBroker>> | null = null;
+    try {
+      const t = await client.enqueue("job", null, { queue, maxAttempts: 5 });
+      await within(started.promise, 15_000, "the task to start");
+      await first.stop("SIGKILL");
+      const reason = await within(aborted.promise, 15_000, "the handler's signal to abort");
+      assert.ok(reason instanceof LeaseLost, String(reason));
+      assert.equal((reason as LeaseLost).reason, "disconnected");
+
+      second = await startBroker({ storage: "embedded", dataDir, config, listen: first.addr });
+      const done = await client.wait(t.id, { timeoutMs: 20_000 });
+      assert.equal(done.state, TaskState.SUCCEEDED, done.lastError);
+      assert.equal(done.attempt, 2);
+      assert.equal(done.resultText(), "done on attempt 2");
+      assert.deepEqual(attempts, [1, 2]);
+    } finally {
+      await worker.stop();
+      await run;
+      client.close();
       await second?.stop();
     }
   });
