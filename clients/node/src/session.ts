@@ -144,10 +144,12 @@ export class Session {
       });
     }
     this.scheduleExtend(h);
-    const run = (async () => handler(job, h.controller.signal))().then(
-      (result) => this.finishTask(h, { result }),
-      (error) => this.finishTask(h, { error }),
-    );
+    const run = (async () => handler(job, h.controller.signal))()
+      .then(
+        (result) => this.finishTask(h, { result }),
+        (error) => this.finishTask(h, { error }),
+      )
+      .catch((e) => this.cfg.log.error(`settling task ${job.id} failed: ${(e as Error).message}`));
     this.runs.add(run);
     this.cfg.handlerRuns.add(run);
     void run.finally(() => {
