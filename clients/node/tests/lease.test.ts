@@ -58,16 +58,20 @@ describe("leases", () => {
     const queue = uniqueQueue("lost");
     const started = new Signal<string>();
     const abortedWith = new Signal<unknown>();
+    const testOver = new Signal(); // a handler must not outlive a failed test
     const worker = new Worker(broker.addr, { queues: [queue], handleSignals: false, logger: null });
     worker.task("cancel-me", async (job, signal) => {
       if (job.payload.toString() === "after") return "next task ran";
       started.resolve(job.id);
-      await new Promise<void>((resolve) =>
-        signal.addEventListener("abort", () => {
-          abortedWith.resolve(signal.reason);
-          resolve();
-        }),
-      );
+      await Promise.race([
+        testOver.promise,
+        new Promise<void>((resolve) =>
+          signal.addEventListener("abort", () => {
+            abortedWith.resolve(signal.reason);
+            resolve();
+          }),
+        ),
+      ]);
       return "ignored: the lease is gone";
     });
     const run = worker.run();
@@ -87,6 +91,7 @@ describe("leases", () => {
       assert.equal(done.state, TaskState.SUCCEEDED);
       assert.equal(done.resultText(), "next task ran");
     } finally {
+      testOver.resolve();
       await worker.stop();
       await run;
     }

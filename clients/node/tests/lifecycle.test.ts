@@ -87,6 +87,7 @@ describe("worker lifecycle", () => {
       assert.deepEqual(ran, ["held", "after restart"]);
       assert.equal(runError, null);
     } finally {
+      gate.resolve();
       await worker.stop();
       await run;
       client.close();
@@ -103,6 +104,7 @@ describe("worker lifecycle", () => {
     const queue = uniqueQueue("kill");
     const started = new Signal<string>();
     const aborted = new Signal<unknown>();
+    const testOver = new Signal(); // a handler must not outlive a failed test
     const attempts: number[] = [];
     const worker = new Worker(first.addr, {
       queues: [queue],
@@ -114,12 +116,15 @@ describe("worker lifecycle", () => {
       attempts.push(job.attempt);
       if (job.attempt > 1) return `done on attempt ${job.attempt}`;
       started.resolve(job.id);
-      await new Promise<void>((resolve) =>
-        signal.addEventListener("abort", () => {
-          aborted.resolve(signal.reason);
-          resolve();
-        }),
-      );
+      await Promise.race([
+        testOver.promise,
+        new Promise<void>((resolve) =>
+          signal.addEventListener("abort", () => {
+            aborted.resolve(signal.reason);
+            resolve();
+          }),
+        ),
+      ]);
       return "ignored: the stream is gone";
     });
     const run = worker.run();
@@ -139,6 +144,7 @@ describe("worker lifecycle", () => {
       assert.equal(done.resultText(), "done on attempt 2");
       assert.deepEqual(attempts, [1, 2]);
     } finally {
+      testOver.resolve();
       await worker.stop();
       await run;
       client.close();

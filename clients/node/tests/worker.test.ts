@@ -170,6 +170,23 @@ describe("Worker", () => {
     let started = 0;
     const full = new Signal();
     const gate = new Signal();
+    const check = async (w: Worker) => {
+      const tasks = await client.enqueueMany(Array.from({ length: 9 }, () => ({ kind: "hold", queue })));
+      await within(full.promise, WAIT_MS, `${concurrency} handlers running`);
+      // Nothing signals "no more tasks came": give the broker a bounded
+      // window to (wrongly) push a fourth, then look.
+      await new Promise((r) => setTimeout(r, 300));
+      assert.equal(started, concurrency);
+      assert.equal(w.running, concurrency);
+      const states = await Promise.all(tasks.map(async (t) => (await client.get(t.id)).state));
+      assert.equal(states.filter((s) => s === TaskState.LEASED).length, concurrency);
+      assert.equal(states.filter((s) => s === TaskState.READY).length, 9 - concurrency);
+      gate.resolve();
+      const done = await Promise.all(tasks.map((t) => client.wait(t.id, { timeoutMs: WAIT_MS })));
+      assert.ok(done.every((t) => t.state === TaskState.SUCCEEDED));
+      assert.equal(started, 9);
+      assert.equal(maxActive, concurrency);
+    };
     await withWorker(
       { queues: [queue], concurrency },
       (w) =>
@@ -182,21 +199,11 @@ describe("Worker", () => {
           active--;
         }),
       async (w) => {
-        const tasks = await client.enqueueMany(Array.from({ length: 9 }, () => ({ kind: "hold", queue })));
-        await within(full.promise, WAIT_MS, `${concurrency} handlers running`);
-        // Nothing signals "no more tasks came": give the broker a bounded
-        // window to (wrongly) push a fourth, then look.
-        await new Promise((r) => setTimeout(r, 300));
-        assert.equal(started, concurrency);
-        assert.equal(w.running, concurrency);
-        const states = await Promise.all(tasks.map(async (t) => (await client.get(t.id)).state));
-        assert.equal(states.filter((s) => s === TaskState.LEASED).length, concurrency);
-        assert.equal(states.filter((s) => s === TaskState.READY).length, 9 - concurrency);
-        gate.resolve();
-        const done = await Promise.all(tasks.map((t) => client.wait(t.id, { timeoutMs: WAIT_MS })));
-        assert.ok(done.every((t) => t.state === TaskState.SUCCEEDED));
-        assert.equal(started, 9);
-        assert.equal(maxActive, concurrency);
+        try {
+          await check(w);
+        } finally {
+          gate.resolve(); // never leave handlers blocked: stopping the worker would wait for them
+        }
       },
     );
   });
@@ -232,20 +239,25 @@ describe("Worker", () => {
     });
     let resolved = false;
     const run = worker.run().then(() => (resolved = true));
-    const t = await client.enqueue("slow", null, { queue });
-    await within(started.promise, WAIT_MS, "the handler to start");
-    const stopped = worker.stop();
-    // run() must not resolve while the handler still runs.
-    await new Promise((r) => setImmediate(r));
-    assert.equal(resolved, false);
-    assert.equal((await client.get(t.id)).state, TaskState.LEASED);
-    gate.resolve();
-    await within(stopped, WAIT_MS, "stop() to resolve");
-    await run;
-    const done = await client.get(t.id);
-    assert.equal(done.state, TaskState.SUCCEEDED);
-    assert.equal(done.attempt, 1);
-    assert.equal(done.resultText(), "done");
+    try {
+      const t = await client.enqueue("slow", null, { queue });
+      await within(started.promise, WAIT_MS, "the handler to start");
+      const stopped = worker.stop();
+      // run() must not resolve while the handler still runs.
+      await new Promise((r) => setImmediate(r));
+      assert.equal(resolved, false);
+      assert.equal((await client.get(t.id)).state, TaskState.LEASED);
+      gate.resolve();
+      await within(stopped, WAIT_MS, "stop() to resolve");
+      const done = await client.get(t.id);
+      assert.equal(done.state, TaskState.SUCCEEDED);
+      assert.equal(done.attempt, 1);
+      assert.equal(done.resultText(), "done");
+    } finally {
+      gate.resolve();
+      await worker.stop();
+      await run;
+    }
   });
 
   it("run() rejects on a subscription the broker refuses", async () => {
