@@ -43,6 +43,10 @@ pub enum BrokerError {
     /// Storage refuses writes (full).
     #[error("{0}")]
     ResourceExhausted(String),
+    /// Storage read something it cannot understand (corruption, a bug); the
+    /// detail is for the broker's log, not for clients.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl BrokerError {
@@ -64,6 +68,7 @@ impl From<StoreError> for BrokerError {
             StoreError::TaskFinished(id) => BrokerError::TaskFinished(id.to_string()),
             StoreError::Unavailable(why) => BrokerError::Unavailable(why),
             StoreError::Full(why) => BrokerError::ResourceExhausted(why),
+            StoreError::Internal(why) => BrokerError::Internal(why),
         }
     }
 }

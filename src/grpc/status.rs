@@ -4,7 +4,8 @@
 //! `UNAVAILABLE` adds `RetryInfo`.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prost::Message;
 use tonic::{Code, Status};
@@ -29,7 +30,41 @@ pub fn code_and_reason(e: &BrokerError) -> (Code, &'static str) {
         BrokerError::TaskFinished(_) => (Code::FailedPrecondition, "TASK_FINISHED"),
         BrokerError::Unavailable(_) => (Code::Unavailable, "STORAGE_UNAVAILABLE"),
         BrokerError::ResourceExhausted(_) => (Code::ResourceExhausted, "STORAGE_FULL"),
+        BrokerError::Internal(_) => (Code::Internal, "INTERNAL"),
     }
+}
+
+/// What a client is told of a storage failure; the backend's own text (which
+/// may name hosts, keys or internals) goes to the broker's log instead.
+fn client_message(e: &BrokerError) -> String {
+    match e {
+        BrokerError::Unavailable(detail) => {
+            log_storage_failure(detail);
+            "storage unavailable; retry later".into()
+        }
+        BrokerError::ResourceExhausted(detail) => {
+            log_storage_failure(detail);
+            "storage is full: enqueues are refused; leases, acks and nacks still work".into()
+        }
+        BrokerError::Internal(detail) => {
+            tracing::error!(error = %detail, "storage internal error");
+            "internal storage error; see the broker's log".into()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Logs a storage failure at most once a second (an outage fails every call).
+fn log_storage_failure(detail: &str) {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+    let second = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    if LAST.swap(second, Ordering::Relaxed) == second {
+        SUPPRESSED.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let suppressed = SUPPRESSED.swap(0, Ordering::Relaxed);
+    tracing::warn!(error = %detail, suppressed, "a call failed on storage");
 }
 
 /// The status for `e`, with its details.
@@ -52,10 +87,13 @@ pub fn to_status(e: BrokerError) -> Status {
         BrokerError::Unavailable(_) => {
             details.set_retry_info(Some(RETRY_DELAY));
         }
-        BrokerError::LeaseMismatch | BrokerError::TaskCanceled | BrokerError::ResourceExhausted(_) => {}
+        BrokerError::LeaseMismatch
+        | BrokerError::TaskCanceled
+        | BrokerError::ResourceExhausted(_)
+        | BrokerError::Internal(_) => {}
     }
     details.set_error_info(reason, DOMAIN, metadata);
-    Status::with_error_details(code, e.to_string(), details)
+    Status::with_error_details(code, client_message(&e), details)
 }
 
 impl From<BrokerError> for Status {

@@ -46,6 +46,10 @@ pub enum StoreError {
     /// The storage engine refuses writes for lack of space (e.g. Redis OOM).
     #[error("storage full: {0}")]
     Full(String),
+    /// The store read something it cannot understand: a corrupt record, a
+    /// script reply of the wrong shape, no free id. Retrying will not help.
+    #[error("storage internal error: {0}")]
+    Internal(String),
 }
 
 /// What a shared store tells every broker replica attached to it, so that a

@@ -98,7 +98,7 @@ impl RedisStore {
                 })
                 .collect();
         }
-        Err(StoreError::Unavailable("could not find free task ids".into()))
+        Err(StoreError::Internal("could not find free task ids".into()))
     }
 }
 

@@ -35,7 +35,7 @@ pub fn store_error(e: RedisError) -> StoreError {
 
 /// A reply that does not have the shape its script promises.
 pub fn unexpected(what: &str) -> StoreError {
-    StoreError::Unavailable(format!("unexpected reply from redis: {what}"))
+    StoreError::Internal(format!("unexpected reply from redis: {what}"))
 }
 
 pub fn array(v: Value) -> Result<Vec<Value>, StoreError> {
@@ -69,9 +69,9 @@ pub fn task_id(v: &Value) -> Result<TaskId, StoreError> {
     text(v)?.parse().map_err(|_| unexpected("a malformed task id"))
 }
 
-/// A stored record that cannot be read is reported as a storage failure.
+/// A stored record that cannot be read: retrying will not mend it.
 pub fn corrupt(e: record::Corrupt) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    StoreError::Internal(e.to_string())
 }
 
 /// The task of `queue` from a record's three reply items (`lua/lib.lua`).
