@@ -4,12 +4,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
-
 use super::Millis;
 
 /// A task's identity: a ULID, so ids sort by creation time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TaskId(pub u128);
 
 impl TaskId {
@@ -41,7 +39,7 @@ impl FromStr for TaskId {
 }
 
 /// Where a task is in its life (see `proto/taskbroker/v1/task.proto`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TaskState {
     Scheduled,
     Ready,
@@ -59,7 +57,7 @@ impl TaskState {
 }
 
 /// The lease a worker holds on a task.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
     /// Fencing token: unique per delivery; settling calls must present it.
     pub id: u64,
@@ -70,7 +68,7 @@ pub struct Lease {
 }
 
 /// A task with everything the broker knows about it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Task {
     pub id: TaskId,
     pub queue: String,
@@ -95,8 +93,6 @@ pub struct Task {
     pub last_error: String,
     /// The current (or, for a task canceled while leased, the last) lease.
     pub lease: Option<Lease>,
-    /// Order of arrival in READY: FIFO within a priority level.
-    pub ready_seq: u64,
 }
 
 /// A validated, fully resolved request to create a task.
@@ -150,7 +146,6 @@ impl Task {
             result: Vec::new(),
             last_error: String::new(),
             lease: None,
-            ready_seq: 0,
         }
     }
 }

@@ -143,7 +143,6 @@ pub fn task(t: Task) -> pb::Task {
         result,
         last_error,
         lease: _,
-        ready_seq: _,
     } = t;
     pb::Task {
         id: id.to_string(),

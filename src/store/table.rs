@@ -33,7 +33,8 @@ use crate::core::Millis;
 /// The records an operation created, changed or removed, for persistence.
 #[derive(Debug, Default)]
 pub struct Changes {
-    pub put: Vec<Task>,
+    /// Tasks created or changed, each with its READY sequence number.
+    pub put: Vec<(Task, u64)>,
     pub removed: Vec<TaskId>,
     /// The next lease id, persisted so lease ids never repeat across restarts
     /// (a task's old lease id must never become valid again).
@@ -84,14 +85,14 @@ impl Table {
     }
 
     /// Puts back a task read from disk, as it was.
-    pub fn restore(&mut self, task: Task) {
-        self.next_seq = self.next_seq.max(task.ready_seq + 1);
+    pub fn restore(&mut self, task: Task, ready_seq: u64) {
+        self.next_seq = self.next_seq.max(ready_seq + 1);
         if let Some(l) = &task.lease {
             self.next_lease = self.next_lease.max(l.id + 1);
         }
         self.index_lookups(&task);
         let id = task.id;
-        let record = Record::new(task, &mut self.names);
+        let record = Record::new(task, ready_seq, &mut self.names);
         index(&mut self.idx, &self.policies, &self.names, id, &record);
         if let Some(old) = self.tasks.insert(id, record) {
             old.release(&mut self.names);
@@ -116,7 +117,13 @@ impl Table {
         let mut ids = std::mem::take(&mut self.dirty);
         ids.sort_unstable();
         ids.dedup();
-        let put = ids.iter().filter_map(|&id| Some(self.tasks.get(&id)?.to_task(id, &self.names))).collect();
+        let put = ids
+            .iter()
+            .filter_map(|&id| {
+                let record = self.tasks.get(&id)?;
+                Some((record.to_task(id, &self.names), record.ready_seq))
+            })
+            .collect();
         Changes { put, removed: std::mem::take(&mut self.removed), next_lease: self.next_lease }
     }
 
@@ -132,12 +139,10 @@ impl Table {
         while self.tasks.contains_key(&id) {
             id = TaskId::generate(now);
         }
-        let mut task = Task::create(id, new, now);
-        if task.state == TaskState::Ready {
-            task.ready_seq = self.take_seq();
-        }
+        let task = Task::create(id, new, now);
+        let ready_seq = if task.state == TaskState::Ready { self.take_seq() } else { 0 };
         self.index_lookups(&task);
-        let record = Record::new(task.clone(), &mut self.names);
+        let record = Record::new(task.clone(), ready_seq, &mut self.names);
         index(&mut self.idx, &self.policies, &self.names, id, &record);
         self.mark(id);
         self.tasks.insert(id, record);

@@ -88,7 +88,6 @@ fn decode_body(queue: &str, body: &[u8]) -> Result<Task, Corrupt> {
         result: Vec::new(),
         last_error: String::new(),
         lease: None,
-        ready_seq: 0,
     })
 }
 
@@ -105,8 +104,9 @@ pub fn apply_meta(t: &mut Task, meta: &[u8]) -> Result<(), Corrupt> {
     // TAIL
     t.priority = m.u8()?;
     t.max_attempts = m.u32()?;
-    let [create_time, scheduled_time, ready_seq] = [m.f64()?, m.f64()?, m.f64()?];
-    (t.create_time, t.scheduled_time, t.ready_seq) = (create_time, scheduled_time, ready_seq);
+    // The third number is the script's READY sequence: Redis bookkeeping.
+    let [create_time, scheduled_time, _ready_seq] = [m.f64()?, m.f64()?, m.f64()?];
+    (t.create_time, t.scheduled_time) = (create_time, scheduled_time);
     t.last_error = m.text()?;
     t.dedup_key = m.text()?;
     t.request_id = m.text()?;
@@ -199,7 +199,7 @@ mod tests {
         put(&mut out, worker.as_bytes());
         out.push(t.priority);
         out.extend_from_slice(&t.max_attempts.to_le_bytes());
-        for n in [t.create_time, t.scheduled_time, t.ready_seq] {
+        for n in [t.create_time, t.scheduled_time, 42] {
             out.extend_from_slice(&(n as f64).to_le_bytes());
         }
         for s in [&t.last_error, &t.dedup_key, &t.request_id] {
@@ -232,7 +232,6 @@ mod tests {
                 expire_time: 1_767_225_630_000,
                 worker_id: "w".into(),
             }),
-            ready_seq: 42,
         }
     }
 

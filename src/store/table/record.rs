@@ -20,7 +20,8 @@ pub struct Record {
     pub create_time: Millis,
     pub update_time: Millis,
     pub scheduled_time: Millis,
-    /// Order of arrival in READY (see [`Task::ready_seq`]).
+    /// Order of arrival in READY: FIFO within a priority level (table
+    /// bookkeeping, persisted beside the task by the embedded store).
     pub ready_seq: u64,
     /// The lease's fencing token; meaningful only when `has_lease`.
     lease_id: u64,
@@ -67,7 +68,8 @@ pub type Holder = (u64, Sym);
 
 impl Record {
     /// The record of `task`, taking references on its names in `names`.
-    pub fn new(task: Task, names: &mut Names) -> Record {
+    /// The record of `task`, which entered READY as number `ready_seq`.
+    pub fn new(task: Task, ready_seq: u64, names: &mut Names) -> Record {
         let Task {
             id: _,
             queue,
@@ -87,7 +89,6 @@ impl Record {
             result,
             last_error,
             lease,
-            ready_seq,
         } = task;
         let cold = Cold { content_type, headers, dedup_key, request_id, result, last_error };
         let queue = names.acquire(&queue);
@@ -165,7 +166,6 @@ impl Record {
                 expire_time: self.lease_expire,
                 worker_id: String::new(),
             }),
-            ready_seq: self.ready_seq,
         }
     }
 
@@ -268,7 +268,6 @@ mod tests {
             result: vec![1, 2, 3],
             last_error: "boom".into(),
             lease: Some(Lease { id: 9, expire_time: 3_000, worker_id: "w-1".into() }),
-            ready_seq: 17,
         }
     }
 
@@ -290,22 +289,22 @@ mod tests {
     fn every_field_survives_the_round_trip() {
         let mut names = Names::default();
         for task in [full_task(), plain_task()] {
-            let record = Record::new(task.clone(), &mut names);
+            let record = Record::new(task.clone(), 17, &mut names);
             assert_eq!(record.to_task(task.id, &names), task);
         }
         let only_one_cold_field = Task { headers: [("h".into(), "v".into())].into(), ..plain_task() };
-        let record = Record::new(only_one_cold_field.clone(), &mut names);
+        let record = Record::new(only_one_cold_field.clone(), 0, &mut names);
         assert_eq!(record.to_task(TaskId(42), &names), only_one_cold_field);
         let empty_worker =
             Task { lease: Some(Lease { id: 0, expire_time: 0, worker_id: String::new() }), ..plain_task() };
-        let record = Record::new(empty_worker.clone(), &mut names);
+        let record = Record::new(empty_worker.clone(), 0, &mut names);
         assert_eq!(record.to_task(TaskId(42), &names), empty_worker);
     }
 
     #[test]
     fn the_common_task_is_small_and_has_no_cold_box() {
         let mut names = Names::default();
-        let record = Record::new(plain_task(), &mut names);
+        let record = Record::new(plain_task(), 0, &mut names);
         assert!(record.cold.is_none());
         assert!(std::mem::size_of::<Record>() <= 96, "{}", std::mem::size_of::<Record>());
     }
@@ -314,7 +313,7 @@ mod tests {
     fn the_hollow_task_keeps_the_fixed_fields() {
         let mut names = Names::default();
         let task = full_task();
-        let hollow = Record::new(task.clone(), &mut names).hollow(task.id);
+        let hollow = Record::new(task.clone(), 17, &mut names).hollow(task.id);
         let lease = task.lease.clone().map(|l| Lease { worker_id: String::new(), ..l });
         assert_eq!(
             hollow,
@@ -337,8 +336,8 @@ mod tests {
     #[test]
     fn names_are_shared_and_released_with_the_record() {
         let mut names = Names::default();
-        let a = Record::new(full_task(), &mut names);
-        let b = Record::new(full_task(), &mut names);
+        let a = Record::new(full_task(), 17, &mut names);
+        let b = Record::new(full_task(), 17, &mut names);
         assert_eq!((a.queue, a.kind), (b.queue, b.kind));
         assert_eq!(names.len(), 3, "queue, kind, worker");
         a.release(&mut names);
@@ -350,7 +349,7 @@ mod tests {
     #[test]
     fn setting_cold_fields_back_to_empty_drops_the_box() {
         let mut names = Names::default();
-        let mut record = Record::new(plain_task(), &mut names);
+        let mut record = Record::new(plain_task(), 0, &mut names);
         record.set_last_error("boom".into());
         record.set_result(vec![1]);
         let task = record.to_task(TaskId(42), &names);

@@ -126,7 +126,7 @@ mod tests {
             dedup_key: String::new(),
             request_id: String::new(),
         };
-        Record::new(Task::create(TaskId(0), new, 0), names)
+        Record::new(Task::create(TaskId(0), new, 0), 0, names)
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //! unhealthy) rather than serve state it cannot keep. A restart reloads what
 //! is durable.
 
+mod stored;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -29,13 +31,11 @@ use crate::core::queue::Policies;
 use crate::core::task::{NewTask, Task, TaskId};
 use crate::core::Millis;
 
-/// Task records by id; the value is a format byte and the postcard encoding.
+/// Task records by id; the value is a [`stored`] record (format byte first).
 const TASKS: TableDefinition<u128, &[u8]> = TableDefinition::new("tasks");
 /// Broker-wide counters; `next_lease` keeps lease ids unique across restarts.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NEXT_LEASE: &str = "next_lease";
-/// Version of the record encoding, first byte of every value.
-const FORMAT: u8 = 1;
 /// Most changes folded into one transaction.
 const MAX_GROUP: usize = 4096;
 
@@ -163,26 +163,11 @@ fn load(db: &Database, table: &mut Table) -> Result<(), LoadError> {
     let tasks = read.open_table(TASKS).map_err(|e| db_err(e.into()))?;
     for entry in tasks.iter().map_err(|e| db_err(e.into()))? {
         let (key, value) = entry.map_err(|e| db_err(e.into()))?;
-        let task = decode(value.value())
+        let stored = stored::decode(value.value())
             .map_err(|reason| LoadError::Corrupt(format!("task {}: {reason}", TaskId(key.value()))))?;
-        table.restore(task);
+        table.restore(stored.task, stored.ready_seq);
     }
     Ok(())
-}
-
-fn encode(task: &Task) -> Vec<u8> {
-    let mut buf = vec![FORMAT];
-    // Encoding plain data into a Vec cannot fail.
-    buf.extend(postcard::to_stdvec(task).unwrap_or_default());
-    buf
-}
-
-fn decode(bytes: &[u8]) -> Result<Task, String> {
-    match bytes.split_first() {
-        Some((&FORMAT, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
-        Some((v, _)) => Err(format!("unknown record format {v}")),
-        None => Err("empty record".into()),
-    }
 }
 
 /// The writer thread: one transaction and one fsync for everything queued.
@@ -212,8 +197,9 @@ fn write_group(db: &Database, group: &[Commit]) -> Result<(), Box<redb::Error>> 
     {
         let mut tasks = txn.open_table(TASKS).map_err(|e| Box::new(e.into()))?;
         for commit in group {
-            for task in &commit.changes.put {
-                tasks.insert(task.id.0, encode(task).as_slice()).map_err(|e| Box::new(e.into()))?;
+            for (task, ready_seq) in &commit.changes.put {
+                let value = stored::encode(task, *ready_seq);
+                tasks.insert(task.id.0, value.as_slice()).map_err(|e| Box::new(e.into()))?;
             }
             for id in &commit.changes.removed {
                 tasks.remove(id.0).map_err(|e| Box::new(e.into()))?;

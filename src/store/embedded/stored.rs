@@ -1,0 +1,237 @@
+//! The embedded store's record format: private and versioned, so that the
+//! domain type ([`Task`]) can change without making existing data files read
+//! as corrupt.
+//!
+//! A value is one format byte and the postcard encoding of that format's
+//! record. [`encode`] always writes [`CURRENT`]; [`decode`] reads every
+//! format there has been and migrates it to today's [`Task`]. Adding a task
+//! field: add `StoredTaskV2` with the field, make it [`CURRENT`], and let V1
+//! records decode with the field's default. A checked-in V1 record
+//! (`testdata/task-v1.bin`) is decoded by a test, so an accidental change of
+//! V1's layout fails the build's tests.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::task::{Lease, Task, TaskId, TaskState};
+
+/// The format new records are written in.
+pub const CURRENT: u8 = 1;
+
+/// A task as stored, with the table's bookkeeping beside it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stored {
+    pub task: Task,
+    /// The task's order of arrival in READY (FIFO within a priority level).
+    pub ready_seq: u64,
+}
+
+/// Format 1: the field order and types postcard wrote for tasks up to and
+/// including this format's introduction. Never change it; add a V2.
+#[derive(Serialize, Deserialize)]
+struct StoredTaskV1 {
+    id: u128,
+    queue: String,
+    kind: String,
+    payload: Vec<u8>,
+    content_type: String,
+    priority: u8,
+    headers: BTreeMap<String, String>,
+    state: StateV1,
+    attempt: u32,
+    max_attempts: u32,
+    dedup_key: String,
+    request_id: String,
+    create_time: u64,
+    update_time: u64,
+    scheduled_time: u64,
+    result: Vec<u8>,
+    last_error: String,
+    lease: Option<LeaseV1>,
+    ready_seq: u64,
+}
+
+/// Task states by their V1 number (postcard writes the variant index).
+#[derive(Serialize, Deserialize)]
+enum StateV1 {
+    Scheduled,
+    Ready,
+    Leased,
+    Succeeded,
+    Dead,
+    Canceled,
+}
+
+#[derive(Serialize, Deserialize)]
+struct LeaseV1 {
+    id: u64,
+    expire_time: u64,
+    worker_id: String,
+}
+
+impl From<TaskState> for StateV1 {
+    fn from(s: TaskState) -> Self {
+        match s {
+            TaskState::Scheduled => StateV1::Scheduled,
+            TaskState::Ready => StateV1::Ready,
+            TaskState::Leased => StateV1::Leased,
+            TaskState::Succeeded => StateV1::Succeeded,
+            TaskState::Dead => StateV1::Dead,
+            TaskState::Canceled => StateV1::Canceled,
+        }
+    }
+}
+
+impl From<StateV1> for TaskState {
+    fn from(s: StateV1) -> Self {
+        match s {
+            StateV1::Scheduled => TaskState::Scheduled,
+            StateV1::Ready => TaskState::Ready,
+            StateV1::Leased => TaskState::Leased,
+            StateV1::Succeeded => TaskState::Succeeded,
+            StateV1::Dead => TaskState::Dead,
+            StateV1::Canceled => TaskState::Canceled,
+        }
+    }
+}
+
+/// The value to store for a task.
+pub fn encode(task: &Task, ready_seq: u64) -> Vec<u8> {
+    let Task {
+        id,
+        queue,
+        kind,
+        payload,
+        content_type,
+        priority,
+        headers,
+        state,
+        attempt,
+        max_attempts,
+        dedup_key,
+        request_id,
+        create_time,
+        update_time,
+        scheduled_time,
+        result,
+        last_error,
+        lease,
+    } = task.clone();
+    let record = StoredTaskV1 {
+        id: id.0,
+        queue,
+        kind,
+        payload,
+        content_type,
+        priority,
+        headers,
+        state: state.into(),
+        attempt,
+        max_attempts,
+        dedup_key,
+        request_id,
+        create_time,
+        update_time,
+        scheduled_time,
+        result,
+        last_error,
+        lease: lease.map(|Lease { id, expire_time, worker_id }| LeaseV1 { id, expire_time, worker_id }),
+        ready_seq,
+    };
+    let mut buf = vec![CURRENT];
+    // Encoding plain data into a Vec cannot fail.
+    buf.extend(postcard::to_stdvec(&record).unwrap_or_default());
+    buf
+}
+
+/// A stored value of any format, as today's task.
+pub fn decode(bytes: &[u8]) -> Result<Stored, String> {
+    match bytes.split_first() {
+        Some((1, rest)) => postcard::from_bytes::<StoredTaskV1>(rest).map(from_v1).map_err(|e| e.to_string()),
+        Some((v, _)) => Err(format!("unknown record format {v} (written by a newer taskbroker?)")),
+        None => Err("empty record".into()),
+    }
+}
+
+fn from_v1(r: StoredTaskV1) -> Stored {
+    let task = Task {
+        id: TaskId(r.id),
+        queue: r.queue,
+        kind: r.kind,
+        payload: r.payload,
+        content_type: r.content_type,
+        priority: r.priority,
+        headers: r.headers,
+        state: r.state.into(),
+        attempt: r.attempt,
+        max_attempts: r.max_attempts,
+        dedup_key: r.dedup_key,
+        request_id: r.request_id,
+        create_time: r.create_time,
+        update_time: r.update_time,
+        scheduled_time: r.scheduled_time,
+        result: r.result,
+        last_error: r.last_error,
+        lease: r.lease.map(|l| Lease { id: l.id, expire_time: l.expire_time, worker_id: l.worker_id }),
+    };
+    Stored { task, ready_seq: r.ready_seq }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The task in `testdata/task-v1.bin`, written by the broker as it was
+    /// when format 1 was current (core::Task postcard-encoded directly).
+    fn v1_task() -> Task {
+        Task {
+            id: TaskId(0x0190_1234_5678_9abc_def0_1234_5678_9abc),
+            queue: "emails".into(),
+            kind: "email.send".into(),
+            payload: b"{\"to\":\"a@b.c\"}".to_vec(),
+            content_type: "application/json".into(),
+            priority: 7,
+            headers: [
+                (
+                    "traceparent".to_string(),
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_string(),
+                ),
+                ("tenant".to_string(), "acme".to_string()),
+            ]
+            .into(),
+            state: TaskState::Leased,
+            attempt: 2,
+            max_attempts: 5,
+            dedup_key: "d-1".into(),
+            request_id: "r-1".into(),
+            create_time: 1_767_225_600_000,
+            update_time: 1_767_225_601_000,
+            scheduled_time: 1_767_225_600_500,
+            result: b"partial".to_vec(),
+            last_error: "boom".into(),
+            lease: Some(Lease { id: 4242, expire_time: 1_767_225_631_000, worker_id: "w-7".into() }),
+        }
+    }
+
+    #[test]
+    fn a_checked_in_v1_record_still_decodes() {
+        let bytes = include_bytes!("testdata/task-v1.bin");
+        let stored = decode(bytes).expect("the V1 record decodes");
+        assert_eq!(stored, Stored { task: v1_task(), ready_seq: 99 });
+    }
+
+    #[test]
+    fn records_round_trip_and_v1_is_written_byte_for_byte_as_before() {
+        let bytes = encode(&v1_task(), 99);
+        assert_eq!(bytes.as_slice(), include_bytes!("testdata/task-v1.bin").as_slice());
+        assert_eq!(decode(&bytes).unwrap(), Stored { task: v1_task(), ready_seq: 99 });
+    }
+
+    #[test]
+    fn unknown_formats_and_garbage_are_errors_not_panics() {
+        assert!(decode(&[]).unwrap_err().contains("empty"));
+        assert!(decode(&[9, 1, 2]).unwrap_err().contains("unknown record format 9"));
+        assert!(decode(&[1, 0xff, 0xff]).is_err());
+    }
+}
