@@ -2,16 +2,23 @@
 
 use std::{env, path::PathBuf};
 
+use tonic_prost_build::Config;
+
+/// A code-generation config that runs the vendored `protoc`.
+fn config() -> Result<Config, Box<dyn std::error::Error>> {
+    let mut config = Config::new();
+    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    Ok(config)
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protoc = protoc_bin_vendored::protoc_bin_path()?;
-    // SAFETY of intent: build scripts run single-threaded; tonic-prost-build reads PROTOC.
-    unsafe { env::set_var("PROTOC", protoc) };
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     let wkt = protoc_bin_vendored::include_path()?;
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("taskbroker_descriptor.bin"))
         .extern_path(".google.rpc.Status", "::tonic_types::Status")
-        .compile_protos(
+        .compile_with_config(
+            config()?,
             &[
                 PathBuf::from("proto/taskbroker/v1/task.proto"),
                 PathBuf::from("proto/taskbroker/v1/producer.proto"),
@@ -19,12 +26,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ],
             &[PathBuf::from("proto"), wkt.clone()],
         )?;
-    // The load tool's no-op baseline; kept out of the broker's descriptor set
-    // so reflection on a broker does not list it.
-    tonic_prost_build::configure().compile_protos(
-        &[PathBuf::from("proto/taskbroker/bench/v1/echo.proto")],
-        &[PathBuf::from("proto"), wkt],
-    )?;
+    // The load tool's no-op baseline (feature `bench`); kept out of the
+    // broker's descriptor set so reflection on a broker does not list it.
+    if env::var_os("CARGO_FEATURE_BENCH").is_some() {
+        tonic_prost_build::configure().compile_with_config(
+            config()?,
+            &[PathBuf::from("proto/taskbroker/bench/v1/echo.proto")],
+            &[PathBuf::from("proto"), wkt],
+        )?;
+    }
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

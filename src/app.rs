@@ -63,12 +63,14 @@ pub async fn open_broker(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Resu
 /// Starts everything `config` describes and serves until [`Running::shutdown`].
 /// `config` must have passed `validate()`.
 pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running> {
-    let broker = open_broker(config, clock).await?;
+    // Boxed: the nested start-up futures are deep enough that computing the
+    // layout of a caller's future overflows rustc's query depth (clippy 1.95).
+    let broker = Box::pin(open_broker(config, clock)).await?;
     let addr: SocketAddr =
         config.listen.parse().map_err(|_| anyhow::anyhow!("listen: not an address: {}", config.listen))?;
     let (stop_background, stop) = watch::channel(false);
     let opts = ServerOptions { max_message_bytes: config.max_message_bytes };
-    let grpc = server::serve(broker.clone(), addr, opts).await?;
+    let grpc = Box::pin(server::serve(broker.clone(), addr, opts)).await?;
     let health = grpc.health.clone();
     let readiness = tokio::spawn(follow_storage_health(broker.clone(), health.clone(), stop.clone()));
     let timers = tokio::spawn(background::run_timers(broker.clone(), stop));

@@ -37,6 +37,7 @@ pub mod pb {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("taskbroker_descriptor");
 
     /// `taskbroker.bench.v1`: the no-op echo service `taskbroker bench` uses as its baseline.
+    #[cfg(feature = "bench")]
     pub mod bench {
         tonic::include_proto!("taskbroker.bench.v1");
     }

@@ -1,6 +1,7 @@
 //! `taskbroker bench` end to end: every scenario through the real binary with
 //! tiny counts and `--json`, checking the document's shape and that work was
 //! done. No timing assertions: the machine is shared and small.
+#![cfg(feature = "bench")]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

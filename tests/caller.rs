@@ -1,8 +1,6 @@
 //! Request metadata read by the server's one middleware stack: the trace
 //! context a producer's call carries becomes the task's, and a long-poll
 //! answers before the client's deadline.
-// clippy 1.95 overflows its query depth on this file without a higher limit.
-#![recursion_limit = "256"]
 mod common;
 
 use std::time::{Duration, Instant};

@@ -181,6 +181,11 @@ impl Broker {
         Ok(self.store().next_timer().await?)
     }
 
+    /// Transactions the store committed (each one fsync), if it counts them.
+    pub fn store_commits(&self) -> Option<u64> {
+        self.store().commits()
+    }
+
     /// Whether storage can serve.
     pub async fn healthy(&self) -> bool {
         self.store().healthy().await

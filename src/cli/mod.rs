@@ -1,5 +1,6 @@
 //! The `taskbroker` command line: one file per subcommand.
 
+#[cfg(feature = "bench")]
 pub mod bench;
 mod client;
 mod config_cmd;
@@ -46,6 +47,7 @@ pub enum Command {
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
     /// Load-test a broker (in-process by default) against a same-run gRPC echo baseline.
+    #[cfg(feature = "bench")]
     Bench(bench::BenchArgs),
 }
 
@@ -79,6 +81,7 @@ pub fn main() -> ExitCode {
             Command::Work(args) => work::run(args).await.map_err(CliError::Other),
             Command::Watch(args) => watch::run(args).await.map_err(CliError::Other),
             Command::Config(cmd) => config_cmd::run(cmd),
+            #[cfg(feature = "bench")]
             Command::Bench(args) => bench::run(args).await,
         }
     });

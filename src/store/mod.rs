@@ -183,6 +183,12 @@ pub trait Store: Send + Sync + 'static {
     /// Whether the store can serve (for readiness).
     async fn healthy(&self) -> bool;
 
+    /// Transactions committed (each one fsync) since the store opened, for
+    /// stores that commit to a local disk; `None` for the others.
+    fn commits(&self) -> Option<u64> {
+        None
+    }
+
     /// Counts one WatchTask on `id` starting (`true`) or ending (`false`), for
     /// stores shared by several brokers: while a task has watches, the store
     /// reports its changes as [`StoreEvent::Changed`] to every replica. Each

@@ -71,7 +71,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<ScenarioReport> {
 }
 
 async fn drain(ctx: &Ctx, mode: Mode, queue: String, expected: u64) -> Row {
-    let meter = Meter::start(ctx.probes, "drain", mode.name());
+    let meter = Meter::start(ctx.probes.clone(), "drain", mode.name());
     let tally = meter.tally();
     let workers = 0..ctx.opts.concurrency;
     let unary = |max_tasks| {

@@ -78,7 +78,7 @@ async fn run_rate(ctx: &Ctx, rate: u64, kind: Workers, base: Instant) -> anyhow:
     let received = Arc::new(AtomicU64::new(0));
     let enqueued = Arc::new(AtomicU64::new(0));
 
-    let meter = Meter::start(ctx.probes, "e2e", mode);
+    let meter = Meter::start(ctx.probes.clone(), "e2e", mode);
     let tally = meter.tally();
     let (stop, stopped) = stop_signal();
     let workers: Vec<_> = (0..ctx.opts.concurrency)

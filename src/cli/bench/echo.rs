@@ -71,7 +71,7 @@ pub async fn measure(opts: &Opts, probes: Probes) -> anyhow::Result<Baseline> {
         .await??;
     let pool = Pool::connect(&format!("http://{addr}"), opts.connections).await?;
     // Echo CPU is read from the same `tb-` threads; the broker is idle meanwhile.
-    let unary = unary(&pool, opts, probes).await;
+    let unary = unary(&pool, opts, probes.clone()).await;
     let stream = stream(&pool, opts, probes).await;
     drop(pool);
     let _ = stop.send(());
@@ -83,7 +83,7 @@ pub async fn measure(opts: &Opts, probes: Probes) -> anyhow::Result<Baseline> {
 /// `--tasks` unary calls from `--concurrency` closed-loop callers, exactly as
 /// the unary enqueue mode makes its calls.
 async fn unary(pool: &Pool, opts: &Opts, probes: Probes) -> Row {
-    let meter = Meter::start(probes, "baseline", "echo-unary");
+    let meter = Meter::start(probes.clone(), "baseline", "echo-unary");
     let (pool, payload) = (pool.clone(), load::payload(opts.payload_bytes));
     load::closed_loop(opts.concurrency, opts.tasks, meter.tally(), move |caller, _| {
         let mut client = EchoServiceClient::new(pool.channel(caller));
@@ -98,7 +98,7 @@ async fn unary(pool: &Pool, opts: &Opts, probes: Probes) -> Row {
 /// in all, each caller sending as fast as flow control allows and counting
 /// the answers.
 async fn stream(pool: &Pool, opts: &Opts, probes: Probes) -> Row {
-    let meter = Meter::start(probes, "baseline", "echo-stream");
+    let meter = Meter::start(probes.clone(), "baseline", "echo-stream");
     let total = opts.tasks * STREAM_FACTOR;
     let callers = opts.concurrency as u64;
     let handles = (0..callers)

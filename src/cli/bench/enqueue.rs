@@ -56,7 +56,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<ScenarioReport> {
 async fn run_mode(ctx: &Ctx, mode: Mode) -> Row {
     let queue = ctx.queue(&format!("enqueue.{}", mode.name()));
     let (pool, payload, total) = (ctx.pool.clone(), ctx.payload(), ctx.opts.tasks);
-    let meter = Meter::start(ctx.probes, "enqueue", mode.name());
+    let meter = Meter::start(ctx.probes.clone(), "enqueue", mode.name());
     let tally = meter.tally();
     match mode {
         Mode::Unary => {

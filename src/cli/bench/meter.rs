@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::load::Tally;
 use super::procfs;
 use super::report::{Baseline, Row, Transport};
-use crate::store::embedded;
+use crate::broker::Broker;
 
 /// Thread-name prefix of everything that serves (see `target::SERVER_THREAD_NAME`).
 const SERVER_THREADS: &str = "tb-";
@@ -20,13 +20,19 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 const PROGRESS_WIDTH: usize = 78;
 
 /// Which figures this run can take.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone)]
 pub struct Probes {
     /// The broker runs in this process: its threads' CPU and the process's
     /// memory are the broker's (plus the load generator's memory).
     pub in_process: bool,
-    /// The in-process broker uses the embedded store, whose commits are counted.
-    pub fsyncs: bool,
+    /// The in-process broker, when its store counts its commits (fsyncs).
+    pub commits: Option<Broker>,
+}
+
+impl Probes {
+    fn commits(&self) -> Option<u64> {
+        self.commits.as_ref().and_then(Broker::store_commits)
+    }
 }
 
 /// A run being measured.
@@ -38,7 +44,7 @@ pub struct Meter {
     progress: Progress,
     started: Instant,
     cpu_at_start: Option<f64>,
-    commits_at_start: u64,
+    commits_at_start: Option<u64>,
 }
 
 impl Meter {
@@ -53,11 +59,11 @@ impl Meter {
             progress: Progress::start(format!("{scenario} {mode}"), tally.clone()),
             scenario,
             mode,
-            probes,
             tally,
             started: Instant::now(),
-            cpu_at_start: cpu(probes),
-            commits_at_start: embedded::commit_count(),
+            cpu_at_start: cpu(&probes),
+            commits_at_start: probes.commits(),
+            probes,
         }
     }
 
@@ -73,8 +79,9 @@ impl Meter {
         self.progress.finish();
         let tasks = self.tally.tasks();
         let per_1k = |amount: f64| (tasks > 0).then(|| amount * 1000.0 / tasks as f64);
-        let cpu = cpu(self.probes).zip(self.cpu_at_start).map(|(end, start)| end - start);
-        let commits = (embedded::commit_count() - self.commits_at_start) as f64;
+        let cpu = cpu(&self.probes).zip(self.cpu_at_start).map(|(end, start)| end - start);
+        let commits =
+            self.probes.commits().zip(self.commits_at_start).map(|(end, start)| (end - start) as f64);
         let tasks_per_s = tasks as f64 / seconds;
         Row {
             scenario: self.scenario,
@@ -89,7 +96,7 @@ impl Meter {
             calls_per_s: self.tally.calls() as f64 / seconds,
             vs_echo: baseline.map(|b| tasks_per_s / b.rate(transport)),
             broker_cpu_s_per_1k_tasks: cpu.and_then(per_1k),
-            fsyncs_per_1k_tasks: if self.probes.fsyncs { per_1k(commits) } else { None },
+            fsyncs_per_1k_tasks: commits.and_then(per_1k),
             peak_rss_mib: if self.probes.in_process { procfs::peak_rss_bytes().map(mib) } else { None },
             target_rate: None,
             latency_ms: None,
@@ -102,7 +109,7 @@ pub fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
-fn cpu(probes: Probes) -> Option<f64> {
+fn cpu(probes: &Probes) -> Option<f64> {
     if probes.in_process {
         procfs::threads_cpu_seconds(SERVER_THREADS)
     } else {

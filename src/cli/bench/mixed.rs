@@ -61,7 +61,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<ScenarioReport> {
     let filled = load::prefill(&ctx.pool, ctx.opts.concurrency, ctx.opts.tasks, "mixed", make, count).await;
 
     let deliveries: Arc<Mutex<Vec<Delivery>>> = Arc::default();
-    let meter = Meter::start(ctx.probes, "mixed", format!("{QUEUES}q-10p"));
+    let meter = Meter::start(ctx.probes.clone(), "mixed", format!("{QUEUES}q-10p"));
     let handles = (0..ctx.opts.concurrency)
         .map(|caller| {
             let mut preference = queues.clone();

@@ -61,7 +61,7 @@ async fn run_mode(ctx: &Ctx, transport: Transport) -> (Row, String) {
     };
     let backlog_limit = BACKLOG_BATCHES * BATCH * producers as u64;
     let enqueued = Arc::new(AtomicU64::new(0));
-    let meter = Meter::start(ctx.probes, "mixed-rate", mode.to_string());
+    let meter = Meter::start(ctx.probes.clone(), "mixed-rate", mode.to_string());
     let acked = meter.tally();
     let (stop, stopped) = stop_signal();
     let mut handles = Vec::new();

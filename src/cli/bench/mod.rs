@@ -158,7 +158,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         true => Some(memory::probe(&pool, &format!("bench.{run_id}.memory"), &opts).await),
         false => None,
     };
-    let baseline = echo::measure(&opts, probes).await?;
+    let baseline = echo::measure(&opts, probes.clone()).await?;
     let ctx = Ctx { pool, opts: opts.clone(), probes, baseline, run_id };
 
     let mut done: Vec<ScenarioReport> = Vec::new();

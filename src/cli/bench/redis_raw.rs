@@ -39,17 +39,17 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<ScenarioReport> {
 
     let queue = ctx.queue("redis-raw.drain");
     let before = used_memory(&url).await?;
-    let meter = Meter::start(ctx.probes, "redis-raw", "enqueue-100");
+    let meter = Meter::start(ctx.probes.clone(), "redis-raw", "enqueue-100");
     produce(&store, &queue, &payload, tasks, callers, meter.tally()).await;
     let enqueue = meter.finish(Transport::Unary, None);
     let per_task = used_memory(&url).await?.saturating_sub(before) as f64 / tasks.max(1) as f64;
 
-    let meter = Meter::start(ctx.probes, "redis-raw", "lease100-ack-many");
+    let meter = Meter::start(ctx.probes.clone(), "redis-raw", "lease100-ack-many");
     consume(&store, &queue, tasks, callers, meter.tally()).await;
     let drain = meter.finish(Transport::Unary, None);
 
     let queue = ctx.queue("redis-raw.lifecycle");
-    let meter = Meter::start(ctx.probes, "redis-raw", "lifecycle");
+    let meter = Meter::start(ctx.probes.clone(), "redis-raw", "lifecycle");
     let (producers, workers) = ((callers / 4).max(1), (callers - callers / 4).max(1));
     let enqueued = Arc::new(Tally::default());
     tokio::join!(

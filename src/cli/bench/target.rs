@@ -96,11 +96,15 @@ impl Target {
         &self.url
     }
 
-    /// What can be measured: everything in-process, fsyncs only on the embedded store.
+    /// What can be measured: everything in-process, fsyncs where the store
+    /// counts its commits (the embedded store).
     pub fn probes(&self) -> Probes {
         match &self.local {
-            Some(local) => Probes { in_process: true, fsyncs: local.storage == StorageKind::Embedded },
-            None => Probes { in_process: false, fsyncs: false },
+            Some(local) => {
+                let broker = local.running.broker();
+                Probes { in_process: true, commits: broker.store_commits().map(|_| broker.clone()) }
+            }
+            None => Probes { in_process: false, commits: None },
         }
     }
 

@@ -39,15 +39,6 @@ const NEXT_LEASE: &str = "next_lease";
 /// Most changes folded into one transaction.
 const MAX_GROUP: usize = 4096;
 
-/// Transactions committed (each one fsync) by every embedded store in this
-/// process: what group commit saves is visible as commits per task.
-static COMMITS: AtomicU64 = AtomicU64::new(0);
-
-/// How many transactions (fsyncs) embedded stores in this process committed.
-pub fn commit_count() -> u64 {
-    COMMITS.load(Ordering::Relaxed)
-}
-
 /// Why the embedded store could not open.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -73,6 +64,9 @@ pub struct EmbeddedStore {
     thread: Option<std::thread::JoinHandle<()>>,
     /// Set once a commit failed: the table is ahead of the disk.
     failed: Arc<AtomicBool>,
+    /// Transactions committed (each one fsync): what group commit saves is
+    /// visible as commits per task.
+    commits: Arc<AtomicU64>,
 }
 
 impl EmbeddedStore {
@@ -91,11 +85,13 @@ impl EmbeddedStore {
         let (writer, rx) = mpsc::channel();
         let failed = Arc::new(AtomicBool::new(false));
         let flag = failed.clone();
+        let commits = Arc::new(AtomicU64::new(0));
+        let counter = commits.clone();
         let thread = std::thread::Builder::new()
             .name("tb-writer".into())
-            .spawn(move || write_loop(db, rx, flag))
+            .spawn(move || write_loop(db, rx, flag, counter))
             .map_err(|source| OpenError::Dir { path: dir.to_owned(), source })?;
-        Ok(Self { table: Mutex::new(table), writer: Some(writer), thread: Some(thread), failed })
+        Ok(Self { table: Mutex::new(table), writer: Some(writer), thread: Some(thread), failed, commits })
     }
 
     fn table(&self) -> MutexGuard<'_, Table> {
@@ -171,7 +167,7 @@ fn load(db: &Database, table: &mut Table) -> Result<(), LoadError> {
 }
 
 /// The writer thread: one transaction and one fsync for everything queued.
-fn write_loop(db: Database, rx: mpsc::Receiver<Commit>, failed: Arc<AtomicBool>) {
+fn write_loop(db: Database, rx: mpsc::Receiver<Commit>, failed: Arc<AtomicBool>, commits: Arc<AtomicU64>) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -181,7 +177,7 @@ fn write_loop(db: Database, rx: mpsc::Receiver<Commit>, failed: Arc<AtomicBool>)
             }
         }
         let outcome = write_group(&db, &group).map_err(|e| e.to_string());
-        COMMITS.fetch_add(1, Ordering::Relaxed);
+        commits.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = &outcome {
             tracing::error!(error = %e, "embedded store commit failed; refusing further writes");
             failed.store(true, Ordering::Release);
@@ -269,5 +265,9 @@ impl Store for EmbeddedStore {
 
     async fn healthy(&self) -> bool {
         !self.failed.load(Ordering::Acquire)
+    }
+
+    fn commits(&self) -> Option<u64> {
+        Some(self.commits.load(Ordering::Relaxed))
     }
 }
