@@ -245,6 +245,19 @@ def test_the_helm_test_hook_runs_a_worker_and_waits_for_its_task():
     assert not find(render({"tests": {"enabled": False}}), "Pod")
 
 
+def test_zero_is_a_value_not_a_missing_one():
+    worker = {"name": "w", "queues": ["q"], "command": ["true"], "replicas": 0, "terminationGracePeriodSeconds": 0,
+              "keda": {"enabled": True, "minReplicaCount": 0, "cooldownPeriod": 0}}
+    docs = render({"storage": "redis", "workers": [worker]})
+    scaled = one(docs, "ScaledObject")["spec"]
+    assert (scaled["minReplicaCount"], scaled["cooldownPeriod"]) == (0, 0)
+    dep = one(docs, "Deployment", f"{FULLNAME}-worker-w")
+    assert dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 0
+    worker["keda"]["enabled"] = False
+    dep = one(render({"storage": "redis", "workers": [worker]}), "Deployment", f"{FULLNAME}-worker-w")
+    assert dep["spec"]["replicas"] == 0
+
+
 def test_notes_tell_how_to_reach_the_broker():
     text = notes({})
     assert f"http://{SERVICE}:50051" in text
