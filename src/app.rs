@@ -73,7 +73,7 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Run
     let grpc = Box::pin(server::serve(broker.clone(), addr, opts)).await?;
     let health = grpc.health.clone();
     let readiness = tokio::spawn(follow_storage_health(broker.clone(), health.clone(), stop.clone()));
-    let timers = tokio::spawn(background::run_timers(broker.clone(), stop));
+    let timers = tokio::spawn(background::timer_loop(broker.clone(), stop));
     Ok(Running {
         addr: grpc.addr,
         broker,

@@ -14,7 +14,7 @@ use crate::broker::Broker;
 pub const MAX_SLEEP: Duration = Duration::from_secs(1);
 
 /// Runs until `shutdown` turns true.
-pub async fn run_timers(broker: Broker, mut shutdown: watch::Receiver<bool>) {
+pub async fn timer_loop(broker: Broker, mut shutdown: watch::Receiver<bool>) {
     loop {
         if let Err(e) = broker.run_timers().await {
             tracing::warn!(error = %e, "timer sweep failed; retrying");

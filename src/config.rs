@@ -17,9 +17,8 @@ use crate::core::routing::Route;
 use crate::core::MAX_PRIORITY;
 use crate::store::redis::Target;
 
-/// The name of the queue that gets unrouted tasks; its settings are also the
-/// defaults of every other queue.
-pub const DEFAULT_QUEUE: &str = "default";
+/// Queue names are the domain's ([`crate::core::queue`]); config checks them too.
+pub use crate::core::queue::{valid_queue_name, DEFAULT_QUEUE};
 
 /// Which storage backend to run on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -120,11 +119,6 @@ pub struct RouteConfig {
     pub headers: BTreeMap<String, String>,
     pub queue: String,
     pub priority: Option<u32>,
-}
-
-/// Whether `name` is a valid queue name: `[A-Za-z0-9._:-]{1,128}`.
-pub fn valid_queue_name(name: &str) -> bool {
-    (1..=128).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
 }
 
 impl Config {

@@ -4,19 +4,25 @@
 //! them under fenced leases and settle them with Ack, Nack or ExtendLease.
 //!
 //! # Layout
-//! - [`core`]: the pure domain (tasks, priority order, routing, backoff, lease
-//!   fencing, the clock). No I/O.
-//! - [`store`]: the storage trait in task operations and its backends
-//!   (memory, embedded redb), sharing one in-memory state machine.
+//! - [`app`]: the one place that assembles and stops the program (store,
+//!   broker, timer loop, readiness, gRPC server).
+//! - [`core`]: the pure domain (tasks, the state machine in
+//!   [`core::transition`], priority order, routing, backoff, lease fencing,
+//!   queue selection and the lease driver, trace context, the clock). No I/O.
+//! - [`store`]: the storage trait in task operations and its backends: memory
+//!   and embedded (redb) share one in-memory table that applies
+//!   `core::transition`; Redis runs one Lua script per operation, each naming
+//!   the core function it mirrors (`tests/differential.rs` keeps them equal).
 //! - [`broker`]: validation, resolution against queue settings and routes,
 //!   one store call per request, wake-ups for waiting workers.
 //! - [`background`]: the timer loop (expired leases, due tasks, retention).
-//! - [`grpc`]: the thin gRPC layer: conversions, error mapping, services,
-//!   server assembly (health, reflection, shutdown).
+//! - [`grpc`]: the thin gRPC layer: the one middleware stack
+//!   ([`grpc::caller`]), conversions, error mapping, services, the server.
 //! - [`config`]: the TOML config and its validation.
-//! - [`cli`]: the `taskbroker` subcommands.
+//! - [`cli`]: the `taskbroker` subcommands (`bench` behind the feature of that name).
 //!
-//! Dependencies point one way: `grpc → broker → core`, `broker → store`.
+//! Dependencies point one way: `grpc → broker → core`, `broker → store`;
+//! `app` and `cli` wire concrete backends.
 #![forbid(unsafe_code)]
 
 pub mod app;

@@ -5,11 +5,13 @@
 //! It owns no task state itself (that is the store's) and knows nothing of
 //! gRPC (that is `grpc/`'s).
 //!
-//! Files: `produce.rs` (enqueue, get, cancel, watch), `settle.rs` (lease, ack,
-//! nack, extend, release), `session.rs` (a worker stream), `watch.rs` (task
-//! watchers), `waiters.rs` (per-queue wake-ups), `validate.rs`, `error.rs`.
+//! Files: `produce.rs` (enqueue, get, cancel, watch), `lease.rs` (Lease and its
+//! long-poll, subscriptions), `settle.rs` (ack, nack, extend, release),
+//! `session.rs` (a worker stream), `watch.rs` (task watchers), `waiters.rs`
+//! (per-queue wake-ups), `validate.rs`, `error.rs`.
 
 pub mod error;
+mod lease;
 mod produce;
 pub mod session;
 mod settle;
@@ -22,6 +24,8 @@ use std::sync::Arc;
 
 use tokio::sync::{broadcast, watch as watch_channel, Notify};
 
+/// What an enqueue returns (the store's outcome, unchanged).
+pub use crate::store::Enqueued;
 pub use error::{BrokerError, Violation};
 pub use validate::{EnqueueInput, LeaseInput};
 
@@ -38,9 +42,13 @@ use watch::Watchers;
 /// Settings the broker applies to requests.
 #[derive(Clone, Debug)]
 pub struct BrokerSettings {
+    /// Every queue's resolved settings (the declared ones and the fallback).
     pub policies: Arc<Policies>,
+    /// `[[routes]]` in order: the first match picks a task's queue.
     pub routes: Vec<Route>,
+    /// Refuse queues the config does not declare (`QUEUE_NOT_FOUND`).
     pub strict_queues: bool,
+    /// Largest payload an enqueue may carry.
     pub max_payload_bytes: usize,
 }
 
@@ -84,10 +92,14 @@ pub struct Broker {
 }
 
 struct Inner {
+    /// Where every task lives; the broker holds no task state of its own.
     store: Arc<dyn Store>,
+    /// "Now" for every store call (a manual clock in tests).
     clock: Arc<dyn Clock>,
     settings: BrokerSettings,
+    /// Long-polls and streams waiting for a queue to get ready work.
     waiters: Waiters,
+    /// WatchTask calls waiting for a task's next state.
     watchers: Watchers,
     /// Leases that ended unsettled, for the streams that held them.
     lost: broadcast::Sender<LostLease>,

@@ -1,89 +1,18 @@
-//! The worker side: lease (with long-poll), ack, nack, extend, release.
+//! Settling leased tasks: ack, nack, extend, and release (a lease given back
+//! unsettled, as when its stream ends).
 
 use std::time::Duration;
 
-use futures_util::future::select_all;
-use tokio::sync::broadcast;
-
-use super::validate::{lease_length, SubscribeInput, Subscription};
-use super::{parse_id, Broker, BrokerError, LeaseInput, LostLease, Phase};
+use super::validate::lease_length;
+use super::{parse_id, Broker, BrokerError};
 use crate::core::task::{Task, TaskId, TaskState};
 use crate::core::Millis;
-use crate::store::{AckItem, LeaseSpec, NackSpec};
+use crate::store::{AckItem, NackSpec};
 
 /// Longest error text kept from a Nack.
 const MAX_ERROR_BYTES: usize = 16 * 1024;
 
-/// How much of the client's deadline a long-poll leaves for the answer to
-/// travel back: an empty answer just before the deadline beats
-/// DEADLINE_EXCEEDED, which would strand tasks leased at the last moment
-/// until their lease expires.
-const DEADLINE_MARGIN: Duration = Duration::from_millis(200);
-
-/// How long a Lease may wait: what it asked for, but never past the client's
-/// deadline (less [`DEADLINE_MARGIN`]).
-fn long_poll(wait: Option<Duration>, deadline: Option<Duration>) -> Duration {
-    let wait = wait.unwrap_or_default();
-    match deadline {
-        Some(d) => wait.min(d.saturating_sub(DEADLINE_MARGIN)),
-        None => wait,
-    }
-}
-
 impl Broker {
-    /// Leases ready tasks, waiting up to `input.wait` for some to appear.
-    pub async fn lease(&self, input: LeaseInput) -> Result<Vec<Task>, BrokerError> {
-        let max_tasks = self.rules().lease(&input)?;
-        let lease_duration = input.lease_duration.map(|d| d.as_millis() as Millis);
-        let spec = LeaseSpec::strict(&input.queues, max_tasks, lease_duration, &input.worker_id);
-        let wait = long_poll(input.wait, input.deadline);
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut phase = self.phase();
-        loop {
-            // Register for wake-ups before looking, so no enqueue is missed in between.
-            let notifies: Vec<_> = input.queues.iter().map(|q| self.inner.waiters.of(q)).collect();
-            let mut woken: Vec<_> = notifies.iter().map(|n| Box::pin(n.notified())).collect();
-            for w in &mut woken {
-                w.as_mut().enable();
-            }
-            let tasks = self.lease_now(spec.clone()).await?;
-            if !tasks.is_empty() || wait.is_zero() {
-                return Ok(tasks);
-            }
-            tokio::select! {
-                _ = select_all(woken) => {}
-                _ = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
-                // Shutting down: answer now rather than hold the shutdown up.
-                _ = phase.wait_for(|p| *p != Phase::Serving) => return Ok(Vec::new()),
-            }
-        }
-    }
-
-    /// Checks a stream's subscription (the session takes the result).
-    pub fn validate_subscription(&self, input: SubscribeInput) -> Result<Subscription, BrokerError> {
-        self.rules().subscribe(input)
-    }
-
-    /// Leases what is ready now (validated spec; streams and `lease` call it).
-    pub(crate) async fn lease_now(&self, spec: LeaseSpec) -> Result<Vec<Task>, BrokerError> {
-        let tasks = self.store().lease(spec, self.now()).await?;
-        if let Some(first) = tasks.iter().filter_map(|t| t.lease.as_ref()).map(|l| l.expire_time).min() {
-            self.timer_at(first);
-        }
-        self.changed(&tasks);
-        Ok(tasks)
-    }
-
-    /// The wake-ups of `queues`: notified when one may have ready work.
-    pub(crate) fn queue_notifies(&self, queues: &[String]) -> Vec<std::sync::Arc<tokio::sync::Notify>> {
-        queues.iter().map(|q| self.inner.waiters.of(q)).collect()
-    }
-
-    /// Leases that end unsettled (expired, canceled), for streams.
-    pub(crate) fn lost_leases(&self) -> broadcast::Receiver<LostLease> {
-        self.inner.lost.subscribe()
-    }
-
     pub async fn ack(&self, task_id: &str, lease_id: &str, result: Vec<u8>) -> Result<Task, BrokerError> {
         let (id, lease) = parse_settle(task_id, lease_id)?;
         if result.len() > self.inner.settings.max_payload_bytes {
@@ -196,19 +125,4 @@ fn parse_settle(task_id: &str, lease_id: &str) -> Result<(TaskId, u64), BrokerEr
     // A lease id that is not one of ours cannot hold the task.
     let lease = lease_id.parse().map_err(|_| BrokerError::LeaseMismatch)?;
     Ok((id, lease))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_long_poll_ends_before_the_clients_deadline() {
-        let s = Duration::from_secs;
-        assert_eq!(long_poll(Some(s(30)), None), s(30));
-        assert_eq!(long_poll(Some(s(30)), Some(s(5))), s(5) - DEADLINE_MARGIN);
-        assert_eq!(long_poll(Some(s(1)), Some(s(5))), s(1));
-        assert_eq!(long_poll(Some(s(30)), Some(Duration::from_millis(50))), Duration::ZERO);
-        assert_eq!(long_poll(None, Some(s(5))), Duration::ZERO);
-    }
 }

@@ -5,8 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::error::{BrokerError, Violation};
-use crate::config::{valid_queue_name, DEFAULT_QUEUE};
-use crate::core::queue::Policies;
+use crate::core::queue::{valid_queue_name, Policies, DEFAULT_QUEUE};
 use crate::core::routing::{self, Route};
 use crate::core::select::Mode;
 use crate::core::task::NewTask;

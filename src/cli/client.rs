@@ -38,45 +38,25 @@ fn ts(t: &Option<prost_types::Timestamp>) -> String {
 pub fn task_json(t: &pb::Task) -> String {
     let state = pb::TaskState::try_from(t.state).map(|s| s.as_str_name()).unwrap_or("TASK_STATE_UNSPECIFIED");
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    let headers: Vec<String> = t.headers.iter().map(|(k, v)| format!("{}:{}", json(k), json(v))).collect();
-    format!(
-        "{{\"id\":{},\"queue\":{},\"kind\":{},\"state\":{},\"priority\":{},\"attempt\":{},\"max_attempts\":{},\
-         \"payload\":{},\"content_type\":{},\"headers\":{{{}}},\"dedup_key\":{},\"create_time\":{},\
-         \"update_time\":{},\"scheduled_time\":{},\"result\":{},\"last_error\":{}}}",
-        json(&t.id),
-        json(&t.queue),
-        json(&t.kind),
-        json(state),
-        t.priority,
-        t.attempt,
-        t.max_attempts,
-        json(&text(&t.payload)),
-        json(&t.content_type),
-        headers.join(","),
-        json(&t.dedup_key),
-        json(&ts(&t.create_time)),
-        json(&ts(&t.update_time)),
-        json(&ts(&t.scheduled_time)),
-        json(&text(&t.result)),
-        json(&t.last_error),
-    )
-}
-
-/// A JSON string literal.
-fn json(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    let headers: serde_json::Map<String, serde_json::Value> =
+        t.headers.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
+    serde_json::json!({
+        "id": t.id,
+        "queue": t.queue,
+        "kind": t.kind,
+        "state": state,
+        "priority": t.priority,
+        "attempt": t.attempt,
+        "max_attempts": t.max_attempts,
+        "payload": text(&t.payload),
+        "content_type": t.content_type,
+        "headers": headers,
+        "dedup_key": t.dedup_key,
+        "create_time": ts(&t.create_time),
+        "update_time": ts(&t.update_time),
+        "scheduled_time": ts(&t.scheduled_time),
+        "result": text(&t.result),
+        "last_error": t.last_error,
+    })
+    .to_string()
 }

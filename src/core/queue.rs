@@ -5,6 +5,14 @@ use std::time::Duration;
 
 use super::retry::Backoff;
 
+/// The queue unrouted tasks land in; its settings are every queue's defaults.
+pub const DEFAULT_QUEUE: &str = "default";
+
+/// Whether `name` is a valid queue name: `[A-Za-z0-9._:-]{1,128}`.
+pub fn valid_queue_name(name: &str) -> bool {
+    (1..=128).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+}
+
 /// The resolved settings of one queue.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QueuePolicy {

@@ -71,25 +71,37 @@ pub struct Lease {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Task {
     pub id: TaskId,
+    /// The queue it was enqueued (or routed) into.
     pub queue: String,
+    /// What the task is (`email.send`): workers dispatch on it, routes match it.
     pub kind: String,
+    /// Opaque to the broker.
     pub payload: Vec<u8>,
+    /// The payload's media type, for the worker (free-form).
     pub content_type: String,
     /// 0-9, higher first.
     pub priority: u8,
+    /// Free-form metadata; routes match on it; `traceparent` carries the
+    /// task's creation trace context.
     pub headers: BTreeMap<String, String>,
     pub state: TaskState,
     /// Deliveries so far.
     pub attempt: u32,
+    /// Deliveries allowed before the task is DEAD.
     pub max_attempts: u32,
+    /// Enqueues with the same key in the same queue return this task while
+    /// it is unfinished (or within the queue's dedup window).
     pub dedup_key: String,
     /// The producer's idempotency key, kept so a replay finds this task.
     pub request_id: String,
     pub create_time: Millis,
+    /// The last state change.
     pub update_time: Millis,
     /// When the task is (or was) due to run.
     pub scheduled_time: Millis,
+    /// What the worker's Ack returned.
     pub result: Vec<u8>,
+    /// The last Nack's error, or why the task died.
     pub last_error: String,
     /// The current (or, for a task canceled while leased, the last) lease.
     pub lease: Option<Lease>,

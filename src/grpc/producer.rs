@@ -10,11 +10,10 @@ use tonic::{Request, Response, Status, Streaming};
 use super::caller::Caller;
 use super::convert;
 use super::status::to_rpc_status;
-use crate::broker::{Broker, BrokerError};
+use crate::broker::{Broker, BrokerError, Enqueued};
 use crate::core::task::Task;
 use crate::pb;
 use crate::pb::producer_service_server::ProducerService;
-use crate::store::Enqueued;
 
 pub struct Producer {
     broker: Broker,

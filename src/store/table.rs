@@ -48,10 +48,15 @@ impl Changes {
 }
 
 pub struct Table {
+    /// Per-queue settings the table needs after finding a task by id
+    /// (backoff, retention, dedup window).
     policies: Arc<Policies>,
+    /// Every task, as a compact record.
     tasks: Slab,
     /// The queue, kind and lease-holder names the records refer to.
     names: Names,
+    /// Where each task sits by state (ready order, lease deadlines, due times,
+    /// purge times).
     idx: Indexes,
     /// Latest task per (queue, dedup_key).
     dedup: HashMap<(String, String), TaskId>,
@@ -63,7 +68,9 @@ pub struct Table {
     next_lease: u64,
     /// Whether to record changes (the embedded store does, memory does not).
     track: bool,
+    /// Tasks changed since the last [`Table::take_changes`].
     dirty: Vec<TaskId>,
+    /// Tasks removed since the last [`Table::take_changes`].
     removed: Vec<TaskId>,
 }
 

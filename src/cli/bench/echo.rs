@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::load::{self, Pool};
 use super::meter::{Meter, Probes};
 use super::report::{Baseline, Row, Transport};
-use super::target::{retire, server_runtime};
+use super::under_test::{retire, server_runtime};
 use super::Opts;
 use crate::pb::bench::echo_service_client::EchoServiceClient;
 use crate::pb::bench::echo_service_server::{EchoService, EchoServiceServer};

@@ -12,7 +12,7 @@ use super::procfs;
 use super::report::{Baseline, Row, Transport};
 use crate::broker::Broker;
 
-/// Thread-name prefix of everything that serves (see `target::SERVER_THREAD_NAME`).
+/// Thread-name prefix of everything that serves (see `under_test::SERVER_THREAD_NAME`).
 const SERVER_THREADS: &str = "tb-";
 /// How often the progress line is redrawn.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);

@@ -35,7 +35,7 @@ mod mixed_rate;
 mod procfs;
 mod redis_raw;
 mod report;
-mod target;
+mod under_test;
 mod work;
 
 use std::time::Duration;
@@ -47,7 +47,7 @@ use crate::config::StorageKind;
 use load::Pool;
 use meter::Probes;
 use report::{Baseline, Report, ScenarioReport, Settings};
-use target::Target;
+use under_test::UnderTest;
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -148,7 +148,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         if args.scenario.contains(&ScenarioArg::All) { ALL.to_vec() } else { dedup(&args.scenario) };
     let storage = args.embedded.unwrap_or(StorageKind::Memory);
 
-    let target = Target::start(args.server.clone(), storage, &opts.redis_url).await?;
+    let target = UnderTest::start(args.server.clone(), storage, &opts.redis_url).await?;
     let probes = target.probes();
     let pool = Pool::connect(target.url(), opts.connections).await?;
     let run_id = format!("{:08x}", rand::random::<u32>());

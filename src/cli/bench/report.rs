@@ -9,7 +9,7 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use super::memory::Memory;
-use super::target::TargetInfo;
+use super::under_test::TargetInfo;
 use super::Opts;
 
 /// Which baseline a row is compared with.

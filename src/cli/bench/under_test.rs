@@ -50,7 +50,7 @@ pub struct TargetInfo {
 }
 
 /// The broker under test.
-pub struct Target {
+pub struct UnderTest {
     url: String,
     /// Present when the broker runs in this process.
     local: Option<Local>,
@@ -65,7 +65,7 @@ struct Local {
     dir: TempDir,
 }
 
-impl Target {
+impl UnderTest {
     /// Starts the in-process broker, or just remembers `server`.
     pub async fn start(
         server: Option<String>,
