@@ -13,13 +13,15 @@
 //! - `requeue_expired`, `promote_due` and `purge_finished` are idempotent and
 //!   safe to call at any time and from several places at once.
 //!
-//! Backends: [`memory::MemoryStore`] (the reference),
-//! [`embedded::EmbeddedStore`] (the same state machine, persisted in redb with
-//! group commit) — both share [`table::Table`], the in-memory state machine —
-//! and [`redis::RedisStore`] (one Lua script per operation, shared by many
+//! Backends: [`memory::MemoryStore`] (the reference) and
+//! [`embedded::EmbeddedStore`] (persisted in redb with group commit) are one
+//! generic [`local::TableStore`] over [`table::Table`], which applies
+//! [`crate::core::transition`], with a different [`local::Persist`] policy;
+//! [`redis::RedisStore`] (one Lua script per operation, shared by many
 //! broker replicas, which it keeps informed through [`Store::events`]).
 
 pub mod embedded;
+pub mod local;
 pub mod memory;
 pub mod redis;
 pub mod table;

@@ -19,17 +19,16 @@ mod stored;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
-use async_trait::async_trait;
 use redb::{Database, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
+use super::local::{Durable, Persist, TableStore};
 use super::table::{Changes, Table};
-use super::{AckItem, Enqueued, LeaseSpec, NackSpec, Store, StoreError, Swept};
+use super::StoreError;
 use crate::core::queue::Policies;
-use crate::core::task::{NewTask, Task, TaskId};
-use crate::core::Millis;
+use crate::core::task::TaskId;
 
 /// Task records by id; the value is a [`stored`] record (format byte first).
 const TASKS: TableDefinition<u128, &[u8]> = TableDefinition::new("tasks");
@@ -56,8 +55,11 @@ struct Commit {
     done: oneshot::Sender<Result<(), String>>,
 }
 
-pub struct EmbeddedStore {
-    table: Mutex<Table>,
+/// The [`Table`] in memory, every change made durable in redb by [`Redb`].
+pub type EmbeddedStore = TableStore<Redb>;
+
+/// Group commit into a redb database on a writer thread.
+pub struct Redb {
     /// To the writer thread; sent to under the table lock. `None` only in `drop`.
     writer: Option<mpsc::Sender<Commit>>,
     /// Joined on drop, so the database is closed when the store is gone.
@@ -76,7 +78,7 @@ impl EmbeddedStore {
         let path = dir.join("tasks.redb");
         let db_err = |e: redb::Error| OpenError::Db { path: path.clone(), source: Box::new(e) };
         let db = Database::create(&path).map_err(|e| db_err(e.into()))?;
-        let mut table = Table::new(policies, true);
+        let mut table = Table::new(policies, Redb::TRACKS_CHANGES);
         load(&db, &mut table).map_err(|e| match e {
             LoadError::Db(e) => db_err(*e),
             LoadError::Corrupt(reason) => OpenError::Corrupt { path: path.clone(), reason },
@@ -91,42 +93,47 @@ impl EmbeddedStore {
             .name("tb-writer".into())
             .spawn(move || write_loop(db, rx, flag, counter))
             .map_err(|source| OpenError::Dir { path: dir.to_owned(), source })?;
-        Ok(Self { table: Mutex::new(table), writer: Some(writer), thread: Some(thread), failed, commits })
-    }
-
-    fn table(&self) -> MutexGuard<'_, Table> {
-        self.table.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Runs `op` on the table and returns once its changes are durable.
-    async fn run<R>(&self, op: impl FnOnce(&mut Table) -> R) -> Result<R, StoreError> {
-        if self.failed.load(Ordering::Acquire) {
-            return Err(unavailable("an earlier commit failed; restart the broker"));
-        }
-        let (result, done) = {
-            let mut table = self.table();
-            let result = op(&mut table);
-            let changes = table.take_changes();
-            if changes.is_empty() {
-                return Ok(result);
-            }
-            let (done, wait) = oneshot::channel();
-            self.writer
-                .as_ref()
-                .ok_or_else(|| unavailable("the store is closing"))?
-                .send(Commit { changes, done })
-                .map_err(|_| unavailable("the writer thread stopped"))?;
-            (result, wait)
-        };
-        match done.await {
-            Ok(Ok(())) => Ok(result),
-            Ok(Err(e)) => Err(unavailable(&e)),
-            Err(_) => Err(unavailable("the writer thread stopped")),
-        }
+        let redb = Redb { writer: Some(writer), thread: Some(thread), failed, commits };
+        Ok(TableStore::with(table, redb))
     }
 }
 
-impl Drop for EmbeddedStore {
+impl Persist for Redb {
+    const TRACKS_CHANGES: bool = true;
+
+    fn check(&self) -> Result<(), StoreError> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(unavailable("an earlier commit failed; restart the broker"));
+        }
+        Ok(())
+    }
+
+    fn submit(&self, changes: Changes) -> Result<Durable, StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.writer
+            .as_ref()
+            .ok_or_else(|| unavailable("the store is closing"))?
+            .send(Commit { changes, done })
+            .map_err(|_| unavailable("the writer thread stopped"))?;
+        Ok(Box::pin(async move {
+            match wait.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(unavailable(&e)),
+                Err(_) => Err(unavailable("the writer thread stopped")),
+            }
+        }))
+    }
+
+    fn healthy(&self) -> bool {
+        !self.failed.load(Ordering::Acquire)
+    }
+
+    fn commits(&self) -> Option<u64> {
+        Some(self.commits.load(Ordering::Relaxed))
+    }
+}
+
+impl Drop for Redb {
     /// Lets the writer finish what is queued, then closes the database.
     fn drop(&mut self) {
         drop(self.writer.take());
@@ -207,67 +214,4 @@ fn write_group(db: &Database, group: &[Commit]) -> Result<(), Box<redb::Error>> 
     }
     txn.commit().map_err(|e| Box::new(e.into()))?;
     Ok(())
-}
-
-#[async_trait]
-impl Store for EmbeddedStore {
-    async fn enqueue(&self, tasks: Vec<NewTask>, now: Millis) -> Result<Vec<Enqueued>, StoreError> {
-        self.run(|t| t.enqueue(tasks, now)).await
-    }
-
-    async fn lease(&self, spec: LeaseSpec, now: Millis) -> Result<Vec<Task>, StoreError> {
-        self.run(|t| t.lease(&spec, now)).await
-    }
-
-    async fn ack(&self, id: TaskId, lease_id: u64, result: Vec<u8>, now: Millis) -> Result<Task, StoreError> {
-        self.run(|t| t.ack(id, lease_id, result, now)).await?
-    }
-
-    async fn ack_many(
-        &self,
-        items: Vec<AckItem>,
-        now: Millis,
-    ) -> Result<Vec<Result<Task, StoreError>>, StoreError> {
-        self.run(|t| t.ack_many(items, now)).await
-    }
-
-    async fn nack(&self, id: TaskId, lease_id: u64, spec: NackSpec, now: Millis) -> Result<Task, StoreError> {
-        self.run(|t| t.nack(id, lease_id, spec, now)).await?
-    }
-
-    async fn extend(&self, id: TaskId, lease_id: u64, by: Millis, now: Millis) -> Result<Millis, StoreError> {
-        self.run(|t| t.extend(id, lease_id, by, now)).await?
-    }
-
-    async fn cancel(&self, id: TaskId, now: Millis) -> Result<Task, StoreError> {
-        self.run(|t| t.cancel(id, now)).await?
-    }
-
-    async fn get(&self, id: TaskId) -> Result<Task, StoreError> {
-        self.table().get(id)
-    }
-
-    async fn requeue_expired(&self, now: Millis) -> Result<Swept, StoreError> {
-        self.run(|t| t.requeue_expired(now)).await
-    }
-
-    async fn promote_due(&self, now: Millis) -> Result<Swept, StoreError> {
-        self.run(|t| t.promote_due(now)).await
-    }
-
-    async fn purge_finished(&self, now: Millis) -> Result<Swept, StoreError> {
-        self.run(|t| t.purge_finished(now)).await
-    }
-
-    async fn next_timer(&self) -> Result<Option<Millis>, StoreError> {
-        Ok(self.table().next_timer())
-    }
-
-    async fn healthy(&self) -> bool {
-        !self.failed.load(Ordering::Acquire)
-    }
-
-    fn commits(&self) -> Option<u64> {
-        Some(self.commits.load(Ordering::Relaxed))
-    }
 }

@@ -1,0 +1,140 @@
+//! The stores that keep every task in this process: one [`Table`] behind a
+//! mutex (never held across `.await`), and a [`Persist`] policy for what
+//! happens to each operation's changes. [`super::memory::MemoryStore`]
+//! forgets them; [`super::embedded::EmbeddedStore`] makes them durable before
+//! the call returns. Everything else about the two is this one file.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+
+use super::table::{Changes, Table};
+use super::{AckItem, Enqueued, LeaseSpec, NackSpec, Store, StoreError, Swept};
+use crate::core::task::{NewTask, Task, TaskId};
+use crate::core::Millis;
+
+/// Resolves once submitted changes are durable (or failed to become so).
+pub type Durable = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>;
+
+/// What a local store does with an operation's changes.
+pub trait Persist: Send + Sync + 'static {
+    /// Whether the table should record changes for [`Persist::submit`].
+    const TRACKS_CHANGES: bool;
+
+    /// Refuses calls while the store cannot keep what they change (an
+    /// earlier commit failed).
+    fn check(&self) -> Result<(), StoreError>;
+
+    /// Hands `changes` over, under the table lock (so their order on disk is
+    /// the order in which they were made); the call answers once the returned
+    /// future resolves.
+    fn submit(&self, changes: Changes) -> Result<Durable, StoreError>;
+
+    /// Whether the store can serve.
+    fn healthy(&self) -> bool;
+
+    /// Commits so far, if this policy commits.
+    fn commits(&self) -> Option<u64>;
+}
+
+/// A [`Store`] over an in-process [`Table`].
+pub struct TableStore<P: Persist> {
+    table: Mutex<Table>,
+    persist: P,
+}
+
+impl<P: Persist> TableStore<P> {
+    pub(super) fn with(table: Table, persist: P) -> Self {
+        Self { table: Mutex::new(table), persist }
+    }
+
+    fn table(&self) -> MutexGuard<'_, Table> {
+        // A panic while holding the lock cannot leave a half-applied change
+        // visible to callers in a way poisoning would fix: keep serving.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `op` on the table and returns once its changes are kept.
+    async fn run<R>(&self, op: impl FnOnce(&mut Table) -> R) -> Result<R, StoreError> {
+        self.persist.check()?;
+        let (result, durable) = {
+            let mut table = self.table();
+            let result = op(&mut table);
+            if !P::TRACKS_CHANGES {
+                return Ok(result);
+            }
+            let changes = table.take_changes();
+            if changes.is_empty() {
+                return Ok(result);
+            }
+            (result, self.persist.submit(changes)?)
+        };
+        durable.await?;
+        Ok(result)
+    }
+}
+
+#[async_trait]
+impl<P: Persist> Store for TableStore<P> {
+    async fn enqueue(&self, tasks: Vec<NewTask>, now: Millis) -> Result<Vec<Enqueued>, StoreError> {
+        self.run(|t| t.enqueue(tasks, now)).await
+    }
+
+    async fn lease(&self, spec: LeaseSpec, now: Millis) -> Result<Vec<Task>, StoreError> {
+        self.run(|t| t.lease(&spec, now)).await
+    }
+
+    async fn ack(&self, id: TaskId, lease_id: u64, result: Vec<u8>, now: Millis) -> Result<Task, StoreError> {
+        self.run(|t| t.ack(id, lease_id, result, now)).await?
+    }
+
+    async fn ack_many(
+        &self,
+        items: Vec<AckItem>,
+        now: Millis,
+    ) -> Result<Vec<Result<Task, StoreError>>, StoreError> {
+        self.run(|t| t.ack_many(items, now)).await
+    }
+
+    async fn nack(&self, id: TaskId, lease_id: u64, spec: NackSpec, now: Millis) -> Result<Task, StoreError> {
+        self.run(|t| t.nack(id, lease_id, spec, now)).await?
+    }
+
+    async fn extend(&self, id: TaskId, lease_id: u64, by: Millis, now: Millis) -> Result<Millis, StoreError> {
+        self.run(|t| t.extend(id, lease_id, by, now)).await?
+    }
+
+    async fn cancel(&self, id: TaskId, now: Millis) -> Result<Task, StoreError> {
+        self.run(|t| t.cancel(id, now)).await?
+    }
+
+    async fn get(&self, id: TaskId) -> Result<Task, StoreError> {
+        self.table().get(id)
+    }
+
+    async fn requeue_expired(&self, now: Millis) -> Result<Swept, StoreError> {
+        self.run(|t| t.requeue_expired(now)).await
+    }
+
+    async fn promote_due(&self, now: Millis) -> Result<Swept, StoreError> {
+        self.run(|t| t.promote_due(now)).await
+    }
+
+    async fn purge_finished(&self, now: Millis) -> Result<Swept, StoreError> {
+        self.run(|t| t.purge_finished(now)).await
+    }
+
+    async fn next_timer(&self) -> Result<Option<Millis>, StoreError> {
+        Ok(self.table().next_timer())
+    }
+
+    async fn healthy(&self) -> bool {
+        self.persist.healthy()
+    }
+
+    fn commits(&self) -> Option<u64> {
+        self.persist.commits()
+    }
+}
