@@ -6,7 +6,7 @@
 //! nothing of how a scenario loads the broker.
 //!
 //! # Layout
-//! - [`target`]: the broker under test: in-process on its own `tb-broker`
+//! - [`under_test`]: the broker under test: in-process on its own `tb-broker`
 //!   runtime (so its CPU can be told apart from the client's), or elsewhere.
 //! - [`echo`]: the no-op echo service and the same-run baseline.
 //! - [`load`]: connections, the closed-loop driver, counters, payloads,
