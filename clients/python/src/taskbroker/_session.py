@@ -1,7 +1,7 @@
 """One worker Stream, from ``subscribe`` to its end.
 
 A session owns everything that belongs to one connection: the tasks pushed to
-it (each running until its ack/nack is *settled*), their lease extensions, and
+it (each tracked until its ack/nack is *settled*), their lease extensions, and
 the one writer that sends on the stream. When the stream ends, every task it
 held is lost (the broker has given them back), so their handlers are
 cancelled. The :class:`~taskbroker.Worker` runs sessions one after another,
@@ -12,15 +12,20 @@ Protocol (README "Worker streams"): ``subscribe`` first, with
 that are unsettled; ``ack``/``nack``/``extend`` are each answered by
 ``settled``; ``lease_lost`` says stop; ``draining`` says the broker is going
 away; ``drain`` tells the broker this worker is.
+
+This is the hot path of a worker (three stream messages per task), so it
+avoids per-task timers and queues: one keeper task extends leases, and the
+writer drains a deque.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 import traceback
-from typing import TYPE_CHECKING, Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Deque, Dict, Optional
 
 import grpc
 import grpc.aio
@@ -55,8 +60,13 @@ ERROR_TAIL = 4000
 CLOSE_TIMEOUT = 5.0
 #: Lease durations the broker accepts, in seconds.
 MIN_LEASE, MAX_LEASE = 1.0, 12 * 3600.0
+#: How often the keeper looks for leases to extend (each is extended at half its length).
+KEEPER_TICK = 0.1
+NEVER = float("inf")
 
 _EXTEND = worker_pb2.SETTLE_OPERATION_EXTEND
+_StreamRequest = worker_pb2.StreamRequest
+_AckRequest = worker_pb2.AckRequest
 _DONE = object()  # in the outbox: finish writing
 
 
@@ -68,14 +78,14 @@ def traceback_tail(exc: BaseException) -> str:
 class _Running:
     """A pushed task, from its delivery until its settlement is confirmed or its lease is lost."""
 
-    __slots__ = ("job", "lease_s", "timer", "handler_task", "settle", "lost")
+    __slots__ = ("job", "lease_s", "extend_at", "handler_task", "settle", "lost")
 
     def __init__(self, job: Job, lease_s: float) -> None:
         self.job = job
         #: The lease length, and so each extension's ``extend_by``.
         self.lease_s = lease_s
-        #: The pending extension.
-        self.timer: Optional[asyncio.TimerHandle] = None
+        #: When (monotonic) the keeper extends the lease next; NEVER while an extension is under way.
+        self.extend_at = time.monotonic() + lease_s / 2
         self.handler_task: Optional[asyncio.Task] = None
         #: The ack/nack sent, kept to send again if the broker could not apply it.
         self.settle: Optional[worker_pb2.StreamRequest] = None
@@ -92,8 +102,9 @@ class Session:
         #: Set while nothing is running: what a drain waits for.
         self.idle = asyncio.Event()
         self.idle.set()
-        #: Messages for the writer, in order.
-        self.outbox: asyncio.Queue = asyncio.Queue()
+        #: Messages for the writer, in order, and the future it sleeps on when there are none.
+        self.outbox: Deque[Any] = collections.deque()
+        self.outbox_waiter: Optional[asyncio.Future] = None
         #: True once a task arrived: the connection was worth having (resets the reconnect backoff).
         self.productive = False
         #: Set when the broker said it is shutting down.
@@ -105,16 +116,17 @@ class Session:
     async def run(self) -> None:
         """Runs until the stream ends; raises only errors that reconnecting cannot fix."""
         self.call = self.stub.Stream(metadata=self.w._endpoint.metadata)
-        self._send(worker_pb2.StreamRequest(subscribe=self.w._subscribe()))
-        writer = self.loop.create_task(self._write())
-        closer = self.loop.create_task(self._close_when_done())
+        self._send(_StreamRequest(subscribe=self.w._subscribe()))
+        helpers = [self.loop.create_task(c) for c in (self._write(), self._close_when_done(), self._keep_leases())]
+        read, dispatch = self.call.read, self._dispatch
         try:
             while True:
-                msg = await self.call.read()
+                msg = await read()
                 if msg is grpc.aio.EOF:
-                    log.info("stream ended by the broker")
+                    if not self.w._stopping():
+                        log.info("stream ended by the broker")
                     return
-                self._dispatch(msg)
+                dispatch(msg)
         except grpc.RpcError as e:
             err = from_rpc_error(e)
             if isinstance(err, FATAL) and not self.productive:
@@ -122,20 +134,32 @@ class Session:
             if not self.w._stopping():
                 log.warning("stream to %s broke: %s", self.w._endpoint.target, err)
         finally:
-            writer.cancel()
-            closer.cancel()
+            for h in helpers:
+                h.cancel()
             self.call.cancel()
             for entry in list(self.running.values()):
                 self._lose(entry, "disconnected")
 
+    def _send(self, msg: Any) -> None:
+        self.outbox.append(msg)
+        waiter = self.outbox_waiter
+        if waiter is not None:
+            self.outbox_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
     async def _write(self) -> None:
+        outbox, write = self.outbox, self.call.write
         try:
             while True:
-                msg = await self.outbox.get()
+                while not outbox:
+                    self.outbox_waiter = self.loop.create_future()
+                    await self.outbox_waiter
+                msg = outbox.popleft()
                 if msg is _DONE:
                     await self.call.done_writing()
                     return
-                await self.call.write(msg)
+                await write(msg)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # the stream broke: the reader sees why
@@ -147,7 +171,7 @@ class Session:
         await _first(self.w._stop_event.wait(), self.broker_draining.wait())
         grace = None
         if self.w._stop_event.is_set():
-            self._send(worker_pb2.StreamRequest(drain=worker_pb2.Drain()))
+            self._send(_StreamRequest(drain=worker_pb2.Drain()))
             grace = self.w.drain_timeout
             if self.running:
                 log.info("draining: waiting for %d running task(s)", len(self.running))
@@ -155,19 +179,29 @@ class Session:
         for entry in list(self.running.values()):
             log.warning("task %s still running at shutdown: cancelled, the broker will redeliver it", entry.job.id)
             self._lose(entry, "stopped")
-        self.outbox.put_nowait(_DONE)
+        self._send(_DONE)
         await asyncio.sleep(CLOSE_TIMEOUT)
         self.call.cancel()
 
-    def _send(self, msg: Any) -> None:
-        self.outbox.put_nowait(msg)
+    async def _keep_leases(self) -> None:
+        """Extends each running task's lease at half its length, until it is settled or lost."""
+        while True:
+            await asyncio.sleep(KEEPER_TICK)
+            now = time.monotonic()
+            for entry in list(self.running.values()):
+                if entry.extend_at <= now and entry.settle is None and not entry.lost:
+                    entry.extend_at = NEVER  # until the broker answers
+                    job = entry.job
+                    self._send(_StreamRequest(extend=worker_pb2.ExtendLeaseRequest(
+                        task_id=job.id, lease_id=job.lease_id, extend_by=_convert.duration(entry.lease_s)
+                    )))
 
     def _dispatch(self, msg: worker_pb2.StreamResponse) -> None:
         kind = msg.WhichOneof("msg")
-        if kind == "task":
-            self._start(msg.task)
-        elif kind == "settled":
+        if kind == "settled":
             self._on_settled(msg.settled)
+        elif kind == "task":
+            self._start(msg.task)
         elif kind == "lease_lost":
             lost = msg.lease_lost
             entry = self.running.get(lost.task_id)
@@ -186,9 +220,8 @@ class Session:
         old = self.running.get(job.id)
         if old is not None:  # redelivered to us after its lease expired
             self._lose(old, "expired")
-        if self.w.lease_duration is not None:
-            lease_s = self.w.lease_duration
-        else:
+        lease_s = self.w.lease_duration
+        if lease_s is None:
             expire = leased.lease_expire_time
             remaining = expire.seconds + expire.nanos / 1e9 - time.time()
             lease_s = min(max(remaining, MIN_LEASE), MAX_LEASE)
@@ -200,11 +233,8 @@ class Session:
             known = ", ".join(sorted(self.w._handlers)) or "none"
             error = f"no handler for kind {job.kind!r} on this worker (it handles: {known})"
             log.error("task %s: %s", job.id, error)
-            self._settle(entry, worker_pb2.StreamRequest(
-                nack=worker_pb2.NackRequest(task_id=job.id, lease_id=job.lease_id, error=error, no_retry=True)
-            ))
+            self._settle(entry, self._nack(job, error, no_retry=True))
             return
-        entry.timer = self.loop.call_later(lease_s / 2, self._extend, entry)
         entry.handler_task = self.loop.create_task(self._execute(entry, handler))
 
     async def _execute(self, entry: _Running, handler: "_Handler") -> None:
@@ -213,16 +243,16 @@ class Session:
         error: Optional[BaseException] = None
         outcome = "ack"
         try:
-            if handler.is_async:
-                if span is None:
-                    value = await handler.fn(job)
-                else:
-                    with _tracing.use_span(span):
-                        value = await handler.fn(job)
-            else:
+            if not handler.is_async:
                 value = await self.loop.run_in_executor(self.w._executor, _call_sync, handler.fn, job, span)
-            msg = worker_pb2.AckRequest(task_id=job.id, lease_id=job.lease_id, result=_convert.encode_result(value))
-            request = worker_pb2.StreamRequest(ack=msg)
+            elif span is None:
+                value = await handler.fn(job)
+            else:
+                with _tracing.use_span(span):
+                    value = await handler.fn(job)
+            request = _StreamRequest(ack=_AckRequest(
+                task_id=job.id, lease_id=job.lease_id, result=_convert.encode_result(value)
+            ))
         except asyncio.CancelledError:
             _tracing.end_span(span, None, "lost")
             return  # the lease is gone (or the worker is stopping hard): nothing to settle
@@ -238,7 +268,8 @@ class Session:
             outcome, error = "nack", e
             log.warning("task %s (%s) failed (attempt %d)", job.id, job.kind, job.attempt, exc_info=True)
             request = self._nack(job, traceback_tail(e))
-        _tracing.end_span(span, error, outcome if not entry.lost else "lost")
+        if span is not None:
+            _tracing.end_span(span, error, outcome if not entry.lost else "lost")
         if not entry.lost:
             self._settle(entry, request)
 
@@ -247,23 +278,11 @@ class Session:
         msg = worker_pb2.NackRequest(task_id=job.id, lease_id=job.lease_id, error=error, no_retry=no_retry)
         if retry_after is not None:
             msg.retry_after.CopyFrom(_convert.duration(retry_after))
-        return worker_pb2.StreamRequest(nack=msg)
+        return _StreamRequest(nack=msg)
 
     def _settle(self, entry: _Running, request: Any) -> None:
-        if entry.timer is not None:
-            entry.timer.cancel()
-            entry.timer = None
         entry.settle = request
         self._send(request)
-
-    def _extend(self, entry: _Running) -> None:
-        entry.timer = None
-        if entry.lost or entry.settle is not None:
-            return
-        job = entry.job
-        self._send(worker_pb2.StreamRequest(extend=worker_pb2.ExtendLeaseRequest(
-            task_id=job.id, lease_id=job.lease_id, extend_by=_convert.duration(entry.lease_s)
-        )))
 
     def _on_settled(self, s: worker_pb2.Settled) -> None:
         entry = self.running.get(s.task_id)
@@ -274,12 +293,12 @@ class Session:
             if entry.lost or entry.settle is not None:
                 return
             if err is None:
-                entry.timer = self.loop.call_later(entry.lease_s / 2, self._extend, entry)
+                entry.extend_at = time.monotonic() + entry.lease_s / 2
             elif isinstance(err, GONE):
                 log.warning("task %s: lease could not be extended (%s): handler cancelled", s.task_id, err)
                 self._lose(entry, "canceled" if isinstance(err, TaskCanceled) else "expired")
             else:  # e.g. storage briefly unavailable: try again well before the deadline
-                entry.timer = self.loop.call_later(entry.lease_s / 8, self._extend, entry)
+                entry.extend_at = time.monotonic() + entry.lease_s / 8
             return
         if err is None:
             self._finish(entry)
@@ -295,16 +314,15 @@ class Session:
         else:
             delay = err.retry_delay or 1.0
             log.warning("task %s: settlement failed (%s); sending it again in %.1fs", s.task_id, err, delay)
-            request = entry.settle
-            self.loop.call_later(delay, lambda: entry.lost or self.call.done() or self._send(request))
+            self.loop.call_later(delay, self._resend, entry)
+
+    def _resend(self, entry: _Running) -> None:
+        if not entry.lost and self.running.get(entry.job.id) is entry and not self.call.done():
+            self._send(entry.settle)
 
     def _lose(self, entry: _Running, reason: str) -> None:
         entry.lost = True
-        entry.job.lost_reason = reason
-        entry.job.cancel_event.set()
-        if entry.timer is not None:
-            entry.timer.cancel()
-            entry.timer = None
+        entry.job._mark_lost(reason)
         if entry.handler_task is not None and not entry.handler_task.done():
             entry.handler_task.cancel()
         self._finish(entry)

@@ -19,9 +19,16 @@ except ImportError:  # the optional extra is not installed
 ENABLED = _trace is not None
 
 
+def active() -> bool:
+    """True when OpenTelemetry is installed and an SDK (a real tracer provider) is set up."""
+    if _trace is None:
+        return False
+    return not isinstance(_trace.get_tracer_provider(), (_trace.ProxyTracerProvider, _trace.NoOpTracerProvider))
+
+
 def inject(headers: MutableMapping[str, str]) -> None:
     """Adds the current trace context (``traceparent``, ...) unless the caller set one."""
-    if _propagate is None or "traceparent" in headers:
+    if "traceparent" in headers or not active():
         return
     carrier: dict = {}
     _propagate.inject(carrier)
@@ -30,8 +37,11 @@ def inject(headers: MutableMapping[str, str]) -> None:
 
 
 def start_process_span(queue: str, task_id: str, kind: str, attempt: int, headers: Any) -> Optional[Any]:
-    """A started ``process {queue}`` span, child of the task's ``traceparent``; None without OpenTelemetry."""
-    if _trace is None:
+    """A started ``process {queue}`` span, child of the task's ``traceparent``; None without OpenTelemetry.
+
+    Without a configured SDK every span would be a no-op: skip the work.
+    """
+    if not active():
         return None
     parent = _propagate.extract(dict(headers))
     tracer = _trace.get_tracer("taskbroker")

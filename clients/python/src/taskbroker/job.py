@@ -10,6 +10,9 @@ from .v1 import worker_pb2
 
 __all__ = ["Job"]
 
+#: Guards the lazy creation of cancel events against a concurrent loss.
+_EVENT_LOCK = threading.Lock()
+
 
 class Job:
     """One delivery of a task to this worker.
@@ -24,7 +27,7 @@ class Job:
 
     __slots__ = (
         "task", "id", "kind", "queue", "payload", "content_type", "headers", "attempt", "max_attempts",
-        "priority", "lease_id", "lost_reason", "cancel_event",
+        "priority", "lease_id", "lost_reason", "_lost", "_event",
     )
 
     def __init__(self, leased: worker_pb2.LeasedTask) -> None:
@@ -43,15 +46,33 @@ class Job:
         self.priority: int = task.priority
         #: The fencing token of this delivery.
         self.lease_id: str = leased.lease_id
-        #: Why the lease was lost ("expired", "canceled", "disconnected"), or None.
+        #: Why the lease was lost ("expired", "canceled", "disconnected", "stopped"), or None.
         self.lost_reason: Optional[str] = None
-        #: Set when the lease is lost; a sync handler may ``wait()`` on it instead of sleeping.
-        self.cancel_event = threading.Event()
+        self._lost = False
+        #: Made on first use: most jobs never need one.
+        self._event: Optional[threading.Event] = None
 
     @property
     def cancelled(self) -> bool:
         """True once the lease is lost: stop working, the result would be discarded."""
-        return self.cancel_event.is_set()
+        return self._lost
+
+    @property
+    def cancel_event(self) -> threading.Event:
+        """Set when the lease is lost; a sync handler may ``wait()`` on it instead of sleeping."""
+        with _EVENT_LOCK:
+            if self._event is None:
+                self._event = threading.Event()
+                if self._lost:
+                    self._event.set()
+            return self._event
+
+    def _mark_lost(self, reason: str) -> None:
+        with _EVENT_LOCK:
+            self.lost_reason = reason
+            self._lost = True
+            if self._event is not None:
+                self._event.set()
 
     def json(self) -> Any:
         """The payload decoded as JSON."""
