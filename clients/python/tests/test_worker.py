@@ -33,9 +33,24 @@ def test_return_values_become_ack_results(broker):
     async def as_json(job):
         return [1, "a", {"payload": job.text()}]
 
+    @worker.task("meta")
+    def meta(job):
+        return {"id": job.id, "kind": job.kind, "queue": job.queue, "headers": job.headers,
+                "attempt": job.attempt, "max_attempts": job.max_attempts, "priority": job.priority,
+                "content_type": job.content_type, "json": job.json(), "cancelled": job.cancelled,
+                "task_id": job.task.id, "lease_id": bool(job.lease_id)}
+
     tasks = {k: client.enqueue(k, "p", queue="results") for k in ("bytes", "str", "none", "json")}
+    tasks["meta"] = client.enqueue("meta", {"x": 1}, queue="results", headers={"tenant": "acme"}, priority=4,
+                                   max_attempts=7)
     with running(worker):
         done = {k: client.wait(t, timeout=10) for k, t in tasks.items()}
+    m = tasks["meta"]
+    assert client.result_json(done["meta"]) == {
+        "id": m.id, "kind": "meta", "queue": "results", "headers": {"tenant": "acme"}, "attempt": 1,
+        "max_attempts": 7, "priority": 4, "content_type": "application/json", "json": {"x": 1},
+        "cancelled": False, "task_id": m.id, "lease_id": True,
+    }
     assert all(d.state == SUCCEEDED for d in done.values())
     assert done["bytes"].result == b"\x00raw"
     assert done["str"].result == b"text"

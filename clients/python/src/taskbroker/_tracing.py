@@ -33,7 +33,8 @@ def inject(headers: MutableMapping[str, str]) -> None:
     carrier: dict = {}
     _propagate.inject(carrier)
     for key, value in carrier.items():
-        headers.setdefault(key, value)
+        if key not in headers:  # not setdefault: older protobuf maps insert "" on a missed lookup
+            headers[key] = value
 
 
 def start_process_span(queue: str, task_id: str, kind: str, attempt: int, headers: Any) -> Optional[Any]:
