@@ -72,15 +72,24 @@ def test_an_exception_nacks_with_the_traceback_tail_and_is_retried(broker):
             raise RuntimeError("first try fails")
         return {"attempt": job.attempt}
 
+    @worker.task("self-cancelled")
+    async def self_cancelled(job):
+        inner = asyncio.ensure_future(asyncio.sleep(10))
+        inner.cancel()
+        await inner  # raises CancelledError out of the handler: a failure, not a lost lease
+
+    cancelled = client.enqueue("self-cancelled", queue="fail", max_attempts=1)
     dead = client.enqueue("always", queue="fail", max_attempts=2)
     flaky_task = client.enqueue("flaky", queue="fail", max_attempts=3)
     with running(worker):
         dead = client.wait(dead, timeout=10)
         ok = client.wait(flaky_task, timeout=10)
+        cancelled = client.wait(cancelled, timeout=10)
     assert dead.state == DEAD and dead.attempt == 2
     assert "Traceback (most recent call last)" in dead.last_error
     assert dead.last_error.rstrip().endswith("ValueError: boom on attempt 2")
     assert ok.state == SUCCEEDED and client.result_json(ok) == {"attempt": 2}
+    assert cancelled.state == DEAD and "CancelledError" in cancelled.last_error
 
 
 def test_retry_after_and_no_retry(broker):

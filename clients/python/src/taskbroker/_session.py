@@ -253,9 +253,14 @@ class Session:
             request = _StreamRequest(ack=_AckRequest(
                 task_id=job.id, lease_id=job.lease_id, result=_convert.encode_result(value)
             ))
-        except asyncio.CancelledError:
-            _tracing.end_span(span, None, "lost")
-            return  # the lease is gone (or the worker is stopping hard): nothing to settle
+        except asyncio.CancelledError as e:
+            if entry.lost:  # the lease is gone (or the worker is stopping hard): nothing to settle
+                _tracing.end_span(span, None, "lost")
+                return
+            # Not our cancellation: the handler let a CancelledError of its own escape.
+            outcome, error = "nack", e
+            log.warning("task %s (%s) was cancelled from inside its handler", job.id, job.kind)
+            request = self._nack(job, traceback_tail(e) or "CancelledError")
         except Retry as e:
             outcome, error = "retry", e
             log.info("task %s (%s) asked for a retry: %s", job.id, job.kind, e.message)
