@@ -290,3 +290,28 @@ def test_the_worker_reconnects_after_a_broker_restart(make_broker, tmp_path):
         after = client.enqueue("echo", b"after", queue="rc")
         done = client.wait(after, timeout=20)
     assert done.state == SUCCEEDED and done.result == b"after"
+
+
+def test_drain_timeout_gives_running_tasks_back(broker):
+    client = Client(broker.addr)
+    worker = Worker(broker.addr, queues=["stuck"], drain_timeout=0.5)
+    started = threading.Event()
+    lost = []
+
+    @worker.task("stuck")
+    async def stuck(job):
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            lost.append(job.lost_reason)
+            raise
+
+    t = client.enqueue("stuck", queue="stuck")
+    with running(worker):
+        assert started.wait(10)
+        stopping = time.monotonic()
+    assert time.monotonic() - stopping < 10, "the drain did not give up after drain_timeout"
+    assert lost == ["stopped"]
+    back = client.get(t)
+    assert back.state == READY and back.attempt == 1, "the task was not given back to the broker"

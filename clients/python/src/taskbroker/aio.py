@@ -28,8 +28,7 @@ class AsyncClient(_ProducerBase):
     Takes the same arguments as :class:`~taskbroker.Client`.
     """
 
-    def __init__(self, target: str = "127.0.0.1:50051", **kwargs: Any) -> None:
-        super().__init__(target, **kwargs)
+    def _connect(self) -> None:
         self._channel: Optional[grpc.aio.Channel] = None
         self._stub: Any = None
 

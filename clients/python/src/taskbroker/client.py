@@ -47,6 +47,11 @@ class _ProducerBase:
         self.timeout = timeout
         #: How long a call keeps retrying after UNAVAILABLE (0: not at all).
         self.retry_for = retry_for
+        self._connect()
+
+    def _connect(self) -> None:
+        """Opens the channel (or prepares to, for asyncio)."""
+        raise NotImplementedError
 
     @staticmethod
     def result_json(task: task_pb2.Task) -> Any:
@@ -98,8 +103,7 @@ class Client(_ProducerBase):
     :class:`taskbroker.TLS`, or ``grpc.ChannelCredentials``.
     """
 
-    def __init__(self, target: str = "127.0.0.1:50051", **kwargs: Any) -> None:
-        super().__init__(target, **kwargs)
+    def _connect(self) -> None:
         self._channel = self._endpoint.channel()
         self._stub = producer_pb2_grpc.ProducerServiceStub(self._channel)
 
