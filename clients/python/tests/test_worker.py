@@ -315,3 +315,16 @@ def test_drain_timeout_gives_running_tasks_back(broker):
     assert lost == ["stopped"]
     back = client.get(t)
     assert back.state == READY and back.attempt == 1, "the task was not given back to the broker"
+
+
+def test_a_refused_subscription_is_raised_not_retried(broker):
+    worker = Worker(broker.addr, queues=["not a queue name!"])
+    worker.register("k", lambda job: None)
+    started = time.monotonic()
+    try:
+        worker.run()
+    except taskbroker.InvalidArgument as e:
+        assert [v.field for v in e.field_violations] == ["queues[0]"]
+    else:
+        raise AssertionError("run() returned although the broker refused the subscription")
+    assert time.monotonic() - started < 10

@@ -13,10 +13,8 @@ try:
     from opentelemetry import propagate as _propagate
     from opentelemetry import trace as _trace
 except ImportError:  # the optional extra is not installed
-    _propagate = None
-    _trace = None
-
-ENABLED = _trace is not None
+    _propagate = None  # type: ignore[assignment]
+    _trace = None  # type: ignore[assignment]
 
 
 def active() -> bool:
