@@ -7,6 +7,7 @@ parent is that context, following the messaging semantic conventions.
 
 from __future__ import annotations
 
+import os
 from typing import Any, MutableMapping, Optional
 
 try:
@@ -17,9 +18,20 @@ except ImportError:  # the optional extra is not installed
     _trace = None  # type: ignore[assignment]
 
 
+#: A tracer provider named by the environment is loaded on first use, so the fast path below must not apply.
+_PROVIDER_FROM_ENV = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
+_UNKNOWN = object()
+
+
 def active() -> bool:
-    """True when OpenTelemetry is installed and an SDK (a real tracer provider) is set up."""
+    """True when OpenTelemetry is installed and an SDK (a real tracer provider) is set up.
+
+    On every task's path: when opentelemetry-api shows that no provider was
+    ever set, answer without the public lookup (which reads the environment).
+    """
     if _trace is None:
+        return False
+    if getattr(_trace, "_TRACER_PROVIDER", _UNKNOWN) is None and not _PROVIDER_FROM_ENV:
         return False
     return not isinstance(_trace.get_tracer_provider(), (_trace.ProxyTracerProvider, _trace.NoOpTracerProvider))
 
