@@ -244,7 +244,7 @@ class Session:
         outcome = "ack"
         try:
             if not handler.is_async:
-                value = await self.loop.run_in_executor(self.w._executor, _call_sync, handler.fn, job, span)
+                value = await self.loop.run_in_executor(self.w._pool(), _call_sync, handler.fn, job, span)
             elif span is None:
                 value = await handler.fn(job)
             else:

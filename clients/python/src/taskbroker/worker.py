@@ -164,8 +164,6 @@ class Worker:
             self._force_event = asyncio.Event()
             if self._stop_requested:
                 self._stop_event.set()
-        if any(not h.is_async for h in self._handlers.values()):
-            self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="taskbroker-handler")
         channel = self._endpoint.aio_channel()
         stub = worker_pb2_grpc.WorkerServiceStub(channel)
         restore = self._install_signals()
@@ -197,6 +195,12 @@ class Worker:
                 self._loop = None
                 self._stop_requested = False
             log.info("worker %s stopped", self.worker_id)
+
+    def _pool(self) -> ThreadPoolExecutor:
+        """The threads sync handlers run on: ``concurrency`` of them, made on first use."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="taskbroker-handler")
+        return self._executor
 
     def _stopping(self) -> bool:
         return self._stop_event is not None and self._stop_event.is_set()
