@@ -60,8 +60,10 @@ ERROR_TAIL = 4000
 CLOSE_TIMEOUT = 5.0
 #: Lease durations the broker accepts, in seconds.
 MIN_LEASE, MAX_LEASE = 1.0, 12 * 3600.0
-#: How often the keeper looks for leases to extend (each is extended at half its length).
+#: How often the keeper looks for leases to extend.
 KEEPER_TICK = 0.1
+#: A lease is extended once this share of it has passed (as `taskbroker work` does).
+EXTEND_AFTER = 1 / 3
 NEVER = float("inf")
 
 _EXTEND = worker_pb2.SETTLE_OPERATION_EXTEND
@@ -85,7 +87,7 @@ class _Running:
         #: The lease length, and so each extension's ``extend_by``.
         self.lease_s = lease_s
         #: When (monotonic) the keeper extends the lease next; NEVER while an extension is under way.
-        self.extend_at = time.monotonic() + lease_s / 2
+        self.extend_at = time.monotonic() + lease_s * EXTEND_AFTER
         self.handler_task: Optional[asyncio.Task] = None
         #: The ack/nack sent, kept to send again if the broker could not apply it.
         self.settle: Optional[worker_pb2.StreamRequest] = None
@@ -184,7 +186,7 @@ class Session:
         self.call.cancel()
 
     async def _keep_leases(self) -> None:
-        """Extends each running task's lease at half its length, until it is settled or lost."""
+        """Extends each running task's lease every third of its length, until it is settled or lost."""
         while True:
             await asyncio.sleep(KEEPER_TICK)
             now = time.monotonic()
@@ -298,7 +300,7 @@ class Session:
             if entry.lost or entry.settle is not None:
                 return
             if err is None:
-                entry.extend_at = time.monotonic() + entry.lease_s / 2
+                entry.extend_at = time.monotonic() + entry.lease_s * EXTEND_AFTER
             elif isinstance(err, GONE):
                 log.warning("task %s: lease could not be extended (%s): handler cancelled", s.task_id, err)
                 self._lose(entry, "canceled" if isinstance(err, TaskCanceled) else "expired")
