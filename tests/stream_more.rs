@@ -285,7 +285,7 @@ async fn shutdown_drains_streams_settles_late_acks_and_loses_no_task() {
     use taskbroker::core::task::TaskState as Core;
     let acked: HashSet<_> = held[..2].iter().map(|t| id(t).to_owned()).collect();
     for task_id in &ids {
-        let t = broker.get(task_id).await.unwrap();
+        let t = broker.get(task_id.parse().unwrap()).await.unwrap();
         let want = if acked.contains(task_id) { Core::Succeeded } else { Core::Ready };
         assert_eq!(t.state, want, "task {task_id}");
     }

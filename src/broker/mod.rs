@@ -269,10 +269,3 @@ async fn follow_store(inner: std::sync::Weak<Inner>, mut events: broadcast::Rece
         }
     }
 }
-
-fn parse_id(task_id: &str) -> Result<TaskId, BrokerError> {
-    if task_id.is_empty() {
-        return Err(BrokerError::invalid("task_id", "required"));
-    }
-    task_id.parse().map_err(|e: crate::core::task::BadTaskId| BrokerError::invalid("task_id", e.to_string()))
-}

@@ -3,7 +3,7 @@
 use tokio::sync::broadcast;
 
 use super::validate::MAX_BATCH;
-use super::{parse_id, Broker, BrokerError, EnqueueInput, LostLease, LostReason};
+use super::{Broker, BrokerError, EnqueueInput, LostLease, LostReason};
 use crate::core::task::{Task, TaskId, TaskState};
 use crate::store::Enqueued;
 
@@ -59,12 +59,11 @@ impl Broker {
         }
     }
 
-    pub async fn get(&self, task_id: &str) -> Result<Task, BrokerError> {
-        Ok(self.store().get(parse_id(task_id)?).await?)
+    pub async fn get(&self, id: TaskId) -> Result<Task, BrokerError> {
+        Ok(self.store().get(id).await?)
     }
 
-    pub async fn cancel(&self, task_id: &str) -> Result<Task, BrokerError> {
-        let id = parse_id(task_id)?;
+    pub async fn cancel(&self, id: TaskId) -> Result<Task, BrokerError> {
         let task = self.store().cancel(id, self.now()).await?;
         // A task canceled while leased keeps its lease, so its holder can be told.
         if let Some(lease) = &task.lease {
@@ -77,8 +76,7 @@ impl Broker {
 
     /// The task now, and a receiver of its later states. Subscribes before
     /// reading, so no change in between is missed.
-    pub async fn watch(&self, task_id: &str) -> Result<(Task, broadcast::Receiver<Task>), BrokerError> {
-        let id = parse_id(task_id)?;
+    pub async fn watch(&self, id: TaskId) -> Result<(Task, broadcast::Receiver<Task>), BrokerError> {
         let rx = self.inner.watchers.subscribe(id);
         // Before the read too: a shared store then reports later changes made
         // through other replicas.
@@ -103,11 +101,9 @@ impl Broker {
     }
 
     /// Ends a watch started with [`Broker::watch`] (after its receiver is dropped).
-    pub fn unwatch(&self, task_id: &str) {
-        if let Ok(id) = parse_id(task_id) {
-            self.inner.watchers.release(id);
-            self.unmark_watched(id);
-        }
+    pub fn unwatch(&self, id: TaskId) {
+        self.inner.watchers.release(id);
+        self.unmark_watched(id);
     }
 
     /// Ends the store's count of one watch, in the background (best effort:

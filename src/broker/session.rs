@@ -17,6 +17,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::validate::{Subscription, MAX_BATCH, MAX_IN_FLIGHT};
 use super::{Broker, BrokerError, LostLease, LostReason, Phase};
+use crate::core::lease::LeaseId;
 use crate::core::select::Selector;
 use crate::core::task::{Task, TaskId, TaskState};
 use crate::core::Millis;
@@ -50,20 +51,20 @@ pub enum Command {
 #[derive(Debug)]
 pub enum Settlement {
     Ack {
-        task_id: String,
-        lease_id: String,
+        id: TaskId,
+        lease: LeaseId,
         result: Vec<u8>,
     },
     Nack {
-        task_id: String,
-        lease_id: String,
+        id: TaskId,
+        lease: LeaseId,
         error: String,
         retry_after: Option<Duration>,
         no_retry: bool,
     },
     Extend {
-        task_id: String,
-        lease_id: String,
+        id: TaskId,
+        lease: LeaseId,
         extend_by: Option<Duration>,
     },
     /// A settling message that could not be read: answered with its error.
@@ -129,13 +130,13 @@ async fn settle_all(broker: &Broker, settlements: Vec<Settlement>) -> Vec<Settle
     let mut work: Vec<SettleWork> = Vec::new();
     for (slot, s) in settlements.into_iter().enumerate() {
         match s {
-            Settlement::Ack { task_id, lease_id, result } => {
+            Settlement::Ack { id, lease, result } => {
                 if acks_at.is_none() {
                     acks_at = Some(work.len());
                     work.push(Box::pin(std::future::ready(Vec::new())));
                 }
                 ack_slots.push(slot);
-                acks.push((task_id, lease_id, result));
+                acks.push((id, lease, result));
             }
             other => {
                 let broker = broker.clone();
@@ -147,7 +148,7 @@ async fn settle_all(broker: &Broker, settlements: Vec<Settlement>) -> Vec<Settle
         let broker = broker.clone();
         let slots = ack_slots;
         work[at] = Box::pin(async move {
-            let ids: Vec<_> = acks.iter().map(|(t, l, _)| (t.clone(), l.clone())).collect();
+            let ids: Vec<_> = acks.iter().map(|(t, l, _)| (t.to_string(), l.to_string())).collect();
             let outcomes = broker.ack_many(acks).await;
             slots
                 .into_iter()
@@ -170,17 +171,17 @@ async fn settle(
     s: Settlement,
 ) -> (String, String, SettleOp, Result<Option<Millis>, BrokerError>) {
     match s {
-        Settlement::Ack { task_id, lease_id, result } => {
-            let outcome = broker.ack(&task_id, &lease_id, result).await.map(|_| None);
-            (task_id, lease_id, SettleOp::Ack, outcome)
+        Settlement::Ack { id, lease, result } => {
+            let outcome = broker.ack(id, lease, result).await.map(|_| None);
+            (id.to_string(), lease.to_string(), SettleOp::Ack, outcome)
         }
-        Settlement::Nack { task_id, lease_id, error, retry_after, no_retry } => {
-            let outcome = broker.nack(&task_id, &lease_id, error, retry_after, no_retry).await.map(|_| None);
-            (task_id, lease_id, SettleOp::Nack, outcome)
+        Settlement::Nack { id, lease, error, retry_after, no_retry } => {
+            let outcome = broker.nack(id, lease, error, retry_after, no_retry).await.map(|_| None);
+            (id.to_string(), lease.to_string(), SettleOp::Nack, outcome)
         }
-        Settlement::Extend { task_id, lease_id, extend_by } => {
-            let outcome = broker.extend(&task_id, &lease_id, extend_by).await.map(Some);
-            (task_id, lease_id, SettleOp::Extend, outcome)
+        Settlement::Extend { id, lease, extend_by } => {
+            let outcome = broker.extend(id, lease, extend_by).await.map(Some);
+            (id.to_string(), lease.to_string(), SettleOp::Extend, outcome)
         }
         Settlement::Invalid { task_id, lease_id, op, error } => (task_id, lease_id, op, Err(error)),
     }
@@ -406,7 +407,7 @@ impl Session {
     async fn recheck(&mut self) -> Result<(), Gone> {
         let held: Vec<_> = self.held.iter().map(|(id, lease)| (*id, *lease)).collect();
         for (task_id, lease_id) in held {
-            let Ok(task) = self.broker.get(&task_id.to_string()).await else { continue };
+            let Ok(task) = self.broker.get(task_id).await else { continue };
             let live =
                 task.state == TaskState::Leased && task.lease.as_ref().is_some_and(|l| l.id == lease_id);
             if !live {

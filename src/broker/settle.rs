@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use super::validate::lease_length;
-use super::{parse_id, Broker, BrokerError};
+use super::{Broker, BrokerError};
+use crate::core::lease::LeaseId;
 use crate::core::task::{Task, TaskId, TaskState};
 use crate::core::Millis;
 use crate::store::{AckItem, NackSpec};
@@ -13,27 +14,25 @@ use crate::store::{AckItem, NackSpec};
 const MAX_ERROR_BYTES: usize = 16 * 1024;
 
 impl Broker {
-    pub async fn ack(&self, task_id: &str, lease_id: &str, result: Vec<u8>) -> Result<Task, BrokerError> {
-        let (id, lease) = parse_settle(task_id, lease_id)?;
+    pub async fn ack(&self, id: TaskId, lease: LeaseId, result: Vec<u8>) -> Result<Task, BrokerError> {
         if result.len() > self.inner.settings.max_payload_bytes {
             return Err(BrokerError::invalid("result", "over the payload size limit"));
         }
-        let task = self.store().ack(id, lease, result, self.now()).await?;
+        let task = self.store().ack(id, lease.0, result, self.now()).await?;
         self.changed([&task]);
         Ok(task)
     }
 
     /// Acks several tasks in one store operation; each succeeds or fails alone.
-    pub async fn ack_many(&self, acks: Vec<(String, String, Vec<u8>)>) -> Vec<Result<Task, BrokerError>> {
+    pub async fn ack_many(&self, acks: Vec<(TaskId, LeaseId, Vec<u8>)>) -> Vec<Result<Task, BrokerError>> {
         let max = self.inner.settings.max_payload_bytes;
         let checked: Vec<Result<AckItem, BrokerError>> = acks
             .into_iter()
-            .map(|(task_id, lease_id, result)| {
-                let (id, lease_id) = parse_settle(&task_id, &lease_id)?;
+            .map(|(id, lease, result)| {
                 if result.len() > max {
                     return Err(BrokerError::invalid("result", "over the payload size limit"));
                 }
-                Ok(AckItem { id, lease_id, result })
+                Ok(AckItem { id, lease_id: lease.0, result })
             })
             .collect();
         let valid: Vec<AckItem> = checked.iter().filter_map(|c| c.as_ref().ok().cloned()).collect();
@@ -56,15 +55,14 @@ impl Broker {
 
     pub async fn nack(
         &self,
-        task_id: &str,
-        lease_id: &str,
+        id: TaskId,
+        lease: LeaseId,
         error: String,
         retry_after: Option<Duration>,
         no_retry: bool,
     ) -> Result<Task, BrokerError> {
-        let (id, lease) = parse_settle(task_id, lease_id)?;
         let retry_after = retry_after.map(|d| d.as_millis() as Millis);
-        self.settle_failure(id, lease, truncate(error), retry_after, no_retry).await
+        self.settle_failure(id, lease.0, truncate(error), retry_after, no_retry).await
     }
 
     /// Gives a held task back at once (its holder went away): READY again, or
@@ -95,14 +93,13 @@ impl Broker {
     /// Extends a lease to now + `extend_by`; returns the new deadline.
     pub async fn extend(
         &self,
-        task_id: &str,
-        lease_id: &str,
+        id: TaskId,
+        lease: LeaseId,
         extend_by: Option<Duration>,
     ) -> Result<Millis, BrokerError> {
-        let (id, lease) = parse_settle(task_id, lease_id)?;
         let by = extend_by.ok_or_else(|| BrokerError::invalid("extend_by", "required"))?;
         let by = lease_length("extend_by", by).map_err(|v| BrokerError::Invalid(vec![v]))?;
-        Ok(self.store().extend(id, lease, by, self.now()).await?)
+        Ok(self.store().extend(id, lease.0, by, self.now()).await?)
     }
 }
 
@@ -115,14 +112,4 @@ fn truncate(mut error: String) -> String {
         error.truncate(cut);
     }
     error
-}
-
-fn parse_settle(task_id: &str, lease_id: &str) -> Result<(TaskId, u64), BrokerError> {
-    let id = parse_id(task_id)?;
-    if lease_id.is_empty() {
-        return Err(BrokerError::invalid("lease_id", "required"));
-    }
-    // A lease id that is not one of ours cannot hold the task.
-    let lease = lease_id.parse().map_err(|_| BrokerError::LeaseMismatch)?;
-    Ok((id, lease))
 }

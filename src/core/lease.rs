@@ -3,6 +3,25 @@
 use super::task::{Task, TaskState};
 use super::Millis;
 
+/// A lease's fencing token (clients see its decimal form). Ids start at 1 and
+/// never repeat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LeaseId(pub u64);
+
+impl std::fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::str::FromStr for LeaseId {
+    type Err = std::num::ParseIntError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(LeaseId)
+    }
+}
+
 /// Why a settling call (Ack, Nack, ExtendLease) was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LeaseError {

@@ -8,7 +8,8 @@ use prost_types::Timestamp;
 
 use super::caller::Caller;
 use crate::broker::{BrokerError, EnqueueInput, LeaseInput, Violation};
-use crate::core::task::{Task, TaskState};
+use crate::core::lease::LeaseId;
+use crate::core::task::{Task, TaskId, TaskState};
 use crate::core::Millis;
 use crate::pb;
 
@@ -60,6 +61,26 @@ pub fn duration_field(
     d: Option<prost_types::Duration>,
 ) -> Result<Option<Duration>, BrokerError> {
     duration(field, d).map_err(|v| BrokerError::Invalid(vec![v]))
+}
+
+/// An Enqueue as the broker takes it; `caller` supplies the trace context.
+/// A task id from the network, parsed once here.
+pub fn task_id(task_id: &str) -> Result<TaskId, BrokerError> {
+    if task_id.is_empty() {
+        return Err(BrokerError::invalid("task_id", "required"));
+    }
+    task_id.parse().map_err(|e: crate::core::task::BadTaskId| BrokerError::invalid("task_id", e.to_string()))
+}
+
+/// The task and lease a settling call names. A lease id that is not one of
+/// ours cannot hold the task: `LEASE_MISMATCH`, as for a stale one.
+pub fn held(task_id: &str, lease_id: &str) -> Result<(TaskId, LeaseId), BrokerError> {
+    let id = self::task_id(task_id)?;
+    if lease_id.is_empty() {
+        return Err(BrokerError::invalid("lease_id", "required"));
+    }
+    let lease = lease_id.parse().map_err(|_| BrokerError::LeaseMismatch)?;
+    Ok((id, lease))
 }
 
 /// An Enqueue as the broker takes it; `caller` supplies the trace context.

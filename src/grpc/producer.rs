@@ -11,7 +11,7 @@ use super::caller::Caller;
 use super::convert;
 use super::status::to_rpc_status;
 use crate::broker::{Broker, BrokerError, Enqueued};
-use crate::core::task::Task;
+use crate::core::task::{Task, TaskId};
 use crate::pb;
 use crate::pb::producer_service_server::ProducerService;
 
@@ -109,7 +109,7 @@ async fn pump_enqueues(
 /// WatchTask: the current state, then every change, until a final state.
 async fn pump_watch(
     broker: Broker,
-    task_id: String,
+    task_id: TaskId,
     first: Task,
     mut changes: broadcast::Receiver<Task>,
     out: mpsc::Sender<Result<pb::WatchTaskResponse, Status>>,
@@ -133,7 +133,7 @@ async fn pump_watch(
         current = tokio::select! {
             change = changes.recv() => match change {
                 Ok(task) => task,
-                Err(broadcast::error::RecvError::Lagged(_)) => match broker.get(&task_id).await {
+                Err(broadcast::error::RecvError::Lagged(_)) => match broker.get(task_id).await {
                     Ok(task) => task,
                     Err(e) => {
                         let _ = out.send(Err(e.into())).await;
@@ -146,7 +146,7 @@ async fn pump_watch(
         };
     }
     drop(changes);
-    broker.unwatch(&task_id);
+    broker.unwatch(task_id);
 }
 
 #[tonic::async_trait]
@@ -169,7 +169,8 @@ impl ProducerService for Producer {
         req: Request<pb::WatchTaskRequest>,
     ) -> Result<Response<Self::WatchTaskStream>, Status> {
         let pb::WatchTaskRequest { task_id } = req.into_inner();
-        let (task, changes) = self.broker.watch(&task_id).await?;
+        let task_id = convert::task_id(&task_id)?;
+        let (task, changes) = self.broker.watch(task_id).await?;
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(pump_watch(self.broker.clone(), task_id, task, changes, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -204,7 +205,7 @@ impl ProducerService for Producer {
         req: Request<pb::GetTaskRequest>,
     ) -> Result<Response<pb::GetTaskResponse>, Status> {
         let pb::GetTaskRequest { task_id } = req.into_inner();
-        let task = self.broker.get(&task_id).await?;
+        let task = self.broker.get(convert::task_id(&task_id)?).await?;
         Ok(Response::new(pb::GetTaskResponse { task: Some(convert::task(task)) }))
     }
 
@@ -213,7 +214,7 @@ impl ProducerService for Producer {
         req: Request<pb::CancelTaskRequest>,
     ) -> Result<Response<pb::CancelTaskResponse>, Status> {
         let pb::CancelTaskRequest { task_id } = req.into_inner();
-        let task = self.broker.cancel(&task_id).await?;
+        let task = self.broker.cancel(convert::task_id(&task_id)?).await?;
         Ok(Response::new(pb::CancelTaskResponse { task: Some(convert::task(task)) }))
     }
 }

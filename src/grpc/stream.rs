@@ -65,17 +65,26 @@ fn command(m: pb::StreamRequest) -> Command {
         Some(Msg::Credit(pb::Credit { count })) => Command::Credit(count),
         Some(Msg::Drain(pb::Drain {})) => Command::Drain,
         Some(Msg::Ack(pb::AckRequest { task_id, lease_id, result })) => {
-            Command::Settle(Settlement::Ack { task_id, lease_id, result })
+            Command::Settle(match convert::held(&task_id, &lease_id) {
+                Ok((id, lease)) => Settlement::Ack { id, lease, result },
+                Err(error) => Settlement::Invalid { task_id, lease_id, op: SettleOp::Ack, error },
+            })
         }
         Some(Msg::Nack(pb::NackRequest { task_id, lease_id, error, retry_after, no_retry })) => {
-            Command::Settle(match convert::duration_field("retry_after", retry_after) {
-                Ok(retry_after) => Settlement::Nack { task_id, lease_id, error, retry_after, no_retry },
+            let parsed = convert::duration_field("retry_after", retry_after)
+                .and_then(|retry_after| Ok((convert::held(&task_id, &lease_id)?, retry_after)));
+            Command::Settle(match parsed {
+                Ok(((id, lease), retry_after)) => {
+                    Settlement::Nack { id, lease, error, retry_after, no_retry }
+                }
                 Err(error) => Settlement::Invalid { task_id, lease_id, op: SettleOp::Nack, error },
             })
         }
         Some(Msg::Extend(pb::ExtendLeaseRequest { task_id, lease_id, extend_by })) => {
-            Command::Settle(match convert::duration_field("extend_by", extend_by) {
-                Ok(extend_by) => Settlement::Extend { task_id, lease_id, extend_by },
+            let parsed = convert::duration_field("extend_by", extend_by)
+                .and_then(|extend_by| Ok((convert::held(&task_id, &lease_id)?, extend_by)));
+            Command::Settle(match parsed {
+                Ok(((id, lease), extend_by)) => Settlement::Extend { id, lease, extend_by },
                 Err(error) => Settlement::Invalid { task_id, lease_id, op: SettleOp::Extend, error },
             })
         }

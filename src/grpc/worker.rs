@@ -38,14 +38,16 @@ impl WorkerService for Worker {
 
     async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
         let pb::AckRequest { task_id, lease_id, result } = req.into_inner();
-        self.broker.ack(&task_id, &lease_id, result).await?;
+        let (id, lease) = convert::held(&task_id, &lease_id)?;
+        self.broker.ack(id, lease, result).await?;
         Ok(Response::new(pb::AckResponse {}))
     }
 
     async fn nack(&self, req: Request<pb::NackRequest>) -> Result<Response<pb::NackResponse>, Status> {
         let pb::NackRequest { task_id, lease_id, error, retry_after, no_retry } = req.into_inner();
         let retry_after = convert::duration_field("retry_after", retry_after)?;
-        let task = self.broker.nack(&task_id, &lease_id, error, retry_after, no_retry).await?;
+        let (id, lease) = convert::held(&task_id, &lease_id)?;
+        let task = self.broker.nack(id, lease, error, retry_after, no_retry).await?;
         Ok(Response::new(pb::NackResponse { task: Some(convert::task(task)) }))
     }
 
@@ -55,7 +57,8 @@ impl WorkerService for Worker {
     ) -> Result<Response<pb::ExtendLeaseResponse>, Status> {
         let pb::ExtendLeaseRequest { task_id, lease_id, extend_by } = req.into_inner();
         let extend_by = convert::duration_field("extend_by", extend_by)?;
-        let expire = self.broker.extend(&task_id, &lease_id, extend_by).await?;
+        let (id, lease) = convert::held(&task_id, &lease_id)?;
+        let expire = self.broker.extend(id, lease, extend_by).await?;
         Ok(Response::new(pb::ExtendLeaseResponse { lease_expire_time: Some(convert::timestamp(expire)) }))
     }
 }
