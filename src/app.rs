@@ -22,6 +22,7 @@ use crate::background;
 use crate::broker::{Broker, BrokerSettings, Phase};
 use crate::config::{Config, StorageKind};
 use crate::core::clock::Clock;
+use crate::core::queue::QueueRegistry;
 use crate::grpc::server::{self, ServerOptions, Serving};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::memory::MemoryStore;
@@ -33,15 +34,15 @@ const AFTER_GRACE: Duration = Duration::from_secs(2);
 /// How often readiness looks at storage health.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Opens the configured store.
-pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    let policies = Arc::new(config.policies());
+/// Opens the configured store, sharing `queues` (the one owner of queue
+/// settings) with the broker.
+pub async fn open_store(config: &Config, queues: QueueRegistry) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match config.storage {
-        StorageKind::Memory => Arc::new(MemoryStore::new(policies)),
-        StorageKind::Embedded => Arc::new(EmbeddedStore::open(&config.data_dir, policies)?),
+        StorageKind::Memory => Arc::new(MemoryStore::new(queues)),
+        StorageKind::Embedded => Arc::new(EmbeddedStore::open(&config.data_dir, queues)?),
         // Redis's clock, not this replica's, times leases and delays.
         StorageKind::Redis => Arc::new(
-            RedisStore::open(&config.redis_target(), policies, true)
+            RedisStore::open(&config.redis_target(), queues, true)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot use Redis at {}: {e}", config.redis_url))?,
         ),
@@ -50,9 +51,10 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
 
 /// Opens the configured store and builds the broker on it.
 pub async fn open_broker(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Broker> {
-    let store = open_store(config).await?;
+    let queues = QueueRegistry::new(config.policies());
+    let store = open_store(config, queues.clone()).await?;
     let settings = BrokerSettings {
-        policies: Arc::new(config.policies()),
+        queues,
         routes: config.routes(),
         strict_queues: config.strict_queues,
         max_payload_bytes: config.max_payload_bytes,

@@ -356,6 +356,11 @@ async fn replay(ops: &[Op], redis: &RedisServer) -> Result<(), TestCaseError> {
     ];
     let mut now = START;
     for (step, op) in ops.iter().enumerate() {
+        // Every step at its own millisecond: task ids (ULIDs) then sort by
+        // creation in every store, so ties (tasks due at the same time) break
+        // the same way everywhere; within one millisecond their order is the
+        // ids' random bits, which differ from store to store.
+        now += 1;
         if let Op::Advance { by } = op {
             now += by;
         }

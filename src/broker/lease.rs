@@ -31,7 +31,7 @@ fn long_poll(wait: Option<Duration>, deadline: Option<Duration>) -> Duration {
 impl Broker {
     /// Leases ready tasks, waiting up to `input.wait` for some to appear.
     pub async fn lease(&self, input: LeaseInput) -> Result<Vec<Task>, BrokerError> {
-        let max_tasks = self.rules().lease(&input)?;
+        let max_tasks = self.with_rules(|r| r.lease(&input))?;
         let lease_duration = input.lease_duration.map(|d| d.as_millis() as Millis);
         let spec = LeaseSpec::strict(&input.queues, max_tasks, lease_duration, &input.worker_id);
         let wait = long_poll(input.wait, input.deadline);
@@ -59,7 +59,7 @@ impl Broker {
 
     /// Checks a stream's subscription (the session takes the result).
     pub fn validate_subscription(&self, input: SubscribeInput) -> Result<Subscription, BrokerError> {
-        self.rules().subscribe(input)
+        self.with_rules(|r| r.subscribe(input))
     }
 
     /// Leases what is ready now (validated spec; streams and `lease` call it).

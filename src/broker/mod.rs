@@ -30,7 +30,7 @@ pub use error::{BrokerError, Violation};
 pub use validate::{EnqueueInput, LeaseInput};
 
 use crate::core::clock::Clock;
-use crate::core::queue::Policies;
+use crate::core::queue::QueueRegistry;
 use crate::core::routing::Route;
 use crate::core::task::{Task, TaskId};
 use crate::core::Millis;
@@ -42,8 +42,9 @@ use watch::Watchers;
 /// Settings the broker applies to requests.
 #[derive(Clone, Debug)]
 pub struct BrokerSettings {
-    /// Every queue's resolved settings (the declared ones and the fallback).
-    pub policies: Arc<Policies>,
+    /// Every queue's resolved settings (the declared ones and the fallback),
+    /// shared with the store.
+    pub queues: QueueRegistry,
     /// `[[routes]]` in order: the first match picks a task's queue.
     pub routes: Vec<Route>,
     /// Refuse queues the config does not declare (`QUEUE_NOT_FOUND`).
@@ -138,14 +139,17 @@ impl Broker {
         &*self.inner.store
     }
 
-    fn rules(&self) -> Rules<'_> {
+    /// Runs `check` with the rules in force now (one policy snapshot).
+    fn with_rules<R>(&self, check: impl FnOnce(&Rules<'_>) -> R) -> R {
         let s = &self.inner.settings;
-        Rules {
-            policies: &s.policies,
+        let policies = s.queues.current();
+        let rules = Rules {
+            policies: &policies,
             routes: &s.routes,
             strict_queues: s.strict_queues,
             max_payload_bytes: s.max_payload_bytes,
-        }
+        };
+        check(&rules)
     }
 
     /// Tells watchers of these tasks about their new state.

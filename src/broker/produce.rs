@@ -23,8 +23,8 @@ impl Broker {
             return Err(BrokerError::invalid("tasks", format!("must hold 1 to {MAX_BATCH} items")));
         }
         let now = self.now();
-        let rules = self.rules();
-        let checked: Vec<_> = items.into_iter().map(|i| i.and_then(|i| rules.enqueue(i, now))).collect();
+        let checked: Vec<_> = self
+            .with_rules(|rules| items.into_iter().map(|i| i.and_then(|i| rules.enqueue(i, now))).collect());
         let valid: Vec<_> = checked.iter().filter_map(|c| c.as_ref().ok().cloned()).collect();
         let mut stored = if valid.is_empty() { Vec::new() } else { self.store().enqueue(valid, now).await? };
         self.after_enqueue(&stored);

@@ -1,6 +1,7 @@
 //! Per-queue policy: the settings that govern tasks of one queue.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use super::retry::Backoff;
@@ -66,5 +67,62 @@ impl Policies {
 
     pub fn declared(&self) -> impl Iterator<Item = &str> {
         self.declared.keys().map(String::as_str)
+    }
+}
+
+/// The one owner of every queue's settings while the broker runs: the broker
+/// and the store share one registry, so a new set of policies (a config
+/// reload) reaches both at once. Each operation reads one snapshot
+/// ([`QueueRegistry::current`]) and uses it throughout, so no operation sees
+/// half of an old set and half of a new one.
+///
+/// A change applies to what happens next: tasks already finished keep the
+/// removal time their queue's retention gave them when they finished, leases
+/// already given keep their deadline.
+#[derive(Clone, Debug)]
+pub struct QueueRegistry {
+    current: Arc<RwLock<Arc<Policies>>>,
+}
+
+impl QueueRegistry {
+    pub fn new(policies: Policies) -> Self {
+        Self::from(Arc::new(policies))
+    }
+
+    /// The policies in force now.
+    pub fn current(&self) -> Arc<Policies> {
+        // The lock only guards a pointer swap: a poisoned one still holds a
+        // whole value.
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Puts `policies` in force for every later operation.
+    pub fn replace(&self, policies: Policies) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policies);
+    }
+}
+
+impl From<Arc<Policies>> for QueueRegistry {
+    fn from(policies: Arc<Policies>) -> Self {
+        Self { current: Arc::new(RwLock::new(policies)) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_holder_of_a_registry_sees_a_replacement_and_old_snapshots_stay_whole() {
+        let registry = QueueRegistry::new(Policies::default());
+        let shared = registry.clone();
+        let before = shared.current();
+        let longer = QueuePolicy { lease_duration: Duration::from_secs(90), ..QueuePolicy::default() };
+        registry.replace(Policies::new(
+            BTreeMap::from([("q".to_owned(), longer.clone())]),
+            QueuePolicy::default(),
+        ));
+        assert_eq!(shared.current().get("q"), &longer);
+        assert_eq!(before.get("q"), &QueuePolicy::default(), "a snapshot taken before is unchanged");
     }
 }

@@ -96,6 +96,15 @@ pub fn expiry_error(attempt: u32, max_attempts: u32) -> String {
     format!("lease expired on the last attempt ({attempt} of {max_attempts})")
 }
 
+/// When a task that finished at `finished` is removed: after its queue's
+/// `retention`, but never before the task of the same queue that finished
+/// last before it (`last`), so finished tasks leave in the order they
+/// finished. A shortened retention (a config reload) therefore takes effect
+/// once the tasks finished under the longer one are gone.
+pub fn purge_time(finished: Millis, retention: Millis, last: Option<Millis>) -> Millis {
+    finished.saturating_add(retention).max(last.unwrap_or(0))
+}
+
 /// What a cancel does to a task in `state`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cancel {
@@ -163,6 +172,13 @@ mod tests {
         assert_eq!(on_expiry(1, 2), Retry::Now);
         assert_eq!(on_expiry(2, 2), Retry::Dead);
         assert_eq!(expiry_error(2, 2), "lease expired on the last attempt (2 of 2)");
+    }
+
+    #[test]
+    fn finished_tasks_leave_in_the_order_they_finished() {
+        assert_eq!(purge_time(1_000, 500, None), 1_500);
+        assert_eq!(purge_time(1_000, 500, Some(1_200)), 1_500);
+        assert_eq!(purge_time(1_000, 500, Some(9_000)), 9_000, "not before the one that finished earlier");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 
 use super::table::{Changes, Table};
 use super::{AckItem, Enqueued, LeaseSpec, NackSpec, Store, StoreError, Swept};
+use crate::core::queue::QueueRegistry;
 use crate::core::task::{NewTask, Task, TaskId};
 use crate::core::Millis;
 
@@ -43,11 +44,19 @@ pub trait Persist: Send + Sync + 'static {
 pub struct TableStore<P: Persist> {
     table: Mutex<Table>,
     persist: P,
+    /// Every queue's settings; each operation runs under one snapshot.
+    queues: QueueRegistry,
 }
 
 impl<P: Persist> TableStore<P> {
-    pub(super) fn with(table: Table, persist: P) -> Self {
-        Self { table: Mutex::new(table), persist }
+    /// A store over `table` (made with [`TableStore::table_for`]).
+    pub(super) fn with(queues: QueueRegistry, table: Table, persist: P) -> Self {
+        Self { table: Mutex::new(table), persist, queues }
+    }
+
+    /// An empty table for this kind of store.
+    pub(super) fn table_for(queues: &QueueRegistry) -> Table {
+        Table::new(queues.current(), P::TRACKS_CHANGES)
     }
 
     fn table(&self) -> MutexGuard<'_, Table> {
@@ -61,6 +70,7 @@ impl<P: Persist> TableStore<P> {
         self.persist.check()?;
         let (result, durable) = {
             let mut table = self.table();
+            table.use_policies(self.queues.current());
             let result = op(&mut table);
             if !P::TRACKS_CHANGES {
                 return Ok(result);

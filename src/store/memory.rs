@@ -1,21 +1,20 @@
 //! The in-memory store: the reference backend, no persistence.
 
-use std::sync::Arc;
-
 use super::local::{Durable, Persist, TableStore};
-use super::table::{Changes, Table};
+use super::table::Changes;
 use super::StoreError;
-use crate::core::queue::Policies;
+use crate::core::queue::QueueRegistry;
 
-/// Tasks live in a [`Table`]; nothing is kept beyond the process.
+/// Tasks live in a [`super::table::Table`]; nothing is kept beyond the process.
 pub type MemoryStore = TableStore<Volatile>;
 
 /// Keeps nothing: changes are never even recorded.
 pub struct Volatile;
 
 impl MemoryStore {
-    pub fn new(policies: Arc<Policies>) -> Self {
-        TableStore::with(Table::new(policies, Volatile::TRACKS_CHANGES), Volatile)
+    pub fn new(queues: impl Into<QueueRegistry>) -> Self {
+        let queues = queues.into();
+        TableStore::with(queues.clone(), Self::table_for(&queues), Volatile)
     }
 }
 

@@ -18,7 +18,7 @@ mod slab;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use self::indexes::{index, take_due, unindex, Indexes};
+use self::indexes::{index, pop_due, take_due, unindex, Indexes};
 use self::names::Names;
 use self::record::Record;
 use self::slab::Slab;
@@ -103,6 +103,14 @@ impl Table {
         index(&mut self.idx, &self.policies, &self.names, id, &record);
         if let Some(old) = self.tasks.insert(id, record) {
             old.release(&mut self.names);
+        }
+    }
+
+    /// Puts `policies` in force for the next operations (see
+    /// [`crate::core::queue::QueueRegistry`]).
+    pub fn use_policies(&mut self, policies: Arc<Policies>) {
+        if !Arc::ptr_eq(&self.policies, &policies) {
+            self.policies = policies;
         }
     }
 
@@ -327,10 +335,9 @@ impl Table {
     }
 
     pub fn purge_finished(&mut self, now: Millis) -> Swept {
-        let due = take_due(&self.idx.finished, now);
+        let due = pop_due(&mut self.idx.finished, now);
         for id in &due {
             let Some(task) = self.tasks.remove(id) else { continue };
-            unindex(&mut self.idx, &self.policies, &self.names, *id, &task);
             let queue = self.names.resolve(task.queue);
             if !task.request_id().is_empty() {
                 let key = (queue.to_owned(), task.request_id().to_owned());
@@ -379,7 +386,7 @@ impl Table {
         let task = self.tasks.get_mut(&id).expect("transition of a task in the table");
         let before = task.state;
         let holder = task.holder();
-        unindex(&mut self.idx, &self.policies, &self.names, id, task);
+        unindex(&mut self.idx, id, task);
         change(task);
         if let Some((lease_id, worker)) = holder {
             if task.holder().map(|(id, _)| id) != Some(lease_id) {

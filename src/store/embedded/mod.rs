@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 use super::local::{Durable, Persist, TableStore};
 use super::table::{Changes, Table};
 use super::StoreError;
-use crate::core::queue::Policies;
+use crate::core::queue::QueueRegistry;
 use crate::core::task::TaskId;
 
 /// Task records by id; the value is a [`stored`] record (format byte first).
@@ -73,12 +73,13 @@ pub struct Redb {
 
 impl EmbeddedStore {
     /// Opens (or creates) the database in `dir` and loads every task.
-    pub fn open(dir: &Path, policies: Arc<Policies>) -> Result<Self, OpenError> {
+    pub fn open(dir: &Path, queues: impl Into<QueueRegistry>) -> Result<Self, OpenError> {
+        let queues = queues.into();
         std::fs::create_dir_all(dir).map_err(|source| OpenError::Dir { path: dir.to_owned(), source })?;
         let path = dir.join("tasks.redb");
         let db_err = |e: redb::Error| OpenError::Db { path: path.clone(), source: Box::new(e) };
         let db = Database::create(&path).map_err(|e| db_err(e.into()))?;
-        let mut table = Table::new(policies, Redb::TRACKS_CHANGES);
+        let mut table = Self::table_for(&queues);
         load(&db, &mut table).map_err(|e| match e {
             LoadError::Db(e) => db_err(*e),
             LoadError::Corrupt(reason) => OpenError::Corrupt { path: path.clone(), reason },
@@ -94,7 +95,7 @@ impl EmbeddedStore {
             .spawn(move || write_loop(db, rx, flag, counter))
             .map_err(|source| OpenError::Dir { path: dir.to_owned(), source })?;
         let redb = Redb { writer: Some(writer), thread: Some(thread), failed, commits };
-        Ok(TableStore::with(table, redb))
+        Ok(TableStore::with(queues, table, redb))
     }
 }
 

@@ -55,7 +55,7 @@ impl RedisStore {
         now: Millis,
     ) -> Result<Vec<Enqueued>, StoreError> {
         self.register(queue).await?;
-        let window = self.policies.get(queue).dedup_window.as_millis() as u64;
+        let window = self.queues.current().get(queue).dedup_window.as_millis() as u64;
         for _ in 0..3 {
             let mut inv = self.invocation(&scripts::ENQUEUE, queue, now);
             inv.arg(window);

@@ -44,7 +44,7 @@ impl RedisStore {
     ) -> Result<usize, StoreError> {
         let duration = spec
             .lease_duration
-            .unwrap_or_else(|| self.policies.get(queue).lease_duration.as_millis() as Millis);
+            .unwrap_or_else(|| self.queues.current().get(queue).lease_duration.as_millis() as Millis);
         let mut inv = self.invocation(&scripts::LEASE, queue, now);
         inv.arg(take).arg(duration).arg(&spec.worker_id).arg(out.len()).arg(*bytes).arg(spec.max_bytes);
         let items = array(self.run(&inv).await?)?;

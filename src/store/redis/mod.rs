@@ -57,7 +57,6 @@ mod scripts;
 mod settings;
 mod sweep;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -69,7 +68,7 @@ pub use self::conn::Target;
 use self::keys::QueueKeys;
 use self::reply::{bounded, settled, settled_task, uint, unexpected};
 use super::{AckItem, Enqueued, LeaseSpec, NackSpec, Store, StoreError, StoreEvent, Swept};
-use crate::core::queue::Policies;
+use crate::core::queue::QueueRegistry;
 use crate::core::task::{NewTask, Task, TaskId};
 use crate::core::Millis;
 
@@ -80,7 +79,8 @@ const EVENT_BUFFER: usize = 4096;
 /// connection (to one Redis, or to a Redis Cluster).
 pub struct RedisStore {
     conn: Conn,
-    policies: Arc<Policies>,
+    /// Every queue's settings (retention, backoff, lease length, dedup window).
+    queues: QueueRegistry,
     /// Scripts read Redis's clock and ignore the `now` they are given.
     server_time: bool,
     /// Events from every replica (this one included), fed by `_listener`.
@@ -93,8 +93,12 @@ pub struct RedisStore {
 impl RedisStore {
     /// Connects to one Redis at `url` (`redis://host:port/db`); see
     /// [`RedisStore::open`].
-    pub async fn connect(url: &str, policies: Arc<Policies>, server_time: bool) -> Result<Self, StoreError> {
-        Self::open(&Target::Single(url.to_owned()), policies, server_time).await
+    pub async fn connect(
+        url: &str,
+        queues: impl Into<QueueRegistry>,
+        server_time: bool,
+    ) -> Result<Self, StoreError> {
+        Self::open(&Target::Single(url.to_owned()), queues, server_time).await
     }
 
     /// Connects to `target`, checks Redis's settings and subscribes to the
@@ -104,9 +108,10 @@ impl RedisStore {
     /// (production); tests pass `false` to drive time explicitly.
     pub async fn open(
         target: &Target,
-        policies: Arc<Policies>,
+        queues: impl Into<QueueRegistry>,
         server_time: bool,
     ) -> Result<Self, StoreError> {
+        let queues = queues.into();
         if target.urls().is_empty() {
             return Err(StoreError::Unavailable("no Redis node given".into()));
         }
@@ -118,7 +123,7 @@ impl RedisStore {
         let listener = events::Listener::spawn(first, conn.clone(), tx.clone());
         Ok(Self {
             conn,
-            policies,
+            queues,
             server_time,
             events: tx,
             _listener: listener,
@@ -144,7 +149,7 @@ impl RedisStore {
     }
 
     fn retention(&self, queue: &str) -> u64 {
-        self.policies.get(queue).retention.as_millis() as u64
+        self.queues.current().get(queue).retention.as_millis() as u64
     }
 }
 
@@ -173,7 +178,8 @@ impl Store for RedisStore {
 
     async fn nack(&self, id: TaskId, lease_id: u64, spec: NackSpec, now: Millis) -> Result<Task, StoreError> {
         let queue = self.queue_of(id).await?;
-        let backoff = &self.policies.get(&queue).retry_backoff;
+        let policies = self.queues.current();
+        let backoff = &policies.get(&queue).retry_backoff;
         let mut inv = self.invocation(&scripts::NACK, &queue, now);
         inv.arg(id.to_string())
             .arg(lease_id)

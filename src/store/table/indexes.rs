@@ -7,6 +7,7 @@ use super::record::Record;
 use crate::core::priority::ReadyKey;
 use crate::core::queue::Policies;
 use crate::core::task::{TaskId, TaskState};
+use crate::core::transition;
 use crate::core::Millis;
 
 /// Where each task sits, by state. A task is in exactly one index, the one of
@@ -19,8 +20,19 @@ pub struct Indexes {
     pub leased: BTreeSet<(Millis, TaskId)>,
     /// SCHEDULED tasks by due time: the scheduler's work list.
     pub scheduled: BTreeSet<(Millis, TaskId)>,
-    /// Finished tasks by removal time (finish + retention).
+    /// Finished tasks by removal time (see [`transition::purge_time`]).
     pub finished: BTreeSet<(Millis, TaskId)>,
+    /// Per queue, the removal time of the task that finished last.
+    pub last_purge: HashMap<Sym, Millis>,
+}
+
+/// Removes and returns the ids whose time key is at or before `now`.
+/// (Finished tasks leave their index this way only: their key holds the
+/// removal time their retention gave them, whatever the policy is now.)
+pub fn pop_due(set: &mut BTreeSet<(Millis, TaskId)>, now: Millis) -> Vec<TaskId> {
+    let later = set.split_off(&(now.saturating_add(1), TaskId(0)));
+    let due = std::mem::replace(set, later);
+    due.into_iter().map(|(_, id)| id).collect()
 }
 
 /// Ids whose time key is at or before `now`.
@@ -28,9 +40,10 @@ pub fn take_due(set: &BTreeSet<(Millis, TaskId)>, now: Millis) -> Vec<TaskId> {
     set.range(..=(now, TaskId(u128::MAX))).map(|(_, id)| *id).collect()
 }
 
-/// When a finished task is removed.
-fn purge_time(policies: &Policies, names: &Names, task: &Record) -> Millis {
-    task.update_time + policies.get(names.resolve(task.queue)).retention.as_millis() as Millis
+/// When a task finishing now is removed.
+fn purge_time(idx: &Indexes, policies: &Policies, names: &Names, task: &Record) -> Millis {
+    let retention = policies.get(names.resolve(task.queue)).retention.as_millis() as Millis;
+    transition::purge_time(task.update_time, retention, idx.last_purge.get(&task.queue).copied())
 }
 
 pub fn index(idx: &mut Indexes, policies: &Policies, names: &Names, id: TaskId, task: &Record) {
@@ -46,12 +59,14 @@ pub fn index(idx: &mut Indexes, policies: &Policies, names: &Names, id: TaskId, 
             idx.scheduled.insert((task.scheduled_time, id));
         }
         TaskState::Succeeded | TaskState::Dead | TaskState::Canceled => {
-            idx.finished.insert((purge_time(policies, names, task), id));
+            let at = purge_time(idx, policies, names, task);
+            idx.last_purge.insert(task.queue, at);
+            idx.finished.insert((at, id));
         }
     }
 }
 
-pub fn unindex(idx: &mut Indexes, policies: &Policies, names: &Names, id: TaskId, task: &Record) {
+pub fn unindex(idx: &mut Indexes, id: TaskId, task: &Record) {
     match task.state {
         TaskState::Ready => {
             if let Some(ready) = idx.ready.get_mut(&task.queue) {
@@ -64,8 +79,8 @@ pub fn unindex(idx: &mut Indexes, policies: &Policies, names: &Names, id: TaskId
         TaskState::Scheduled => {
             idx.scheduled.remove(&(task.scheduled_time, id));
         }
-        TaskState::Succeeded | TaskState::Dead | TaskState::Canceled => {
-            idx.finished.remove(&(purge_time(policies, names, task), id));
-        }
+        // A finished task never changes state again; it leaves its index
+        // only through `pop_due` (purge).
+        TaskState::Succeeded | TaskState::Dead | TaskState::Canceled => {}
     }
 }
