@@ -7,6 +7,8 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
 
+#[path = "common/env.rs"]
+mod env;
 #[allow(dead_code)]
 #[path = "common/redis.rs"]
 mod redis_server;
@@ -14,8 +16,15 @@ mod redis_server;
 /// Tiny sizes: each run takes about a second.
 const SMALL: [&str; 8] = ["--tasks", "200", "--duration", "300ms", "--rates", "200", "--concurrency", "4"];
 
+/// The binary, without the caller's `TASKBROKER_*` variables.
+fn taskbroker() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_taskbroker"));
+    env::clear(&mut cmd);
+    cmd
+}
+
 fn bench(args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_taskbroker"))
+    let out = taskbroker()
         .arg("bench")
         .args(SMALL)
         .args(args)
@@ -183,7 +192,7 @@ fn the_embedded_store_reports_fsyncs() {
 fn a_remote_broker_gets_no_cpu_figures() {
     let dir = tempfile::tempdir().unwrap();
     let mut serve = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_taskbroker"))
+        taskbroker()
             .args(["serve", "--storage", "memory", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path())
             .env("RUST_LOG", "warn")
@@ -208,7 +217,7 @@ fn a_remote_broker_gets_no_cpu_figures() {
 
 #[test]
 fn an_unreachable_broker_fails_cleanly() {
-    let out = Command::new(env!("CARGO_BIN_EXE_taskbroker"))
+    let out = taskbroker()
         .args(["bench", "--server", "http://127.0.0.1:1", "--json"])
         .args(SMALL)
         .output()
@@ -219,10 +228,7 @@ fn an_unreachable_broker_fails_cleanly() {
 
 #[test]
 fn bad_flags_exit_64() {
-    let out = Command::new(env!("CARGO_BIN_EXE_taskbroker"))
-        .args(["bench", "--concurrency", "0", "--rates", "0"])
-        .output()
-        .unwrap();
+    let out = taskbroker().args(["bench", "--concurrency", "0", "--rates", "0"]).output().unwrap();
     assert_eq!(out.status.code(), Some(64), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--concurrency") && stderr.contains("--rates"), "{stderr}");

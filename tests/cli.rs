@@ -10,16 +10,10 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+#[path = "common/env.rs"]
+mod env;
+
 const BIN: &str = env!("CARGO_BIN_EXE_taskbroker");
-/// Variables the binary reads; cleared so the caller's environment cannot leak in.
-const ENV_VARS: &[&str] = &[
-    "TASKBROKER_CONFIG",
-    "TASKBROKER_LISTEN",
-    "TASKBROKER_DATA_DIR",
-    "TASKBROKER_STORAGE",
-    "TASKBROKER_SERVER",
-    "TASKBROKER_LOG_FORMAT",
-];
 /// Bound on one short command (and on a server's start).
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// How soon an idle `serve` must exit after SIGTERM.
@@ -29,13 +23,12 @@ const EXIT_CONFIG: i32 = 64;
 /// A well-formed ULID no server has handed out.
 const UNKNOWN_ID: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
 
-/// The binary with a clean environment, run in `cwd` (so a stray default
-/// data directory lands in a temp dir, not the source tree).
+/// The binary with a clean environment (no `TASKBROKER_*` variable of the
+/// caller's), run in `cwd` (so a stray default data directory lands in a temp
+/// dir, not the source tree).
 fn taskbroker(cwd: &Path) -> Command {
     let mut cmd = Command::new(BIN);
-    for var in ENV_VARS {
-        cmd.env_remove(var);
-    }
+    env::clear(&mut cmd);
     cmd.current_dir(cwd).stdin(Stdio::null());
     cmd
 }
