@@ -163,9 +163,10 @@ fn ask(port: u16, command: &str) -> Option<String> {
     Some(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
-/// Whether a server on `port` answers PING (and is done loading its data).
+/// Whether a server on `port` answers PING (and is done loading its data);
+/// a server that requires a password answers `-NOAUTH`, which counts.
 fn ping(port: u16) -> bool {
-    ask(port, "PING").is_some_and(|r| r.starts_with("+PONG"))
+    ask(port, "PING").is_some_and(|r| r.starts_with("+PONG") || r.starts_with("-NOAUTH"))
 }
 
 /// A private three-node Redis Cluster (masters only), every slot assigned:
