@@ -163,6 +163,45 @@ fn ask(port: u16, command: &str) -> Option<String> {
     Some(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
+/// The commands a server receives, as Redis's `MONITOR` reports them: how a
+/// test sees that a broker's call reached Redis (a long-poll that tried its
+/// queue and found nothing) instead of waiting a while and hoping.
+pub struct Monitor {
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::net::TcpStream>>,
+}
+
+impl Monitor {
+    /// Starts monitoring the server on `port`: commands it runs from now on.
+    pub async fn start(port: u16) -> Monitor {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let mut stream =
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect to monitor");
+        stream.write_all(b"MONITOR\r\n").await.expect("send MONITOR");
+        let mut monitor = Monitor { lines: tokio::io::BufReader::new(stream).lines() };
+        let ok = monitor.line(Duration::from_secs(5)).await;
+        assert_eq!(ok.as_deref(), Some("+OK"), "MONITOR answered");
+        monitor
+    }
+
+    /// Waits (at most `within`) for a command whose line contains `needle`,
+    /// and returns that line.
+    pub async fn wait_for(&mut self, needle: &str, within: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.line(left).await {
+                Some(line) if line.contains(needle) => return line,
+                Some(_) => continue,
+                None => panic!("no command with {needle:?} reached Redis within {within:?}"),
+            }
+        }
+    }
+
+    async fn line(&mut self, within: Duration) -> Option<String> {
+        tokio::time::timeout(within, self.lines.next_line()).await.ok()?.ok()?
+    }
+}
+
 /// Whether a server on `port` answers PING (and is done loading its data);
 /// a server that requires a password answers `-NOAUTH`, which counts.
 fn ping(port: u16) -> bool {
