@@ -20,7 +20,10 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::time::timeout;
 use tonic::transport::Channel;
+use tonic::Streaming;
+use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_taskbroker");
 /// Longest wait for the `listening on` line (a restart may recover a database).
@@ -90,6 +93,42 @@ impl ServeProcess {
 
     pub fn health(&self) -> HealthClient<Channel> {
         HealthClient::new(self.channel.clone())
+    }
+
+    /// A health Watch of service `""` (the whole server: readiness).
+    pub async fn watch_health(&self) -> Streaming<HealthCheckResponse> {
+        let request = HealthCheckRequest { service: String::new() };
+        match timeout(CALL_TIMEOUT, self.health().watch(request)).await {
+            Ok(Ok(watch)) => watch.into_inner(),
+            outcome => panic!("health Watch on {}: {outcome:?}", self.name),
+        }
+    }
+
+    /// Reads a health Watch of this process until it reports `want`, within
+    /// `within`.
+    pub async fn health_becomes(
+        &self,
+        watch: &mut Streaming<HealthCheckResponse>,
+        want: ServingStatus,
+        within: Duration,
+    ) {
+        let mut seen = Vec::new();
+        let outcome = timeout(within, async {
+            loop {
+                let resp = watch.message().await.map_err(|s| format!("Watch failed: {s:?}"))?;
+                let status = resp.ok_or("Watch ended")?.status;
+                seen.push(ServingStatus::try_from(status).unwrap_or(ServingStatus::Unknown));
+                if status == want as i32 {
+                    return Ok::<(), String>(());
+                }
+            }
+        })
+        .await;
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("health of {}: {e} (seen {seen:?}, waiting for {want:?})", self.name),
+            Err(_) => panic!("health of {} not {want:?} within {within:?} (seen {seen:?})", self.name),
+        }
     }
 
     /// SIGKILLs the process and checks that it was still running and died of it.
