@@ -70,6 +70,12 @@ impl RedisServer {
         self.dir.path()
     }
 
+    /// The first line of the server's reply to an inline `command`
+    /// (`"REPLICAOF NO ONE"`), if it answered.
+    pub fn command(&self, command: &str) -> Option<String> {
+        ask(self.port, command).and_then(|r| r.lines().next().map(str::to_owned))
+    }
+
     /// Stops the server cleanly (SIGTERM: Redis flushes its AOF and exits).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -325,6 +331,11 @@ impl RedisSentinel {
     /// The sentinel's URL: what a store is given, with [`SENTINEL_MASTER`].
     pub fn sentinel_url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.sentinel_port)
+    }
+
+    /// The first line of the sentinel's reply to an inline `command`.
+    pub fn sentinel_command(&self, command: &str) -> Option<String> {
+        ask(self.sentinel_port, command).and_then(|r| r.lines().next().map(str::to_owned))
     }
 
     /// The port of the node the sentinel names master now.
