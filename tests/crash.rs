@@ -4,6 +4,10 @@
 //! Each test runs `taskbroker serve --storage embedded` as a child process,
 //! reads its port from the `listening on ADDR` line, works against it over
 //! gRPC, SIGKILLs it, and starts a new process on the same data directory.
+//!
+//! Real time is used where it is the behaviour under test: leases taken
+//! before the crash expire on the restarted broker's system clock
+//! ([`SHORT_LEASE`]); everything else waits for answers, not for time.
 #![cfg(unix)]
 
 #[path = "common/serve.rs"]
