@@ -1,5 +1,6 @@
 //! Error paths through real gRPC: stale and foreign leases, cancel, strict
-//! queues, batch failures, bad input, oversized messages.
+//! queues, batch failures, every bad input of the README's Errors table (code,
+//! ErrorInfo reason and the BadRequest field), oversized messages.
 
 mod common;
 
@@ -20,9 +21,17 @@ fn assert_code_reason(s: &tonic::Status, code: Code, why: &str) {
     assert_eq!((s.code(), reason(s).as_str()), (code, why), "status: {s:?}");
 }
 
+/// INVALID_ARGUMENT with reason INVALID_ARGUMENT, naming `field`.
 fn assert_invalid(s: &tonic::Status, field: &str) {
-    assert_eq!(s.code(), Code::InvalidArgument, "status: {s:?}");
-    assert!(bad_fields(s).iter().any(|f| f == field), "{field} not in {:?}", bad_fields(s));
+    assert_code_reason(s, Code::InvalidArgument, "INVALID_ARGUMENT");
+    assert!(bad_fields(s).iter().any(|f| f == field), "{field} not in {:?}: {s:?}", bad_fields(s));
+}
+
+/// A per-item `google.rpc.Status` as a tonic status, to read its details.
+fn item_status(e: &tonic_types::Status) -> tonic::Status {
+    use prost::Message;
+    let details = tonic::codegen::Bytes::from(e.encode_to_vec());
+    tonic::Status::with_details(Code::from(e.code), e.message.clone(), details)
 }
 
 async fn ack(s: &mut TestServer, id: &str, lease_id: &str) -> Result<(), tonic::Status> {
@@ -136,7 +145,7 @@ async fn cancel_of_ready_or_scheduled_task_is_canceled_and_never_delivered() {
 }
 
 #[tokio::test]
-async fn cancel_of_leased_task_makes_its_holders_ack_and_extend_task_canceled() {
+async fn cancel_of_leased_task_makes_its_holders_ack_nack_and_extend_task_canceled() {
     let mut s = common::start_manual("").await;
     let t = s.enqueue("q", "k").await;
     let held = s.lease(&["q"], 1).await.remove(0);
@@ -147,6 +156,12 @@ async fn cancel_of_leased_task_makes_its_holders_ack_and_extend_task_canceled() 
         Code::FailedPrecondition,
         "TASK_CANCELED",
     );
+    assert_code_reason(
+        &err(nack(&mut s, &t.id, &held.lease_id).await),
+        Code::FailedPrecondition,
+        "TASK_CANCELED",
+    );
+    assert_eq!(state(&s.get(&t.id).await), TaskState::Canceled, "the nack did not revive it");
     // Its lease running out does not bring it back.
     s.advance(Duration::from_secs(31)).await;
     assert!(s.lease(&["q"], 1).await.is_empty());
@@ -209,6 +224,10 @@ async fn enqueue_batch_fails_only_the_bad_item_and_keeps_request_order() {
         })
         .collect();
     assert_eq!(kinds, [Ok("first".to_string()), Err(Code::InvalidArgument as i32), Ok("third".to_string())]);
+    match results[1].result.as_ref().unwrap() {
+        R::Error(e) => assert_invalid(&item_status(e), "kind"),
+        R::Task(t) => panic!("the bad item was enqueued: {t:?}"),
+    }
     assert_eq!(s.lease(&["b"], 10).await.len(), 2);
     s.shutdown().await;
 }
@@ -225,35 +244,96 @@ async fn enqueue_batch_of_zero_or_over_1000_items_is_invalid() {
     s.shutdown().await;
 }
 
+fn negative() -> Option<prost_types::Duration> {
+    Some(prost_types::Duration { seconds: -1, nanos: 0 })
+}
+
+fn millis(ms: i32) -> Option<prost_types::Duration> {
+    Some(prost_types::Duration { seconds: 0, nanos: ms * 1_000_000 })
+}
+
+/// The README's Errors table, INVALID_ARGUMENT row, one case per bad input
+/// and call that takes it.
 #[tokio::test]
 async fn every_bad_input_is_invalid_argument_naming_its_field_and_the_server_keeps_serving() {
     let mut s = common::start().await;
     let ok = || pb::EnqueueRequest { queue: "q".into(), kind: "k".into(), ..Default::default() };
     let too_many_headers: HashMap<_, _> = (0..65).map(|i| (format!("h{i}"), "v".to_string())).collect();
+    let at = Some(prost_types::Timestamp { seconds: 1_900_000_000, nanos: 0 });
     let bad_enqueues = [
         ("kind", pb::EnqueueRequest { kind: String::new(), ..ok() }),
         ("queue", pb::EnqueueRequest { queue: "no spaces!".into(), ..ok() }),
+        ("queue", pb::EnqueueRequest { queue: "q".repeat(129), ..ok() }),
         ("priority", pb::EnqueueRequest { priority: Some(10), ..ok() }),
         ("headers", pb::EnqueueRequest { headers: too_many_headers, ..ok() }),
         ("payload", pb::EnqueueRequest { payload: vec![0; (1 << 20) + 1], ..ok() }),
+        ("scheduled_time", pb::EnqueueRequest { delay: Some(secs(10)), scheduled_time: at, ..ok() }),
+        ("max_attempts", pb::EnqueueRequest { max_attempts: Some(0), ..ok() }),
+        ("delay", pb::EnqueueRequest { delay: negative(), ..ok() }),
     ];
     for (field, req) in bad_enqueues {
-        assert_invalid(&err(s.producer.enqueue(req).await), field);
+        assert_invalid(&err(s.producer.enqueue(req.clone()).await), field);
+        // The same item in a batch fails alone, with the same details.
+        let results = s.producer.enqueue_batch(pb::EnqueueBatchRequest { tasks: vec![req] }).await;
+        match results.unwrap().into_inner().results[0].result.as_ref().unwrap() {
+            pb::enqueue_result::Result::Error(e) => assert_invalid(&item_status(e), field),
+            pb::enqueue_result::Result::Task(t) => panic!("bad {field} enqueued in a batch: {t:?}"),
+        }
     }
+    let item = ok();
+    assert_invalid(&err(s.producer.enqueue_batch(pb::EnqueueBatchRequest { tasks: vec![] }).await), "tasks");
+    let over = pb::EnqueueBatchRequest { tasks: vec![item; 1001] };
+    assert_invalid(&err(s.producer.enqueue_batch(over).await), "tasks");
+
     let lease = || pb::LeaseRequest { queues: vec!["q".into()], ..Default::default() };
-    let half_second = prost_types::Duration { seconds: 0, nanos: 500_000_000 };
     let bad_leases = [
         ("queues", pb::LeaseRequest { queues: vec![], ..lease() }),
         ("queues[1]", pb::LeaseRequest { queues: vec!["q".into(), "bad name".into()], ..lease() }),
         ("max_tasks", pb::LeaseRequest { max_tasks: 1001, ..lease() }),
-        ("lease_duration", pb::LeaseRequest { lease_duration: Some(half_second), ..lease() }),
+        ("lease_duration", pb::LeaseRequest { lease_duration: millis(500), ..lease() }),
         ("lease_duration", pb::LeaseRequest { lease_duration: Some(secs(12 * 3600 + 1)), ..lease() }),
+        ("lease_duration", pb::LeaseRequest { lease_duration: negative(), ..lease() }),
         ("wait", pb::LeaseRequest { wait: Some(secs(61)), ..lease() }),
+        ("wait", pb::LeaseRequest { wait: negative(), ..lease() }),
     ];
     for (field, req) in bad_leases {
         assert_invalid(&err(s.worker.lease(req).await), field);
     }
-    // Still serving, and a payload of exactly the limit is fine.
+
+    // Calls that name a task: a malformed or missing id, an empty lease id,
+    // a bad duration.
+    let t = s.enqueue("q", "k").await;
+    let held = s.lease(&["q"], 1).await.remove(0);
+    let lease_id = held.lease_id.clone();
+    for bad_id in ["not-a-task-id", ""] {
+        let get = s.producer.get_task(pb::GetTaskRequest { task_id: bad_id.into() }).await;
+        assert_invalid(&err(get), "task_id");
+        assert_invalid(&err(cancel(&mut s, bad_id).await), "task_id");
+        let watch = s.producer.watch_task(pb::WatchTaskRequest { task_id: bad_id.into() }).await;
+        assert_invalid(&err(watch.map(|_| ())), "task_id");
+        assert_invalid(&err(ack(&mut s, bad_id, &lease_id).await), "task_id");
+        assert_invalid(&err(nack(&mut s, bad_id, &lease_id).await), "task_id");
+        assert_invalid(&err(extend(&mut s, bad_id, &lease_id).await), "task_id");
+    }
+    assert_invalid(&err(ack(&mut s, &t.id, "").await), "lease_id");
+    let extend_by =
+        |extend_by| pb::ExtendLeaseRequest { task_id: t.id.clone(), lease_id: lease_id.clone(), extend_by };
+    for by in [millis(500), Some(secs(12 * 3600 + 1)), negative(), None] {
+        assert_invalid(&err(s.worker.extend_lease(extend_by(by)).await), "extend_by");
+    }
+    let nack = pb::NackRequest {
+        task_id: t.id.clone(),
+        lease_id: lease_id.clone(),
+        retry_after: negative(),
+        ..Default::default()
+    };
+    assert_invalid(&err(s.worker.nack(nack).await), "retry_after");
+
+    // Still serving, nothing bad was stored, the lease is untouched, and a
+    // payload of exactly the limit is fine.
+    let now = s.get(&t.id).await;
+    assert_eq!((state(&now), now.attempt), (TaskState::Leased, 1));
+    s.ack(&held).await.unwrap();
     let t = s.enqueue_req(pb::EnqueueRequest { payload: vec![0; 1 << 20], ..ok() }).await;
     assert_eq!(state(&t), TaskState::Ready);
     assert_eq!(s.lease(&["q"], 10).await.len(), 1, "none of the bad enqueues was stored");

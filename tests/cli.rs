@@ -2,7 +2,7 @@
 //! with `std::process::Command`, talked to through its own subcommands.
 #![cfg(unix)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -10,16 +10,10 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+#[path = "common/env.rs"]
+mod env;
+
 const BIN: &str = env!("CARGO_BIN_EXE_taskbroker");
-/// Variables the binary reads; cleared so the caller's environment cannot leak in.
-const ENV_VARS: &[&str] = &[
-    "TASKBROKER_CONFIG",
-    "TASKBROKER_LISTEN",
-    "TASKBROKER_DATA_DIR",
-    "TASKBROKER_STORAGE",
-    "TASKBROKER_SERVER",
-    "TASKBROKER_LOG_FORMAT",
-];
 /// Bound on one short command (and on a server's start).
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// How soon an idle `serve` must exit after SIGTERM.
@@ -29,20 +23,24 @@ const EXIT_CONFIG: i32 = 64;
 /// A well-formed ULID no server has handed out.
 const UNKNOWN_ID: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
 
-/// The binary with a clean environment, run in `cwd` (so a stray default
-/// data directory lands in a temp dir, not the source tree).
+/// The binary with a clean environment (no `TASKBROKER_*` variable of the
+/// caller's), run in `cwd` (so a stray default data directory lands in a temp
+/// dir, not the source tree).
 fn taskbroker(cwd: &Path) -> Command {
     let mut cmd = Command::new(BIN);
-    for var in ENV_VARS {
-        cmd.env_remove(var);
-    }
+    env::clear(&mut cmd);
     cmd.current_dir(cwd).stdin(Stdio::null());
     cmd
 }
 
 /// Runs a command to completion (killed and failed after [`TIMEOUT`]).
 fn run(mut cmd: Command) -> Output {
-    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn taskbroker");
+    finish(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn taskbroker"))
+}
+
+/// Waits for a child started with piped stdout and stderr (killed and failed
+/// after [`TIMEOUT`]).
+fn finish(child: Child) -> Output {
     let pid = child.id();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -53,7 +51,7 @@ fn run(mut cmd: Command) -> Output {
         Err(_) => {
             // Not reaped yet, so the pid is still this child's.
             let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-            panic!("{cmd:?} did not finish within {TIMEOUT:?}");
+            panic!("taskbroker (pid {pid}) did not finish within {TIMEOUT:?}");
         }
     }
 }
@@ -470,4 +468,245 @@ fn sigterm_with_a_waiting_worker_exits_promptly() {
         "the waiting Lease answers empty at shutdown, got {reply:?} after {:?}",
         started.elapsed()
     );
+}
+
+// ---------------------------------------------------------------------------
+// Client commands that follow a task, and enqueue's flags.
+// ---------------------------------------------------------------------------
+
+/// A `taskbroker work` process; killed when dropped.
+struct Work(Child);
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A worker on `queue` that succeeds with the payload as its result, except
+/// for tasks of kind `fail`, which fail, and of kind `cancel`, which cancel
+/// themselves (with `taskbroker cancel`).
+fn work(dir: &TempDir, serve: &Serve, queue: &str) -> Work {
+    let script = r#"
+        case "$TASKBROKER_KIND" in
+            fail) echo "it broke" >&2; exit 1 ;;
+            cancel) exec "$TB" cancel "$TASKBROKER_TASK_ID" --server "$TB_SERVER" ;;
+            *) cat ;;
+        esac"#;
+    let mut cmd = taskbroker(dir.path());
+    cmd.args(["work", "--server", &serve.server(), "--queue", queue, "--", "sh", "-c", script])
+        .env("TB", BIN)
+        .env("TB_SERVER", serve.server())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    Work(cmd.spawn().expect("spawn taskbroker work"))
+}
+
+/// One JSON object per line.
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l:?}")))
+        .collect()
+}
+
+/// The one JSON object a client command printed.
+fn json_task(out: &Output) -> serde_json::Value {
+    let mut lines = json_lines(&ok(out));
+    assert_eq!(lines.len(), 1, "one task printed: {lines:?}");
+    lines.remove(0)
+}
+
+fn time_of(task: &serde_json::Value, field: &str) -> std::time::SystemTime {
+    let text = task[field].as_str().unwrap_or_else(|| panic!("no {field} in {task}"));
+    humantime::parse_rfc3339(text).unwrap_or_else(|e| panic!("{field} {text:?}: {e}"))
+}
+
+#[test]
+fn enqueue_wait_prints_the_final_state_and_exits_0_only_when_it_succeeded() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = serve_memory(&dir);
+    let _worker = work(&dir, &serve, "waited");
+    let client = |args: &[&str]| {
+        let mut cmd = taskbroker(dir.path());
+        cmd.args(args).args(["--server", &serve.server()]);
+        cmd
+    };
+
+    let out = run(client(&["enqueue", "--queue", "waited", "--kind", "ok", "--payload", "hi", "--wait"]));
+    let done = json_task(&out);
+    assert_eq!((done["state"].as_str(), done["result"].as_str()), (Some("TASK_STATE_SUCCEEDED"), Some("hi")));
+
+    let args = ["enqueue", "--queue", "waited", "--kind", "fail", "--max-attempts", "1", "--wait"];
+    let out = run(client(&args));
+    assert_eq!(out.status.code(), Some(1), "a DEAD task: stdout {} stderr {}", stdout(&out), stderr(&out));
+    let dead = &json_lines(&stdout(&out))[0];
+    assert_eq!(dead["state"], "TASK_STATE_DEAD");
+    assert!(dead["last_error"].as_str().unwrap().contains("it broke"), "{dead}");
+    assert!(stderr(&out).contains("TASK_STATE_DEAD"), "stderr says how it ended: {}", stderr(&out));
+
+    // CANCELED: the task cancels itself while it runs.
+    let out = run(client(&["enqueue", "--queue", "waited", "--kind", "cancel", "--wait"]));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a CANCELED task: stdout {} stderr {}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert_eq!(json_lines(&stdout(&out))[0]["state"], "TASK_STATE_CANCELED");
+}
+
+#[test]
+fn watch_prints_every_state_until_the_task_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = serve_memory(&dir);
+    let client = |args: &[&str]| {
+        let mut cmd = taskbroker(dir.path());
+        cmd.args(args).args(["--server", &serve.server()]);
+        cmd
+    };
+    let states = |printed: &str| -> Vec<String> {
+        json_lines(printed).iter().map(|t| t["state"].as_str().unwrap().to_owned()).collect()
+    };
+    let ok_task =
+        json_task(&run(client(&["enqueue", "--queue", "watched", "--kind", "ok", "--payload", "x"])));
+    let dying = ["enqueue", "--queue", "watched", "--kind", "fail", "--max-attempts", "1"];
+    let dying = json_task(&run(client(&dying)));
+
+    // Both watches start while their tasks wait; each prints the current
+    // state, READY, before any worker runs; then a worker runs both tasks.
+    let mut ok_watch = Following::start(client(&["watch", ok_task["id"].as_str().unwrap()]));
+    let mut dying_watch = Following::start(client(&["watch", dying["id"].as_str().unwrap()]));
+    for w in [&mut ok_watch, &mut dying_watch] {
+        assert_eq!(json_lines(&w.line())[0]["state"], "TASK_STATE_READY");
+    }
+    let _worker = work(&dir, &serve, "watched");
+
+    let (status, rest) = ok_watch.finish();
+    assert_eq!(states(&rest), ["TASK_STATE_LEASED", "TASK_STATE_SUCCEEDED"]);
+    assert_eq!(status.code(), Some(0));
+    let (status, rest) = dying_watch.finish();
+    assert_eq!(states(&rest), ["TASK_STATE_LEASED", "TASK_STATE_DEAD"]);
+    assert_eq!(status.code(), Some(1), "a watch that ends DEAD exits 1");
+}
+
+/// A client command whose stdout is read line by line as it runs; killed
+/// when dropped.
+struct Following {
+    child: Child,
+    lines: Receiver<String>,
+}
+
+impl Following {
+    fn start(mut cmd: Command) -> Following {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn taskbroker");
+        let out = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Following { child, lines }
+    }
+
+    /// The next line (within [`TIMEOUT`]).
+    fn line(&mut self) -> String {
+        self.lines.recv_timeout(TIMEOUT).unwrap_or_else(|e| panic!("no line within {TIMEOUT:?}: {e}"))
+    }
+
+    /// The remaining lines once stdout closes (within [`TIMEOUT`]), and the exit status.
+    fn finish(mut self) -> (ExitStatus, String) {
+        let deadline = Instant::now() + TIMEOUT;
+        let mut rest = String::new();
+        loop {
+            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => rest.push_str(&(line + "\n")),
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => panic!("still running after {TIMEOUT:?}; printed {rest:?}"),
+            }
+        }
+        (self.child.wait().expect("wait for taskbroker"), rest)
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn enqueue_flags_shape_the_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = serve_memory(&dir);
+    let client = |args: &[&str]| {
+        let mut cmd = taskbroker(dir.path());
+        cmd.args(args).args(["--server", &serve.server()]);
+        cmd
+    };
+
+    // --payload-file, with a file and with "-" (stdin); --header, repeated;
+    // --content-type; --max-attempts.
+    let file = dir.path().join("payload.txt");
+    std::fs::write(&file, "from a file\nline two").unwrap();
+    let mut cmd = client(&["enqueue", "--kind", "k", "--content-type", "text/plain", "--max-attempts", "7"]);
+    cmd.args(["--header", "tenant=acme", "--header", "trace=a=b", "--payload-file"]).arg(&file);
+    let t = json_task(&run(cmd));
+    assert_eq!(t["payload"], "from a file\nline two");
+    assert_eq!(
+        t["headers"],
+        serde_json::json!({"tenant": "acme", "trace": "a=b"}),
+        "NAME=VALUE splits at the first ="
+    );
+    assert_eq!((t["content_type"].as_str(), t["max_attempts"].as_u64()), (Some("text/plain"), Some(7)));
+
+    let mut cmd = client(&["enqueue", "--kind", "k", "--payload-file", "-"]);
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"from stdin").unwrap();
+    assert_eq!(json_task(&finish(child))["payload"], "from stdin");
+
+    let bad = run(client(&["enqueue", "--kind", "k", "--header", "no-equals-sign"]));
+    assert!(!bad.status.success() && stderr(&bad).contains("NAME=VALUE"), "stderr: {}", stderr(&bad));
+
+    // --delay: SCHEDULED, due that long after its creation.
+    let t = json_task(&run(client(&["enqueue", "--queue", "later", "--kind", "k", "--delay", "10s"])));
+    assert_eq!(t["state"], "TASK_STATE_SCHEDULED");
+    let due = time_of(&t, "scheduled_time").duration_since(time_of(&t, "create_time")).unwrap();
+    assert_eq!(due, Duration::from_secs(10), "{t}");
+
+    // --dedup-key: the unfinished task of the same queue comes back.
+    let first = json_task(&run(client(&["enqueue", "--queue", "d", "--kind", "k", "--dedup-key", "once"])));
+    let again = json_task(&run(client(&["enqueue", "--queue", "d", "--kind", "k", "--dedup-key", "once"])));
+    assert_eq!((first["dedup_key"].as_str(), again["id"].as_str()), (Some("once"), first["id"].as_str()));
+    let other = json_task(&run(client(&["enqueue", "--queue", "d", "--kind", "k", "--dedup-key", "twice"])));
+    assert_ne!(other["id"], first["id"]);
+}
+
+#[test]
+fn log_format_json_writes_one_json_object_per_line() {
+    for how in ["flag", "env"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = taskbroker(dir.path());
+        cmd.args(["serve", "--storage", "memory", "--listen", "127.0.0.1:0"]).env("RUST_LOG", "info");
+        match how {
+            "flag" => cmd.args(["--log-format", "json"]),
+            _ => cmd.env("TASKBROKER_LOG_FORMAT", "json"),
+        };
+        let log = dir.path().join("serve.log");
+        let mut serve = Serve::start(cmd, &log);
+        assert_eq!(serve.terminate().code(), Some(0));
+        let lines = json_lines(&std::fs::read_to_string(&log).unwrap());
+        assert!(
+            lines.iter().all(|l| l["level"].is_string() && l["timestamp"].is_string()),
+            "{how}: {lines:?}"
+        );
+        let messages: Vec<&str> = lines.iter().filter_map(|l| l["fields"]["message"].as_str()).collect();
+        assert!(messages.contains(&"ready") && messages.contains(&"shutting down"), "{how}: {messages:?}");
+    }
 }

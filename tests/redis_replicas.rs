@@ -9,6 +9,12 @@
 //! a temporary directory) and its own broker processes, reads each one's port
 //! from its `listening on ADDR` line, and kills all of them when it ends
 //! (Drop guards), passed or failed. Every wait is bounded.
+//!
+//! Waits are for signals (a pushed task, a health change, a command seen by
+//! Redis's MONITOR), except where real time is the point: leases that expire
+//! on Redis's clock (the `kill -9` test's 2 s leases), a Redis outage held
+//! for [`OUTAGE_MIN`], and the quiet second after the 10k drain in which a
+//! late redelivery would show.
 #![cfg(unix)]
 
 #[allow(dead_code)]
@@ -23,7 +29,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use redis_server::{RedisCluster, RedisServer};
+use redis_server::{Monitor, RedisCluster, RedisServer};
 use serve::{ServeProcess, CALL_TIMEOUT};
 use stream_client::{id, open, task_of, FAILED_PRECONDITION, WAIT};
 use taskbroker::pb;
@@ -220,7 +226,10 @@ async fn enqueue_through_a_reaches_an_idle_stream_and_a_long_poll_lease_on_b_pro
     stream_b.settled_ok(id(&pushed), SettleOperation::Ack).await;
     eprintln!("A's enqueue reached B's idle stream in {latency:?}");
 
-    // A long-poll Lease on B, parked on an empty queue.
+    // A long-poll Lease on B, parked on an empty queue: B's lease script has
+    // run on Redis and found nothing (B registers for wake-ups before it
+    // tries), so from then on only A's event can answer the poll.
+    let mut monitor = Monitor::start(redis.port()).await;
     let mut worker_b = b.worker();
     let poll = tokio::spawn(async move {
         worker_b
@@ -233,7 +242,8 @@ async fn enqueue_through_a_reaches_an_idle_stream_and_a_long_poll_lease_on_b_pro
             })
             .await
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    monitor.wait_for("tb:{to-poll}:", WAIT).await;
+    drop(monitor);
     assert!(!poll.is_finished(), "the long-poll on an empty queue returned early: {:?}", poll.await);
     let sent = Instant::now();
     let task = enqueue(&mut producer_a, "to-poll", "for the poll").await;
@@ -1000,7 +1010,9 @@ async fn a_stream_open_on_b_through_a_redis_restart_is_pushed_what_a_enqueues_af
     health_becomes("A", &mut health_a, ServingStatus::Serving, WAIT).await;
 
     let mut stream_b = open(&b.worker(), subscription("through", 1, 30, "stream-on-b")).await;
+    let mut probe_b = open(&b.worker(), subscription("probe", 100, 30, "probe-on-b")).await;
     stream_b.assert_quiet().await;
+    probe_b.assert_quiet().await;
 
     redis.kill();
     // Both replicas must see the outage before Redis returns; otherwise a
@@ -1011,9 +1023,25 @@ async fn a_stream_open_on_b_through_a_redis_restart_is_pushed_what_a_enqueues_af
     health_becomes("A", &mut health_a, ServingStatus::Serving, Duration::from_secs(15)).await;
     health_becomes("B", &mut health_b, ServingStatus::Serving, Duration::from_secs(15)).await;
 
-    // Past B's resubscription backoff (at most 2 s) and any store retry of the
-    // stream (1 s): from here on only A's event can wake B's idle stream.
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    // B's health says its commands work again; its event subscription comes
+    // back on its own backoff (up to 2 s). Probe: A enqueues to a queue that
+    // only B's idle probe stream takes, until one is pushed to it. An idle
+    // stream is woken only through B's subscription (A's event, or the
+    // wake-up of every queue B sends itself once resubscribed).
+    let probing = Instant::now();
+    'probe: loop {
+        assert!(
+            probing.elapsed() < Duration::from_secs(20),
+            "B heard nothing from A within 20 s of the restart"
+        );
+        enqueue(&mut a.producer(), "probe", "are you listening?").await;
+        while let Some(msg) = probe_b.next_or_quiet().await {
+            if matches!(msg, Resp::Task(_)) {
+                break 'probe;
+            }
+        }
+    }
+    eprintln!("B heard A again {:?} after Redis was back", probing.elapsed());
     let sent = Instant::now();
     let task = enqueue(&mut a.producer(), "through", "after the restart").await;
     let pushed = match stream_b.next_within(PROMPT).await {

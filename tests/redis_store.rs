@@ -362,6 +362,33 @@ async fn server_time_mode_uses_the_redis_clock() {
     assert!(near(done.update_time, wall_clock()));
 }
 
+/// The ids of the `Changed` events `rx` hears up to `marker`'s (pub/sub
+/// delivers in order, so everything published before the marker has arrived
+/// by then); other events are skipped. Fails after 5 s without the marker.
+async fn changes_before(rx: &mut broadcast::Receiver<StoreEvent>, marker: TaskId) -> Vec<TaskId> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut changed = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Ok(StoreEvent::Changed(id))) if id == marker => return changed,
+            Ok(Ok(StoreEvent::Changed(id))) => changed.push(id),
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => panic!("event channel: {e}"),
+            Err(_) => panic!("no marker event within 5 s; changes heard so far: {changed:?}"),
+        }
+    }
+}
+
+/// Publishes a `Changed` event after everything `s` did so far: a fresh task,
+/// watched, then canceled. Returns its id, for [`changes_before`].
+async fn marker(s: &RedisStore) -> TaskId {
+    let m = s.enqueue(vec![new_task("marker", vec![])], NOW).await.unwrap().pop().unwrap().task;
+    s.set_watched(m.id, true).await.unwrap();
+    s.cancel(m.id, NOW).await.unwrap();
+    m.id
+}
+
 #[tokio::test]
 async fn only_watched_tasks_announce_their_changes() {
     let server = RedisServer::start();
@@ -375,27 +402,61 @@ async fn only_watched_tasks_announce_their_changes() {
     a.set_watched(watched.id, true).await.unwrap();
     a.set_watched(watched.id, false).await.unwrap();
 
+    // Both change; only the watched one is announced, once per change.
     let leased = a.lease(spec("w", 2), NOW).await.unwrap();
     assert_eq!(leased.len(), 2);
-    expect_event(&mut rx, &StoreEvent::Changed(watched.id)).await;
-    let acks = leased.iter().map(|t| AckItem { id: t.id, lease_id: lease_id(t), result: vec![] }).collect();
-    let acked = a.ack_many(acks, NOW).await.unwrap();
-    assert!(acked.iter().all(|r| r.is_ok()), "{acked:?}");
-    expect_event(&mut rx, &StoreEvent::Changed(watched.id)).await;
+    let held = |id: TaskId| leased.iter().find(|t| t.id == id).unwrap();
+    a.nack(watched.id, lease_id(held(watched.id)), nack(Some(0), 0.5), NOW).await.unwrap();
+    let acked =
+        a.ack_many(vec![AckItem { id: other.id, lease_id: lease_id(held(other.id)), result: vec![] }], NOW);
+    assert!(acked.await.unwrap().iter().all(|r| r.is_ok()));
+    let m = marker(&a).await;
+    assert_eq!(changes_before(&mut rx, m).await, [watched.id, watched.id], "leased, then ready again");
 
-    // The last watch ends: nothing more is announced.
+    // The last watch ends: its next changes (lease, ack) are not announced,
+    // nor are any of a task never watched (enqueue, lease, cancel).
     b.set_watched(watched.id, false).await.unwrap();
+    let l = a.lease(spec("w", 1), NOW).await.unwrap().pop().expect("the nacked task again");
+    assert_eq!(l.id, watched.id);
+    a.ack(watched.id, lease_id(&l), vec![], NOW).await.unwrap();
     let n = a.enqueue(vec![new_task("w", vec![])], NOW).await.unwrap().pop().unwrap().task;
     a.lease(spec("w", 1), NOW).await.unwrap();
     a.cancel(n.id, NOW).await.unwrap();
-    a.cancel(watched.id, NOW).await.unwrap_err();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    while let Ok(ev) = rx.try_recv() {
-        assert!(
-            !matches!(ev, StoreEvent::Changed(id) if id == other.id || id == watched.id || id == n.id),
-            "an unwatched task was announced: {ev:?}"
-        );
+    let m = marker(&a).await;
+    assert_eq!(changes_before(&mut rx, m).await, [], "unwatched tasks were announced");
+}
+
+/// Two queue names whose FNV-1a tags are equal (`src/store/redis/queues.rs`).
+const SAME_TAG: [&str; 2] = ["q562789", "q779192"];
+
+#[tokio::test]
+async fn tasks_of_two_queues_sharing_a_tag_are_found_in_their_own_queue() {
+    let server = RedisServer::start();
+    let a = connect(&server).await;
+    let one = a.enqueue(vec![new_task(SAME_TAG[0], b"one".to_vec())], NOW).await.unwrap().pop().unwrap().task;
+    let two = a.enqueue(vec![new_task(SAME_TAG[1], b"two".to_vec())], NOW).await.unwrap().pop().unwrap().task;
+    // The ids carry one tag (their low 32 bits): only the records tell the queues apart.
+    assert_eq!(one.id.0 as u32, two.id.0 as u32, "the names no longer share a tag: pick two that do");
+
+    // A replica that has seen neither queue resolves both ids.
+    let b = connect(&server).await;
+    for (t, queue, payload) in [(&one, SAME_TAG[0], b"one"), (&two, SAME_TAG[1], b"two")] {
+        let got = b.get(t.id).await.unwrap();
+        assert_eq!((got.queue.as_str(), got.payload.as_slice()), (queue, &payload[..]));
     }
+    let l1 = b.lease(spec(SAME_TAG[0], 1), NOW).await.unwrap().pop().unwrap();
+    let l2 = b.lease(spec(SAME_TAG[1], 1), NOW).await.unwrap().pop().unwrap();
+    assert_eq!((l1.id, l2.id), (one.id, two.id));
+    let c = connect(&server).await;
+    c.extend(two.id, lease_id(&l2), 60 * SEC, NOW).await.unwrap();
+    assert_eq!(c.ack(one.id, lease_id(&l1), b"r1".to_vec(), NOW).await.unwrap().state, TaskState::Succeeded);
+    let dead = c.nack(two.id, lease_id(&l2), NackSpec { no_retry: true, ..nack(None, 0.5) }, NOW).await;
+    assert_eq!(dead.unwrap().state, TaskState::Dead);
+    assert_eq!(a.get(one.id).await.unwrap().result, b"r1");
+    assert_eq!(a.get(two.id).await.unwrap().state, TaskState::Dead);
+    // An id with the shared tag that neither queue holds is not found.
+    let ghost = TaskId((TaskId::generate(NOW).0 & !u128::from(u32::MAX)) | u128::from(one.id.0 as u32));
+    assert_eq!(c.get(ghost).await.unwrap_err(), StoreError::TaskNotFound(ghost));
 }
 
 #[tokio::test]
@@ -532,4 +593,36 @@ async fn rediss_urls_talk_tls() {
     // A plaintext client on the TLS port gets nowhere.
     let plain = format!("redis://127.0.0.1:{tls_port}/");
     assert!(RedisStore::connect(&plain, policies(), false).await.is_err());
+    // Without `#insecure` the certificate is checked against the system's
+    // roots, and a self-signed one is refused.
+    let checked = format!("rediss://127.0.0.1:{tls_port}/");
+    let err = RedisStore::connect(&checked, policies(), false)
+        .await
+        .err()
+        .expect("the self-signed certificate is refused");
+    assert!(err.to_string().contains("certificate"), "refused for its certificate: {err}");
+}
+
+#[tokio::test]
+async fn a_user_and_password_in_the_url_authenticate() {
+    // Only user `tb` may do anything; the default (password-less) user is off.
+    let server = RedisServer::start_with(&[
+        "--user", "default", "off", "--user", "tb", "on", ">s3cret", "~*", "&*", "+@all",
+    ]);
+    let url = format!("redis://tb:s3cret@127.0.0.1:{}/", server.port());
+    let a = RedisStore::connect(&url, policies(), false).await.expect("connects as tb");
+    let b = RedisStore::connect(&url, policies(), false).await.expect("connects as tb");
+    let mut events = b.events().unwrap();
+    let t = a.enqueue(vec![new_task("auth", b"x".to_vec())], NOW).await.unwrap().pop().unwrap().task;
+    assert_eq!(b.get(t.id).await.unwrap().payload, b"x");
+    // The event subscription authenticates too.
+    expect_event(&mut events, &StoreEvent::Ready("auth".into(), 1)).await;
+
+    for (who, bad) in [
+        ("a wrong password", format!("redis://tb:wrong@127.0.0.1:{}/", server.port())),
+        ("no credentials", server.url()),
+    ] {
+        let refused = RedisStore::connect(&bad, policies(), false).await;
+        assert!(matches!(refused, Err(StoreError::Unavailable(_))), "{who}: {:?}", refused.err());
+    }
 }

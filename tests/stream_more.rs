@@ -180,8 +180,53 @@ async fn watch_task_sees_ready_then_leased_then_succeeded_with_the_result_then_e
         .unwrap();
     let done = watched(&mut stream).await;
     assert_eq!((state(&done), done.result.as_slice()), (TaskState::Succeeded, &b"42"[..]));
-    let end = timeout(WAIT, stream.message()).await.expect("watch ends after a final state");
-    assert!(matches!(end, Ok(None)), "expected the end of the stream, got {end:?}");
+    watch_ends(&mut stream, "SUCCEEDED").await;
+    s.shutdown().await;
+}
+
+/// Reads the end of a WatchTask stream: no more messages.
+async fn watch_ends(stream: &mut tonic::Streaming<pb::WatchTaskResponse>, after: &str) {
+    let end = timeout(WAIT, stream.message())
+        .await
+        .unwrap_or_else(|_| panic!("the watch did not end after {after}"));
+    assert!(matches!(end, Ok(None)), "expected the end of the stream after {after}, got {end:?}");
+}
+
+#[tokio::test]
+async fn watch_task_ends_after_dead_and_after_canceled() {
+    let mut s = common::start().await;
+    // DEAD: a nack with no_retry, with its error.
+    let t = s.enqueue("watched", "k").await;
+    let mut dying =
+        s.producer.watch_task(pb::WatchTaskRequest { task_id: t.id.clone() }).await.unwrap().into_inner();
+    assert_eq!(state(&watched(&mut dying).await), TaskState::Ready);
+    let leased = s.lease(&["watched"], 1).await.remove(0);
+    assert_eq!(state(&watched(&mut dying).await), TaskState::Leased);
+    let nack = pb::NackRequest {
+        task_id: t.id.clone(),
+        lease_id: leased.lease_id,
+        error: "gave up".into(),
+        no_retry: true,
+        ..Default::default()
+    };
+    s.worker.nack(nack).await.unwrap();
+    let dead = watched(&mut dying).await;
+    assert_eq!((state(&dead), dead.last_error.as_str()), (TaskState::Dead, "gave up"));
+    watch_ends(&mut dying, "DEAD").await;
+
+    // CANCELED: a cancel of a waiting task.
+    let t = s.enqueue("watched", "k").await;
+    let mut canceled =
+        s.producer.watch_task(pb::WatchTaskRequest { task_id: t.id.clone() }).await.unwrap().into_inner();
+    assert_eq!(state(&watched(&mut canceled).await), TaskState::Ready);
+    s.producer.cancel_task(pb::CancelTaskRequest { task_id: t.id.clone() }).await.unwrap();
+    assert_eq!(state(&watched(&mut canceled).await), TaskState::Canceled);
+    watch_ends(&mut canceled, "CANCELED").await;
+
+    // A watch of a task that already finished: its state, then the end.
+    let mut late = s.producer.watch_task(pb::WatchTaskRequest { task_id: t.id }).await.unwrap().into_inner();
+    assert_eq!(state(&watched(&mut late).await), TaskState::Canceled);
+    watch_ends(&mut late, "CANCELED, watched late").await;
     s.shutdown().await;
 }
 

@@ -1,32 +1,99 @@
 //! `taskbroker work`: the real binary as a worker against a real server.
 
 mod common;
+#[path = "common/env.rs"]
+mod env;
 
+use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use taskbroker::pb;
 use tokio_stream::StreamExt;
 
-/// Kills the worker process when the test ends, whatever happens.
-struct Worker(Child);
+/// Bound on every wait for the worker or its commands.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A `taskbroker work` process and its stderr lines; killed when the test
+/// ends, whatever happens.
+struct Worker {
+    child: Child,
+    log: mpsc::Receiver<String>,
+}
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
-fn work(addr: std::net::SocketAddr, queue: &str, script: &str) -> Worker {
-    let child = Command::new(env!("CARGO_BIN_EXE_taskbroker"))
-        .args(["work", "--server", &format!("http://{addr}"), "--queue", queue, "--concurrency", "2"])
-        .args(["--lease", "5s", "--", "sh", "-c", script])
+impl Worker {
+    /// Waits for a log line containing `text`; returns it.
+    fn logged(&self, text: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self.log.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) if line.contains(text) => return line,
+                Ok(_) => continue,
+                Err(e) => panic!("the worker did not log {text:?} within {WAIT:?}: {e}"),
+            }
+        }
+    }
+
+    /// Sends SIGTERM.
+    fn sigterm(&self) {
+        let sent = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "send SIGTERM to the worker");
+    }
+
+    /// Waits (bounded) for the worker to exit; its status.
+    fn exits(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll the worker") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the worker did not exit within {WAIT:?}");
+            // No signal reaches a non-parent when a process exits: poll, bounded.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// `taskbroker work --queue QUEUE --lease LEASE --concurrency N -- sh -c SCRIPT`
+/// against `addr`, without the caller's TASKBROKER_* variables; `vars` reach
+/// the worker (and so its commands).
+fn work(
+    addr: std::net::SocketAddr,
+    queue: &str,
+    opts: &[&str],
+    script: &str,
+    vars: &[(&str, &Path)],
+) -> Worker {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_taskbroker"));
+    env::clear(&mut cmd);
+    cmd.args(["work", "--server", &format!("http://{addr}"), "--queue", queue])
+        .args(opts)
+        .args(["--", "sh", "-c", script])
+        .envs(vars.iter().copied())
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start taskbroker work");
-    Worker(child)
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("start taskbroker work");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, log) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Worker { child, log }
 }
 
 /// Follows a task with WatchTask until it reaches `until` (bounded).
@@ -42,8 +109,36 @@ async fn wait_for(s: &mut common::TestServer, id: &str, until: pb::TaskState) ->
         }
         panic!("watch of {id} ended before {until:?}");
     };
-    tokio::time::timeout(Duration::from_secs(20), follow).await.expect("state reached in time")
+    tokio::time::timeout(WAIT, follow).await.expect("state reached in time")
 }
+
+/// Waits (bounded) for a file a command writes; its contents.
+async fn file_appears(path: &Path) -> String {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(text) = std::fs::read_to_string(path) {
+                return text.trim().to_string();
+            }
+            // A file appearing sends no signal to another process: poll, bounded.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{} did not appear within {WAIT:?}", path.display()))
+}
+
+fn alive(pid: &str) -> bool {
+    Command::new("kill").args(["-0", pid]).stderr(Stdio::null()).status().unwrap().success()
+}
+
+/// A command that records its pid in `$DIR/<task id>.pid`, then runs until
+/// `$DIR/go` exists (at most 60 s), then prints `done`.
+const HOLD_UNTIL_GO: &str = r#"
+    echo $$ > "$DIR/$TASKBROKER_TASK_ID.tmp" && mv "$DIR/$TASKBROKER_TASK_ID.tmp" "$DIR/$TASKBROKER_TASK_ID.pid"
+    i=0
+    while [ ! -e "$DIR/go" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done
+    printf done
+"#;
 
 fn task(queue: &str, kind: &str, payload: &str) -> pb::EnqueueRequest {
     pb::EnqueueRequest {
@@ -63,7 +158,7 @@ async fn work_acks_with_stdout_and_nacks_with_stderr() {
         if [ "$TASKBROKER_KIND" = fail ]; then echo "it broke" >&2; exit 3; fi
         printf '%s|%s|%s|%s|%s' "$(cat)" "$TASKBROKER_KIND" "$TASKBROKER_QUEUE" "$TASKBROKER_ATTEMPT" "$TASKBROKER_HEADER_TENANT"
     "#;
-    let _worker = work(s.addr, "jobs", script);
+    let _worker = work(s.addr, "jobs", &["--concurrency", "2"], script, &[]);
     let ok = s.enqueue_req(task("jobs", "ok", "hello")).await;
     let bad = s.enqueue_req(task("jobs", "fail", "x")).await;
     let done = wait_for(&mut s, &ok.id, pb::TaskState::Succeeded).await;
@@ -74,30 +169,114 @@ async fn work_acks_with_stdout_and_nacks_with_stderr() {
 }
 
 #[tokio::test]
+async fn the_command_sees_the_task_in_taskbroker_variables_and_traceparent() {
+    let mut s = common::start().await;
+    let script = r#"
+        printf '%s\n' "$TASKBROKER_TASK_ID" "$TASKBROKER_KIND" "$TASKBROKER_QUEUE" "$TASKBROKER_ATTEMPT" \
+            "$TASKBROKER_CONTENT_TYPE" "$TASKBROKER_HEADER_TENANT" "$TASKBROKER_HEADER_X_REQUEST_ID" \
+            "${TRACEPARENT-none}"
+    "#;
+    let _worker = work(s.addr, "env", &[], script, &[]);
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let traced = pb::EnqueueRequest {
+        content_type: "text/plain".into(),
+        headers: [
+            ("tenant".to_string(), "acme".to_string()),
+            ("x-request.id".to_string(), "r-1".to_string()),
+            ("traceparent".to_string(), traceparent.to_string()),
+        ]
+        .into(),
+        ..task("env", "env.dump", "")
+    };
+    let traced = s.enqueue_req(traced).await;
+    let plain =
+        s.enqueue_req(pb::EnqueueRequest { headers: Default::default(), ..task("env", "plain", "") }).await;
+
+    let done = wait_for(&mut s, &traced.id, pb::TaskState::Succeeded).await;
+    let expected = [traced.id.as_str(), "env.dump", "env", "1", "text/plain", "acme", "r-1", traceparent];
+    assert_eq!(String::from_utf8_lossy(&done.result).lines().collect::<Vec<_>>(), expected);
+    // Header names become upper case with other characters as `_`; no
+    // traceparent header, no TRACEPARENT.
+    let done = wait_for(&mut s, &plain.id, pb::TaskState::Succeeded).await;
+    let expected = [plain.id.as_str(), "plain", "env", "1", "", "", "", "none"];
+    assert_eq!(String::from_utf8_lossy(&done.result).lines().collect::<Vec<_>>(), expected);
+}
+
+#[tokio::test]
+async fn work_extends_the_lease_while_the_command_runs() {
+    // The broker's clock moves only when the test says; the worker extends
+    // on its own (real) timer, every third of its 3 s lease.
+    let mut s = common::start_manual("").await;
+    let dir = tempfile::tempdir().unwrap();
+    let _worker = work(s.addr, "long", &["--lease", "3s"], HOLD_UNTIL_GO, &[("DIR", dir.path())]);
+    let t = s.enqueue_req(task("long", "long.job", "")).await;
+    wait_for(&mut s, &t.id, pb::TaskState::Leased).await;
+    let deadline = async |s: &common::TestServer| {
+        s.broker.get(t.id.parse().unwrap()).await.unwrap().lease.expect("the task is leased").expire_time
+    };
+    assert_eq!(deadline(&s).await, common::T0 + 3_000);
+
+    // Each step moves the clock 2 s, to 1 s before the deadline; the next
+    // extension moves the deadline to 3 s after the new now. Without
+    // extensions the second step would pass the first deadline and the task
+    // would come back.
+    for step in 1..=3u64 {
+        s.advance(Duration::from_secs(2)).await;
+        let expected = common::T0 + step * 2_000 + 3_000;
+        let started = Instant::now();
+        while deadline(&s).await != expected {
+            assert!(started.elapsed() < WAIT, "step {step}: the lease was not extended to {expected}");
+            // An extension changes no state a watch would report: poll, bounded.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let now = s.get(&t.id).await;
+        assert_eq!((common::state(&now), now.attempt), (pb::TaskState::Leased, 1), "step {step}");
+    }
+    std::fs::write(dir.path().join("go"), "").unwrap();
+    let done = wait_for(&mut s, &t.id, pb::TaskState::Succeeded).await;
+    assert_eq!((done.attempt, done.result.as_slice()), (1, &b"done"[..]), "one delivery, run to the end");
+}
+
+#[tokio::test]
+async fn sigterm_finishes_running_commands_takes_no_new_task_and_exits_0() {
+    let mut s = common::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut worker = work(s.addr, "term", &["--concurrency", "1"], HOLD_UNTIL_GO, &[("DIR", dir.path())]);
+    let running = s.enqueue_req(task("term", "held", "")).await;
+    wait_for(&mut s, &running.id, pb::TaskState::Leased).await;
+    let pid = file_appears(&dir.path().join(format!("{}.pid", running.id))).await;
+
+    worker.sigterm();
+    worker.logged("stopping: no new tasks");
+    let waiting = s.enqueue_req(task("term", "after-sigterm", "")).await;
+    assert!(alive(&pid), "the running command was not killed by SIGTERM");
+    assert!(worker.child.try_wait().unwrap().is_none(), "the worker waits for its command");
+
+    std::fs::write(dir.path().join("go"), "").unwrap();
+    let done = wait_for(&mut s, &running.id, pb::TaskState::Succeeded).await;
+    assert_eq!(done.result, b"done", "the command ran to its end and was acked");
+    let status = worker.exits();
+    assert!(status.success(), "the worker exits 0 after SIGTERM: {status:?}");
+    let left = s.get(&waiting.id).await;
+    assert_eq!(
+        (common::state(&left), left.attempt),
+        (pb::TaskState::Ready, 0),
+        "no task taken after SIGTERM"
+    );
+}
+
+#[tokio::test]
 async fn work_kills_a_command_whose_lease_is_lost() {
     let mut s = common::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let pidfile = dir.path().join("pid");
-    let script = format!("echo $$ > {}.tmp && mv {0}.tmp {0} && exec sleep 60", pidfile.display());
-    let _worker = work(s.addr, "slow", &script);
+    let _worker = work(s.addr, "slow", &[], HOLD_UNTIL_GO, &[("DIR", dir.path())]);
     let t = s.enqueue_req(task("slow", "sleep", "")).await;
     wait_for(&mut s, &t.id, pb::TaskState::Leased).await;
-    let pid = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Ok(pid) = std::fs::read_to_string(&pidfile) {
-                return pid.trim().to_string();
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the command started");
-    let alive =
-        |pid: &str| Command::new("kill").args(["-0", pid]).stderr(Stdio::null()).status().unwrap().success();
+    let pid = file_appears(&dir.path().join(format!("{}.pid", t.id))).await;
     assert!(alive(&pid), "the command runs while the lease holds");
     s.producer.cancel_task(pb::CancelTaskRequest { task_id: t.id.clone() }).await.unwrap();
     // No signal reaches a non-parent when a process dies: poll, bounded.
-    let killed = tokio::time::timeout(Duration::from_secs(10), async {
+    let killed = tokio::time::timeout(WAIT, async {
         while alive(&pid) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -108,9 +108,12 @@ fn redis_cluster_takes_a_list_of_node_urls() {
         let errors = Config::from_toml(&text).unwrap().validate().unwrap_err();
         assert!(errors[0].starts_with("redis_url:"), "{bad:?}: {errors:?}");
     }
-    // Without redis_cluster a comma is just part of one (bad) URL's text.
-    let single = Config::from_toml("storage = \"redis\"\nredis_url = \"redis://a:1\"").unwrap();
-    assert_eq!(single.redis_target(), Target::Single("redis://a:1".into()));
+    // Without redis_cluster (or redis_sentinel) a comma is just part of one
+    // (bad) URL's text: one target, which the Redis client then refuses.
+    let text = "storage = \"redis\"\nredis_url = \"redis://a:1,redis://b:2\"";
+    let single = Config::from_toml(text).unwrap();
+    assert_eq!(single.redis_target(), Target::Single("redis://a:1,redis://b:2".into()));
+    assert_eq!(single.redis_target().urls(), ["redis://a:1,redis://b:2"]);
 }
 
 #[test]

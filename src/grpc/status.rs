@@ -130,11 +130,37 @@ mod tests {
 
     #[test]
     fn unavailable_carries_retry_info_and_rpc_status_matches() {
+        let status = to_status(BrokerError::Unavailable("disk".into()));
+        assert_eq!(status.code(), Code::Unavailable);
+        let details = status.get_error_details();
+        assert_eq!(details.retry_info().and_then(|r| r.retry_delay), Some(RETRY_DELAY));
+        assert_eq!(details.error_info().map(|i| i.reason.as_str()), Some("STORAGE_UNAVAILABLE"));
+
+        // The per-item form carries the same details, decoded from its Any list.
         let rpc = to_rpc_status(BrokerError::Unavailable("disk".into()));
         assert_eq!(rpc.code, Code::Unavailable as i32);
-        assert!(!rpc.details.is_empty());
+        let mut retry_delay = None;
+        let mut reason = None;
+        for any in &rpc.details {
+            match any.type_url.as_str() {
+                "type.googleapis.com/google.rpc.RetryInfo" => {
+                    let info = tonic_types::pb::RetryInfo::decode(any.value.as_slice()).unwrap();
+                    retry_delay = info.retry_delay;
+                }
+                "type.googleapis.com/google.rpc.ErrorInfo" => {
+                    reason = Some(tonic_types::pb::ErrorInfo::decode(any.value.as_slice()).unwrap().reason);
+                }
+                _ => {}
+            }
+        }
+        let one_second = prost_types::Duration { seconds: 1, nanos: 0 };
+        assert_eq!(retry_delay, Some(one_second), "RetryInfo in {:?}", rpc.details);
+        assert_eq!(reason.as_deref(), Some("STORAGE_UNAVAILABLE"));
+
+        // Only UNAVAILABLE asks for a retry.
         let status = to_status(BrokerError::LeaseMismatch);
         assert_eq!(status.code(), Code::FailedPrecondition);
         assert_eq!(status.get_error_details().error_info().unwrap().reason, "LEASE_MISMATCH");
+        assert!(status.get_error_details().retry_info().is_none());
     }
 }

@@ -70,6 +70,12 @@ impl RedisServer {
         self.dir.path()
     }
 
+    /// The first line of the server's reply to an inline `command`
+    /// (`"REPLICAOF NO ONE"`), if it answered.
+    pub fn command(&self, command: &str) -> Option<String> {
+        ask(self.port, command).and_then(|r| r.lines().next().map(str::to_owned))
+    }
+
     /// Stops the server cleanly (SIGTERM: Redis flushes its AOF and exits).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -163,9 +169,49 @@ fn ask(port: u16, command: &str) -> Option<String> {
     Some(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
-/// Whether a server on `port` answers PING (and is done loading its data).
+/// The commands a server receives, as Redis's `MONITOR` reports them: how a
+/// test sees that a broker's call reached Redis (a long-poll that tried its
+/// queue and found nothing) instead of waiting a while and hoping.
+pub struct Monitor {
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::net::TcpStream>>,
+}
+
+impl Monitor {
+    /// Starts monitoring the server on `port`: commands it runs from now on.
+    pub async fn start(port: u16) -> Monitor {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let mut stream =
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect to monitor");
+        stream.write_all(b"MONITOR\r\n").await.expect("send MONITOR");
+        let mut monitor = Monitor { lines: tokio::io::BufReader::new(stream).lines() };
+        let ok = monitor.line(Duration::from_secs(5)).await;
+        assert_eq!(ok.as_deref(), Some("+OK"), "MONITOR answered");
+        monitor
+    }
+
+    /// Waits (at most `within`) for a command whose line contains `needle`,
+    /// and returns that line.
+    pub async fn wait_for(&mut self, needle: &str, within: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.line(left).await {
+                Some(line) if line.contains(needle) => return line,
+                Some(_) => continue,
+                None => panic!("no command with {needle:?} reached Redis within {within:?}"),
+            }
+        }
+    }
+
+    async fn line(&mut self, within: Duration) -> Option<String> {
+        tokio::time::timeout(within, self.lines.next_line()).await.ok()?.ok()?
+    }
+}
+
+/// Whether a server on `port` answers PING (and is done loading its data);
+/// a server that requires a password answers `-NOAUTH`, which counts.
 fn ping(port: u16) -> bool {
-    ask(port, "PING").is_some_and(|r| r.starts_with("+PONG"))
+    ask(port, "PING").is_some_and(|r| r.starts_with("+PONG") || r.starts_with("-NOAUTH"))
 }
 
 /// A private three-node Redis Cluster (masters only), every slot assigned:
@@ -285,6 +331,11 @@ impl RedisSentinel {
     /// The sentinel's URL: what a store is given, with [`SENTINEL_MASTER`].
     pub fn sentinel_url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.sentinel_port)
+    }
+
+    /// The first line of the sentinel's reply to an inline `command`.
+    pub fn sentinel_command(&self, command: &str) -> Option<String> {
+        ask(self.sentinel_port, command).and_then(|r| r.lines().next().map(str::to_owned))
     }
 
     /// The port of the node the sentinel names master now.

@@ -4,6 +4,9 @@
 //! Included with `#[path = "common/serve.rs"] mod serve;`.
 #![allow(dead_code)]
 
+#[path = "env.rs"]
+pub mod env;
+
 use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
@@ -17,19 +20,12 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::time::timeout;
 use tonic::transport::Channel;
+use tonic::Streaming;
+use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_taskbroker");
-/// Variables the binary reads; cleared so the caller's environment cannot leak in.
-pub const ENV_VARS: &[&str] = &[
-    "TASKBROKER_CONFIG",
-    "TASKBROKER_LISTEN",
-    "TASKBROKER_DATA_DIR",
-    "TASKBROKER_STORAGE",
-    "TASKBROKER_REDIS_URL",
-    "TASKBROKER_SERVER",
-    "TASKBROKER_LOG_FORMAT",
-];
 /// Longest wait for the `listening on` line (a restart may recover a database).
 pub const STARTUP: Duration = Duration::from_secs(30);
 /// Bound on every unary gRPC call (long-polls included) and on opening a stream.
@@ -55,18 +51,15 @@ impl ServeProcess {
     /// Runs `taskbroker serve --listen 127.0.0.1:0 ARGS...` (stderr appended
     /// to `log`) and waits until it serves.
     pub async fn start<S: AsRef<OsStr>>(name: &str, args: &[S], log: &Path) -> ServeProcess {
+        Self::spawn(name, command(args), log).await
+    }
+
+    /// Runs `cmd` (from [`command`], with more set on it; or a wrapper that
+    /// execs the binary) with stderr appended to `log`, and waits until it
+    /// serves.
+    pub async fn spawn(name: &str, mut cmd: Command, log: &Path) -> ServeProcess {
         let stderr = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("open the log");
-        let mut cmd = Command::new(BIN);
-        cmd.args(["serve", "--listen", "127.0.0.1:0"])
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .kill_on_drop(true);
-        for var in ENV_VARS {
-            cmd.env_remove(var);
-        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr).kill_on_drop(true);
         let mut child = cmd.spawn().expect("spawn taskbroker");
         let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
         let addr = match timeout(STARTUP, listen_line(&mut stdout)).await {
@@ -85,6 +78,11 @@ impl ServeProcess {
         ServeProcess { name: name.to_owned(), addr, child, channel, log: log.to_owned(), _stdout: stdout }
     }
 
+    /// What the process has logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     pub fn producer(&self) -> ProducerServiceClient<Channel> {
         ProducerServiceClient::new(self.channel.clone())
     }
@@ -95,6 +93,42 @@ impl ServeProcess {
 
     pub fn health(&self) -> HealthClient<Channel> {
         HealthClient::new(self.channel.clone())
+    }
+
+    /// A health Watch of service `""` (the whole server: readiness).
+    pub async fn watch_health(&self) -> Streaming<HealthCheckResponse> {
+        let request = HealthCheckRequest { service: String::new() };
+        match timeout(CALL_TIMEOUT, self.health().watch(request)).await {
+            Ok(Ok(watch)) => watch.into_inner(),
+            outcome => panic!("health Watch on {}: {outcome:?}", self.name),
+        }
+    }
+
+    /// Reads a health Watch of this process until it reports `want`, within
+    /// `within`.
+    pub async fn health_becomes(
+        &self,
+        watch: &mut Streaming<HealthCheckResponse>,
+        want: ServingStatus,
+        within: Duration,
+    ) {
+        let mut seen = Vec::new();
+        let outcome = timeout(within, async {
+            loop {
+                let resp = watch.message().await.map_err(|s| format!("Watch failed: {s:?}"))?;
+                let status = resp.ok_or("Watch ended")?.status;
+                seen.push(ServingStatus::try_from(status).unwrap_or(ServingStatus::Unknown));
+                if status == want as i32 {
+                    return Ok::<(), String>(());
+                }
+            }
+        })
+        .await;
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("health of {}: {e} (seen {seen:?}, waiting for {want:?})", self.name),
+            Err(_) => panic!("health of {} not {want:?} within {within:?} (seen {seen:?})", self.name),
+        }
     }
 
     /// SIGKILLs the process and checks that it was still running and died of it.
@@ -128,6 +162,14 @@ impl ServeProcess {
         assert!(status.success(), "{} exits cleanly: {status:?}", self.name);
     }
 
+    /// Waits (at most `within`) for the process to exit; its status.
+    pub async fn exit_status(&mut self, within: Duration) -> std::process::ExitStatus {
+        timeout(within, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{} did not exit within {within:?}", self.name))
+            .expect("wait for the broker")
+    }
+
     /// Panics unless the process still runs.
     pub fn assert_running(&mut self) {
         let exited = self.child.try_wait().expect("poll the child");
@@ -147,6 +189,23 @@ impl Drop for ServeProcess {
             eprintln!("--- {} ({}) log tail ---\n{}", self.name, self.addr, &log[cut..]);
         }
     }
+}
+
+/// `taskbroker serve --listen 127.0.0.1:0 ARGS...` with `RUST_LOG=info` and
+/// no `TASKBROKER_*` variable of the caller's: set more on it, then
+/// [`ServeProcess::spawn`] it.
+pub fn command<S: AsRef<OsStr>>(args: &[S]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--listen", "127.0.0.1:0"]).args(args);
+    clean(&mut cmd);
+    cmd
+}
+
+/// Gives `cmd` the environment every broker of the tests runs in:
+/// `RUST_LOG=info`, no `TASKBROKER_*` variable of the caller's.
+pub fn clean(cmd: &mut Command) -> &mut Command {
+    env::clear(cmd.as_std_mut());
+    cmd.env("RUST_LOG", "info")
 }
 
 /// Reads stdout up to the `listening on ADDR` line; `None` if it ends first.

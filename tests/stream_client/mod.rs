@@ -200,6 +200,17 @@ impl Worker {
         }
     }
 
+    /// The stream ends within `within` with nothing more pushed: `None` for a
+    /// clean end, or the status it failed with.
+    pub async fn ends_within(&mut self, within: Duration) -> Option<tonic::Status> {
+        match timeout(within, self.rx.message()).await {
+            Err(_) => panic!("stream did not end within {within:?}"),
+            Ok(Ok(None)) => None,
+            Ok(Err(status)) => Some(status),
+            Ok(Ok(Some(m))) => panic!("expected the stream to end, got {m:?}"),
+        }
+    }
+
     /// Closes the request side only (the worker sends nothing more).
     pub fn close_requests(&mut self) {
         self.tx = None;

@@ -84,11 +84,37 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_os = "linux")]
     fn this_process_has_figures_on_linux() {
-        if cfg!(target_os = "linux") {
-            assert!(rss_bytes().unwrap() > 0);
-            assert!(peak_rss_bytes().unwrap() >= rss_bytes().unwrap() / 2);
-            assert!(threads_cpu_seconds("").is_some());
-        }
+        let rss = rss_bytes().expect("VmRSS in /proc/self/status");
+        assert!(rss > 0);
+        assert!(peak_rss_bytes().expect("VmHWM in /proc/self/status") >= rss / 2);
+        // A named thread (at most 15 bytes of name reach /proc) that spins shows its CPU time (bounded: 10 s).
+        let busy = std::thread::Builder::new()
+            .name("tb-procfs-test".into())
+            .spawn(|| {
+                let started = std::time::Instant::now();
+                let mut x = 0u64;
+                loop {
+                    let used = threads_cpu_seconds("tb-procfs-test").expect("/proc/self/task is readable");
+                    if used >= 0.05 || started.elapsed() > std::time::Duration::from_secs(10) {
+                        return used;
+                    }
+                    for _ in 0..100_000 {
+                        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                    }
+                }
+            })
+            .unwrap();
+        let seconds = busy.join().unwrap();
+        assert!(seconds >= 0.05, "a thread spinning for 10 s showed {seconds} s of CPU");
+        assert_eq!(threads_cpu_seconds("no-thread-has-this-name"), Some(0.0));
+    }
+
+    /// The module's promise off Linux: no figures rather than wrong ones.
+    #[test]
+    #[cfg(not(target_os = "linux"))]
+    fn other_systems_have_no_figures() {
+        assert_eq!((rss_bytes(), peak_rss_bytes(), threads_cpu_seconds("")), (None, None, None));
     }
 }

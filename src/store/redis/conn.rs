@@ -140,13 +140,16 @@ impl Single {
 
     /// `result`, after replacing the connection if it showed the connection
     /// is no good: a timeout, or under Sentinel a broken connection or a node
-    /// that is no longer master.
-    fn check<T>(self: &Arc<Self>, result: RedisResult<T>) -> RedisResult<T> {
-        if let Err(e) = &result {
-            let sentinel = matches!(self.source, Source::Sentinel(_));
-            if e.is_timeout() || (sentinel && lost_master(e)) {
-                self.replace();
-            }
+    /// that is no longer master. A `READONLY` answer is not an `Err` here:
+    /// the connection returns server errors as replies (`readonly` finds it).
+    fn check<T>(self: &Arc<Self>, result: RedisResult<T>, readonly: impl Fn(&T) -> bool) -> RedisResult<T> {
+        let sentinel = matches!(self.source, Source::Sentinel(_));
+        let no_good = match &result {
+            Err(e) => e.is_timeout() || (sentinel && lost_master(e)),
+            Ok(reply) => sentinel && readonly(reply),
+        };
+        if no_good {
+            self.replace();
         }
         result
     }
@@ -168,6 +171,11 @@ fn node_tls(sentinels: &[String]) -> SentinelNodeConnectionInfo {
 /// An error that says this connection no longer reaches a working master.
 fn lost_master(e: &RedisError) -> bool {
     e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.code() == Some("READONLY")
+}
+
+/// A `READONLY` reply: the node is a replica now (a demoted master).
+fn readonly_reply(reply: &Value) -> bool {
+    matches!(reply, Value::ServerError(e) if e.code() == "READONLY")
 }
 
 /// A Redis Cluster, and the seed nodes to subscribe to events on.
@@ -225,7 +233,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(single) => Box::pin(async move {
                 let result = single.manager().send_packed_command(cmd).await;
-                single.check(result)
+                single.check(result, readonly_reply)
             }),
             Conn::Cluster(cluster) => {
                 Box::pin(async move { cluster.conn.clone().req_packed_command(cmd).await })
@@ -242,7 +250,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(single) => Box::pin(async move {
                 let result = single.manager().send_packed_commands(cmd, offset, count).await;
-                single.check(result)
+                single.check(result, |replies| replies.iter().any(readonly_reply))
             }),
             Conn::Cluster(cluster) => {
                 Box::pin(async move { cluster.conn.clone().req_packed_commands(cmd, offset, count).await })

@@ -87,10 +87,49 @@ mod tests {
     #[test]
     fn a_queue_keys_share_one_hash_tag() {
         let k = QueueKeys::new("emails");
-        assert_eq!(k.meta(), "tb:{emails}:meta");
-        assert_eq!(k.all()[9], "tb:{emails}:requests");
-        assert_eq!(k.all()[11], "tb:{emails}:ready:0");
-        assert_eq!(k.all()[20], "tb:{emails}:ready:9");
+        assert_eq!(k.all().len(), ROLES.len());
         assert!(k.all().iter().all(|key| key.starts_with("tb:{emails}:")));
+        assert_eq!(
+            (k.meta(), k.leased(), k.scheduled(), k.finished()),
+            ("tb:{emails}:meta", "tb:{emails}:leased", "tb:{emails}:scheduled", "tb:{emails}:finished")
+        );
+    }
+
+    /// The scripts read the keys by position (`lua/lib.lua`): every position
+    /// they name holds the key of that role here.
+    #[test]
+    fn keys_are_in_the_order_the_scripts_read_them() {
+        let lib = include_str!("lua/lib.lua");
+        let k = QueueKeys::new("emails");
+        let position = |value: &str| -> usize {
+            let inner = value.trim().strip_prefix("KEYS[").and_then(|v| v.strip_suffix(']'));
+            inner.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("not KEYS[n]: {value:?}"))
+        };
+        // `local K_META, K_BODY = KEYS[1], KEYS[2]`: K_<ROLE> is KEYS[n].
+        let mut named = 0;
+        for line in lib.lines().filter(|l| l.starts_with("local K_")) {
+            let (names, values) = line["local ".len()..].split_once(" = ").expect("an assignment");
+            let (names, values): (Vec<_>, Vec<_>) = (names.split(',').collect(), values.split(',').collect());
+            assert_eq!(names.len(), values.len(), "{line}");
+            for (name, value) in names.iter().zip(values) {
+                let role = name.trim().trim_start_matches("K_").to_lowercase();
+                assert_eq!(k.all()[position(value) - 1], format!("tb:{{emails}}:{role}"), "{line}");
+                named += 1;
+            }
+        }
+        // Every role but the ready lists is named once.
+        assert_eq!(named, ROLES.iter().filter(|r| !r.starts_with("ready:")).count());
+        // `return KEYS[12 + ...p...]`: the ready list of priority p.
+        let ready =
+            lib.lines().find_map(|l| l.trim().strip_prefix("return KEYS[")).expect("k_ready in lib.lua");
+        let first: usize = ready.split(" + ").next().and_then(|n| n.parse().ok()).expect("KEYS[n + p]");
+        for p in 0..=crate::core::MAX_PRIORITY as usize {
+            assert_eq!(k.all()[first - 1 + p], format!("tb:{{emails}}:ready:{p}"));
+        }
+        assert_eq!(
+            first - 1 + crate::core::MAX_PRIORITY as usize,
+            ROLES.len() - 1,
+            "the ready lists come last"
+        );
     }
 }

@@ -129,6 +129,21 @@ mod tests {
         assert_ne!(new_id(1_000, "emails"), new_id(1_000, "emails"), "48 random bits remain");
     }
 
+    /// Two queue names with one tag (a birthday search over `q<n>` finds them).
+    const SAME_TAG: [&str; 2] = ["q562789", "q779192"];
+
+    #[test]
+    fn two_queues_can_share_a_tag_and_both_are_candidates() {
+        assert_eq!(tag(SAME_TAG[0]), tag(SAME_TAG[1]));
+        let known = KnownQueues::default();
+        known.learn(SAME_TAG.map(str::to_owned));
+        for queue in SAME_TAG {
+            let mut candidates = known.candidates(new_id(1, queue));
+            candidates.sort();
+            assert_eq!(candidates, SAME_TAG, "an id of {queue}");
+        }
+    }
+
     #[test]
     fn a_tag_resolves_to_every_queue_that_has_it() {
         let known = KnownQueues::default();
