@@ -5,8 +5,9 @@
 //! README says.
 //!
 //! A missing interpreter or package fails the test with the install command;
-//! it never skips. `.ci/run` installs both:
-//!   python3 -m pip install -r tests/clients/python/requirements.txt
+//! it never skips. `./scripts/test` installs both (the Python packages into
+//! `target/venv`, first on its `PATH`):
+//!   target/venv/bin/python -m pip install -r tests/clients/python/requirements.txt
 //!   npm ci --prefix tests/clients/node
 mod common;
 
@@ -22,8 +23,9 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 const PROXY_VARS: &[&str] =
     &["grpc_proxy", "http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"];
 
-const PYTHON_INSTALL: &str = "python3 -m pip install -r tests/clients/python/requirements.txt";
-const NODE_INSTALL: &str = "npm ci --prefix tests/clients/node";
+const PYTHON_INSTALL: &str =
+    "./scripts/test (or: python3 -m pip install -r tests/clients/python/requirements.txt)";
+const NODE_INSTALL: &str = "./scripts/test (or: npm ci --prefix tests/clients/node)";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
