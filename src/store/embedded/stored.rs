@@ -70,6 +70,39 @@ struct LeaseV1 {
     worker_id: String,
 }
 
+/// [`StoredTaskV1`] borrowing from the task, for writing without a copy
+/// (postcard writes `&str`/`&[u8]` exactly as `String`/`Vec<u8>`; the
+/// byte-for-byte test below holds the two together).
+#[derive(Serialize)]
+struct StoredTaskV1Ref<'a> {
+    id: u128,
+    queue: &'a str,
+    kind: &'a str,
+    payload: &'a [u8],
+    content_type: &'a str,
+    priority: u8,
+    headers: &'a BTreeMap<String, String>,
+    state: StateV1,
+    attempt: u32,
+    max_attempts: u32,
+    dedup_key: &'a str,
+    request_id: &'a str,
+    create_time: u64,
+    update_time: u64,
+    scheduled_time: u64,
+    result: &'a [u8],
+    last_error: &'a str,
+    lease: Option<LeaseV1Ref<'a>>,
+    ready_seq: u64,
+}
+
+#[derive(Serialize)]
+struct LeaseV1Ref<'a> {
+    id: u64,
+    expire_time: u64,
+    worker_id: &'a str,
+}
+
 impl From<TaskState> for StateV1 {
     fn from(s: TaskState) -> Self {
         match s {
@@ -117,32 +150,34 @@ pub fn encode(task: &Task, ready_seq: u64) -> Vec<u8> {
         result,
         last_error,
         lease,
-    } = task.clone();
-    let record = StoredTaskV1 {
+    } = task;
+    let record = StoredTaskV1Ref {
         id: id.0,
         queue,
         kind,
         payload,
         content_type,
-        priority,
+        priority: *priority,
         headers,
-        state: state.into(),
-        attempt,
-        max_attempts,
+        state: (*state).into(),
+        attempt: *attempt,
+        max_attempts: *max_attempts,
         dedup_key,
         request_id,
-        create_time,
-        update_time,
-        scheduled_time,
+        create_time: *create_time,
+        update_time: *update_time,
+        scheduled_time: *scheduled_time,
         result,
         last_error,
-        lease: lease.map(|Lease { id, expire_time, worker_id }| LeaseV1 { id, expire_time, worker_id }),
+        lease: lease.as_ref().map(|l| LeaseV1Ref {
+            id: l.id,
+            expire_time: l.expire_time,
+            worker_id: &l.worker_id,
+        }),
         ready_seq,
     };
-    let mut buf = vec![CURRENT];
     // Encoding plain data into a Vec cannot fail.
-    buf.extend(postcard::to_stdvec(&record).unwrap_or_default());
-    buf
+    postcard::to_extend(&record, vec![CURRENT]).unwrap_or_default()
 }
 
 /// A stored value of any format, as today's task.
