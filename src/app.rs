@@ -58,6 +58,7 @@ pub async fn open_broker(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Resu
         routes: config.routes(),
         strict_queues: config.strict_queues,
         max_payload_bytes: config.max_payload_bytes,
+        max_delay: config.max_delay,
     };
     Ok(Broker::new(store, clock, settings))
 }
