@@ -16,7 +16,7 @@ use crate::core::queue::{Policies, QueuePolicy};
 use crate::core::retry::Backoff;
 use crate::core::routing::Route;
 use crate::core::MAX_PRIORITY;
-use crate::store::redis::Target;
+use crate::store::redis::{redact, Target};
 
 /// The largest `max_delay`: times stay far from the year 10000.
 const MAX_MAX_DELAY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
@@ -158,7 +158,7 @@ impl Config {
             errors.push(format!(
                 "redis_url: {:?} must be a URL starting with redis:// or rediss:// (with redis_cluster or \
                  redis_sentinel, one or more, separated by commas)",
-                self.redis_url
+                redact(&self.redis_url)
             ));
         }
         if self.max_payload_bytes == 0 {

@@ -31,8 +31,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long Redis may take to answer one command.
 const RESPONSE_TIMEOUT: Duration = Duration::from_millis(2_500);
 
-/// Where the store's Redis is.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Where the store's Redis is. Its `Debug` form hides passwords ([`redact`]).
+#[derive(Clone, PartialEq, Eq)]
 pub enum Target {
     /// One Redis (or Valkey).
     Single(String),
@@ -64,6 +64,57 @@ impl Target {
             Target::Cluster(urls) | Target::Sentinel { sentinels: urls, .. } => urls.clone(),
         }
     }
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls: Vec<String> = self.urls().iter().map(|u| redact(u)).collect();
+        match self {
+            Target::Single(_) => f.debug_tuple("Single").field(&urls[0]).finish(),
+            Target::Cluster(_) => f.debug_tuple("Cluster").field(&urls).finish(),
+            Target::Sentinel { master, .. } => {
+                f.debug_struct("Sentinel").field("sentinels", &urls).field("master", master).finish()
+            }
+        }
+    }
+}
+
+/// `urls` (one Redis URL or a comma-separated list) fit to print: every
+/// password replaced by `***` (the user name kept). The one function through
+/// which a Redis URL reaches a log or an error message.
+///
+/// Credentials sit between a `scheme://` and the last `@` before the next
+/// URL's `scheme://`; taking the *last* `@` covers passwords holding `@` or
+/// `,` (which split a list naively). Text with no `scheme://` is treated the
+/// same from its start. Over-redacting a malformed URL is fine; leaking is not.
+pub fn redact(urls: &str) -> String {
+    let mut out = String::with_capacity(urls.len());
+    let mut rest = urls;
+    loop {
+        // This URL's text runs to the next URL's scheme (or to the end).
+        let end = rest.find("://").map_or(rest.len(), |i| scheme_start(&rest[..i]));
+        let (this, next) = rest.split_at(end);
+        out.push_str(&hide_password(this));
+        let Some(i) = next.find("://") else { return out };
+        out.push_str(&next[..i + 3]);
+        rest = &next[i + 3..];
+    }
+}
+
+/// Where the scheme ending `before` starts.
+fn scheme_start(before: &str) -> usize {
+    before.rfind(|c: char| !(c.is_ascii_alphanumeric() || "+-.".contains(c))).map_or(0, |i| i + 1)
+}
+
+/// `user:pass@rest` as `user:***@rest`; `token@rest` as `***@rest`.
+fn hide_password(text: &str) -> String {
+    let Some(at) = text.rfind('@') else { return text.to_owned() };
+    let shown = match text[..at].split_once(':') {
+        Some((user, _)) if !user.contains(',') => format!("{user}:***"),
+        Some(_) => ":***".to_owned(),
+        None => "***".to_owned(),
+    };
+    shown + &text[at..]
 }
 
 /// A cheap handle on the store's connection.
@@ -284,5 +335,28 @@ mod tests {
             }
         );
         assert_eq!(sentinel.urls().len(), 2);
+    }
+
+    #[test]
+    fn redact_hides_every_password_and_keeps_the_rest() {
+        for (url, shown) in [
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            ("redis://:s3cret@host:6379/2", "redis://:***@host:6379/2"),
+            ("rediss://alice:s3cret@host:6380#insecure", "rediss://alice:***@host:6380#insecure"),
+            ("redis://s3cret@host", "redis://***@host"),
+            ("redis://:p@ss,w:rd@host", "redis://:***@host"),
+            ("u:s3cret@host:1", "u:***@host:1"),
+            ("", ""),
+            ("not a url", "not a url"),
+            (
+                "redis://a:1, redis://u:s3cret@b:2,rediss://:t0p,s3cret@c:3",
+                "redis://a:1, redis://u:***@b:2,rediss://:***@c:3",
+            ),
+        ] {
+            assert_eq!(redact(url), shown, "{url}");
+        }
+        let t = Target::new("redis://:s3cret@s1:26379,redis://u:s3cret@s2:26379", false, "tb");
+        let debug = format!("{t:?} {:?}", Target::Single("redis://:s3cret@h".into()));
+        assert!(!debug.contains("s3cret") && debug.contains("s2:26379"), "{debug}");
     }
 }
