@@ -24,7 +24,10 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{Client, Cmd, Pipeline, RedisError, RedisFuture, RedisResult, TlsMode, Value};
+use redis::{
+    Client, Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, RedisResult, TlsMode,
+    Value,
+};
 
 /// How long opening a connection to Redis may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -206,17 +209,35 @@ impl Single {
     }
 }
 
-/// How to reach the nodes sentinels name: over TLS when the sentinels are
-/// reached over TLS (`rediss://`, `#insecure` carried over).
-fn node_tls(sentinels: &[String]) -> SentinelNodeConnectionInfo {
-    let info = SentinelNodeConnectionInfo::default();
-    match sentinels.first() {
-        Some(url) if url.starts_with("rediss://") && url.ends_with("#insecure") => {
-            info.set_tls_mode(TlsMode::Insecure)
-        }
-        Some(url) if url.starts_with("rediss://") => info.set_tls_mode(TlsMode::Secure),
-        _ => info,
+/// The sentinels to ask, and how to reach the master they name. `redis_url`
+/// has one user, password and database for both: the master gets them all
+/// (without them a master with `requirepass` answers NOAUTH), the sentinels
+/// the user and password (a sentinel has no databases: SELECT would fail), as
+/// in setups where sentinels and master share one password. The master is
+/// reached over TLS when the sentinels are (`rediss://`, `#insecure` carried
+/// over). The first URL's credentials are the master's.
+fn sentinel_setup(sentinels: &[String]) -> RedisResult<(Vec<ConnectionInfo>, SentinelNodeConnectionInfo)> {
+    let parsed: Vec<ConnectionInfo> =
+        sentinels.iter().map(|url| url.as_str().into_connection_info()).collect::<RedisResult<_>>()?;
+    let mut node = SentinelNodeConnectionInfo::default();
+    if let Some(first) = parsed.first() {
+        node = node.set_redis_connection_info(first.redis_settings().clone());
     }
+    node = match sentinels.first() {
+        Some(url) if url.starts_with("rediss://") && url.ends_with("#insecure") => {
+            node.set_tls_mode(TlsMode::Insecure)
+        }
+        Some(url) if url.starts_with("rediss://") => node.set_tls_mode(TlsMode::Secure),
+        _ => node,
+    };
+    let sentinels = parsed
+        .into_iter()
+        .map(|info| {
+            let settings = info.redis_settings().clone().set_db(0);
+            info.set_redis_settings(settings)
+        })
+        .collect();
+    Ok((sentinels, node))
 }
 
 /// An error that says this connection no longer reaches a working master.
@@ -243,12 +264,9 @@ impl Conn {
                 Ok(Conn::Single(Arc::new(Single::open(Source::Url(Client::open(url.as_str())?)).await?)))
             }
             Target::Sentinel { sentinels, master } => {
-                let client = SentinelClient::build(
-                    sentinels.clone(),
-                    master.clone(),
-                    Some(node_tls(sentinels)),
-                    SentinelServerType::Master,
-                )?;
+                let (sentinels, node) = sentinel_setup(sentinels)?;
+                let client =
+                    SentinelClient::build(sentinels, master.clone(), Some(node), SentinelServerType::Master)?;
                 let source = Source::Sentinel(tokio::sync::Mutex::new(client));
                 Ok(Conn::Single(Arc::new(Single::open(source).await?)))
             }
