@@ -17,6 +17,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("taskbroker_descriptor.bin"))
         .extern_path(".google.rpc.Status", "::tonic_types::Status")
+        // prost's codec, with undecodable requests INVALID_ARGUMENT (src/grpc/codec.rs).
+        .codec_path("crate::grpc::codec::Codec")
         .compile_with_config(
             config()?,
             &[

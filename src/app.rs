@@ -26,7 +26,7 @@ use crate::core::queue::QueueRegistry;
 use crate::grpc::server::{self, ServerOptions, Serving};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::memory::MemoryStore;
-use crate::store::redis::RedisStore;
+use crate::store::redis::{redact, RedisStore};
 use crate::store::Store;
 
 /// How long streams get to release their leases once the grace is over.
@@ -44,7 +44,7 @@ pub async fn open_store(config: &Config, queues: QueueRegistry) -> anyhow::Resul
         StorageKind::Redis => Arc::new(
             RedisStore::open(&config.redis_target(), queues, true)
                 .await
-                .map_err(|e| anyhow::anyhow!("cannot use Redis at {}: {e}", config.redis_url))?,
+                .map_err(|e| anyhow::anyhow!("cannot use Redis at {}: {e}", redact(&config.redis_url)))?,
         ),
     })
 }
@@ -58,6 +58,7 @@ pub async fn open_broker(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Resu
         routes: config.routes(),
         strict_queues: config.strict_queues,
         max_payload_bytes: config.max_payload_bytes,
+        max_delay: config.max_delay,
     };
     Ok(Broker::new(store, clock, settings))
 }

@@ -11,11 +11,15 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::broker::validate::DEFAULT_MAX_DELAY;
 use crate::core::queue::{Policies, QueuePolicy};
 use crate::core::retry::Backoff;
 use crate::core::routing::Route;
 use crate::core::MAX_PRIORITY;
-use crate::store::redis::Target;
+use crate::store::redis::{redact, Target};
+
+/// The largest `max_delay`: times stay far from the year 10000.
+const MAX_MAX_DELAY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// Queue names are the domain's ([`crate::core::queue`]); config checks them too.
 pub use crate::core::queue::{valid_queue_name, DEFAULT_QUEUE};
@@ -56,6 +60,10 @@ pub struct Config {
     pub max_payload_bytes: usize,
     /// Largest accepted gRPC message, in bytes (a batch carries many payloads).
     pub max_message_bytes: usize,
+    /// Longest `delay` or Nack `retry_after`, and furthest `scheduled_time`
+    /// ahead of now, a client may ask for.
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
     /// How long in-flight calls may finish after SIGTERM.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -75,6 +83,7 @@ impl Default for Config {
             strict_queues: false,
             max_payload_bytes: 1 << 20,
             max_message_bytes: 64 << 20,
+            max_delay: DEFAULT_MAX_DELAY,
             shutdown_grace: Duration::from_secs(10),
             queues: BTreeMap::new(),
             routes: Vec::new(),
@@ -149,7 +158,7 @@ impl Config {
             errors.push(format!(
                 "redis_url: {:?} must be a URL starting with redis:// or rediss:// (with redis_cluster or \
                  redis_sentinel, one or more, separated by commas)",
-                self.redis_url
+                redact(&self.redis_url)
             ));
         }
         if self.max_payload_bytes == 0 {
@@ -157,6 +166,9 @@ impl Config {
         }
         if self.max_message_bytes < self.max_payload_bytes {
             errors.push("max_message_bytes: must be >= max_payload_bytes".into());
+        }
+        if self.max_delay.is_zero() || self.max_delay > MAX_MAX_DELAY {
+            errors.push("max_delay: must be between 1ms and 100 years".into());
         }
         for (name, q) in &self.queues {
             let path = format!("queues.{name}");

@@ -260,6 +260,7 @@ async fn every_bad_input_is_invalid_argument_naming_its_field_and_the_server_kee
     let ok = || pb::EnqueueRequest { queue: "q".into(), kind: "k".into(), ..Default::default() };
     let too_many_headers: HashMap<_, _> = (0..65).map(|i| (format!("h{i}"), "v".to_string())).collect();
     let at = Some(prost_types::Timestamp { seconds: 1_900_000_000, nanos: 0 });
+    let year_10000 = Some(prost_types::Timestamp { seconds: 253_402_300_800, nanos: 0 });
     let bad_enqueues = [
         ("kind", pb::EnqueueRequest { kind: String::new(), ..ok() }),
         ("queue", pb::EnqueueRequest { queue: "no spaces!".into(), ..ok() }),
@@ -270,6 +271,9 @@ async fn every_bad_input_is_invalid_argument_naming_its_field_and_the_server_kee
         ("scheduled_time", pb::EnqueueRequest { delay: Some(secs(10)), scheduled_time: at, ..ok() }),
         ("max_attempts", pb::EnqueueRequest { max_attempts: Some(0), ..ok() }),
         ("delay", pb::EnqueueRequest { delay: negative(), ..ok() }),
+        ("delay", pb::EnqueueRequest { delay: Some(secs(366 * 24 * 3600 + 1)), ..ok() }),
+        ("scheduled_time", pb::EnqueueRequest { scheduled_time: year_10000, ..ok() }),
+        ("content_type", pb::EnqueueRequest { content_type: "x".repeat(257), ..ok() }),
     ];
     for (field, req) in bad_enqueues {
         assert_invalid(&err(s.producer.enqueue(req.clone()).await), field);
@@ -295,6 +299,7 @@ async fn every_bad_input_is_invalid_argument_naming_its_field_and_the_server_kee
         ("lease_duration", pb::LeaseRequest { lease_duration: negative(), ..lease() }),
         ("wait", pb::LeaseRequest { wait: Some(secs(61)), ..lease() }),
         ("wait", pb::LeaseRequest { wait: negative(), ..lease() }),
+        ("worker_id", pb::LeaseRequest { worker_id: "w".repeat(257), ..lease() }),
     ];
     for (field, req) in bad_leases {
         assert_invalid(&err(s.worker.lease(req).await), field);
@@ -321,13 +326,15 @@ async fn every_bad_input_is_invalid_argument_naming_its_field_and_the_server_kee
     for by in [millis(500), Some(secs(12 * 3600 + 1)), negative(), None] {
         assert_invalid(&err(s.worker.extend_lease(extend_by(by)).await), "extend_by");
     }
-    let nack = pb::NackRequest {
-        task_id: t.id.clone(),
-        lease_id: lease_id.clone(),
-        retry_after: negative(),
-        ..Default::default()
-    };
-    assert_invalid(&err(s.worker.nack(nack).await), "retry_after");
+    for retry_after in [negative(), Some(secs(366 * 24 * 3600 + 1))] {
+        let nack = pb::NackRequest {
+            task_id: t.id.clone(),
+            lease_id: lease_id.clone(),
+            retry_after,
+            ..Default::default()
+        };
+        assert_invalid(&err(s.worker.nack(nack).await), "retry_after");
+    }
 
     // Still serving, nothing bad was stored, the lease is untouched, and a
     // payload of exactly the limit is fine.

@@ -51,6 +51,8 @@ pub struct BrokerSettings {
     pub strict_queues: bool,
     /// Largest payload an enqueue may carry.
     pub max_payload_bytes: usize,
+    /// Longest `delay`/`retry_after`, furthest `scheduled_time` ahead.
+    pub max_delay: std::time::Duration,
 }
 
 /// A lease that ended without its holder settling it.
@@ -148,6 +150,7 @@ impl Broker {
             routes: &s.routes,
             strict_queues: s.strict_queues,
             max_payload_bytes: s.max_payload_bytes,
+            max_delay: s.max_delay,
         };
         check(&rules)
     }

@@ -61,7 +61,7 @@ impl Broker {
         retry_after: Option<Duration>,
         no_retry: bool,
     ) -> Result<Task, BrokerError> {
-        let retry_after = retry_after.map(|d| d.as_millis() as Millis);
+        let retry_after = retry_after.map(|d| self.with_rules(|r| r.retry_after(d))).transpose()?;
         self.settle_failure(id, lease.0, truncate(error), retry_after, no_retry).await
     }
 

@@ -10,7 +10,7 @@ use crate::core::routing::{self, Route};
 use crate::core::select::Mode;
 use crate::core::task::NewTask;
 use crate::core::trace::TraceContext;
-use crate::core::{Millis, MAX_PRIORITY};
+use crate::core::{millis, Millis, MAX_PRIORITY, MAX_TIME};
 
 /// Most headers a task may carry.
 pub const MAX_HEADERS: usize = 64;
@@ -21,8 +21,11 @@ pub const MAX_WAIT: Duration = Duration::from_secs(60);
 /// Shortest and longest lease.
 pub const MIN_LEASE: Duration = Duration::from_secs(1);
 pub const MAX_LEASE: Duration = Duration::from_secs(12 * 3600);
-/// Longest kind, dedup key, request id, header name or value.
-const MAX_NAME: usize = 256;
+/// Longest kind, content type, dedup key, request id, worker id or header name.
+pub const MAX_NAME: usize = 256;
+/// Default of the longest `delay`, `retry_after` or `scheduled_time` ahead
+/// of now (`max_delay` in the config).
+pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(366 * 24 * 3600);
 /// Most queues one Lease call may name.
 const MAX_LEASE_QUEUES: usize = 64;
 
@@ -87,6 +90,8 @@ pub struct Rules<'a> {
     pub routes: &'a [Route],
     pub strict_queues: bool,
     pub max_payload_bytes: usize,
+    /// Longest `delay` or `retry_after`, and furthest `scheduled_time` ahead.
+    pub max_delay: Duration,
 }
 
 impl Rules<'_> {
@@ -112,6 +117,9 @@ impl Rules<'_> {
         } else if kind.len() > MAX_NAME {
             v.push(Violation::new("kind", format!("must be at most {MAX_NAME} bytes")));
         }
+        if content_type.len() > MAX_NAME {
+            v.push(Violation::new("content_type", format!("must be at most {MAX_NAME} bytes")));
+        }
         if !queue.is_empty() && !valid_queue_name(&queue) {
             v.push(Violation::new("queue", "must match [A-Za-z0-9._:-]{1,128}"));
         }
@@ -133,6 +141,16 @@ impl Rules<'_> {
         }
         if delay.is_some() && scheduled_time.is_some() {
             v.push(Violation::new("scheduled_time", "set delay or scheduled_time, not both"));
+        }
+        if let Some(d) = delay {
+            if let Err(e) = self.delay("delay", d) {
+                v.push(e);
+            }
+        }
+        if scheduled_time.is_some_and(|at| at >= MAX_TIME || at > now.saturating_add(millis(self.max_delay)))
+        {
+            let max = humantime::format_duration(self.max_delay);
+            v.push(Violation::new("scheduled_time", format!("must be at most {max} (max_delay) from now")));
         }
         if max_attempts == Some(0) {
             v.push(Violation::new("max_attempts", "must be >= 1"));
@@ -159,7 +177,7 @@ impl Rules<'_> {
         let priority =
             priority.map(|p| p as u8).or(route.and_then(|r| r.priority)).unwrap_or(policy.default_priority);
         let scheduled_time = match (delay, scheduled_time) {
-            (Some(d), _) => now.saturating_add(d.as_millis() as Millis),
+            (Some(d), _) => now.saturating_add(millis(d)),
             (None, Some(at)) => at,
             (None, None) => now,
         };
@@ -202,6 +220,9 @@ impl Rules<'_> {
         if input.wait.is_some_and(|w| w > MAX_WAIT) {
             v.push(Violation::new("wait", "must be at most 60s"));
         }
+        if input.worker_id.len() > MAX_NAME {
+            v.push(Violation::new("worker_id", format!("must be at most {MAX_NAME} bytes")));
+        }
         if !v.is_empty() {
             return Err(BrokerError::Invalid(v));
         }
@@ -240,9 +261,23 @@ impl Rules<'_> {
             queues,
             mode,
             max_in_flight: (max_in_flight as usize).max(1),
-            lease_duration: lease_duration.map(|d| d.as_millis() as Millis),
+            lease_duration: lease_duration.map(millis),
             worker_id,
         })
+    }
+
+    /// A Nack's `retry_after`, in milliseconds.
+    pub fn retry_after(&self, d: Duration) -> Result<Millis, BrokerError> {
+        self.delay("retry_after", d).map_err(|v| BrokerError::Invalid(vec![v]))
+    }
+
+    /// A delay from now: at most `max_delay`.
+    fn delay(&self, field: &str, d: Duration) -> Result<Millis, Violation> {
+        if d > self.max_delay {
+            let max = humantime::format_duration(self.max_delay);
+            return Err(Violation::new(field, format!("must be at most {max} (max_delay)")));
+        }
+        Ok(millis(d))
     }
 
     /// With `strict_queues`, only declared queues exist.
@@ -259,7 +294,7 @@ pub fn lease_length(field: &str, d: Duration) -> Result<Millis, Violation> {
     if d < MIN_LEASE || d > MAX_LEASE {
         return Err(Violation::new(field, "must be between 1s and 12h"));
     }
-    Ok(d.as_millis() as Millis)
+    Ok(millis(d))
 }
 
 #[cfg(test)]

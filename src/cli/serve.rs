@@ -26,8 +26,9 @@ pub struct ServeArgs {
     #[arg(long, value_enum, env = "TASKBROKER_STORAGE")]
     pub storage: Option<StorageKind>,
     /// Redis URL for --storage redis (with --redis-cluster: comma-separated
-    /// URLs of cluster nodes).
-    #[arg(long, env = "TASKBROKER_REDIS_URL")]
+    /// URLs of cluster nodes). Its value (which may hold a password) is
+    /// never shown in `--help`.
+    #[arg(long, env = "TASKBROKER_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
     /// --redis-url names Redis Cluster nodes.
     #[arg(long, env = "TASKBROKER_REDIS_CLUSTER")]

@@ -133,3 +133,14 @@ fn redis_sentinel_names_the_master_and_redis_url_the_sentinels() {
     let errors = both.validate().unwrap_err();
     assert!(errors.iter().any(|e| e.starts_with("redis_sentinel:")), "{errors:?}");
 }
+
+#[test]
+fn max_delay_defaults_to_366_days_and_is_bounded() {
+    assert_eq!(Config::default().max_delay, Duration::from_secs(366 * 24 * 3600));
+    assert_eq!(Config::from_toml(EXAMPLE).unwrap().max_delay, Config::default().max_delay);
+    assert_eq!(Config::from_toml("max_delay = \"1h\"").unwrap().max_delay, Duration::from_secs(3600));
+    for bad in ["0s", "101years"] {
+        let errors = Config::from_toml(&format!("max_delay = {bad:?}")).unwrap().validate().unwrap_err();
+        assert!(errors[0].starts_with("max_delay:"), "{bad}: {errors:?}");
+    }
+}

@@ -21,3 +21,13 @@ pub type Millis = u64;
 
 /// Highest task priority (lowest is 0).
 pub const MAX_PRIORITY: u8 = 9;
+
+/// The latest time a client may name: 10000-01-01T00:00:00Z. Every time the
+/// broker computes stays far below `Millis::MAX`.
+pub const MAX_TIME: Millis = 253_402_300_800_000;
+
+/// `d` in milliseconds, saturating: `Duration::as_millis` is a `u128`, and a
+/// plain `as` cast of it wraps (18446744073709552 s would become 384 ms).
+pub fn millis(d: std::time::Duration) -> Millis {
+    Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
+}

@@ -10,16 +10,23 @@ use super::caller::Caller;
 use crate::broker::{BrokerError, EnqueueInput, LeaseInput, Violation};
 use crate::core::lease::LeaseId;
 use crate::core::task::{Task, TaskId, TaskState};
-use crate::core::Millis;
+use crate::core::{Millis, MAX_TIME};
 use crate::pb;
+
+/// Longest duration a client may send: protobuf's own range for
+/// `google.protobuf.Duration` (about 10,000 years). The broker bounds each
+/// field much tighter; this keeps every conversion exact.
+const MAX_DURATION_SECS: i64 = 315_576_000_000;
 
 pub fn timestamp(ms: Millis) -> Timestamp {
     Timestamp { seconds: (ms / 1000) as i64, nanos: ((ms % 1000) * 1_000_000) as i32 }
 }
 
+/// A timestamp from the network: from 1970 to before the year 10000.
 fn to_millis(field: &str, ts: Timestamp) -> Result<Millis, Violation> {
-    if ts.seconds < 0 || !(0..1_000_000_000).contains(&ts.nanos) {
-        return Err(Violation::new(field, "must be a valid time after 1970"));
+    let max_seconds = (MAX_TIME / 1000) as i64;
+    if !(0..max_seconds).contains(&ts.seconds) || !(0..1_000_000_000).contains(&ts.nanos) {
+        return Err(Violation::new(field, "must be a valid time from 1970 to before the year 10000"));
     }
     Ok(ts.seconds as u64 * 1000 + ts.nanos as u64 / 1_000_000)
 }
@@ -30,6 +37,9 @@ fn duration(field: &str, d: Option<prost_types::Duration>) -> Result<Option<Dura
         None => Ok(None),
         Some(d) if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 => {
             Err(Violation::new(field, "must be a non-negative duration"))
+        }
+        Some(d) if d.seconds > MAX_DURATION_SECS => {
+            Err(Violation::new(field, format!("must be at most {MAX_DURATION_SECS}s")))
         }
         Some(d) => Ok(Some(Duration::new(d.seconds as u64, d.nanos as u32))),
     }
@@ -63,7 +73,6 @@ pub fn duration_field(
     duration(field, d).map_err(|v| BrokerError::Invalid(vec![v]))
 }
 
-/// An Enqueue as the broker takes it; `caller` supplies the trace context.
 /// A task id from the network, parsed once here.
 pub fn task_id(task_id: &str) -> Result<TaskId, BrokerError> {
     if task_id.is_empty() {
@@ -220,5 +229,20 @@ mod tests {
         };
         let fields: Vec<_> = v.iter().map(|v| v.field.as_str()).collect();
         assert_eq!(fields, ["delay", "scheduled_time"]);
+    }
+
+    #[test]
+    fn durations_and_times_beyond_any_use_are_invalid_not_wrapped() {
+        // 9999-12-31T23:59:59.999Z is the last time accepted.
+        let last = Timestamp { seconds: 253_402_300_799, nanos: 999_999_999 };
+        assert_eq!(to_millis("t", last).unwrap(), MAX_TIME - 1);
+        for seconds in [253_402_300_800, 18_446_744_073_709_552, i64::MAX] {
+            assert!(to_millis("t", Timestamp { seconds, nanos: 0 }).is_err(), "{seconds}");
+        }
+        let d = |seconds| Some(prost_types::Duration { seconds, nanos: 0 });
+        assert_eq!(duration("d", d(MAX_DURATION_SECS)).unwrap(), Some(Duration::from_secs(315_576_000_000)));
+        for seconds in [MAX_DURATION_SECS + 1, 18_446_744_073_709_552, i64::MAX] {
+            assert_eq!(duration("d", d(seconds)).unwrap_err().field, "d", "{seconds}");
+        }
     }
 }

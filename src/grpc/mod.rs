@@ -3,6 +3,7 @@
 //! or the error ([`status`]) back. No queue, lease or retry logic lives here.
 
 pub mod caller;
+pub mod codec;
 pub mod convert;
 pub mod producer;
 pub mod server;

@@ -210,6 +210,25 @@ impl Monitor {
 
 /// Whether a server on `port` answers PING (and is done loading its data);
 /// a server that requires a password answers `-NOAUTH`, which counts.
+/// [`ask`], after `AUTH password` when there is one (its `+OK` left out).
+fn ask_auth(port: u16, password: Option<&str>, command: &str) -> Option<String> {
+    let Some(password) = password else { return ask(port, command) };
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    s.write_all(format!("AUTH {password}\r\n{command}\r\n").as_bytes()).ok()?;
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The two replies may come in one read or two.
+    while !reply.starts_with(b"+OK\r\n") || reply.len() == 5 {
+        let n = s.read(&mut buf).ok().filter(|&n| n > 0)?;
+        reply.extend_from_slice(&buf[..n]);
+        if !b"+OK\r\n".starts_with(&reply[..reply.len().min(5)]) {
+            return None; // AUTH refused
+        }
+    }
+    Some(String::from_utf8_lossy(&reply[5..]).into_owned())
+}
+
 fn ping(port: u16) -> bool {
     ask(port, "PING").is_some_and(|r| r.starts_with("+PONG") || r.starts_with("-NOAUTH"))
 }
@@ -276,6 +295,9 @@ pub struct RedisSentinel {
     pub replica: RedisServer,
     sentinel: Child,
     sentinel_port: u16,
+    /// The password of every node (`requirepass`, `masterauth`, the
+    /// sentinel's `requirepass` and `auth-pass`), if any.
+    password: Option<String>,
     _dir: TempDir,
 }
 
@@ -284,9 +306,20 @@ pub const SENTINEL_MASTER: &str = "tbmaster";
 
 impl RedisSentinel {
     pub fn start() -> Self {
-        let master = RedisServer::start();
+        Self::start_with_password(None)
+    }
+
+    /// With a `password`, master, replica and sentinel all require it (as in
+    /// the Bitnami chart: one password for all).
+    pub fn start_with_password(password: Option<&str>) -> Self {
+        let auth: Vec<&str> = password.map_or(vec![], |p| vec!["--requirepass", p, "--masterauth", p]);
+        let master = RedisServer::start_with(&auth);
         let replicaof = master.port().to_string();
-        let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &replicaof]);
+        let replica =
+            RedisServer::start_with(&[&["--replicaof", "127.0.0.1", &replicaof][..], &auth].concat());
+        let sentinel_auth = password.map_or(String::new(), |p| {
+            format!("requirepass {p}\nsentinel auth-pass {SENTINEL_MASTER} {p}\n")
+        });
         let dir = tempfile::tempdir().expect("a temporary directory for the sentinel");
         let sentinel_port = free_port();
         let conf = dir.path().join("sentinel.conf");
@@ -296,7 +329,7 @@ impl RedisSentinel {
                 "port {sentinel_port}\nbind 127.0.0.1\nprotected-mode no\ndir {}\n\
                  sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {} 1\n\
                  sentinel down-after-milliseconds {SENTINEL_MASTER} 500\n\
-                 sentinel failover-timeout {SENTINEL_MASTER} 2000\n",
+                 sentinel failover-timeout {SENTINEL_MASTER} 2000\n{sentinel_auth}",
                 dir.path().display(),
                 master.port()
             ),
@@ -310,13 +343,15 @@ impl RedisSentinel {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run redis-server --sentinel ({e}); {NOT_INSTALLED}"));
-        let mut setup = Self { master, replica, sentinel, sentinel_port, _dir: dir };
+        let password = password.map(str::to_owned);
+        let mut setup = Self { master, replica, sentinel, sentinel_port, password, _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(20);
         // The sentinel answers, and the replica has caught up with the master.
+        let pw = setup.password.as_deref();
         while !(ping(setup.sentinel_port)
-            && ask(setup.replica.port(), "INFO replication")
+            && ask_auth(setup.replica.port(), pw, "INFO replication")
                 .is_some_and(|r| r.contains("master_link_status:up"))
-            && ask(setup.sentinel_port, &format!("SENTINEL replicas {SENTINEL_MASTER}"))
+            && ask_auth(setup.sentinel_port, pw, &format!("SENTINEL replicas {SENTINEL_MASTER}"))
                 .is_some_and(|r| r.contains(&setup.replica.port().to_string())))
         {
             if Instant::now() > deadline {
@@ -335,12 +370,14 @@ impl RedisSentinel {
 
     /// The first line of the sentinel's reply to an inline `command`.
     pub fn sentinel_command(&self, command: &str) -> Option<String> {
-        ask(self.sentinel_port, command).and_then(|r| r.lines().next().map(str::to_owned))
+        ask_auth(self.sentinel_port, self.password.as_deref(), command)
+            .and_then(|r| r.lines().next().map(str::to_owned))
     }
 
     /// The port of the node the sentinel names master now.
     pub fn master_port(&self) -> Option<u16> {
-        let reply = ask(self.sentinel_port, &format!("SENTINEL get-master-addr-by-name {SENTINEL_MASTER}"))?;
+        let command = format!("SENTINEL get-master-addr-by-name {SENTINEL_MASTER}");
+        let reply = ask_auth(self.sentinel_port, self.password.as_deref(), &command)?;
         reply.lines().filter(|l| !l.starts_with('*') && !l.starts_with('$')).nth(1)?.trim().parse().ok()
     }
 }

@@ -20,7 +20,13 @@ fn routes() -> Vec<Route> {
 }
 
 fn rules<'a>(p: &'a Policies, r: &'a [Route], strict: bool) -> Rules<'a> {
-    Rules { policies: p, routes: r, strict_queues: strict, max_payload_bytes: 10 }
+    Rules {
+        policies: p,
+        routes: r,
+        strict_queues: strict,
+        max_payload_bytes: 10,
+        max_delay: Duration::from_secs(3600),
+    }
 }
 
 fn input(kind: &str) -> EnqueueInput {
@@ -119,4 +125,46 @@ fn lease_limits() {
     assert_eq!(fields(rules.lease(&bad).unwrap_err()), ["queues[1]", "max_tasks", "lease_duration", "wait"]);
     let none = LeaseInput::default();
     assert_eq!(fields(rules.lease(&none).unwrap_err()), ["queues"]);
+}
+
+#[test]
+fn worker_id_and_content_type_are_bounded() {
+    let (p, r) = (policies(), routes());
+    let rules = rules(&p, &r, false);
+    let long = "w".repeat(MAX_NAME + 1);
+    let lease = LeaseInput { queues: vec!["a".into()], worker_id: long.clone(), ..Default::default() };
+    assert_eq!(fields(rules.lease(&lease).unwrap_err()), ["worker_id"]);
+    let at_limit = LeaseInput { worker_id: "w".repeat(MAX_NAME), ..lease };
+    assert!(rules.lease(&at_limit).is_ok());
+    let sub = SubscribeInput { queues: vec!["a".into()], worker_id: long.clone(), ..Default::default() };
+    assert_eq!(fields(rules.subscribe(sub).unwrap_err()), ["worker_id"]);
+    let enqueue = EnqueueInput { content_type: long, ..input("k") };
+    assert_eq!(fields(rules.enqueue(enqueue, 0).unwrap_err()), ["content_type"]);
+}
+
+#[test]
+fn delays_and_times_ahead_are_bounded_by_max_delay() {
+    let (p, r) = (policies(), routes());
+    let rules = rules(&p, &r, false);
+    let hour = Duration::from_secs(3600);
+    let now = 1_000;
+    let i = EnqueueInput { delay: Some(hour), ..input("k") };
+    assert_eq!(rules.enqueue(i, now).unwrap().scheduled_time, now + 3_600_000);
+    // 18446744073709552 s once wrapped to 384 ms through `as_millis() as u64`.
+    for over in [hour + Duration::from_millis(1), Duration::from_secs(18_446_744_073_709_552), Duration::MAX]
+    {
+        let i = EnqueueInput { delay: Some(over), ..input("k") };
+        assert_eq!(fields(rules.enqueue(i, now).unwrap_err()), ["delay"], "{over:?}");
+        assert_eq!(fields(rules.retry_after(over).unwrap_err()), ["retry_after"]);
+    }
+    assert_eq!(rules.retry_after(hour).unwrap(), 3_600_000);
+    let i = EnqueueInput { scheduled_time: Some(now + 3_600_000), ..input("k") };
+    assert!(rules.enqueue(i, now).is_ok());
+    let i = EnqueueInput { scheduled_time: Some(now + 3_600_001), ..input("k") };
+    assert_eq!(fields(rules.enqueue(i, now).unwrap_err()), ["scheduled_time"]);
+    let i = EnqueueInput { scheduled_time: Some(u64::MAX), ..input("k") };
+    assert_eq!(fields(rules.enqueue(i, u64::MAX - 5).unwrap_err()), ["scheduled_time"]);
+    // The past is fine: due at once.
+    let i = EnqueueInput { scheduled_time: Some(5), ..input("k") };
+    assert_eq!(rules.enqueue(i, now).unwrap().scheduled_time, 5);
 }

@@ -24,15 +24,18 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{Client, Cmd, Pipeline, RedisError, RedisFuture, RedisResult, TlsMode, Value};
+use redis::{
+    Client, Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, RedisResult, TlsMode,
+    Value,
+};
 
 /// How long opening a connection to Redis may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long Redis may take to answer one command.
 const RESPONSE_TIMEOUT: Duration = Duration::from_millis(2_500);
 
-/// Where the store's Redis is.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Where the store's Redis is. Its `Debug` form hides passwords ([`redact`]).
+#[derive(Clone, PartialEq, Eq)]
 pub enum Target {
     /// One Redis (or Valkey).
     Single(String),
@@ -64,6 +67,57 @@ impl Target {
             Target::Cluster(urls) | Target::Sentinel { sentinels: urls, .. } => urls.clone(),
         }
     }
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls: Vec<String> = self.urls().iter().map(|u| redact(u)).collect();
+        match self {
+            Target::Single(_) => f.debug_tuple("Single").field(&urls[0]).finish(),
+            Target::Cluster(_) => f.debug_tuple("Cluster").field(&urls).finish(),
+            Target::Sentinel { master, .. } => {
+                f.debug_struct("Sentinel").field("sentinels", &urls).field("master", master).finish()
+            }
+        }
+    }
+}
+
+/// `urls` (one Redis URL or a comma-separated list) fit to print: every
+/// password replaced by `***` (the user name kept). The one function through
+/// which a Redis URL reaches a log or an error message.
+///
+/// Credentials sit between a `scheme://` and the last `@` before the next
+/// URL's `scheme://`; taking the *last* `@` covers passwords holding `@` or
+/// `,` (which split a list naively). Text with no `scheme://` is treated the
+/// same from its start. Over-redacting a malformed URL is fine; leaking is not.
+pub fn redact(urls: &str) -> String {
+    let mut out = String::with_capacity(urls.len());
+    let mut rest = urls;
+    loop {
+        // This URL's text runs to the next URL's scheme (or to the end).
+        let end = rest.find("://").map_or(rest.len(), |i| scheme_start(&rest[..i]));
+        let (this, next) = rest.split_at(end);
+        out.push_str(&hide_password(this));
+        let Some(i) = next.find("://") else { return out };
+        out.push_str(&next[..i + 3]);
+        rest = &next[i + 3..];
+    }
+}
+
+/// Where the scheme ending `before` starts.
+fn scheme_start(before: &str) -> usize {
+    before.rfind(|c: char| !(c.is_ascii_alphanumeric() || "+-.".contains(c))).map_or(0, |i| i + 1)
+}
+
+/// `user:pass@rest` as `user:***@rest`; `token@rest` as `***@rest`.
+fn hide_password(text: &str) -> String {
+    let Some(at) = text.rfind('@') else { return text.to_owned() };
+    let shown = match text[..at].split_once(':') {
+        Some((user, _)) if !user.contains(',') => format!("{user}:***"),
+        Some(_) => ":***".to_owned(),
+        None => "***".to_owned(),
+    };
+    shown + &text[at..]
 }
 
 /// A cheap handle on the store's connection.
@@ -155,17 +209,35 @@ impl Single {
     }
 }
 
-/// How to reach the nodes sentinels name: over TLS when the sentinels are
-/// reached over TLS (`rediss://`, `#insecure` carried over).
-fn node_tls(sentinels: &[String]) -> SentinelNodeConnectionInfo {
-    let info = SentinelNodeConnectionInfo::default();
-    match sentinels.first() {
-        Some(url) if url.starts_with("rediss://") && url.ends_with("#insecure") => {
-            info.set_tls_mode(TlsMode::Insecure)
-        }
-        Some(url) if url.starts_with("rediss://") => info.set_tls_mode(TlsMode::Secure),
-        _ => info,
+/// The sentinels to ask, and how to reach the master they name. `redis_url`
+/// has one user, password and database for both: the master gets them all
+/// (without them a master with `requirepass` answers NOAUTH), the sentinels
+/// the user and password (a sentinel has no databases: SELECT would fail), as
+/// in setups where sentinels and master share one password. The master is
+/// reached over TLS when the sentinels are (`rediss://`, `#insecure` carried
+/// over). The first URL's credentials are the master's.
+fn sentinel_setup(sentinels: &[String]) -> RedisResult<(Vec<ConnectionInfo>, SentinelNodeConnectionInfo)> {
+    let parsed: Vec<ConnectionInfo> =
+        sentinels.iter().map(|url| url.as_str().into_connection_info()).collect::<RedisResult<_>>()?;
+    let mut node = SentinelNodeConnectionInfo::default();
+    if let Some(first) = parsed.first() {
+        node = node.set_redis_connection_info(first.redis_settings().clone());
     }
+    node = match sentinels.first() {
+        Some(url) if url.starts_with("rediss://") && url.ends_with("#insecure") => {
+            node.set_tls_mode(TlsMode::Insecure)
+        }
+        Some(url) if url.starts_with("rediss://") => node.set_tls_mode(TlsMode::Secure),
+        _ => node,
+    };
+    let sentinels = parsed
+        .into_iter()
+        .map(|info| {
+            let settings = info.redis_settings().clone().set_db(0);
+            info.set_redis_settings(settings)
+        })
+        .collect();
+    Ok((sentinels, node))
 }
 
 /// An error that says this connection no longer reaches a working master.
@@ -192,12 +264,9 @@ impl Conn {
                 Ok(Conn::Single(Arc::new(Single::open(Source::Url(Client::open(url.as_str())?)).await?)))
             }
             Target::Sentinel { sentinels, master } => {
-                let client = SentinelClient::build(
-                    sentinels.clone(),
-                    master.clone(),
-                    Some(node_tls(sentinels)),
-                    SentinelServerType::Master,
-                )?;
+                let (sentinels, node) = sentinel_setup(sentinels)?;
+                let client =
+                    SentinelClient::build(sentinels, master.clone(), Some(node), SentinelServerType::Master)?;
                 let source = Source::Sentinel(tokio::sync::Mutex::new(client));
                 Ok(Conn::Single(Arc::new(Single::open(source).await?)))
             }
@@ -284,5 +353,28 @@ mod tests {
             }
         );
         assert_eq!(sentinel.urls().len(), 2);
+    }
+
+    #[test]
+    fn redact_hides_every_password_and_keeps_the_rest() {
+        for (url, shown) in [
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            ("redis://:s3cret@host:6379/2", "redis://:***@host:6379/2"),
+            ("rediss://alice:s3cret@host:6380#insecure", "rediss://alice:***@host:6380#insecure"),
+            ("redis://s3cret@host", "redis://***@host"),
+            ("redis://:p@ss,w:rd@host", "redis://:***@host"),
+            ("u:s3cret@host:1", "u:***@host:1"),
+            ("", ""),
+            ("not a url", "not a url"),
+            (
+                "redis://a:1, redis://u:s3cret@b:2,rediss://:t0p,s3cret@c:3",
+                "redis://a:1, redis://u:***@b:2,rediss://:***@c:3",
+            ),
+        ] {
+            assert_eq!(redact(url), shown, "{url}");
+        }
+        let t = Target::new("redis://:s3cret@s1:26379,redis://u:s3cret@s2:26379", false, "tb");
+        let debug = format!("{t:?} {:?}", Target::Single("redis://:s3cret@h".into()));
+        assert!(!debug.contains("s3cret") && debug.contains("s2:26379"), "{debug}");
     }
 }

@@ -64,7 +64,7 @@ use redis::{Script, ScriptInvocation, Value};
 use tokio::sync::broadcast;
 
 use self::conn::Conn;
-pub use self::conn::Target;
+pub use self::conn::{redact, Target};
 use self::keys::QueueKeys;
 use self::reply::{bounded, settled, settled_task, uint, unexpected};
 use super::{AckItem, Enqueued, LeaseSpec, NackSpec, Store, StoreError, StoreEvent, Swept};
