@@ -123,6 +123,12 @@ impl Table {
         self.tasks.len()
     }
 
+    /// The task `request_id` created in `queue`, if kept.
+    #[cfg(test)]
+    pub fn request(&self, queue: &str, request_id: &str) -> Option<TaskId> {
+        self.requests.get(&(queue.to_owned(), request_id.to_owned())).copied()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.tasks.is_empty()
     }
