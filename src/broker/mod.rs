@@ -27,6 +27,7 @@ use tokio::sync::{broadcast, watch as watch_channel, Notify};
 /// What an enqueue returns (the store's outcome, unchanged).
 pub use crate::store::Enqueued;
 pub use error::{BrokerError, Violation};
+pub use produce::Watch;
 pub use validate::{EnqueueInput, LeaseInput};
 
 use crate::core::clock::Clock;
