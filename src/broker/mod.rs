@@ -198,6 +198,11 @@ impl Broker {
         Ok(self.store().next_timer().await?)
     }
 
+    /// How many queues have workers waiting on them (long-polls, streams).
+    pub fn waited_queues(&self) -> usize {
+        self.inner.waiters.len()
+    }
+
     /// Transactions the store committed (each one fsync), if it counts them.
     pub fn store_commits(&self) -> Option<u64> {
         self.store().commits()

@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use super::table::{Changes, Table};
-use super::{AckItem, Enqueued, LeaseSpec, NackSpec, Store, StoreError, Swept};
+use super::{AckItem, Enqueued, LeaseSpec, Limits, NackSpec, Store, StoreError, Swept};
 use crate::core::queue::QueueRegistry;
 use crate::core::task::{NewTask, Task, TaskId};
 use crate::core::Millis;
@@ -73,6 +73,17 @@ impl<P: Persist> TableStore<P> {
         Table::new(queues.current(), P::TRACKS_CHANGES)
     }
 
+    /// Puts `limits` in force (see [`Limits`]).
+    pub fn with_limits(self, limits: Limits) -> Self {
+        self.table().set_limits(limits);
+        self
+    }
+
+    /// How many queues hold tasks.
+    pub fn queue_count(&self) -> usize {
+        self.table().queue_count()
+    }
+
     fn table(&self) -> MutexGuard<'_, Table> {
         // A panic while holding the lock cannot leave a half-applied change
         // visible to callers in a way poisoning would fix: keep serving.
@@ -108,7 +119,7 @@ impl<P: Persist> TableStore<P> {
 #[async_trait]
 impl<P: Persist> Store for TableStore<P> {
     async fn enqueue(&self, tasks: Vec<NewTask>, now: Millis) -> Result<Vec<Enqueued>, StoreError> {
-        self.run(|t| t.enqueue(tasks, now)).await
+        self.run(|t| t.enqueue(tasks, now)).await?
     }
 
     async fn lease(&self, spec: LeaseSpec, now: Millis) -> Result<Vec<Task>, StoreError> {
