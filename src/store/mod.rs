@@ -12,6 +12,10 @@
 //!   [`crate::core::lease::check`] and leave the task untouched on failure.
 //! - `requeue_expired`, `promote_due` and `purge_finished` are idempotent and
 //!   safe to call at any time and from several places at once.
+//! - `enqueue` refuses a batch, before changing anything, that would create a
+//!   queue beyond [`Limits::max_queues`] (the table stores also enforce
+//!   `max_tasks` and `max_queued_bytes`); no other call checks a limit, so
+//!   workers can always drain. A queue without tasks is forgotten.
 //!
 //! Backends: [`memory::MemoryStore`] (the reference) and
 //! [`embedded::EmbeddedStore`] (persisted in redb with group commit) are one
