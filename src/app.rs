@@ -37,14 +37,16 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// Opens the configured store, sharing `queues` (the one owner of queue
 /// settings) with the broker.
 pub async fn open_store(config: &Config, queues: QueueRegistry) -> anyhow::Result<Arc<dyn Store>> {
+    let limits = config.limits();
     Ok(match config.storage {
-        StorageKind::Memory => Arc::new(MemoryStore::new(queues)),
-        StorageKind::Embedded => Arc::new(EmbeddedStore::open(&config.data_dir, queues)?),
+        StorageKind::Memory => Arc::new(MemoryStore::new(queues).with_limits(limits)),
+        StorageKind::Embedded => Arc::new(EmbeddedStore::open(&config.data_dir, queues)?.with_limits(limits)),
         // Redis's clock, not this replica's, times leases and delays.
         StorageKind::Redis => Arc::new(
             RedisStore::open(&config.redis_target(), queues, true)
                 .await
-                .map_err(|e| anyhow::anyhow!("cannot use Redis at {}: {e}", redact(&config.redis_url)))?,
+                .map_err(|e| anyhow::anyhow!("cannot use Redis at {}: {e}", redact(&config.redis_url)))?
+                .with_limits(limits),
         ),
     })
 }

@@ -17,6 +17,7 @@ use crate::core::retry::Backoff;
 use crate::core::routing::Route;
 use crate::core::MAX_PRIORITY;
 use crate::store::redis::{redact, Target};
+use crate::store::Limits;
 
 /// The largest `max_delay`: times stay far from the year 10000.
 const MAX_MAX_DELAY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
@@ -64,6 +65,14 @@ pub struct Config {
     /// ahead of now, a client may ask for.
     #[serde(with = "humantime_serde")]
     pub max_delay: Duration,
+    /// Most queues holding tasks; an enqueue that would create one more is
+    /// refused (RESOURCE_EXHAUSTED, QUEUE_LIMIT).
+    pub max_queues: usize,
+    /// Most tasks the store holds (every state, until purged); enqueues
+    /// beyond it are refused (STORAGE_FULL). Unset: derived from memory.
+    pub max_tasks: Option<usize>,
+    /// Most payload bytes the store holds; unset: a quarter of the memory.
+    pub max_queued_bytes: Option<u64>,
     /// How long in-flight calls may finish after SIGTERM.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -84,6 +93,9 @@ impl Default for Config {
             max_payload_bytes: 1 << 20,
             max_message_bytes: 64 << 20,
             max_delay: DEFAULT_MAX_DELAY,
+            max_queues: 10_000,
+            max_tasks: None,
+            max_queued_bytes: None,
             shutdown_grace: Duration::from_secs(10),
             queues: BTreeMap::new(),
             routes: Vec::new(),
@@ -170,6 +182,15 @@ impl Config {
         if self.max_delay.is_zero() || self.max_delay > MAX_MAX_DELAY {
             errors.push("max_delay: must be between 1ms and 100 years".into());
         }
+        if self.max_queues == 0 {
+            errors.push("max_queues: must be >= 1".into());
+        }
+        if self.max_tasks == Some(0) {
+            errors.push("max_tasks: must be >= 1".into());
+        }
+        if self.max_queued_bytes == Some(0) {
+            errors.push("max_queued_bytes: must be >= 1".into());
+        }
         for (name, q) in &self.queues {
             let path = format!("queues.{name}");
             if !valid_queue_name(name) {
@@ -195,6 +216,16 @@ impl Config {
             Ok(())
         } else {
             Err(errors)
+        }
+    }
+
+    /// The store's bounds; unset ones derived from this machine's memory.
+    pub fn limits(&self) -> Limits {
+        let derived = Limits::from_memory();
+        Limits {
+            max_queues: self.max_queues,
+            max_tasks: self.max_tasks.unwrap_or(derived.max_tasks),
+            max_queued_bytes: self.max_queued_bytes.unwrap_or(derived.max_queued_bytes),
         }
     }
 

@@ -626,3 +626,53 @@ async fn a_user_and_password_in_the_url_authenticate() {
         assert!(matches!(refused, Err(StoreError::Unavailable(_))), "{who}: {:?}", refused.err());
     }
 }
+
+/// Redis loses the writes of a lease after the worker got it (a failover, a
+/// power loss under `appendfsync everysec`): the task is READY again and the
+/// queue's lease counter is back where it was. The next delivery must not get
+/// the same lease id, or the first worker's stale Ack would settle the task
+/// under the second worker's feet.
+#[tokio::test]
+async fn a_rolled_back_lease_counter_does_not_hand_a_lease_id_out_twice() {
+    let server = RedisServer::start();
+    let s = connect(&server).await;
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let mut seen = HashSet::new();
+    for round in 0..20 {
+        let task = s.enqueue(vec![new_task("q", b"p".to_vec())], NOW).await.unwrap().remove(0).task;
+        let id = task.id.to_string();
+        // What Redis holds before the lease, to roll back to.
+        let counter: Option<u64> = redis::cmd("GET").arg("tb:{q}:lease").query(&mut conn).unwrap();
+        let meta: Vec<u8> = redis::cmd("HGET").arg("tb:{q}:meta").arg(&id).query(&mut conn).unwrap();
+
+        let first = s.lease(spec("q", 1), NOW).await.unwrap().remove(0);
+        assert_eq!(first.id, task.id);
+        // The lease's writes are lost.
+        redis::pipe()
+            .cmd("SET")
+            .arg("tb:{q}:lease")
+            .arg(counter.unwrap_or(0))
+            .cmd("HSET")
+            .arg("tb:{q}:meta")
+            .arg(&id)
+            .arg(meta)
+            .cmd("ZREM")
+            .arg("tb:{q}:leased")
+            .arg(&id)
+            .cmd("RPUSH")
+            .arg("tb:{q}:ready:0")
+            .arg(&id)
+            .query::<()>(&mut conn)
+            .unwrap();
+
+        let second = s.lease(spec("q", 1), NOW).await.unwrap().remove(0);
+        assert_eq!(second.id, task.id, "round {round}: the task is delivered again");
+        assert_ne!(lease_id(&second), lease_id(&first), "round {round}: the same lease id twice");
+        let stale = s.ack(task.id, lease_id(&first), vec![], NOW).await;
+        assert_eq!(stale, Err(StoreError::Lease(LeaseError::Mismatch)), "round {round}: the stale Ack");
+        s.ack(task.id, lease_id(&second), vec![], NOW).await.unwrap();
+        assert!(seen.insert(lease_id(&first)) && seen.insert(lease_id(&second)), "lease ids never repeat");
+        assert!(lease_id(&second) < 1 << 53, "exact as an f64 (the meta record) and a Lua number");
+    }
+}

@@ -40,6 +40,9 @@ pub enum BrokerError {
     /// Storage cannot serve; retry later.
     #[error("{0}")]
     Unavailable(String),
+    /// An enqueue would create a queue beyond `max_queues`.
+    #[error("queue limit reached: {0:?} would be a new queue (max_queues)")]
+    QueueLimit(String),
     /// Storage refuses writes (full).
     #[error("{0}")]
     ResourceExhausted(String),
@@ -68,6 +71,7 @@ impl From<StoreError> for BrokerError {
             StoreError::TaskFinished(id) => BrokerError::TaskFinished(id.to_string()),
             StoreError::Unavailable(why) => BrokerError::Unavailable(why),
             StoreError::Full(why) => BrokerError::ResourceExhausted(why),
+            StoreError::QueueLimit(queue) => BrokerError::QueueLimit(queue),
             StoreError::Internal(why) => BrokerError::Internal(why),
         }
     }

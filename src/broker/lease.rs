@@ -73,7 +73,7 @@ impl Broker {
     }
 
     /// The wake-ups of `queues`: notified when one may have ready work.
-    pub(crate) fn queue_notifies(&self, queues: &[String]) -> Vec<std::sync::Arc<tokio::sync::Notify>> {
+    pub(crate) fn queue_notifies(&self, queues: &[String]) -> Vec<super::waiters::Waiter> {
         queues.iter().map(|q| self.inner.waiters.of(q)).collect()
     }
 

@@ -27,6 +27,7 @@ use tokio::sync::{broadcast, watch as watch_channel, Notify};
 /// What an enqueue returns (the store's outcome, unchanged).
 pub use crate::store::Enqueued;
 pub use error::{BrokerError, Violation};
+pub use produce::Watch;
 pub use validate::{EnqueueInput, LeaseInput};
 
 use crate::core::clock::Clock;
@@ -198,6 +199,11 @@ impl Broker {
     /// The earliest pending timer.
     pub async fn next_timer(&self) -> Result<Option<Millis>, BrokerError> {
         Ok(self.store().next_timer().await?)
+    }
+
+    /// How many queues have workers waiting on them (long-polls, streams).
+    pub fn waited_queues(&self) -> usize {
+        self.inner.waiters.len()
     }
 
     /// Transactions the store committed (each one fsync), if it counts them.

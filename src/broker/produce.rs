@@ -1,11 +1,13 @@
 //! The producer side: enqueue, look up, cancel, watch.
 
-use tokio::sync::broadcast;
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, oneshot};
 
 use super::validate::MAX_BATCH;
 use super::{Broker, BrokerError, EnqueueInput, LostLease, LostReason};
 use crate::core::task::{Task, TaskId, TaskState};
-use crate::store::Enqueued;
+use crate::store::{Enqueued, Store, StoreError};
 
 impl Broker {
     pub async fn enqueue(&self, input: EnqueueInput) -> Result<Enqueued, BrokerError> {
@@ -74,47 +76,107 @@ impl Broker {
         Ok(task)
     }
 
-    /// The task now, and a receiver of its later states. Subscribes before
-    /// reading, so no change in between is missed.
-    pub async fn watch(&self, id: TaskId) -> Result<(Task, broadcast::Receiver<Task>), BrokerError> {
-        let rx = self.inner.watchers.subscribe(id);
-        // Before the read too: a shared store then reports later changes made
-        // through other replicas.
-        let read = match self.store().set_watched(id, true).await {
-            Ok(()) => {
-                let read = self.store().get(id).await;
-                if read.is_err() {
-                    self.unmark_watched(id);
-                }
-                read
+    /// The task now, and its later states. Subscribes before reading, so no
+    /// change in between is missed. The watch ends when the returned
+    /// [`Watch`] is dropped, and so does a watch whose setup is abandoned
+    /// (the caller's future dropped): nothing is left behind on any path.
+    pub async fn watch(&self, id: TaskId) -> Result<(Task, Watch), BrokerError> {
+        let changes = self.inner.watchers.subscribe(id);
+        // Marked in the store before the read too: a shared store then
+        // reports later changes made through other replicas. The mark runs on
+        // its own task, so it either happens whole and is known to have
+        // happened (and is undone by whoever ends the watch), or not at all.
+        let (marked, mark) = oneshot::channel();
+        let store = self.inner.store.clone();
+        tokio::spawn(async move {
+            let outcome = store.set_watched(id, true).await;
+            if let Err(Ok(())) = marked.send(outcome) {
+                // The watch was abandoned while this mark was on its way.
+                undo_mark(store, id).await;
             }
-            Err(e) => Err(e),
+        });
+        let mut watch =
+            Watch { changes, end: EndWatch { broker: self.clone(), id, mark: Mark::Pending(mark) } };
+        let Mark::Pending(pending) = &mut watch.end.mark else { unreachable!("just set") };
+        match pending.await {
+            Ok(Ok(())) => watch.end.mark = Mark::Done,
+            Ok(Err(e)) => {
+                watch.end.mark = Mark::None;
+                return Err(e.into());
+            }
+            Err(_) => {
+                watch.end.mark = Mark::None;
+                return Err(BrokerError::Unavailable("the watch could not be set up".into()));
+            }
+        }
+        let task = self.store().get(id).await?;
+        Ok((task, watch))
+    }
+
+    /// How many tasks this broker has watch channels for.
+    pub fn watched_tasks(&self) -> usize {
+        self.inner.watchers.len()
+    }
+}
+
+/// A WatchTask on one task: its later states. Dropping it ends the watch.
+pub struct Watch {
+    /// Dropped before `end` (fields drop in order), so the channel is unused
+    /// when `end` looks.
+    changes: broadcast::Receiver<Task>,
+    end: EndWatch,
+}
+
+impl Watch {
+    /// The task's next state (see [`broadcast::Receiver::recv`]).
+    pub async fn recv(&mut self) -> Result<Task, broadcast::error::RecvError> {
+        self.changes.recv().await
+    }
+}
+
+/// Where the store's count of this watch stands.
+enum Mark {
+    /// Asked for; the answer comes on this channel.
+    Pending(oneshot::Receiver<Result<(), StoreError>>),
+    /// Counted: ending the watch must uncount it.
+    Done,
+    /// Not counted.
+    None,
+}
+
+/// Ends a watch on drop, on every path: the local channel goes with its last
+/// receiver, and the store's count is undone if it was made.
+struct EndWatch {
+    broker: Broker,
+    id: TaskId,
+    mark: Mark,
+}
+
+impl Drop for EndWatch {
+    fn drop(&mut self) {
+        self.broker.inner.watchers.release(self.id);
+        let undo = match std::mem::replace(&mut self.mark, Mark::None) {
+            Mark::Done => true,
+            // Closed first: a mark that lands later is undone by its own
+            // task; one that landed before is seen here.
+            Mark::Pending(mut pending) => {
+                pending.close();
+                matches!(pending.try_recv(), Ok(Ok(())))
+            }
+            Mark::None => false,
         };
-        match read {
-            Ok(task) => Ok((task, rx)),
-            Err(e) => {
-                drop(rx);
-                self.inner.watchers.release(id);
-                Err(e.into())
+        if undo {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(undo_mark(self.broker.inner.store.clone(), self.id));
             }
         }
     }
+}
 
-    /// Ends a watch started with [`Broker::watch`] (after its receiver is dropped).
-    pub fn unwatch(&self, id: TaskId) {
-        self.inner.watchers.release(id);
-        self.unmark_watched(id);
-    }
-
-    /// Ends the store's count of one watch, in the background (best effort:
-    /// a count left behind only costs some events until the task is purged).
-    fn unmark_watched(&self, id: TaskId) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        let broker = self.clone();
-        runtime.spawn(async move {
-            if let Err(e) = broker.store().set_watched(id, false).await {
-                tracing::debug!(error = %e, task = %id, "could not end a watch in the store");
-            }
-        });
+/// Ends the store's count of one watch (best effort: a count left behind
+/// only costs some events until the task is purged).
+async fn undo_mark(store: Arc<dyn Store>, id: TaskId) {
+    if let Err(e) = store.set_watched(id, false).await {
+        tracing::debug!(error = %e, task = %id, "could not end a watch in the store");
     }
 }

@@ -8,6 +8,7 @@
 //! `Notified` forwards an unreceived `notify_one` when dropped).
 
 use std::collections::HashMap;
+use std::ops::Deref;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -15,24 +16,68 @@ use tokio::sync::Notify;
 /// Most waiters one call wakes: a big batch is taken by a few leases anyway.
 const MAX_WAKE_PER_CALL: usize = 64;
 
+/// The notifier of each queue someone waits on; an entry goes with its last
+/// [`Waiter`], so queue names named once (a Lease on a random name) are not
+/// kept.
+type Queues = Arc<Mutex<HashMap<String, Arc<Notify>>>>;
+
 #[derive(Default)]
 pub struct Waiters {
-    queues: Mutex<HashMap<String, Arc<Notify>>>,
+    queues: Queues,
+}
+
+/// One waiter's hold on a queue's notifier (derefs to the [`Notify`]).
+pub struct Waiter {
+    /// `None` only while dropping.
+    notify: Option<Arc<Notify>>,
+    queue: String,
+    queues: Queues,
+}
+
+impl Deref for Waiter {
+    type Target = Notify;
+
+    fn deref(&self) -> &Notify {
+        self.notify.as_deref().expect("a waiter holds its notifier until dropped")
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        let mut queues = lock(&self.queues);
+        // Ours is let go under the lock, so the last of several waiters
+        // dropping at once sees itself as the last.
+        drop(self.notify.take());
+        if queues.get(&self.queue).is_some_and(|n| Arc::strong_count(n) == 1) {
+            queues.remove(&self.queue);
+        }
+    }
+}
+
+fn lock(queues: &Queues) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Notify>>> {
+    queues.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Waiters {
-    /// The notifier of `queue` (created on first use).
-    pub fn of(&self, queue: &str) -> Arc<Notify> {
-        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = queues.get(queue) {
-            return n.clone();
-        }
-        queues.entry(queue.to_owned()).or_default().clone()
+    /// A hold on the notifier of `queue` (created on first use, dropped with
+    /// its last waiter).
+    pub fn of(&self, queue: &str) -> Waiter {
+        let mut queues = lock(&self.queues);
+        let notify = match queues.get(queue) {
+            Some(n) => n.clone(),
+            None => queues.entry(queue.to_owned()).or_default().clone(),
+        };
+        Waiter { notify: Some(notify), queue: queue.to_owned(), queues: self.queues.clone() }
+    }
+
+    /// How many queues have waiters.
+    pub fn len(&self) -> usize {
+        lock(&self.queues).len()
     }
 
     /// Wakes everyone waiting on any queue (after missed wake-ups).
     pub fn wake_all(&self) {
-        let queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let queues = lock(&self.queues);
         for n in queues.values() {
             n.notify_waiters();
         }
@@ -41,7 +86,7 @@ impl Waiters {
     /// Wakes everyone waiting on `queue` (when the number of ready tasks is
     /// not known).
     pub fn wake(&self, queue: &str) {
-        let queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let queues = lock(&self.queues);
         if let Some(n) = queues.get(queue) {
             n.notify_waiters();
         }
@@ -49,11 +94,41 @@ impl Waiters {
 
     /// Wakes up to `ready` waiters of `queue`, one per task that became ready.
     pub fn wake_for(&self, queue: &str, ready: usize) {
-        let queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let queues = lock(&self.queues);
         if let Some(n) = queues.get(queue) {
             for _ in 0..ready.min(MAX_WAKE_PER_CALL) {
                 n.notify_one();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_queue_entry_lives_while_someone_waits_on_it() {
+        let waiters = Waiters::default();
+        let a = waiters.of("emails");
+        let b = waiters.of("emails");
+        let c = waiters.of("random-name-1");
+        assert_eq!(waiters.len(), 2);
+        drop(c);
+        assert_eq!(waiters.len(), 1, "a queue nobody waits on is forgotten");
+        drop(a);
+        assert_eq!(waiters.len(), 1, "one waiter left");
+        drop(b);
+        assert_eq!(waiters.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_is_woken_through_its_entry() {
+        let waiters = Waiters::default();
+        let w = waiters.of("q");
+        let mut woken = std::pin::pin!(w.notified());
+        woken.as_mut().enable();
+        waiters.wake_for("q", 1);
+        tokio::time::timeout(std::time::Duration::from_secs(5), woken).await.unwrap();
     }
 }

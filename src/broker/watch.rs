@@ -41,6 +41,11 @@ impl Watchers {
         self.watched.store(tasks.len(), Ordering::Release);
     }
 
+    /// How many tasks have a channel.
+    pub fn len(&self) -> usize {
+        self.watched.load(Ordering::Acquire)
+    }
+
     pub fn publish(&self, task: &Task) {
         let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(tx) = tasks.get(&task.id) {

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::caller::Caller;
 use super::convert;
 use super::status::to_rpc_status;
-use crate::broker::{Broker, BrokerError, Enqueued};
+use crate::broker::{Broker, BrokerError, Enqueued, Watch};
 use crate::core::task::{Task, TaskId};
 use crate::pb;
 use crate::pb::producer_service_server::ProducerService;
@@ -111,7 +111,7 @@ async fn pump_watch(
     broker: Broker,
     task_id: TaskId,
     first: Task,
-    mut changes: broadcast::Receiver<Task>,
+    mut changes: Watch,
     out: mpsc::Sender<Result<pb::WatchTaskResponse, Status>>,
 ) {
     let mut current = first;
@@ -145,8 +145,7 @@ async fn pump_watch(
             _ = out.closed() => break,
         };
     }
-    drop(changes);
-    broker.unwatch(task_id);
+    // Dropping `changes` ends the watch.
 }
 
 #[tonic::async_trait]

@@ -30,6 +30,7 @@ pub fn code_and_reason(e: &BrokerError) -> (Code, &'static str) {
         BrokerError::TaskFinished(_) => (Code::FailedPrecondition, "TASK_FINISHED"),
         BrokerError::Unavailable(_) => (Code::Unavailable, "STORAGE_UNAVAILABLE"),
         BrokerError::ResourceExhausted(_) => (Code::ResourceExhausted, "STORAGE_FULL"),
+        BrokerError::QueueLimit(_) => (Code::ResourceExhausted, "QUEUE_LIMIT"),
         BrokerError::Internal(_) => (Code::Internal, "INTERNAL"),
     }
 }
@@ -78,7 +79,7 @@ pub fn to_status(e: BrokerError) -> Status {
                 details.add_bad_request_violation(v.field.clone(), v.description.clone());
             }
         }
-        BrokerError::QueueNotFound(q) => {
+        BrokerError::QueueNotFound(q) | BrokerError::QueueLimit(q) => {
             metadata.insert("queue".to_owned(), q.clone());
         }
         BrokerError::TaskNotFound(id) | BrokerError::TaskFinished(id) => {

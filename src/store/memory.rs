@@ -29,6 +29,10 @@ impl Persist for Volatile {
         Ok(Box::pin(std::future::ready(Ok(()))))
     }
 
+    fn barrier(&self) -> Result<Option<Durable>, StoreError> {
+        Ok(None)
+    }
+
     fn healthy(&self) -> bool {
         true
     }

@@ -12,6 +12,10 @@
 //!   [`crate::core::lease::check`] and leave the task untouched on failure.
 //! - `requeue_expired`, `promote_due` and `purge_finished` are idempotent and
 //!   safe to call at any time and from several places at once.
+//! - `enqueue` refuses a batch, before changing anything, that would create a
+//!   queue beyond [`Limits::max_queues`] (the table stores also enforce
+//!   `max_tasks` and `max_queued_bytes`); no other call checks a limit, so
+//!   workers can always drain. A queue without tasks is forgotten.
 //!
 //! Backends: [`memory::MemoryStore`] (the reference) and
 //! [`embedded::EmbeddedStore`] (persisted in redb with group commit) are one
@@ -45,9 +49,13 @@ pub enum StoreError {
     /// The storage engine cannot serve (disk error, connection lost).
     #[error("storage unavailable: {0}")]
     Unavailable(String),
-    /// The storage engine refuses writes for lack of space (e.g. Redis OOM).
+    /// The storage engine refuses writes for lack of space (e.g. Redis OOM),
+    /// or the store's budget ([`Limits`]) is spent.
     #[error("storage full: {0}")]
     Full(String),
+    /// The enqueue would create a queue beyond [`Limits::max_queues`].
+    #[error("queue limit reached: {0:?} would be a new queue")]
+    QueueLimit(String),
     /// The store read something it cannot understand: a corrupt record, a
     /// script reply of the wrong shape, no free id. Retrying will not help.
     #[error("storage internal error: {0}")]
@@ -72,6 +80,56 @@ pub struct Enqueued {
     pub task: Task,
     /// An existing task was returned (dedup_key or request_id matched).
     pub deduplicated: bool,
+}
+
+/// Bounds a store keeps on what it holds (config `max_queues`, `max_tasks`,
+/// `max_queued_bytes`). Only creating work is refused at a bound: leasing and
+/// settling go on, so workers can drain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Queues holding tasks (declared or not); an enqueue that would create
+    /// one more is refused with [`StoreError::QueueLimit`].
+    pub max_queues: usize,
+    /// Tasks held, in every state until purged.
+    pub max_tasks: usize,
+    /// Payload bytes held, in every state until purged.
+    pub max_queued_bytes: u64,
+}
+
+impl Limits {
+    /// Budgets for this machine: payload bytes a quarter of its memory (the
+    /// smaller of RAM and the cgroup's limit), tasks one per KiB of that
+    /// (a record with its indexes costs a few hundred bytes beyond its
+    /// payload). 4 GiB of memory when it cannot be read.
+    pub fn from_memory() -> Limits {
+        let memory = memory_bytes().unwrap_or(4 << 30);
+        let bytes = (memory / 4).max(1 << 20);
+        Limits { max_queues: 10_000, max_tasks: (bytes / 1024) as usize, max_queued_bytes: bytes }
+    }
+
+    /// No bounds (tests, tools).
+    pub const UNLIMITED: Limits =
+        Limits { max_queues: usize::MAX, max_tasks: usize::MAX, max_queued_bytes: u64::MAX };
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::UNLIMITED
+    }
+}
+
+/// This machine's memory for this process: the smaller of `MemTotal` and
+/// the cgroup (v2) limit.
+fn memory_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let total = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)?;
+    let cgroup =
+        std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok().and_then(|v| v.trim().parse::<u64>().ok());
+    Some(cgroup.map_or(total, |c| c.min(total)))
 }
 
 /// Default payload budget of one lease response.

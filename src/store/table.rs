@@ -19,10 +19,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use self::indexes::{index, pop_due, take_due, unindex, Indexes};
-use self::names::Names;
+use self::names::{Names, Sym};
 use self::record::Record;
 use self::slab::Slab;
-use super::{AckItem, Enqueued, LeaseSpec, NackSpec, StoreError, Swept};
+use super::{AckItem, Enqueued, LeaseSpec, Limits, NackSpec, StoreError, Swept};
 use crate::core::lease;
 use crate::core::queue::Policies;
 use crate::core::select::Fill;
@@ -68,6 +68,13 @@ pub struct Table {
     next_lease: u64,
     /// Whether to record changes (the embedded store does, memory does not).
     track: bool,
+    /// Bounds on what the table holds.
+    limits: Limits,
+    /// Tasks held per queue: a queue exists while it holds one (its entries
+    /// in the indexes go with its last task, purged after its retention).
+    queue_tasks: HashMap<Sym, usize>,
+    /// Payload bytes of every task held (against `limits.max_queued_bytes`).
+    held_bytes: u64,
     /// Tasks changed since the last [`Table::take_changes`].
     dirty: Vec<TaskId>,
     /// Tasks removed since the last [`Table::take_changes`].
@@ -86,6 +93,9 @@ impl Table {
             next_seq: 1,
             next_lease: 1,
             track,
+            limits: Limits::UNLIMITED,
+            queue_tasks: HashMap::new(),
+            held_bytes: 0,
             dirty: Vec::new(),
             removed: Vec::new(),
         }
@@ -101,9 +111,68 @@ impl Table {
         let id = task.id;
         let record = Record::new(task, ready_seq, &mut self.names);
         index(&mut self.idx, &self.policies, &self.names, id, &record);
+        *self.queue_tasks.entry(record.queue).or_default() += 1;
+        self.held_bytes += record.payload_len() as u64;
         if let Some(old) = self.tasks.insert(id, record) {
+            self.held_bytes -= old.payload_len() as u64;
+            self.forget_task_of(old.queue);
             old.release(&mut self.names);
         }
+    }
+
+    /// Puts `limits` in force for the next enqueues.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    /// How many queues hold tasks.
+    pub fn queue_count(&self) -> usize {
+        self.queue_tasks.len()
+    }
+
+    /// One task of `queue` is gone; with its last, the queue's index entries.
+    fn forget_task_of(&mut self, queue: Sym) {
+        let Some(n) = self.queue_tasks.get_mut(&queue) else { return };
+        *n -= 1;
+        if *n == 0 {
+            self.queue_tasks.remove(&queue);
+            self.idx.ready.remove(&queue);
+            self.idx.last_purge.remove(&queue);
+        }
+    }
+
+    /// Refuses a batch that would go over [`Limits`] (before any change).
+    fn check_room(&self, tasks: &[NewTask], now: Millis) -> Result<(), StoreError> {
+        let (mut count, mut bytes) = (0usize, 0u64);
+        for t in tasks {
+            if self.existing(t, now).is_none() {
+                count += 1;
+                bytes += t.payload.len() as u64;
+            }
+        }
+        if self.tasks.len().saturating_add(count) > self.limits.max_tasks {
+            return Err(StoreError::Full(format!(
+                "the store holds max_tasks = {} tasks",
+                self.limits.max_tasks
+            )));
+        }
+        if self.held_bytes.saturating_add(bytes) > self.limits.max_queued_bytes {
+            return Err(StoreError::Full(format!(
+                "the store holds max_queued_bytes = {} payload bytes",
+                self.limits.max_queued_bytes
+            )));
+        }
+        let mut new_queues = std::collections::HashSet::new();
+        for t in tasks {
+            let held = self.names.get(&t.queue).is_some_and(|q| self.queue_tasks.contains_key(&q));
+            if !held
+                && new_queues.insert(t.queue.as_str())
+                && self.queue_tasks.len() + new_queues.len() > self.limits.max_queues
+            {
+                return Err(StoreError::QueueLimit(t.queue.clone()));
+            }
+        }
+        Ok(())
     }
 
     /// Puts `policies` in force for the next operations (see
@@ -121,6 +190,12 @@ impl Table {
 
     pub fn len(&self) -> usize {
         self.tasks.len()
+    }
+
+    /// The task `request_id` created in `queue`, if kept.
+    #[cfg(test)]
+    pub fn request(&self, queue: &str, request_id: &str) -> Option<TaskId> {
+        self.requests.get(&(queue.to_owned(), request_id.to_owned())).copied()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -142,8 +217,9 @@ impl Table {
         Changes { put, removed: std::mem::take(&mut self.removed), next_lease: self.next_lease }
     }
 
-    pub fn enqueue(&mut self, tasks: Vec<NewTask>, now: Millis) -> Vec<Enqueued> {
-        tasks.into_iter().map(|t| self.enqueue_one(t, now)).collect()
+    pub fn enqueue(&mut self, tasks: Vec<NewTask>, now: Millis) -> Result<Vec<Enqueued>, StoreError> {
+        self.check_room(&tasks, now)?;
+        Ok(tasks.into_iter().map(|t| self.enqueue_one(t, now)).collect())
     }
 
     fn enqueue_one(&mut self, new: NewTask, now: Millis) -> Enqueued {
@@ -159,6 +235,8 @@ impl Table {
         self.index_lookups(&task);
         let record = Record::new(task.clone(), ready_seq, &mut self.names);
         index(&mut self.idx, &self.policies, &self.names, id, &record);
+        *self.queue_tasks.entry(record.queue).or_default() += 1;
+        self.held_bytes += record.payload_len() as u64;
         self.mark(id);
         self.tasks.insert(id, record);
         Enqueued { task, deduplicated: false }
@@ -351,6 +429,8 @@ impl Table {
                     self.dedup.remove(&key);
                 }
             }
+            self.forget_task_of(task.queue);
+            self.held_bytes -= task.payload_len() as u64;
             task.release(&mut self.names);
             if self.track {
                 self.removed.push(*id);

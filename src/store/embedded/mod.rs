@@ -8,6 +8,9 @@
 //! has queued up, writes it in one redb transaction, fsyncs once and then
 //! answers every waiting call. Concurrent calls therefore share one fsync.
 //!
+//! An operation that changes nothing still waits for the commits submitted
+//! before it (see [`super::local`]): no answer reveals what is not on disk.
+//!
 //! # Failure
 //! If a commit fails, the table already holds changes that are not on disk;
 //! the store then refuses every further call with `Unavailable` (and reports
@@ -17,14 +20,13 @@
 mod stored;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
 use redb::{Database, ReadableTable, TableDefinition};
-use tokio::sync::oneshot;
 
-use super::local::{Durable, Persist, TableStore};
+use super::local::{CommitLog, Durable, Persist, TableStore};
 use super::table::{Changes, Table};
 use super::StoreError;
 use crate::core::queue::QueueRegistry;
@@ -51,8 +53,9 @@ pub enum OpenError {
 
 /// One operation's changes on their way to disk.
 struct Commit {
+    /// Its number in the [`CommitLog`].
+    seq: u64,
     changes: Changes,
-    done: oneshot::Sender<Result<(), String>>,
 }
 
 /// The [`Table`] in memory, every change made durable in redb by [`Redb`].
@@ -64,8 +67,9 @@ pub struct Redb {
     writer: Option<mpsc::Sender<Commit>>,
     /// Joined on drop, so the database is closed when the store is gone.
     thread: Option<std::thread::JoinHandle<()>>,
-    /// Set once a commit failed: the table is ahead of the disk.
-    failed: Arc<AtomicBool>,
+    /// Commits submitted and finished; holds the failure once one failed
+    /// (the table is then ahead of the disk).
+    log: Arc<CommitLog>,
     /// Transactions committed (each one fsync): what group commit saves is
     /// visible as commits per task.
     commits: Arc<AtomicU64>,
@@ -86,15 +90,15 @@ impl EmbeddedStore {
         })?;
         tracing::info!(path = %path.display(), tasks = table.len(), "embedded store opened");
         let (writer, rx) = mpsc::channel();
-        let failed = Arc::new(AtomicBool::new(false));
-        let flag = failed.clone();
+        let log = CommitLog::new("embedded store");
+        let finished = log.clone();
         let commits = Arc::new(AtomicU64::new(0));
         let counter = commits.clone();
         let thread = std::thread::Builder::new()
             .name("tb-writer".into())
-            .spawn(move || write_loop(db, rx, flag, counter))
+            .spawn(move || write_loop(db, rx, finished, counter))
             .map_err(|source| OpenError::Dir { path: dir.to_owned(), source })?;
-        let redb = Redb { writer: Some(writer), thread: Some(thread), failed, commits };
+        let redb = Redb { writer: Some(writer), thread: Some(thread), log, commits };
         Ok(TableStore::with(queues, table, redb))
     }
 }
@@ -103,30 +107,25 @@ impl Persist for Redb {
     const TRACKS_CHANGES: bool = true;
 
     fn check(&self) -> Result<(), StoreError> {
-        if self.failed.load(Ordering::Acquire) {
-            return Err(unavailable("an earlier commit failed; restart the broker"));
-        }
-        Ok(())
+        self.log.check()
     }
 
     fn submit(&self, changes: Changes) -> Result<Durable, StoreError> {
-        let (done, wait) = oneshot::channel();
-        self.writer
-            .as_ref()
-            .ok_or_else(|| unavailable("the store is closing"))?
-            .send(Commit { changes, done })
-            .map_err(|_| unavailable("the writer thread stopped"))?;
-        Ok(Box::pin(async move {
-            match wait.await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(unavailable(&e)),
-                Err(_) => Err(unavailable("the writer thread stopped")),
-            }
-        }))
+        let writer = self.writer.as_ref().ok_or_else(|| unavailable("the store is closing"))?;
+        let seq = self.log.submit();
+        if writer.send(Commit { seq, changes }).is_err() {
+            self.log.finish(seq, Err("the writer thread stopped".into()));
+            return Err(unavailable("the writer thread stopped"));
+        }
+        Ok(self.log.wait(seq))
+    }
+
+    fn barrier(&self) -> Result<Option<Durable>, StoreError> {
+        self.log.barrier()
     }
 
     fn healthy(&self) -> bool {
-        !self.failed.load(Ordering::Acquire)
+        self.log.healthy()
     }
 
     fn commits(&self) -> Option<u64> {
@@ -174,8 +173,21 @@ fn load(db: &Database, table: &mut Table) -> Result<(), LoadError> {
     Ok(())
 }
 
+/// Marks the store failed if the writer thread panics, so no caller waits
+/// for a commit that will never finish.
+struct FailOnPanic(Arc<CommitLog>);
+
+impl Drop for FailOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.finish(u64::MAX, Err("the writer thread panicked".into()));
+        }
+    }
+}
+
 /// The writer thread: one transaction and one fsync for everything queued.
-fn write_loop(db: Database, rx: mpsc::Receiver<Commit>, failed: Arc<AtomicBool>, commits: Arc<AtomicU64>) {
+fn write_loop(db: Database, rx: mpsc::Receiver<Commit>, log: Arc<CommitLog>, commits: Arc<AtomicU64>) {
+    let _guard = FailOnPanic(log.clone());
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -188,11 +200,10 @@ fn write_loop(db: Database, rx: mpsc::Receiver<Commit>, failed: Arc<AtomicBool>,
         commits.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = &outcome {
             tracing::error!(error = %e, "embedded store commit failed; refusing further writes");
-            failed.store(true, Ordering::Release);
         }
-        for commit in group {
-            let _ = commit.done.send(outcome.clone());
-        }
+        // Commits arrive in sequence order: the last one is the highest.
+        let upto = group.last().map_or(0, |c| c.seq);
+        log.finish(upto, outcome);
     }
 }
 

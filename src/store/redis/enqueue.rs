@@ -1,7 +1,8 @@
 //! Enqueue: a batch grouped by queue, one `enqueue.lua` call per queue.
 //!
 //! Task ids carry their queue's tag ([`super::queues`]); the queue is
-//! registered in `tb:queues` before its first task is created. A (vanishingly
+//! registered in `tb:queues` (within `max_queues`) before its first task is
+//! created, and again after it when the queue was empty. A (vanishingly
 //! unlikely) id collision is refused by the script, and retried with new ids.
 
 use futures_util::future::join_all;
@@ -34,6 +35,11 @@ impl RedisStore {
                 None => groups.push((task.queue.clone(), vec![pos], vec![task])),
             }
         }
+        // Every queue registered (within max_queues) before any task is
+        // created: a batch refused for a new queue creates nothing.
+        for registered in join_all(groups.iter().map(|(queue, _, _)| self.register(queue))).await {
+            registered?;
+        }
         let total = groups.iter().map(|(_, p, _)| p.len()).sum();
         let calls =
             groups.iter_mut().map(|(queue, _, tasks)| self.enqueue_queue(queue, std::mem::take(tasks), now));
@@ -54,7 +60,6 @@ impl RedisStore {
         mut tasks: Vec<Task>,
         now: Millis,
     ) -> Result<Vec<Enqueued>, StoreError> {
-        self.register(queue).await?;
         let window = self.queues.current().get(queue).dedup_window.as_millis() as u64;
         for _ in 0..3 {
             let mut inv = self.invocation(&scripts::ENQUEUE, queue, now);
@@ -72,6 +77,10 @@ impl RedisStore {
             let items = array(self.run(&inv).await?)?;
             match items.first().map(reply::text).transpose()? {
                 Some("ok") => {}
+                // A sweep may have taken the empty queue out of `tb:queues`
+                // since it was registered: register it again, now that it
+                // holds a task (see `forget_empty`).
+                Some("first") => self.reregister(queue).await?,
                 Some("collision") => {
                     renew_ids(&mut tasks, queue);
                     continue;

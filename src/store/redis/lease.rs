@@ -3,6 +3,10 @@
 //! Each call is atomic (every task goes to exactly one caller); a lease over
 //! several queues is not, which only means another worker may take a task
 //! from a later queue in between.
+//!
+//! Lease ids mix the queue's counter with a random part per call, so a counter
+//! that Redis rolled back (lost writes) does not hand a task's lease id out
+//! again (see `lua/lease.lua`).
 
 use super::reply::{array, task, uint, unexpected};
 use super::{scripts, RedisStore};
@@ -10,6 +14,9 @@ use crate::core::select::Fill;
 use crate::core::task::Task;
 use crate::core::Millis;
 use crate::store::{LeaseSpec, StoreError};
+
+/// Lease ids carry a random number below this in their low bits (lease.lua).
+const LEASE_RANDOM: u32 = 1 << 21;
 
 impl RedisStore {
     /// Leases by `spec` with the one lease driver, [`Fill`], over `lease.lua`
@@ -47,6 +54,8 @@ impl RedisStore {
             .unwrap_or_else(|| self.queues.current().get(queue).lease_duration.as_millis() as Millis);
         let mut inv = self.invocation(&scripts::LEASE, queue, now);
         inv.arg(take).arg(duration).arg(&spec.worker_id).arg(out.len()).arg(*bytes).arg(spec.max_bytes);
+        // The random part of this call's lease ids (see lease.lua).
+        inv.arg(rand::random::<u32>() % LEASE_RANDOM);
         let items = array(self.run(&inv).await?)?;
         let [total, _full, records @ ..] = items.as_slice() else {
             return Err(unexpected("a short lease reply"));

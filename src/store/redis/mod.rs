@@ -67,7 +67,7 @@ use self::conn::Conn;
 pub use self::conn::{redact, Target};
 use self::keys::QueueKeys;
 use self::reply::{bounded, settled, settled_task, uint, unexpected};
-use super::{AckItem, Enqueued, LeaseSpec, NackSpec, Store, StoreError, StoreEvent, Swept};
+use super::{AckItem, Enqueued, LeaseSpec, Limits, NackSpec, Store, StoreError, StoreEvent, Swept};
 use crate::core::queue::QueueRegistry;
 use crate::core::task::{NewTask, Task, TaskId};
 use crate::core::Millis;
@@ -88,6 +88,8 @@ pub struct RedisStore {
     _listener: events::Listener,
     /// The queues this replica knows, to find a task's queue from its id.
     known: queues::KnownQueues,
+    /// Bounds; Redis enforces only `max_queues` (its `maxmemory` bounds the rest).
+    limits: Limits,
 }
 
 impl RedisStore {
@@ -128,7 +130,14 @@ impl RedisStore {
             events: tx,
             _listener: listener,
             known: queues::KnownQueues::default(),
+            limits: Limits::UNLIMITED,
         })
+    }
+
+    /// Puts `limits` in force (Redis: `max_queues`; see [`Limits`]).
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// A call of `script` on `queue`'s keys with the common arguments; the

@@ -10,9 +10,10 @@
 //! queues with the same tag are possible and handled (each is tried).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::RwLock;
+use std::sync::{LazyLock, RwLock};
 
-use redis::AsyncCommands;
+use futures_util::future::join_all;
+use redis::{AsyncCommands, Script};
 
 use super::keys::{self, QueueKeys};
 use super::reply::bounded;
@@ -56,6 +57,12 @@ impl KnownQueues {
         self.0.read().unwrap_or_else(|e| e.into_inner()).registered.contains(queue)
     }
 
+    /// `queue` left `tb:queues`: register it again before its next task.
+    /// (Its tag stays known: resolving a stale id only costs a lookup.)
+    fn forget(&self, queue: &str) {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).registered.remove(queue);
+    }
+
     fn learn(&self, queues: impl IntoIterator<Item = String>) {
         let mut known = self.0.write().unwrap_or_else(|e| e.into_inner());
         for q in queues {
@@ -66,17 +73,76 @@ impl KnownQueues {
     }
 }
 
+/// Adds a queue to `tb:queues` unless that would make more than `max` queues.
+/// KEYS[1]: tb:queues; ARGV[1]: the queue; ARGV[2]: max.
+/// Returns 1 when the queue is in the set, 0 when refused.
+static REGISTER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 1 end \
+         if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end \
+         redis.call('SADD', KEYS[1], ARGV[1]) return 1",
+    )
+});
+
 impl RedisStore {
-    /// Adds `queue` to `tb:queues` (once per queue and replica); called before
-    /// the queue's first task is created.
+    /// Adds `queue` to `tb:queues` (once per queue and replica), refusing a
+    /// queue beyond `max_queues`; called before the queue's first task is
+    /// created.
     pub(super) async fn register(&self, queue: &str) -> Result<(), StoreError> {
         if self.known.is_registered(queue) {
             return Ok(());
         }
         let mut conn = self.conn.clone();
+        let max = self.limits.max_queues.min(i64::MAX as usize);
+        let mut inv = REGISTER.prepare_invoke();
+        inv.key(keys::QUEUES).arg(queue).arg(max);
+        let added: i64 = bounded(inv.invoke_async(&mut conn)).await?;
+        if added == 0 {
+            return Err(StoreError::QueueLimit(queue.to_owned()));
+        }
+        self.known.learn([queue.to_owned()]);
+        Ok(())
+    }
+
+    /// Puts `queue` back in `tb:queues` after its first task was created (a
+    /// sweep may have removed it while it was empty); not bounded: the queue
+    /// was within `max_queues` when this replica registered it.
+    pub(super) async fn reregister(&self, queue: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
         bounded(conn.sadd::<_, _, ()>(keys::QUEUES, queue)).await?;
         self.known.learn([queue.to_owned()]);
         Ok(())
+    }
+
+    /// Takes the queues that hold no task out of `tb:queues`, so sweeps cost
+    /// in proportion to queues with work and `max_queues` counts live queues.
+    ///
+    /// Safe against an enqueue racing it: the queue leaves the set first and
+    /// comes back if it holds a task by then; an enqueue whose task lands
+    /// after that look found the queue empty and registers it again itself
+    /// (`enqueue.lua` answers `first`).
+    pub(super) async fn forget_empty(&self, queues: &[String]) -> Result<usize, StoreError> {
+        let checks = queues.iter().map(|queue| async move {
+            let mut conn = self.conn.clone();
+            let meta = QueueKeys::new(queue).meta().to_owned();
+            if bounded(conn.exists::<_, bool>(&meta)).await? {
+                return Ok::<_, StoreError>(false);
+            }
+            bounded(conn.srem::<_, _, ()>(keys::QUEUES, queue)).await?;
+            if bounded(conn.exists::<_, bool>(&meta)).await? {
+                bounded(conn.sadd::<_, _, ()>(keys::QUEUES, queue)).await?;
+                return Ok(false);
+            }
+            Ok(true)
+        });
+        let mut forgotten = 0;
+        for (queue, removed) in queues.iter().zip(join_all(checks).await) {
+            if removed? {
+                self.known.forget(queue);
+                forgotten += 1;
+            }
+        }
+        Ok(forgotten)
     }
 
     /// Every queue in `tb:queues`.

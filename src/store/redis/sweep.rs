@@ -52,10 +52,14 @@ impl RedisStore {
         Ok(swept)
     }
 
-    /// `purge_finished`: finished tasks past retention removed.
+    /// `purge_finished`: finished tasks past retention removed; then the
+    /// queues left without tasks leave `tb:queues`.
     pub(super) async fn purge(&self, now: Millis) -> Result<Swept, StoreError> {
         let purge = Sweep { script: &scripts::PURGE, per_task: 1 };
-        let count = self.sweep(purge, now, |_| Vec::new()).await?.iter().map(|(_, items)| items.len()).sum();
+        let swept = self.sweep(purge, now, |_| Vec::new()).await?;
+        let count = swept.iter().map(|(_, items)| items.len()).sum();
+        let queues: Vec<String> = swept.into_iter().map(|(q, _)| q).collect();
+        self.forget_empty(&queues).await?;
         Ok(Swept { count, ..Swept::default() })
     }
 

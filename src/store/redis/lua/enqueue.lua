@@ -5,10 +5,13 @@
 -- ARGV[5..]: eight per new task: id, body (record.rs), priority,
 --            max_attempts, scheduled time (ms; due at once if not after now),
 --            payload bytes, dedup key, request id ('' for none).
--- Returns: {'ok', new_1, meta_1, body_1, result_1, new_2, ...} in argument
+-- Returns: {status, new_1, meta_1, body_1, result_1, new_2, ...} in argument
 --          order: new is 1 for a created task (body and result then '': the
 --          caller has them) and 0 when an existing task (same request id, or
 --          same dedup key still counting) is returned instead;
+--          status is 'first' when the queue held no task before (the caller
+--          then registers it in tb:queues again: a sweep may have removed it)
+--          and 'ok' otherwise;
 --          or {'collision', id} when a new task's id is taken (nothing written).
 -- Publishes: `ready <queue> <n>` once if n tasks became READY.
 
@@ -80,7 +83,7 @@ if readies > 0 then
 end
 local metas, bodies, scheduled = {}, {}, {}
 local ready = {} -- priority -> ids
-local out = {'ok'}
+local out = {redis.call('EXISTS', K_META) == 0 and 'first' or 'ok'}
 for n, f in ipairs(found) do
   local i = 5 + (n - 1) * PER
   if f == true then

@@ -8,6 +8,7 @@
 -- ARGV[8]: payload bytes already in the response
 -- ARGV[9]: payload budget of the response (bytes); a task that would go over
 --          it is left READY, unless the response would otherwise be empty
+-- ARGV[10]: a random number in [0, 2^21) drawn by the caller for this call
 -- Returns: {bytes, full, meta_1, body_1, result_1, meta_2, ...}: payload bytes
 --          in the response now, 1 if a task was left for lack of budget (else
 --          0), then each leased task's record (lib.lua).
@@ -63,13 +64,24 @@ if n == 0 then
   return out
 end
 
+-- Lease ids: the queue's counter (high bits) and a random part (low 21
+-- bits). The counter alone would hand out an id twice if Redis lost its last
+-- writes (a failover, a power loss under appendfsync everysec) after a worker
+-- got its lease: the random part makes the re-delivery's id differ (but for
+-- a 1 in 2^21 chance). Below 2^53: exact in a Lua number and in the f64 of
+-- the meta record.
 local first = redis.call('INCRBY', K_LEASE, n) - n
+local random = tonumber(ARGV[10])
+local function lease_id(i)
+  local counter = (first + i) % 4294967296
+  return counter * 2097152 + 1 + (random + i) % 2097151
+end
 local deadline = now + duration
 local leased, metas = {}, {}
 local watching = any_watched()
 for i, id in ipairs(ids) do
   local _, attempt, size, _, _, _, _, tail = unpack_head(raws[i])
-  local meta = pack_head(LEASED, attempt + 1, size, first + i, deadline, now, worker) .. string.sub(raws[i], tail)
+  local meta = pack_head(LEASED, attempt + 1, size, lease_id(i), deadline, now, worker) .. string.sub(raws[i], tail)
   raws[i] = meta
   leased[#leased + 1] = deadline
   leased[#leased + 1] = id

@@ -12,7 +12,7 @@
 --   KEYS[6] finished   LIST  SUCCEEDED/DEAD/CANCELED tasks as '<purge time>:<id>',
 --                            in the order they finished (so by purge time)
 --   KEYS[7] seq        counter: ready_seq of the last task made READY
---   KEYS[8] lease      counter: the last lease id (a fencing token, never reused)
+--   KEYS[8] lease      counter: the high part of the lease ids (lease.lua)
 --   KEYS[9] dedup      HASH  dedup_key -> task id
 --   KEYS[10] requests  HASH  request_id -> task id
 --   KEYS[11] watched   HASH  task id -> number of WatchTask calls on it

@@ -1,0 +1,130 @@
+//! The barrier of [`super::TableStore`]: answers that change nothing wait for
+//! the commits submitted before them. The commits here are held open by the
+//! test, so the order is checked without timing.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+
+use super::*;
+use crate::core::queue::{Policies, QueuePolicy};
+use crate::core::task::NewTask;
+
+/// Commits that finish only when the test says so.
+struct Held {
+    log: Arc<CommitLog>,
+    /// Sequence numbers of the commits submitted so far.
+    submitted: Mutex<Vec<u64>>,
+}
+
+impl Persist for Held {
+    const TRACKS_CHANGES: bool = true;
+
+    fn check(&self) -> Result<(), StoreError> {
+        self.log.check()
+    }
+
+    fn submit(&self, _changes: Changes) -> Result<Durable, StoreError> {
+        let seq = self.log.submit();
+        self.submitted.lock().unwrap().push(seq);
+        Ok(self.log.wait(seq))
+    }
+
+    fn barrier(&self) -> Result<Option<Durable>, StoreError> {
+        self.log.barrier()
+    }
+
+    fn healthy(&self) -> bool {
+        self.log.healthy()
+    }
+
+    fn commits(&self) -> Option<u64> {
+        None
+    }
+}
+
+fn held_store() -> (Arc<TableStore<Held>>, Arc<CommitLog>) {
+    let log = CommitLog::new("test store");
+    let queues: QueueRegistry = Arc::new(Policies::new(BTreeMap::new(), QueuePolicy::default())).into();
+    let table = TableStore::<Held>::table_for(&queues);
+    let persist = Held { log: log.clone(), submitted: Mutex::new(Vec::new()) };
+    (Arc::new(TableStore::with(queues, table, persist)), log)
+}
+
+fn replayable() -> NewTask {
+    NewTask {
+        queue: "q".into(),
+        kind: "k".into(),
+        payload: b"p".to_vec(),
+        content_type: String::new(),
+        priority: 0,
+        headers: BTreeMap::new(),
+        max_attempts: 3,
+        scheduled_time: 0,
+        dedup_key: "d".into(),
+        request_id: "r".into(),
+    }
+}
+
+/// Starts the first enqueue and returns once its commit is submitted (and held).
+async fn first_enqueue_held(
+    store: &Arc<TableStore<Held>>,
+) -> tokio::task::JoinHandle<Result<Vec<Enqueued>, StoreError>> {
+    let s = store.clone();
+    let first = tokio::spawn(async move { s.enqueue(vec![replayable()], 1).await });
+    for _ in 0..1000 {
+        if !store.persist.submitted.lock().unwrap().is_empty() {
+            return first;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("the first enqueue never submitted its commit");
+}
+
+#[tokio::test]
+async fn a_replay_is_not_answered_before_the_first_commit_is_durable() {
+    let (store, log) = held_store();
+    let first = first_enqueue_held(&store).await;
+    let mut replay = Box::pin(store.enqueue(vec![replayable()], 2));
+    assert!((&mut replay).now_or_never().is_none(), "the replay answered while the first commit was pending");
+    let id = store.table().request("q", "r").expect("the first task is in the table");
+    let mut read = Box::pin(store.get(id));
+    assert!((&mut read).now_or_never().is_none(), "get answered while the task's commit was pending");
+
+    log.finish(1, Ok(()));
+    let replayed = tokio::time::timeout(Duration::from_secs(5), replay).await.unwrap().unwrap();
+    assert!(replayed[0].deduplicated);
+    let got = tokio::time::timeout(Duration::from_secs(5), read).await.unwrap().unwrap();
+    assert_eq!(got.id, replayed[0].task.id);
+    assert!(!first.await.unwrap().unwrap()[0].deduplicated);
+    assert_eq!(store.persist.submitted.lock().unwrap().len(), 1, "the replay committed nothing");
+}
+
+#[tokio::test]
+async fn after_a_failed_commit_a_replay_and_a_get_are_unavailable() {
+    let (store, log) = held_store();
+    let first = first_enqueue_held(&store).await;
+    let replay = store.enqueue(vec![replayable()], 2);
+    let id = store.table().request("q", "r").expect("the first task is in the table");
+    let read = store.get(id);
+    log.finish(1, Err("disk on fire".into()));
+    assert!(matches!(first.await.unwrap(), Err(StoreError::Unavailable(_))));
+    assert!(matches!(replay.await, Err(StoreError::Unavailable(_))), "the replay saw undurable state");
+    assert!(matches!(read.await, Err(StoreError::Unavailable(_))), "get saw undurable state");
+    assert!(
+        matches!(store.get(id).await, Err(StoreError::Unavailable(_))),
+        "get skips the failed-store check"
+    );
+}
+
+#[tokio::test]
+async fn with_nothing_pending_a_no_change_answer_does_not_wait() {
+    let (store, log) = held_store();
+    let first = first_enqueue_held(&store).await;
+    log.finish(1, Ok(()));
+    first.await.unwrap().unwrap();
+    let replay = store.enqueue(vec![replayable()], 2).now_or_never().expect("nothing to wait for");
+    assert!(replay.unwrap()[0].deduplicated);
+}
