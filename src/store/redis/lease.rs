@@ -47,6 +47,7 @@ impl RedisStore {
             .unwrap_or_else(|| self.queues.current().get(queue).lease_duration.as_millis() as Millis);
         let mut inv = self.invocation(&scripts::LEASE, queue, now);
         inv.arg(take).arg(duration).arg(&spec.worker_id).arg(out.len()).arg(*bytes).arg(spec.max_bytes);
+        inv.arg(crate::core::budget::FIELD);
         let items = array(self.run(&inv).await?)?;
         let [total, _full, records @ ..] = items.as_slice() else {
             return Err(unexpected("a short lease reply"));

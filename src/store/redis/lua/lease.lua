@@ -5,10 +5,14 @@
 -- ARGV[5]: lease duration (ms)
 -- ARGV[6]: worker id
 -- ARGV[7]: tasks already in the response (taken from other queues)
--- ARGV[8]: payload bytes already in the response
--- ARGV[9]: payload budget of the response (bytes); a task that would go over
---          it is left READY, unless the response would otherwise be empty
--- Returns: {bytes, full, meta_1, body_1, result_1, meta_2, ...}: payload bytes
+-- ARGV[8]: bytes already in the response
+-- ARGV[9]: byte budget of the response; a task that would go over it is left
+--          READY, unless the response would otherwise be empty. A task counts
+--          its meta `size` (core::budget::task_bytes, set at enqueue), plus
+--          its last error and ARGV[10] if it has one (core::budget::lease_bytes;
+--          only a task delivered before has one)
+-- ARGV[10]: core::budget::FIELD (a field's framing)
+-- Returns: {bytes, full, meta_1, body_1, result_1, meta_2, ...}: bytes
 --          in the response now, 1 if a task was left for lack of budget (else
 --          0), then each leased task's record (lib.lua).
 -- Publishes: `changed <id>` per leased task that is watched.
@@ -20,6 +24,7 @@ local worker = ARGV[6]
 local have = tonumber(ARGV[7])
 local bytes = tonumber(ARGV[8])
 local budget = tonumber(ARGV[9])
+local field = tonumber(ARGV[10])
 
 local out = {0, 0}
 -- The leased tasks' ids and their meta records (to be rewritten).
@@ -38,7 +43,15 @@ for p = MAX_PRIORITY, 0, -1 do
     local consumed = 0
     for i, raw in ipairs(hmget(K_META, listed)) do
       if raw then
-        local size = struct.unpack('<I4', raw, 6)
+        local attempt, size = struct.unpack('<I4I4', raw, 2)
+        if attempt > 0 then
+          -- The last error's length: TAIL's sixth field, 29 bytes in.
+          local tail = select(8, unpack_head(raw))
+          local err = struct.unpack('<I4', raw, tail + 29)
+          if err > 0 then
+            size = size + err + field
+          end
+        end
         if have + #ids > 0 and bytes + size > budget then
           full = true
           break
