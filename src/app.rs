@@ -4,10 +4,15 @@
 //! `serve`, the test harness and the load tool all start a broker through
 //! [`start`]; nothing else spawns background loops or decides shutdown order.
 //!
-//! Shutdown ([`Running::shutdown`]): readiness NOT_SERVING → streams told to
-//! drain, long-polls return → no new connections → in-flight calls and streams
-//! get `shutdown_grace` → streams release what they still hold → background
-//! loops stop → the store closes when the last handle goes.
+//! Shutdown ([`Running::shutdown`]): readiness NOT_SERVING → the broker
+//! drains: no new leases (Lease answers empty at once, streams are told and
+//! get no more tasks) → the listener closes, but open connections keep taking
+//! calls, so workers still Ack, Nack and ExtendLease what they hold → the
+//! drain ends when no stream is open and no unary worker holds a lease, or
+//! when `shutdown_grace` runs out → streams give back what they still hold,
+//! and so does the broker for unary workers, all at once → connections are
+//! told to close (GOAWAY) and their calls finish → background loops stop →
+//! the store closes when the last handle goes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +24,7 @@ use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
 use crate::background;
+use crate::broker::session::StreamLimits;
 use crate::broker::{Broker, BrokerSettings, Phase};
 use crate::config::{Config, StorageKind};
 use crate::core::clock::Clock;
@@ -29,7 +35,7 @@ use crate::store::memory::MemoryStore;
 use crate::store::redis::{redact, RedisStore};
 use crate::store::Store;
 
-/// How long streams get to release their leases once the grace is over.
+/// How long open calls get to finish once the drain is over.
 const AFTER_GRACE: Duration = Duration::from_secs(2);
 /// How often readiness looks at storage health.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
@@ -61,6 +67,10 @@ pub async fn open_broker(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Resu
         strict_queues: config.strict_queues,
         max_payload_bytes: config.max_payload_bytes,
         max_delay: config.max_delay,
+        streams: StreamLimits {
+            outbound_bytes: config.stream_outbound_bytes,
+            stall_timeout: config.stream_stall_timeout,
+        },
     };
     Ok(Broker::new(store, clock, settings))
 }
@@ -74,7 +84,10 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Run
     let addr: SocketAddr =
         config.listen.parse().map_err(|_| anyhow::anyhow!("listen: not an address: {}", config.listen))?;
     let (stop_background, stop) = watch::channel(false);
-    let opts = ServerOptions { max_message_bytes: config.max_message_bytes };
+    let opts = ServerOptions {
+        max_message_bytes: config.max_message_bytes,
+        max_concurrent_streams: config.max_concurrent_streams,
+    };
     let grpc = Box::pin(server::serve(broker.clone(), addr, opts)).await?;
     let health = grpc.health.clone();
     let readiness = tokio::spawn(follow_storage_health(broker.clone(), health.clone(), stop.clone()));
@@ -121,18 +134,22 @@ impl Running {
         self.health.set_service_status("", ServingStatus::NotServing).await;
         self.broker.set_phase(Phase::Draining);
         self.grpc.stop_accepting();
-        let served = match self.grpc.finish(self.grace).await {
-            Some(served) => served,
-            None => {
-                tracing::warn!(grace = ?self.grace, "calls still open after the grace period; ending them");
-                self.broker.set_phase(Phase::Stopped);
-                self.grpc.finish(AFTER_GRACE).await.unwrap_or_else(|| {
-                    self.grpc.abort();
-                    Ok(())
-                })
-            }
-        };
+        if tokio::time::timeout(self.grace, self.broker.drained()).await.is_err() {
+            tracing::warn!(grace = ?self.grace, "leases still held after the grace period; giving them back");
+        }
         self.broker.set_phase(Phase::Stopped);
+        let released = self.broker.release_held().await;
+        if released > 0 {
+            tracing::info!(released, "gave back the tasks unary workers still held");
+        }
+        // Other long calls (WatchTask, a health watch, an EnqueueStream) get
+        // a moment to finish; their clients reconnect elsewhere.
+        self.grpc.close();
+        let served = self.grpc.finish(AFTER_GRACE).await.unwrap_or_else(|| {
+            tracing::warn!(after = ?AFTER_GRACE, "calls still open after the drain; ending them");
+            self.grpc.abort();
+            Ok(())
+        });
         let _ = self.stop_background.send(true);
         for task in self.background.drain(..) {
             let _ = task.await;

@@ -76,6 +76,16 @@ pub struct Config {
     /// How long in-flight calls may finish after SIGTERM.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    // Flow control of connections and worker streams.
+    /// Most bytes of events a worker stream holds for its client to read;
+    /// past it the stream waits (one larger task still goes, alone).
+    pub stream_outbound_bytes: usize,
+    /// A stream whose client reads nothing for this long while events wait
+    /// is ended, its leases given back at once.
+    #[serde(with = "humantime_serde")]
+    pub stream_stall_timeout: Duration,
+    /// Most calls (streams included) open at once on one HTTP/2 connection.
+    pub max_concurrent_streams: u32,
     pub queues: BTreeMap<String, QueueConfig>,
     pub routes: Vec<RouteConfig>,
 }
@@ -97,6 +107,9 @@ impl Default for Config {
             max_tasks: None,
             max_queued_bytes: None,
             shutdown_grace: Duration::from_secs(10),
+            stream_outbound_bytes: 2 << 20,
+            stream_stall_timeout: Duration::from_secs(60),
+            max_concurrent_streams: 1024,
             queues: BTreeMap::new(),
             routes: Vec::new(),
         }
@@ -190,6 +203,15 @@ impl Config {
         }
         if self.max_queued_bytes == Some(0) {
             errors.push("max_queued_bytes: must be >= 1".into());
+        }
+        if self.stream_outbound_bytes < 64 << 10 {
+            errors.push("stream_outbound_bytes: must be >= 65536".into());
+        }
+        if self.stream_stall_timeout < Duration::from_millis(100) {
+            errors.push("stream_stall_timeout: must be >= 100ms".into());
+        }
+        if self.max_concurrent_streams == 0 {
+            errors.push("max_concurrent_streams: must be >= 1".into());
         }
         for (name, q) in &self.queues {
             let path = format!("queues.{name}");

@@ -109,3 +109,97 @@ async fn a_stream_that_never_closes_is_ended_when_the_grace_runs_out_and_its_tas
     let redelivered = again.task().await;
     assert_eq!((task_of(&redelivered).id.as_str(), task_of(&redelivered).attempt), (task.id.as_str(), 2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unary_worker_acks_during_the_grace_and_a_lease_then_gets_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = grace_config(dir.path(), "30s");
+    let data = dir.path().join("data");
+    let args = ["--storage", "embedded", "--data-dir", data.to_str().unwrap(), "--config", &config];
+    let log = dir.path().join("broker.log");
+    let mut broker = ServeProcess::start("broker", &args, &log).await;
+    let mut health = broker.watch_health().await;
+    let mut producer = broker.producer();
+    let mut worker = broker.worker();
+    let mut enqueue = async |kind: &str| {
+        let req = pb::EnqueueRequest { queue: "unary".into(), kind: kind.into(), ..Default::default() };
+        producer.enqueue(req).await.unwrap().into_inner().task.unwrap()
+    };
+    let held = enqueue("held").await;
+    let waiting = enqueue("waiting").await;
+    let lease = |wait: i64| pb::LeaseRequest {
+        queues: vec!["unary".into()],
+        max_tasks: 1,
+        lease_duration: Some(prost_types::Duration { seconds: 3600, nanos: 0 }),
+        wait: Some(prost_types::Duration { seconds: wait, nanos: 0 }),
+        worker_id: "unary-worker".into(),
+    };
+    let leased = worker.lease(lease(0)).await.unwrap().into_inner().tasks;
+    assert_eq!(leased.iter().map(|t| task_of(t).id.as_str()).collect::<Vec<_>>(), [held.id.as_str()]);
+
+    let stopping = Instant::now();
+    broker.sigterm();
+    broker.health_becomes(&mut health, ServingStatus::NotServing, Duration::from_secs(5)).await;
+    // Draining: a Lease answers at once with nothing, though a task is ready
+    // and it would wait 10 s for one.
+    let asked = Instant::now();
+    let none = worker.lease(lease(10)).await.expect("Lease during the grace").into_inner().tasks;
+    assert!(none.is_empty(), "a Lease during the grace leased {none:?}");
+    assert!(asked.elapsed() < Duration::from_secs(2), "the Lease waited {:?}", asked.elapsed());
+    // The worker settles what it holds over its open connection.
+    let ack = pb::AckRequest {
+        task_id: held.id.clone(),
+        lease_id: leased[0].lease_id.clone(),
+        result: b"ok".to_vec(),
+    };
+    worker.ack(ack).await.expect("Ack during the grace");
+    // Nothing held, no stream open: the broker exits without using its 30 s grace.
+    broker.exits_cleanly(Duration::from_secs(10)).await;
+    eprintln!("exited {:?} after SIGTERM (grace 30s)", stopping.elapsed());
+    drop(broker);
+
+    // The acked task stays acked (one delivery); the other was never leased.
+    let broker = ServeProcess::start("restarted", &args, &log).await;
+    let get = async |id: &str| {
+        let req = pb::GetTaskRequest { task_id: id.into() };
+        broker.producer().get_task(req).await.unwrap().into_inner().task.unwrap()
+    };
+    let t = get(&held.id).await;
+    assert_eq!((state(&t), t.attempt, t.result.as_slice()), (pb::TaskState::Succeeded, 1, &b"ok"[..]));
+    let t = get(&waiting.id).await;
+    assert_eq!((state(&t), t.attempt), (pb::TaskState::Ready, 0), "no lease during the grace");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_unary_workers_still_hold_when_the_grace_runs_out_goes_back_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = grace_config(dir.path(), "1s");
+    let data = dir.path().join("data");
+    let args = ["--storage", "embedded", "--data-dir", data.to_str().unwrap(), "--config", &config];
+    let log = dir.path().join("broker.log");
+    let mut broker = ServeProcess::start("broker", &args, &log).await;
+    let tasks = (0..200)
+        .map(|i| pb::EnqueueRequest { queue: "kept".into(), kind: format!("k{i}"), ..Default::default() })
+        .collect();
+    broker.producer().enqueue_batch(pb::EnqueueBatchRequest { tasks }).await.unwrap();
+    let req = pb::LeaseRequest {
+        queues: vec!["kept".into()],
+        max_tasks: 200,
+        lease_duration: Some(prost_types::Duration { seconds: 3600, nanos: 0 }),
+        ..Default::default()
+    };
+    let leased = broker.worker().lease(req).await.unwrap().into_inner().tasks;
+    assert_eq!(leased.len(), 200);
+    let stopping = Instant::now();
+    broker.sigterm();
+    broker.exits_cleanly(Duration::from_secs(1) + AFTER_GRACE).await;
+    eprintln!("200 held tasks: exited {:?} after SIGTERM (grace 1s)", stopping.elapsed());
+    drop(broker);
+    // All 200 went back when the grace ran out, not after their hour-long lease.
+    let broker = ServeProcess::start("restarted", &args, &log).await;
+    for t in &leased {
+        let req = pb::GetTaskRequest { task_id: task_of(t).id.clone() };
+        let t = broker.producer().get_task(req).await.unwrap().into_inner().task.unwrap();
+        assert_eq!((state(&t), t.attempt), (pb::TaskState::Ready, 1), "{}", t.kind);
+    }
+}

@@ -285,3 +285,43 @@ async fn work_kills_a_command_whose_lease_is_lost() {
     assert!(killed.is_ok(), "the command was killed after its lease was lost");
     assert_eq!(common::state(&s.get(&t.id).await), pb::TaskState::Canceled);
 }
+
+#[tokio::test]
+async fn work_cat_streams_a_1_mib_payload_through_and_acks_it_as_the_result() {
+    let mut s = common::start().await;
+    let _worker = work(s.addr, "echo", &["--lease", "5s"], "cat", &[]);
+    // Far over a pipe's buffer (64 KiB): writing all of stdin before reading
+    // stdout would block both sides.
+    let payload: Vec<u8> = (0..1usize << 20).map(|i| (i % 251) as u8).collect();
+    let t = s.enqueue_req(pb::EnqueueRequest { payload: payload.clone(), ..task("echo", "cat", "") }).await;
+    let done = wait_for(&mut s, &t.id, pb::TaskState::Succeeded).await;
+    assert_eq!(done.attempt, 1, "one run");
+    assert!(done.result == payload, "the result is the payload ({} bytes back)", done.result.len());
+}
+
+#[tokio::test]
+async fn an_oversize_result_ends_dead_with_the_error_and_is_not_run_again() {
+    let mut s =
+        common::start_with(common::Options { config: "max_payload_bytes = 1000", ..Default::default() })
+            .await;
+    let dir = tempfile::tempdir().unwrap();
+    // Each run appends a line to `runs`; the result is over what the worker
+    // (--max-result-bytes) or the broker (max_payload_bytes) accepts.
+    let script = r#"echo run >> "$DIR/runs"; head -c "$TASKBROKER_HEADER_SIZE" /dev/zero"#;
+    let _worker = work(s.addr, "big", &["--max-result-bytes", "3000"], script, &[("DIR", dir.path())]);
+    let sized = |size: &str| pb::EnqueueRequest {
+        headers: [("size".to_string(), size.to_string())].into(),
+        max_attempts: Some(3),
+        ..task("big", "big", "")
+    };
+    // Over the worker's limit: never sent; over only the broker's: refused.
+    for (size, error) in [("5000", "over --max-result-bytes (3000)"), ("2000", "refused by the broker")] {
+        let t = s.enqueue_req(sized(size)).await;
+        let dead = wait_for(&mut s, &t.id, pb::TaskState::Dead).await;
+        assert!(dead.last_error.contains(error), "{size}: {}", dead.last_error);
+        assert!(dead.last_error.contains(&format!("result of {size} bytes")), "{}", dead.last_error);
+        assert_eq!(dead.attempt, 1, "{size}: run once, not retried");
+    }
+    let runs = std::fs::read_to_string(dir.path().join("runs")).unwrap();
+    assert_eq!(runs.lines().count(), 2, "each command ran once");
+}

@@ -45,6 +45,8 @@ impl Broker {
                 w.as_mut().enable();
             }
             let tasks = self.lease_now(spec.clone()).await?;
+            // Held by a unary worker: the shutdown's drain waits for these.
+            self.inner.drain.hold(&tasks);
             if !tasks.is_empty() || wait.is_zero() {
                 return Ok(tasks);
             }
@@ -63,7 +65,12 @@ impl Broker {
     }
 
     /// Leases what is ready now (validated spec; streams and `lease` call it).
+    /// Nothing once the broker drains: workers settle what they hold, and
+    /// whatever is still ready stays for the replicas that go on.
     pub(crate) async fn lease_now(&self, spec: LeaseSpec) -> Result<Vec<Task>, BrokerError> {
+        if *self.inner.phase.borrow() != Phase::Serving {
+            return Ok(Vec::new());
+        }
         let tasks = self.store().lease(spec, self.now()).await?;
         if let Some(first) = tasks.iter().filter_map(|t| t.lease.as_ref()).map(|l| l.expire_time).min() {
             self.timer_at(first);

@@ -7,11 +7,14 @@
 //!
 //! Files: `produce.rs` (enqueue, get, cancel, watch), `lease.rs` (Lease and its
 //! long-poll, subscriptions), `settle.rs` (ack, nack, extend, release),
-//! `session.rs` (a worker stream), `watch.rs` (task watchers), `waiters.rs`
-//! (per-queue wake-ups), `validate.rs`, `error.rs`.
+//! `session.rs` (a worker stream), `drain.rs` (what a graceful shutdown waits
+//! for), `watch.rs` (task watchers), `waiters.rs` (per-queue wake-ups),
+//! `validate.rs`, `error.rs`.
 
+mod drain;
 pub mod error;
 mod lease;
+mod outbound;
 mod produce;
 pub mod session;
 mod settle;
@@ -54,6 +57,8 @@ pub struct BrokerSettings {
     pub max_payload_bytes: usize,
     /// Longest `delay`/`retry_after`, furthest `scheduled_time` ahead.
     pub max_delay: std::time::Duration,
+    /// Bounds of every worker stream (outbound bytes, stall timeout).
+    pub streams: session::StreamLimits,
 }
 
 /// A lease that ended without its holder settling it.
@@ -107,6 +112,8 @@ struct Inner {
     watchers: Watchers,
     /// Leases that ended unsettled, for the streams that held them.
     lost: broadcast::Sender<LostLease>,
+    /// Unary workers' leases and open streams, for the shutdown's drain.
+    drain: drain::Drain,
     phase: watch_channel::Sender<Phase>,
     /// Wakes the timer loop when a timer earlier than its sleep appears.
     timers: Notify,
@@ -123,6 +130,7 @@ impl Broker {
             waiters: Waiters::default(),
             watchers: Watchers::default(),
             lost: broadcast::channel(4096).0,
+            drain: drain::Drain::default(),
             phase: watch_channel::channel(Phase::Serving).0,
             timers: Notify::new(),
             next_sweep: AtomicU64::new(0),
@@ -136,6 +144,11 @@ impl Broker {
 
     pub fn now(&self) -> Millis {
         self.inner.clock.now()
+    }
+
+    /// How worker streams are bounded.
+    pub fn stream_limits(&self) -> session::StreamLimits {
+        self.inner.settings.streams
     }
 
     fn store(&self) -> &dyn Store {
@@ -170,6 +183,7 @@ impl Broker {
     pub async fn run_timers(&self) -> Result<Swept, BrokerError> {
         let now = self.now();
         let store = self.store();
+        self.inner.drain.expire(now);
         let mut swept = store.requeue_expired(now).await?;
         let promoted = store.promote_due(now).await?;
         let purged = store.purge_finished(now).await?;

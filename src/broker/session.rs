@@ -5,6 +5,11 @@
 //! work, sleeps on queue wake-ups otherwise (no polling), settles what the
 //! worker sends, tells the worker about leases it lost, drains on shutdown,
 //! and gives back everything it holds the moment the stream ends.
+//!
+//! What it sends waits in an [`outbound`](super::outbound) queue bounded in
+//! bytes. While it waits for room it still follows lost leases and the
+//! broker's phase; a client that reads nothing for `stall_timeout` while
+//! events wait has its stream ended and its leases given back at once.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -13,8 +18,11 @@ use std::time::Duration;
 
 use futures_util::future::{join_all, select_all, FutureExt};
 use futures_util::{Stream, StreamExt};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
+use tokio::sync::watch;
 
+use super::outbound;
+pub use super::outbound::{channel as outbound, Outbound, Pending, StreamLimits};
 use super::validate::{Subscription, MAX_BATCH, MAX_IN_FLIGHT};
 use super::{Broker, BrokerError, LostLease, LostReason, Phase};
 use crate::core::lease::LeaseId;
@@ -91,9 +99,6 @@ pub enum Event {
     Draining,
 }
 
-/// The session's outbound channel: events, or the error that ends the stream.
-pub type Outbound = mpsc::Sender<Result<Event, BrokerError>>;
-
 struct Session {
     broker: Broker,
     selector: Selector,
@@ -106,6 +111,25 @@ struct Session {
     /// No more pushes: the broker is shutting down or the worker asked.
     draining: bool,
     out: Outbound,
+    lost: broadcast::Receiver<LostLease>,
+    phase: watch::Receiver<Phase>,
+    /// How long a send may wait for the client to read before the stream ends.
+    stall_timeout: Duration,
+    /// What came up while a send waited, to be sent next: lost leases, the
+    /// broker's drain, a lagged lost-lease feed to check against the store.
+    owed: Owed,
+    /// The stream ended because its client stopped reading.
+    stalled: bool,
+    /// The worker was told the broker drains.
+    told_draining: bool,
+}
+
+/// What a session owes the worker after waiting for room.
+#[derive(Default)]
+struct Owed {
+    lost: Vec<LostLease>,
+    draining: bool,
+    recheck: bool,
 }
 
 /// The client went away (or the stream must end): stop the session.
@@ -194,9 +218,8 @@ pub async fn run(
     mut inbound: impl Stream<Item = Command> + Unpin,
     out: Outbound,
 ) {
+    let _open = broker.open_session();
     let notifies = broker.queue_notifies(&sub.queues);
-    let mut lost = broker.lost_leases();
-    let mut phase = broker.phase();
     let mut s = Session {
         selector: Selector::new(sub.queues, sub.mode),
         lease_duration: sub.lease_duration,
@@ -204,17 +227,20 @@ pub async fn run(
         window: sub.max_in_flight,
         held: HashMap::new(),
         draining: false,
+        lost: broker.lost_leases(),
+        phase: broker.phase(),
+        stall_timeout: broker.stream_limits().stall_timeout,
+        owed: Owed::default(),
+        stalled: false,
+        told_draining: false,
         broker,
         out,
     };
     let mut retry_at: Option<tokio::time::Instant> = None;
-    let _ = phase.borrow_and_update();
-    if *phase.borrow() != Phase::Serving && s.send(Event::Draining).await.is_err() {
-        return;
-    }
     let outcome: Result<(), Gone> = async {
         loop {
-            s.draining |= *phase.borrow() != Phase::Serving;
+            s.on_phase()?;
+            s.pay_owed().await?;
             let mut woken: Vec<_> = notifies.iter().map(|n| Box::pin(n.notified())).collect();
             let mut idle = false;
             if !s.draining && retry_at.is_none() && s.held.len() < s.window {
@@ -270,29 +296,85 @@ pub async fn run(
                 }
                 _ = wake => {}
                 _ = retry => retry_at = None,
-                ev = lost.recv() => s.on_lost(ev).await?,
-                _ = phase.changed() => {
-                    let now = *phase.borrow_and_update();
-                    if now == Phase::Stopped {
-                        return Err(Gone);
-                    }
-                    if *phase.borrow() != Phase::Serving {
-                        s.draining = true;
-                        s.send(Event::Draining).await?;
-                    }
-                }
+                ev = s.lost.recv() => s.on_lost(ev)?,
+                _ = s.phase.changed() => s.on_phase()?,
                 _ = s.out.closed() => return Err(Gone),
             }
         }
     }
     .await;
     debug_assert!(outcome.is_err());
-    s.release_all().await;
+    if s.stalled {
+        let why = format!("worker stream not read for {:?}: its tasks were given back", s.stall_timeout);
+        tracing::warn!(worker_id = %s.worker_id, held = s.held.len(), "{why}");
+        s.release_all("worker stream stalled (not read) before settling").await;
+        s.out.fail(BrokerError::Unavailable(why));
+    } else {
+        s.release_all("worker stream closed before settling").await;
+    }
 }
 
 impl Session {
-    async fn send(&self, event: Event) -> Result<(), Gone> {
-        self.out.send(Ok(event)).await.map_err(|_| Gone)
+    /// Sends `event` once the client has read enough to make room for it;
+    /// meanwhile follows lost leases and the broker's phase. Ends the stream
+    /// if the client reads nothing for `stall_timeout`.
+    async fn send(&mut self, event: Event) -> Result<(), Gone> {
+        let room = match self.out.try_room(&event) {
+            Some(room) => room,
+            None => self.wait_for_room(&event).await?,
+        };
+        self.out.send(room, event).map_err(|_| Gone)
+    }
+
+    async fn wait_for_room(&mut self, event: &Event) -> Result<outbound::Room, Gone> {
+        let out = self.out.clone();
+        let room = out.room(event);
+        let stall = tokio::time::sleep(self.stall_timeout);
+        tokio::pin!(room, stall);
+        loop {
+            tokio::select! {
+                room = &mut room => return room.map_err(|_| Gone),
+                _ = &mut stall => {
+                    self.stalled = true;
+                    return Err(Gone);
+                }
+                ev = self.lost.recv() => self.on_lost(ev)?,
+                _ = self.phase.changed() => self.on_phase()?,
+                _ = out.closed() => return Err(Gone),
+            }
+        }
+    }
+
+    /// Sends what came up while a send waited.
+    async fn pay_owed(&mut self) -> Result<(), Gone> {
+        let owed = std::mem::take(&mut self.owed);
+        if owed.draining {
+            self.send(Event::Draining).await?;
+        }
+        for lost in owed.lost {
+            self.send(Event::LeaseLost(lost)).await?;
+        }
+        if owed.recheck {
+            self.recheck().await?;
+        }
+        Ok(())
+    }
+
+    /// Follows the broker's phase: draining pushes nothing more (the worker
+    /// is told once), stopped ends the stream.
+    fn on_phase(&mut self) -> Result<(), Gone> {
+        let now = *self.phase.borrow_and_update();
+        if now == Phase::Stopped {
+            return Err(Gone);
+        }
+        if now != Phase::Serving {
+            self.draining = true;
+            if !self.told_draining {
+                self.told_draining = true;
+                self.owed.draining = true;
+            }
+        }
+        Ok(())
     }
 
     /// Leases and pushes as many tasks as the window allows; returns how
@@ -359,7 +441,7 @@ impl Session {
             self.send(Event::Settled { task_id, lease_id, op, outcome }).await?;
         }
         if let Some(e) = violation {
-            let _ = self.out.send(Err(e)).await;
+            self.out.fail(e);
             return Err(Gone);
         }
         Ok(())
@@ -389,16 +471,21 @@ impl Session {
         }
     }
 
-    async fn on_lost(&mut self, ev: Result<LostLease, broadcast::error::RecvError>) -> Result<(), Gone> {
+    /// A lost-lease event: one of ours is owed to the worker (sent by
+    /// [`Session::pay_owed`], so this never waits for room).
+    fn on_lost(&mut self, ev: Result<LostLease, broadcast::error::RecvError>) -> Result<(), Gone> {
         match ev {
             Ok(lost) => {
                 if self.held.get(&lost.task_id) == Some(&lost.lease_id) {
                     self.held.remove(&lost.task_id);
-                    self.send(Event::LeaseLost(lost)).await?;
+                    self.owed.lost.push(lost);
                 }
                 Ok(())
             }
-            Err(broadcast::error::RecvError::Lagged(_)) => self.recheck().await,
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                self.owed.recheck = true;
+                Ok(())
+            }
             Err(broadcast::error::RecvError::Closed) => Err(Gone),
         }
     }
@@ -423,14 +510,15 @@ impl Session {
         Ok(())
     }
 
-    /// The stream ended: every held task goes back at once.
-    async fn release_all(&mut self) {
-        for (task_id, lease_id) in self.held.drain() {
-            if let Err(e) =
-                self.broker.release(task_id, lease_id, "worker stream closed before settling").await
-            {
+    /// The stream ended: every held task goes back at once, all together (a
+    /// durable store commits them in one go).
+    async fn release_all(&mut self, why: &str) {
+        let broker = &self.broker;
+        join_all(self.held.drain().map(|(task_id, lease_id)| async move {
+            if let Err(e) = broker.release(task_id, lease_id, why).await {
                 tracing::debug!(%task_id, error = %e, "release after stream end");
             }
-        }
+        }))
+        .await;
     }
 }

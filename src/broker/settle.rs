@@ -5,20 +5,20 @@ use std::time::Duration;
 
 use super::validate::lease_length;
 use super::{Broker, BrokerError};
+use crate::core::budget::MAX_ERROR_BYTES;
 use crate::core::lease::LeaseId;
 use crate::core::task::{Task, TaskId, TaskState};
 use crate::core::Millis;
-use crate::store::{AckItem, NackSpec};
-
-/// Longest error text kept from a Nack.
-const MAX_ERROR_BYTES: usize = 16 * 1024;
+use crate::store::{AckItem, NackSpec, StoreError};
 
 impl Broker {
     pub async fn ack(&self, id: TaskId, lease: LeaseId, result: Vec<u8>) -> Result<Task, BrokerError> {
         if result.len() > self.inner.settings.max_payload_bytes {
             return Err(BrokerError::invalid("result", "over the payload size limit"));
         }
-        let task = self.store().ack(id, lease.0, result, self.now()).await?;
+        let task = self.store().ack(id, lease.0, result, self.now()).await;
+        self.settled(id, lease.0, &task);
+        let task = task?;
         self.changed([&task]);
         Ok(task)
     }
@@ -36,11 +36,16 @@ impl Broker {
             })
             .collect();
         let valid: Vec<AckItem> = checked.iter().filter_map(|c| c.as_ref().ok().cloned()).collect();
+        let leases: Vec<_> = valid.iter().map(|a| (a.id, a.lease_id)).collect();
         let n = valid.len();
-        let mut stored = match self.store().ack_many(valid, self.now()).await {
-            Ok(results) => results.into_iter().map(|r| r.map_err(BrokerError::from)).collect(),
-            Err(e) => vec![Err(BrokerError::from(e)); n],
+        let mut stored: Vec<_> = match self.store().ack_many(valid, self.now()).await {
+            Ok(results) => results,
+            Err(e) => vec![Err(e); n],
         };
+        for ((id, lease), outcome) in leases.into_iter().zip(&stored) {
+            self.settled(id, lease, outcome);
+        }
+        let mut stored: Vec<_> = stored.drain(..).map(|r| r.map_err(BrokerError::from)).collect();
         self.changed(stored.iter().filter_map(|r| r.as_ref().ok()));
         stored.reverse();
         checked
@@ -80,7 +85,9 @@ impl Broker {
         no_retry: bool,
     ) -> Result<Task, BrokerError> {
         let spec = NackSpec { error, retry_after, no_retry, jitter_sample: rand::random::<f64>() };
-        let task = self.store().nack(id, lease, spec, self.now()).await?;
+        let task = self.store().nack(id, lease, spec, self.now()).await;
+        self.settled(id, lease, &task);
+        let task = task?;
         match task.state {
             TaskState::Ready => self.inner.waiters.wake_for(&task.queue, 1),
             TaskState::Scheduled => self.timer_at(task.scheduled_time),
@@ -99,8 +106,27 @@ impl Broker {
     ) -> Result<Millis, BrokerError> {
         let by = extend_by.ok_or_else(|| BrokerError::invalid("extend_by", "required"))?;
         let by = lease_length("extend_by", by).map_err(|v| BrokerError::Invalid(vec![v]))?;
-        Ok(self.store().extend(id, lease.0, by, self.now()).await?)
+        let deadline = self.store().extend(id, lease.0, by, self.now()).await;
+        match &deadline {
+            Ok(at) => self.inner.drain.extended(id, lease.0, *at),
+            Err(e) if not_held(e) => self.inner.drain.ended(id, lease.0),
+            Err(_) => {}
+        }
+        Ok(deadline?)
     }
+
+    /// A settling call on `(id, lease)` came to `outcome`: the lease is over
+    /// if it settled or was not held (any other failure changed nothing).
+    fn settled<T>(&self, id: TaskId, lease: u64, outcome: &Result<T, StoreError>) {
+        if outcome.as_ref().err().is_none_or(not_held) {
+            self.inner.drain.ended(id, lease);
+        }
+    }
+}
+
+/// The failure says the lease is not (or no longer) held.
+fn not_held(e: &StoreError) -> bool {
+    matches!(e, StoreError::Lease(_) | StoreError::TaskNotFound(_))
 }
 
 fn truncate(mut error: String) -> String {

@@ -3,7 +3,11 @@
 //! Holds one `Stream` with `--concurrency` credits. Each pushed task runs
 //! `CMD` with the payload on stdin and the task in environment variables;
 //! exit 0 acks with stdout as the result, anything else nacks with the tail of
-//! stderr. Leases are extended while the command runs; a command whose lease
+//! stderr. The payload is written to stdin while stdout and stderr are read,
+//! so a command that answers as it reads (`cat`) never blocks on a full pipe.
+//! A result over `--max-result-bytes`, or one the broker refuses as too large,
+//! is a Nack without retry (running the command again would give the same
+//! result). Leases are extended while the command runs; a command whose lease
 //! is lost is killed. SIGTERM (or Ctrl-C) stops taking work, finishes what
 //! runs, and exits.
 
@@ -13,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
@@ -41,6 +45,10 @@ pub struct WorkArgs {
     /// Name reported to the broker.
     #[arg(long, default_value = "")]
     pub worker_id: String,
+    /// Largest result (stdout) acked; a larger one fails the task without
+    /// retry. The broker's `max_payload_bytes` (default 1 MiB) also applies.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_result_bytes: usize,
     #[command(flatten)]
     pub server: ServerArg,
     /// The command and its arguments.
@@ -52,7 +60,15 @@ pub struct WorkArgs {
 struct Done {
     task_id: String,
     lease_id: String,
-    outcome: Result<Vec<u8>, String>,
+    outcome: Outcome,
+}
+
+/// How a command ended.
+enum Outcome {
+    /// Exit 0: Ack with stdout.
+    Succeeded(Vec<u8>),
+    /// Nack with this error; `no_retry` when another run cannot help.
+    Failed { error: String, no_retry: bool },
 }
 
 /// A running command.
@@ -91,6 +107,9 @@ pub async fn run(args: WorkArgs) -> anyhow::Result<()> {
 
     let (done_tx, mut done_rx) = mpsc::channel::<Done>(64);
     let mut jobs: HashMap<String, Job> = HashMap::new();
+    // Acks sent and not yet answered: task -> (lease, result length), so an
+    // Ack the broker refuses for its result's size becomes a final Nack.
+    let mut acking: HashMap<String, (String, usize)> = HashMap::new();
     let mut extend = tokio::time::interval(args.lease / 3);
     extend.tick().await;
     let mut stopping = false;
@@ -111,7 +130,8 @@ pub async fn run(args: WorkArgs) -> anyhow::Result<()> {
                         let Some(task) = leased.task else { continue };
                         let (kill, killed) = oneshot::channel();
                         let id = task.id.clone();
-                        tokio::spawn(run_command(args.command.clone(), task, leased.lease_id.clone(), killed, done_tx.clone()));
+                        let max = args.max_result_bytes;
+                        tokio::spawn(run_command(args.command.clone(), task, leased.lease_id.clone(), max, killed, done_tx.clone()));
                         jobs.insert(id, Job { lease_id: leased.lease_id, _kill: kill });
                     }
                     Some(Pushed::LeaseLost(lost))
@@ -121,8 +141,17 @@ pub async fn run(args: WorkArgs) -> anyhow::Result<()> {
                         tracing::warn!(task_id = %lost.task_id, reason = %lost.reason, "lease lost; command killed");
                     }
                     Some(Pushed::Settled(s)) => {
-                        if let Some(err) = s.error {
-                            tracing::warn!(task_id = %s.task_id, error = %err.message, "settlement refused");
+                        let acked = (s.operation == pb::SettleOperation::Ack as i32)
+                            .then(|| acking.remove(&s.task_id))
+                            .flatten()
+                            .filter(|(lease, _)| *lease == s.lease_id);
+                        let Some(err) = s.error else { continue };
+                        tracing::warn!(task_id = %s.task_id, error = %err.message, "settlement refused");
+                        // A refused result (too large for the broker) fails the task for good.
+                        if let Some((lease_id, len)) = acked.filter(|_| err.code == tonic::Code::InvalidArgument as i32) {
+                            let error = format!("result of {len} bytes refused by the broker: {}", err.message);
+                            let msg = Msg::Nack(pb::NackRequest { task_id: s.task_id, lease_id, error, retry_after: None, no_retry: true });
+                            tx.send(send(msg)).await?;
                         }
                     }
                     Some(Pushed::Draining(_)) => {
@@ -136,8 +165,11 @@ pub async fn run(args: WorkArgs) -> anyhow::Result<()> {
                 if jobs.get(&done.task_id).is_some_and(|j| j.lease_id == done.lease_id) {
                     jobs.remove(&done.task_id);
                     let msg = match done.outcome {
-                        Ok(result) => Msg::Ack(pb::AckRequest { task_id: done.task_id, lease_id: done.lease_id, result }),
-                        Err(error) => Msg::Nack(pb::NackRequest { task_id: done.task_id, lease_id: done.lease_id, error, retry_after: None, no_retry: false }),
+                        Outcome::Succeeded(result) => {
+                            acking.insert(done.task_id.clone(), (done.lease_id.clone(), result.len()));
+                            Msg::Ack(pb::AckRequest { task_id: done.task_id, lease_id: done.lease_id, result })
+                        }
+                        Outcome::Failed { error, no_retry } => Msg::Nack(pb::NackRequest { task_id: done.task_id, lease_id: done.lease_id, error, retry_after: None, no_retry }),
                     };
                     tx.send(send(msg)).await?;
                 }
@@ -160,7 +192,7 @@ pub async fn run(args: WorkArgs) -> anyhow::Result<()> {
         }
     }
     // Let the last settlements reach the broker before closing the stream.
-    drop(tx);
+    drop((tx, acking));
     let _ =
         tokio::time::timeout(Duration::from_secs(5), async { while pushed.next().await.is_some() {} }).await;
     Ok(())
@@ -196,19 +228,23 @@ async fn run_command(
     command: Vec<String>,
     task: pb::Task,
     lease_id: String,
+    max_result: usize,
     killed: oneshot::Receiver<()>,
     done: mpsc::Sender<Done>,
 ) {
     let outcome = tokio::select! {
-        outcome = execute(&command, &task) => outcome,
+        outcome = execute(&command, &task, max_result) => outcome,
         // Lease lost: dropping `execute` drops the child, which kills it.
         _ = killed => return,
     };
     let _ = done.send(Done { task_id: task.id, lease_id, outcome }).await;
 }
 
-async fn execute(command: &[String], task: &pb::Task) -> Result<Vec<u8>, String> {
-    let mut child = tokio::process::Command::new(&command[0])
+/// Runs `command` for `task`: writes the payload to its stdin while reading
+/// its stdout (up to `max_result` bytes kept) and the tail of its stderr.
+async fn execute(command: &[String], task: &pb::Task, max_result: usize) -> Outcome {
+    let failed = |error: String| Outcome::Failed { error, no_retry: false };
+    let mut child = match tokio::process::Command::new(&command[0])
         .args(&command[1..])
         .envs(task_env(task))
         .stdin(Stdio::piped())
@@ -216,16 +252,73 @@ async fn execute(command: &[String], task: &pb::Task) -> Result<Vec<u8>, String>
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("cannot start {:?}: {e}", command[0]))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        // A command that does not read its stdin is fine.
-        let _ = stdin.write_all(&task.payload).await;
+    {
+        Ok(child) => child,
+        Err(e) => return failed(format!("cannot start {:?}: {e}", command[0])),
+    };
+    let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+    let feed = async move {
+        if let Some(mut stdin) = stdin {
+            // A command that does not read its stdin is fine. Dropping the
+            // pipe afterwards closes it: the command sees end of input.
+            let _ = stdin.write_all(&task.payload).await;
+        }
+    };
+    let (_, out, err, status) =
+        tokio::join!(feed, read_capped(stdout, max_result), read_tail(stderr, ERROR_TAIL), child.wait());
+    let status = match status {
+        Ok(status) => status,
+        Err(e) => return failed(format!("waiting for the command: {e}")),
+    };
+    let ((stdout, out_len), (stderr, _)) = match (out, err) {
+        (Ok(out), Ok(err)) => (out, err),
+        (Err(e), _) | (_, Err(e)) => return failed(format!("reading the command's output: {e}")),
+    };
+    if status.success() {
+        if out_len > max_result {
+            let error = format!("result of {out_len} bytes is over --max-result-bytes ({max_result})");
+            return Outcome::Failed { error, no_retry: true };
+        }
+        return Outcome::Succeeded(stdout);
     }
-    let output = child.wait_with_output().await.map_err(|e| format!("waiting for the command: {e}"))?;
-    if output.status.success() {
-        return Ok(output.stdout);
+    let tail_start = stderr.len().saturating_sub(ERROR_TAIL);
+    let tail = String::from_utf8_lossy(&stderr[tail_start..]);
+    failed(format!("{}: {}", status, tail.trim_end()))
+}
+
+/// Reads `pipe` to its end, keeping its first `keep` bytes; returns them and
+/// the total length. Reading on past `keep` lets the command finish writing.
+async fn read_capped(pipe: Option<impl AsyncRead + Unpin>, keep: usize) -> std::io::Result<(Vec<u8>, usize)> {
+    let Some(mut pipe) = pipe else { return Ok((Vec::new(), 0)) };
+    let mut kept = Vec::new();
+    let mut total = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = pipe.read(&mut buf).await?;
+        if n == 0 {
+            return Ok((kept, total));
+        }
+        total += n;
+        let room = keep.saturating_sub(kept.len()).min(n);
+        kept.extend_from_slice(&buf[..room]);
     }
-    let tail_start = output.stderr.len().saturating_sub(ERROR_TAIL);
-    let tail = String::from_utf8_lossy(&output.stderr[tail_start..]);
-    Err(format!("{}: {}", output.status, tail.trim_end()))
+}
+
+/// Reads `pipe` to its end, keeping (at least) its last `keep` bytes.
+async fn read_tail(pipe: Option<impl AsyncRead + Unpin>, keep: usize) -> std::io::Result<(Vec<u8>, usize)> {
+    let Some(mut pipe) = pipe else { return Ok((Vec::new(), 0)) };
+    let mut kept = Vec::new();
+    let mut total = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = pipe.read(&mut buf).await?;
+        if n == 0 {
+            return Ok((kept, total));
+        }
+        total += n;
+        kept.extend_from_slice(&buf[..n]);
+        if kept.len() > 2 * keep {
+            kept.drain(..kept.len() - keep);
+        }
+    }
 }

@@ -32,10 +32,20 @@ const OUTBOUND_BUFFER: usize = 1024;
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// An enqueued task as an enqueue answers it: without `payload` and `result`,
+/// so the answer stays small whatever was enqueued (a batch of large payloads
+/// would otherwise come back over the client's message limit after the
+/// commit, and a retry would enqueue it twice). GetTask returns them.
+fn enqueued(mut task: Task) -> pb::Task {
+    task.payload = Vec::new();
+    task.result = Vec::new();
+    convert::task(task)
+}
+
 fn enqueue_result(outcome: Result<Enqueued, BrokerError>) -> pb::EnqueueResult {
     match outcome {
         Ok(e) => pb::EnqueueResult {
-            result: Some(pb::enqueue_result::Result::Task(convert::task(e.task))),
+            result: Some(pb::enqueue_result::Result::Task(enqueued(e.task))),
             deduplicated: e.deduplicated,
         },
         Err(err) => pb::EnqueueResult {
@@ -183,7 +193,7 @@ impl ProducerService for Producer {
         let input = convert::enqueue_input(req.into_inner(), &caller)?;
         let out = self.broker.enqueue(input).await?;
         Ok(Response::new(pb::EnqueueResponse {
-            task: Some(convert::task(out.task)),
+            task: Some(enqueued(out.task)),
             deduplicated: out.deduplicated,
         }))
     }

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -25,11 +26,13 @@ use crate::pb::worker_service_server::WorkerServiceServer;
 pub struct ServerOptions {
     /// Largest request or response message, in bytes.
     pub max_message_bytes: usize,
+    /// Most calls (streams included) open at once on one HTTP/2 connection.
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        Self { max_message_bytes: 64 << 20 }
+        Self { max_message_bytes: 64 << 20, max_concurrent_streams: 1024 }
     }
 }
 
@@ -40,13 +43,22 @@ pub struct Serving {
     /// Readiness and per-service health.
     pub health: HealthReporter,
     stop_accepting: watch::Sender<bool>,
+    close: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
 impl Serving {
-    /// Closes the listener; open connections and calls go on.
+    /// Closes the listener; open connections go on taking new calls (a
+    /// draining broker still takes Ack, Nack and ExtendLease on them).
     pub fn stop_accepting(&self) {
         let _ = self.stop_accepting.send(true);
+    }
+
+    /// Tells every connection to take no new calls (HTTP/2 GOAWAY) and to
+    /// close once its open calls end; closes the listener too.
+    pub fn close(&self) {
+        let _ = self.stop_accepting.send(true);
+        let _ = self.close.send(true);
     }
 
     pub fn is_finished(&self) -> bool {
@@ -68,13 +80,14 @@ impl Serving {
     }
 }
 
-/// Binds `addr` and serves `broker` until [`Serving::stop_accepting`] and the
-/// last open call ends.
+/// Binds `addr` and serves `broker` until [`Serving::close`] and the last
+/// open call ends.
 pub async fn serve(broker: Broker, addr: SocketAddr, opts: ServerOptions) -> anyhow::Result<Serving> {
     let listener =
         TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let addr = listener.local_addr()?;
     let (stop_accepting, mut accepting) = watch::channel(false);
+    let (close, mut closing) = watch::channel(false);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
@@ -103,6 +116,7 @@ pub async fn serve(broker: Broker, addr: SocketAddr, opts: ServerOptions) -> any
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_connection_age(Duration::from_secs(30 * 60))
+        .max_concurrent_streams(opts.max_concurrent_streams)
         .trace_fn(|req| tracing::debug_span!("grpc", path = %req.uri().path()))
         // The one middleware stack: every layer a call passes before its handler.
         .layer(tower::ServiceBuilder::new().layer(CallerLayer))
@@ -114,10 +128,19 @@ pub async fn serve(broker: Broker, addr: SocketAddr, opts: ServerOptions) -> any
 
     // Builder::tcp_nodelay does not apply to a listener we pass in: without
     // TCP_NODELAY small replies wait ~40 ms for the peer's delayed ACK.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+    // Once told to stop accepting, the listener is dropped (closed) but the
+    // stream of connections stays open: its end would make the server send
+    // GOAWAY at once, which only `close` should.
+    let stopped = async move {
         let _ = accepting.wait_for(|s| *s).await;
+    };
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .take_until(Box::pin(stopped))
+        .chain(futures_util::stream::pending());
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+        let _ = closing.wait_for(|s| *s).await;
     }));
     tracing::info!(%addr, "taskbroker serving");
-    Ok(Serving { addr, health, stop_accepting, server })
+    Ok(Serving { addr, health, stop_accepting, close, server })
 }

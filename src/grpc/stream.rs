@@ -5,8 +5,6 @@
 use std::pin::Pin;
 
 use futures_util::{Stream, StreamExt};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
 use super::convert;
@@ -16,9 +14,6 @@ use crate::broker::validate::SubscribeInput;
 use crate::broker::{Broker, BrokerError};
 use crate::pb;
 use crate::pb::stream_request::Msg;
-
-/// Events buffered towards a slow reader before the session waits.
-const OUTBOUND_BUFFER: usize = 1024;
 
 pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::StreamResponse, Status>> + Send>>;
 
@@ -36,9 +31,10 @@ pub async fn open(
         Ok(m) => command(m),
         Err(status) => Command::Violation(BrokerError::invalid("stream", status.message().to_owned())),
     });
-    let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
+    // Bounded in bytes: the session waits (and ends a stream nobody reads).
+    let (tx, rx) = session::outbound(broker.stream_limits().outbound_bytes);
     tokio::spawn(session::run(broker, sub, Box::pin(commands), tx));
-    Ok(Box::pin(ReceiverStream::new(rx).map(|ev| ev.map(response).map_err(to_status))))
+    Ok(Box::pin(rx.map(|ev| ev.map(response).map_err(to_status))))
 }
 
 fn subscribe_input(s: pb::Subscribe) -> Result<SubscribeInput, BrokerError> {

@@ -132,8 +132,12 @@ fn memory_bytes() -> Option<u64> {
     Some(cgroup.map_or(total, |c| c.min(total)))
 }
 
-/// Default payload budget of one lease response.
-pub const LEASE_RESPONSE_BYTES: usize = 3 << 20;
+/// Default byte budget of one lease response (whole tasks, counted as
+/// [`crate::core::budget`] does): under the clients' default 4 MiB message
+/// limit, with a margin; one task is always delivered, so only a task
+/// alone larger than that (a `max_payload_bytes` raised near 4 MiB) can
+/// make a larger response.
+pub const LEASE_RESPONSE_BYTES: usize = (4 << 20) - (64 << 10);
 
 /// What a worker asks for.
 #[derive(Clone, Debug, PartialEq)]
@@ -143,9 +147,10 @@ pub struct LeaseSpec {
     /// Strict preference is every quota equal to `max_tasks`.
     pub queues: Vec<(String, usize)>,
     pub max_tasks: usize,
-    /// Stop adding tasks once their payloads add up to this many bytes (at
-    /// least one task is always delivered), so a response stays under the
-    /// clients' default 4 MiB message limit.
+    /// Stop adding tasks once they add up to this many bytes in the response
+    /// ([`crate::core::budget::lease_bytes`]: every field, not only the
+    /// payload; at least one task is always delivered), so a response stays
+    /// under the clients' default 4 MiB message limit.
     pub max_bytes: usize,
     /// Lease length; `None`: each queue's `lease_duration`.
     pub lease_duration: Option<Millis>,

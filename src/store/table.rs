@@ -299,7 +299,7 @@ impl Table {
             let Some(&id) = self.idx.ready.get(&queue).and_then(|r| r.values().next()) else {
                 break;
             };
-            let size = self.tasks.get(&id).map_or(0, |t| t.payload_len());
+            let size = self.tasks.get(&id).map_or(0, |t| t.lease_bytes(&self.names));
             if !out.is_empty() && *bytes + size > spec.max_bytes {
                 break;
             }

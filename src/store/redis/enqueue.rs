@@ -70,7 +70,7 @@ impl RedisStore {
                     .arg(t.priority)
                     .arg(t.max_attempts)
                     .arg(t.scheduled_time)
-                    .arg(t.payload.len())
+                    .arg(crate::core::budget::task_bytes_of(t))
                     .arg(&t.dedup_key)
                     .arg(&t.request_id);
             }

@@ -54,6 +54,7 @@ impl RedisStore {
             .unwrap_or_else(|| self.queues.current().get(queue).lease_duration.as_millis() as Millis);
         let mut inv = self.invocation(&scripts::LEASE, queue, now);
         inv.arg(take).arg(duration).arg(&spec.worker_id).arg(out.len()).arg(*bytes).arg(spec.max_bytes);
+        inv.arg(crate::core::budget::FIELD);
         // The random part of this call's lease ids (see lease.lua).
         inv.arg(rand::random::<u32>() % LEASE_RANDOM);
         let items = array(self.run(&inv).await?)?;

@@ -178,8 +178,25 @@ impl Record {
         }
     }
 
+    /// Payload bytes (what the store's byte budget counts).
     pub fn payload_len(&self) -> usize {
         self.payload.len()
+    }
+
+    /// Upper bound of this task's bytes in a lease response
+    /// ([`crate::core::budget::lease_bytes`]).
+    pub fn lease_bytes(&self, names: &Names) -> usize {
+        use crate::core::budget;
+        let cold = self.cold.as_deref();
+        let strings = [
+            names.resolve(self.queue).len(),
+            names.resolve(self.kind).len(),
+            self.payload.len(),
+            cold.map_or(0, |c| c.content_type.len()),
+            self.dedup_key().len(),
+        ];
+        let headers = cold.into_iter().flat_map(|c| c.headers.iter().map(|(k, v)| (k.len(), v.len())));
+        budget::lease_bytes(budget::task_bytes(strings, headers), cold.map_or(0, |c| c.last_error.len()))
     }
 
     pub fn dedup_key(&self) -> &str {

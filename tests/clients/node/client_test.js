@@ -204,7 +204,9 @@ async function main() {
   const t1 = enq.task;
   check(typeof t1.id === 'string' && t1.id.length === 26, `task id should be a ULID, got ${t1.id}`);
   check(t1.queue === q && t1.kind === 'node.unary', `enqueued queue/kind ${t1.queue}/${t1.kind}`);
-  check(Buffer.from(t1.payload).toString() === 'hello', 'payload round trip');
+  // Enqueue answers without the payload; GetTask returns it.
+  check(Buffer.from(t1.payload).length === 0, 'Enqueue answers without the payload');
+  check(Buffer.from((await get(t1.id)).payload).toString() === 'hello', 'payload round trip (GetTask)');
   check(t1.headers.a === '1', `headers round trip: ${JSON.stringify(t1.headers)}`);
   check(t1.state === 'TASK_STATE_READY', `new task state ${t1.state}`);
   check(enq.deduplicated === false, 'fresh enqueue reported deduplicated');

@@ -182,7 +182,9 @@ def main():
         t1 = resp.task
         check(len(t1.id) == 26, f"task id should be a ULID, got {t1.id!r}")
         check(t1.queue == q and t1.kind == "py.unary", f"enqueued task has queue/kind {t1.queue}/{t1.kind}")
-        check(t1.payload == b"hello" and t1.content_type == "text/plain", "payload/content_type round trip")
+        # Enqueue answers without the payload; GetTask returns it.
+        check(t1.payload == b"" and t1.content_type == "text/plain", "Enqueue answers without the payload")
+        check(get(t1.id).payload == b"hello", "payload round trip (GetTask)")
         check(dict(t1.headers) == {"a": "1"}, f"headers round trip: {dict(t1.headers)}")
         check(t1.state == S.TASK_STATE_READY, f"new task state {S.Name(t1.state)}, want READY")
         check(not resp.deduplicated, "fresh enqueue reported deduplicated")
@@ -208,7 +210,8 @@ def main():
         br = unpack(bad, BadRequest)
         check(br is not None and "kind" in [v.field for v in br.field_violations], f"bad item BadRequest: {br}")
         b0, b2 = batch.results[0].task, batch.results[2].task
-        check(b0.payload == b"b0" and b2.payload == b"b2", "batch tasks keep their payloads, in order")
+        check(b0.payload == b"" and b2.payload == b"", "EnqueueBatch answers without the payloads")
+        check(get(b0.id).payload == b"b0" and get(b2.id).payload == b"b2", "batch tasks keep their payloads, in order")
 
         # --- Lease + Ack -------------------------------------------------------
         leased = lease(q, 10)

@@ -4,7 +4,8 @@
 -- ARGV[4]: the queue's dedup window (ms)
 -- ARGV[5..]: eight per new task: id, body (record.rs), priority,
 --            max_attempts, scheduled time (ms; due at once if not after now),
---            payload bytes, dedup key, request id ('' for none).
+--            response bytes (core::budget::task_bytes), dedup key, request
+--            id ('' for none).
 -- Returns: {status, new_1, meta_1, body_1, result_1, new_2, ...} in argument
 --          order: new is 1 for a created task (body and result then '': the
 --          caller has them) and 0 when an existing task (same request id, or

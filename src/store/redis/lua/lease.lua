@@ -5,11 +5,15 @@
 -- ARGV[5]: lease duration (ms)
 -- ARGV[6]: worker id
 -- ARGV[7]: tasks already in the response (taken from other queues)
--- ARGV[8]: payload bytes already in the response
--- ARGV[9]: payload budget of the response (bytes); a task that would go over
---          it is left READY, unless the response would otherwise be empty
--- ARGV[10]: a random number in [0, 2^21) drawn by the caller for this call
--- Returns: {bytes, full, meta_1, body_1, result_1, meta_2, ...}: payload bytes
+-- ARGV[8]: bytes already in the response
+-- ARGV[9]: byte budget of the response; a task that would go over it is left
+--          READY, unless the response would otherwise be empty. A task counts
+--          its meta `size` (core::budget::task_bytes, set at enqueue), plus
+--          its last error and ARGV[10] if it has one (core::budget::lease_bytes;
+--          only a task delivered before has one)
+-- ARGV[10]: core::budget::FIELD (a field's framing)
+-- ARGV[11]: a random number in [0, 2^21) drawn by the caller for this call
+-- Returns: {bytes, full, meta_1, body_1, result_1, meta_2, ...}: bytes
 --          in the response now, 1 if a task was left for lack of budget (else
 --          0), then each leased task's record (lib.lua).
 -- Publishes: `changed <id>` per leased task that is watched.
@@ -21,6 +25,7 @@ local worker = ARGV[6]
 local have = tonumber(ARGV[7])
 local bytes = tonumber(ARGV[8])
 local budget = tonumber(ARGV[9])
+local field = tonumber(ARGV[10])
 
 local out = {0, 0}
 -- The leased tasks' ids and their meta records (to be rewritten).
@@ -39,7 +44,15 @@ for p = MAX_PRIORITY, 0, -1 do
     local consumed = 0
     for i, raw in ipairs(hmget(K_META, listed)) do
       if raw then
-        local size = struct.unpack('<I4', raw, 6)
+        local attempt, size = struct.unpack('<I4I4', raw, 2)
+        if attempt > 0 then
+          -- The last error's length: TAIL's sixth field, 29 bytes in.
+          local tail = select(8, unpack_head(raw))
+          local err = struct.unpack('<I4', raw, tail + 29)
+          if err > 0 then
+            size = size + err + field
+          end
+        end
         if have + #ids > 0 and bytes + size > budget then
           full = true
           break
@@ -71,7 +84,7 @@ end
 -- a 1 in 2^21 chance). Below 2^53: exact in a Lua number and in the f64 of
 -- the meta record.
 local first = redis.call('INCRBY', K_LEASE, n) - n
-local random = tonumber(ARGV[10])
+local random = tonumber(ARGV[11])
 local function lease_id(i)
   local counter = (first + i) % 4294967296
   return counter * 2097152 + 1 + (random + i) % 2097151

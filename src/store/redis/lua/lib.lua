@@ -55,7 +55,7 @@ local CHANNEL, QUEUE = ARGV[2], ARGV[3]
 -- The meta record (record.rs reads the same layout), little-endian, numbers
 -- above 2^32 as f64 (exact integers below 2^53), strings as a u32 length and
 -- their bytes. Two parts, so leasing and acking touch only the first:
---   HEAD: state (u8); attempt, payload bytes (u32); lease_id, lease_expire,
+--   HEAD: state (u8); attempt, response bytes (u32: core::budget::task_bytes); lease_id, lease_expire,
 --         update_time (f64); lease worker (string)
 --   TAIL: priority (u8); max_attempts (u32); create_time, scheduled_time,
 --         ready_seq (f64); last error, dedup key, request id (strings)

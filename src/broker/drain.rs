@@ -1,0 +1,137 @@
+//! What a graceful shutdown waits for: leases handed to unary workers and not
+//! yet settled, and open worker streams.
+//!
+//! A stream's session knows what it holds and gives it back itself; a unary
+//! worker's leases are only known here. While the broker drains, workers keep
+//! settling over their open connections; the drain is over when nothing is
+//! held and no stream is open, or when the grace runs out, and then whatever
+//! unary workers still hold goes back in one batch.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures_util::future::join_all;
+use tokio::sync::Notify;
+
+use super::Broker;
+use crate::core::task::{Task, TaskId};
+use crate::core::Millis;
+
+#[derive(Default)]
+pub(super) struct Drain {
+    /// Leases handed out by unary Lease calls and not yet settled through
+    /// this broker: task -> (lease id, deadline). An entry whose deadline
+    /// passed is dropped (the lease is gone anyway); one settled through
+    /// another replica stays until then.
+    held: Mutex<HashMap<TaskId, (u64, Millis)>>,
+    /// Open worker streams.
+    sessions: AtomicUsize,
+    /// Wakes [`Broker::drained`] when either goes down.
+    changed: Notify,
+}
+
+/// An open stream, counted until dropped.
+pub(crate) struct OpenSession(Arc<super::Inner>);
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        self.0.drain.sessions.fetch_sub(1, Ordering::AcqRel);
+        self.0.drain.changed.notify_waiters();
+    }
+}
+
+impl Drain {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, (u64, Millis)>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records leases a unary Lease handed out.
+    pub(super) fn hold(&self, tasks: &[Task]) {
+        let mut held = self.held();
+        for t in tasks {
+            if let Some(lease) = &t.lease {
+                held.insert(t.id, (lease.id, lease.expire_time));
+            }
+        }
+    }
+
+    /// The lease `(id, lease)` ended (settled, or found not held).
+    pub(super) fn ended(&self, id: TaskId, lease: u64) {
+        let mut held = self.held();
+        if held.get(&id).is_some_and(|(l, _)| *l == lease) {
+            held.remove(&id);
+            if held.is_empty() {
+                self.changed.notify_waiters();
+            }
+        }
+    }
+
+    /// The lease `(id, lease)` now runs until `deadline`.
+    pub(super) fn extended(&self, id: TaskId, lease: u64, deadline: Millis) {
+        if let Some(entry) = self.held().get_mut(&id).filter(|(l, _)| *l == lease) {
+            entry.1 = deadline;
+        }
+    }
+
+    /// Forgets leases whose deadline is at or before `now`.
+    pub(super) fn expire(&self, now: Millis) {
+        let mut held = self.held();
+        let before = held.len();
+        held.retain(|_, (_, deadline)| *deadline > now);
+        if before > 0 && held.is_empty() {
+            self.changed.notify_waiters();
+        }
+    }
+
+    fn idle(&self, now: Millis) -> bool {
+        self.expire(now);
+        self.sessions.load(Ordering::Acquire) == 0 && self.held().is_empty()
+    }
+}
+
+impl Broker {
+    /// Counts an open worker stream until the returned guard is dropped.
+    pub(crate) fn open_session(&self) -> OpenSession {
+        self.inner.drain.sessions.fetch_add(1, Ordering::AcqRel);
+        OpenSession(self.inner.clone())
+    }
+
+    /// Returns once no worker stream is open and no lease handed to a unary
+    /// worker is still held (the shutdown waits for it, within its grace).
+    pub async fn drained(&self) {
+        loop {
+            let changed = self.inner.drain.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.inner.drain.idle(self.now()) {
+                return;
+            }
+            let next = self.inner.drain.held().values().map(|(_, d)| *d).min();
+            let expiry = async {
+                match next {
+                    Some(deadline) => {
+                        let wait = deadline.saturating_sub(self.now());
+                        tokio::time::sleep(std::time::Duration::from_millis(wait)).await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = changed => {}
+                _ = expiry => {}
+            }
+        }
+    }
+
+    /// Gives back at once every lease unary workers still hold, all together
+    /// (a durable store commits them in one go); returns how many went back.
+    pub async fn release_held(&self) -> usize {
+        let held: Vec<_> = self.inner.drain.held().drain().collect();
+        let released = join_all(held.into_iter().map(|(id, (lease, _))| async move {
+            self.release(id, lease, "the broker shut down before the worker settled").await.is_ok()
+        }))
+        .await;
+        released.into_iter().filter(|ok| *ok).count()
+    }
+}
