@@ -100,6 +100,13 @@ async fn a_stream_that_stops_reading_gives_its_leases_back_within_the_stall_time
         "{N} tasks back {:?} after the stream stopped reading (stall timeout {STALL:?})",
         started.elapsed()
     );
+    // Reading at last, the client finds why its stream was ended.
+    let mut staller = staller;
+    let status = staller.end_status().await;
+    assert_eq!(
+        (status.code(), common::reason(&status).as_str()),
+        (tonic::Code::Unavailable, "STREAM_STALLED")
+    );
     drop((staller, own));
 }
 

@@ -46,6 +46,10 @@ pub enum BrokerError {
     /// Storage refuses writes (full).
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A worker stream was ended because its client stopped reading
+    /// (`stream_stall_timeout`); its tasks went back.
+    #[error("{0}")]
+    StreamStalled(String),
     /// Storage read something it cannot understand (corruption, a bug); the
     /// detail is for the broker's log, not for clients.
     #[error("{0}")]

@@ -308,7 +308,7 @@ pub async fn run(
         let why = format!("worker stream not read for {:?}: its tasks were given back", s.stall_timeout);
         tracing::warn!(worker_id = %s.worker_id, held = s.held.len(), "{why}");
         s.release_all("worker stream stalled (not read) before settling").await;
-        s.out.fail(BrokerError::Unavailable(why));
+        s.out.fail(BrokerError::StreamStalled(why));
     } else {
         s.release_all("worker stream closed before settling").await;
     }

@@ -32,6 +32,7 @@ pub fn code_and_reason(e: &BrokerError) -> (Code, &'static str) {
         BrokerError::ResourceExhausted(_) => (Code::ResourceExhausted, "STORAGE_FULL"),
         BrokerError::QueueLimit(_) => (Code::ResourceExhausted, "QUEUE_LIMIT"),
         BrokerError::Internal(_) => (Code::Internal, "INTERNAL"),
+        BrokerError::StreamStalled(_) => (Code::Unavailable, "STREAM_STALLED"),
     }
 }
 
@@ -85,7 +86,8 @@ pub fn to_status(e: BrokerError) -> Status {
         BrokerError::TaskNotFound(id) | BrokerError::TaskFinished(id) => {
             metadata.insert("task_id".to_owned(), id.clone());
         }
-        BrokerError::Unavailable(_) => {
+        // Both say: come back later (a stalled stream's worker reconnects).
+        BrokerError::Unavailable(_) | BrokerError::StreamStalled(_) => {
             details.set_retry_info(Some(RETRY_DELAY));
         }
         BrokerError::LeaseMismatch

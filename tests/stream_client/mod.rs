@@ -138,6 +138,18 @@ impl Worker {
         }
     }
 
+    /// Reads past whatever is buffered to the status that ended the stream.
+    pub async fn end_status(&mut self) -> tonic::Status {
+        loop {
+            match timeout(WAIT, self.rx.message()).await {
+                Err(_) => panic!("the stream did not end within {WAIT:?}"),
+                Ok(Err(status)) => return status,
+                Ok(Ok(None)) => panic!("the stream ended without an error"),
+                Ok(Ok(Some(_))) => {}
+            }
+        }
+    }
+
     pub async fn next(&mut self) -> Resp {
         self.next_within(WAIT).await
     }
