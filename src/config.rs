@@ -19,6 +19,16 @@ use crate::core::MAX_PRIORITY;
 use crate::store::redis::{redact, Target};
 use crate::store::Limits;
 
+/// A value as an error message may show it: a URL with credentials put in
+/// the wrong setting still has its password hidden.
+fn shown(value: &str) -> String {
+    if value.contains("://") {
+        redact(value)
+    } else {
+        value.to_owned()
+    }
+}
+
 /// The largest `max_delay`: times stay far from the year 10000.
 const MAX_MAX_DELAY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
@@ -170,7 +180,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut errors = Vec::new();
         if self.listen.parse::<SocketAddr>().is_err() {
-            errors.push(format!("listen: {:?} is not an address like 127.0.0.1:50051", self.listen));
+            errors.push(format!("listen: {:?} is not an address like 127.0.0.1:50051", shown(&self.listen)));
         }
         let urls = self.redis_target().urls();
         if self.redis_cluster && !self.redis_sentinel.is_empty() {
@@ -214,7 +224,7 @@ impl Config {
             errors.push("max_concurrent_streams: must be >= 1".into());
         }
         for (name, q) in &self.queues {
-            let path = format!("queues.{name}");
+            let path = format!("queues.{}", shown(name));
             if !valid_queue_name(name) {
                 errors.push(format!("{path}: queue names must match [A-Za-z0-9._:-]{{1,128}}"));
             }
@@ -226,7 +236,7 @@ impl Config {
                 errors.push(format!("{path}.kind: must not be empty"));
             }
             if !valid_queue_name(&r.queue) {
-                errors.push(format!("{path}.queue: {:?} is not a valid queue name", r.queue));
+                errors.push(format!("{path}.queue: {:?} is not a valid queue name", shown(&r.queue)));
             } else if self.strict_queues && !self.queues.contains_key(&r.queue) {
                 errors.push(format!("{path}.queue: {:?} is not declared (strict_queues)", r.queue));
             }

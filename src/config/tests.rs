@@ -144,3 +144,13 @@ fn max_delay_defaults_to_366_days_and_is_bounded() {
         assert!(errors[0].starts_with("max_delay:"), "{bad}: {errors:?}");
     }
 }
+
+#[test]
+fn a_url_with_a_password_in_the_wrong_setting_is_not_echoed_with_its_password() {
+    let text = "listen = \"redis://:pw@h:1\"\n[queues.\"redis://u:pw@h\"]\n[[routes]]\nkind = \"k\"\nqueue = \"rediss://:pw@h\"\n";
+    let errors = Config::from_toml(text).unwrap().validate().unwrap_err();
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    for e in errors {
+        assert!(!e.contains("pw"), "{e}");
+    }
+}
