@@ -11,6 +11,7 @@
 //! only when one is handed out or persisted.
 
 mod indexes;
+mod limits;
 mod names;
 mod record;
 mod slab;
@@ -118,61 +119,6 @@ impl Table {
             self.forget_task_of(old.queue);
             old.release(&mut self.names);
         }
-    }
-
-    /// Puts `limits` in force for the next enqueues.
-    pub fn set_limits(&mut self, limits: Limits) {
-        self.limits = limits;
-    }
-
-    /// How many queues hold tasks.
-    pub fn queue_count(&self) -> usize {
-        self.queue_tasks.len()
-    }
-
-    /// One task of `queue` is gone; with its last, the queue's index entries.
-    fn forget_task_of(&mut self, queue: Sym) {
-        let Some(n) = self.queue_tasks.get_mut(&queue) else { return };
-        *n -= 1;
-        if *n == 0 {
-            self.queue_tasks.remove(&queue);
-            self.idx.ready.remove(&queue);
-            self.idx.last_purge.remove(&queue);
-        }
-    }
-
-    /// Refuses a batch that would go over [`Limits`] (before any change).
-    fn check_room(&self, tasks: &[NewTask], now: Millis) -> Result<(), StoreError> {
-        let (mut count, mut bytes) = (0usize, 0u64);
-        for t in tasks {
-            if self.existing(t, now).is_none() {
-                count += 1;
-                bytes += t.payload.len() as u64;
-            }
-        }
-        if self.tasks.len().saturating_add(count) > self.limits.max_tasks {
-            return Err(StoreError::Full(format!(
-                "the store holds max_tasks = {} tasks",
-                self.limits.max_tasks
-            )));
-        }
-        if self.held_bytes.saturating_add(bytes) > self.limits.max_queued_bytes {
-            return Err(StoreError::Full(format!(
-                "the store holds max_queued_bytes = {} payload bytes",
-                self.limits.max_queued_bytes
-            )));
-        }
-        let mut new_queues = std::collections::HashSet::new();
-        for t in tasks {
-            let held = self.names.get(&t.queue).is_some_and(|q| self.queue_tasks.contains_key(&q));
-            if !held
-                && new_queues.insert(t.queue.as_str())
-                && self.queue_tasks.len() + new_queues.len() > self.limits.max_queues
-            {
-                return Err(StoreError::QueueLimit(t.queue.clone()));
-            }
-        }
-        Ok(())
     }
 
     /// Puts `policies` in force for the next operations (see
