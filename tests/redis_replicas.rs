@@ -163,32 +163,6 @@ async fn watch_health(replica: &Replica) -> Streaming<HealthCheckResponse> {
         .into_inner()
 }
 
-/// Reads a health Watch until it reports `want`, within `within`.
-async fn health_becomes(
-    name: &str,
-    watch: &mut Streaming<HealthCheckResponse>,
-    want: ServingStatus,
-    within: Duration,
-) {
-    let mut seen = Vec::new();
-    let outcome = timeout(within, async {
-        loop {
-            let resp = watch.message().await.map_err(|s| format!("Watch failed: {s:?}"))?;
-            let status = resp.ok_or("Watch ended")?.status;
-            seen.push(ServingStatus::try_from(status).unwrap_or(ServingStatus::Unknown));
-            if status == want as i32 {
-                return Ok::<(), String>(());
-            }
-        }
-    })
-    .await;
-    match outcome {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => panic!("health of {name}: {e} (seen {seen:?}, waiting for {want:?})"),
-        Err(_) => panic!("health of {name} did not become {want:?} within {within:?} (seen {seen:?})"),
-    }
-}
-
 /// The health Check of service `""`.
 async fn check_health(replica: &Replica) -> ServingStatus {
     let status = replica
@@ -821,7 +795,7 @@ async fn redis_sigkill_and_restart_keeps_acknowledged_enqueues_answers_unavailab
     let mut health = Vec::new();
     for r in &replicas {
         let mut w = watch_health(r).await;
-        health_becomes(r.name, &mut w, ServingStatus::Serving, WAIT).await;
+        r.health_becomes(&mut w, ServingStatus::Serving, WAIT).await;
         health.push(w);
     }
 
@@ -851,7 +825,7 @@ async fn redis_sigkill_and_restart_keeps_acknowledged_enqueues_answers_unavailab
         .expect("an UNAVAILABLE answer within 15 s of the kill")
         .unwrap();
     for (r, w) in replicas.iter().zip(&mut health) {
-        health_becomes(r.name, w, ServingStatus::NotServing, Duration::from_secs(15)).await;
+        r.health_becomes(w, ServingStatus::NotServing, Duration::from_secs(15)).await;
         assert_eq!(check_health(r).await, ServingStatus::NotServing, "Check on {} during the outage", r.name);
     }
     let not_serving_after = killed_at.elapsed();
@@ -879,7 +853,7 @@ async fn redis_sigkill_and_restart_keeps_acknowledged_enqueues_answers_unavailab
     redis.restart();
     let restarted_at = Instant::now();
     for (r, w) in replicas.iter().zip(&mut health) {
-        health_becomes(r.name, w, ServingStatus::Serving, Duration::from_secs(15)).await;
+        r.health_becomes(w, ServingStatus::Serving, Duration::from_secs(15)).await;
         assert_eq!(check_health(r).await, ServingStatus::Serving, "Check on {} after the restart", r.name);
     }
     let serving_after = restarted_at.elapsed();
@@ -1005,9 +979,9 @@ async fn a_stream_open_on_b_through_a_redis_restart_is_pushed_what_a_enqueues_af
     let replicas = start_replicas(&redis, &["A", "B"]).await;
     let (a, b) = (&replicas[0], &replicas[1]);
     let mut health_b = watch_health(b).await;
-    health_becomes("B", &mut health_b, ServingStatus::Serving, WAIT).await;
+    b.health_becomes(&mut health_b, ServingStatus::Serving, WAIT).await;
     let mut health_a = watch_health(a).await;
-    health_becomes("A", &mut health_a, ServingStatus::Serving, WAIT).await;
+    a.health_becomes(&mut health_a, ServingStatus::Serving, WAIT).await;
 
     let mut stream_b = open(&b.worker(), subscription("through", 1, 30, "stream-on-b")).await;
     let mut probe_b = open(&b.worker(), subscription("probe", 100, 30, "probe-on-b")).await;
@@ -1017,11 +991,11 @@ async fn a_stream_open_on_b_through_a_redis_restart_is_pushed_what_a_enqueues_af
     redis.kill();
     // Both replicas must see the outage before Redis returns; otherwise a
     // replica whose health never left SERVING has no change left to report.
-    health_becomes("A", &mut health_a, ServingStatus::NotServing, Duration::from_secs(15)).await;
-    health_becomes("B", &mut health_b, ServingStatus::NotServing, Duration::from_secs(15)).await;
+    a.health_becomes(&mut health_a, ServingStatus::NotServing, Duration::from_secs(15)).await;
+    b.health_becomes(&mut health_b, ServingStatus::NotServing, Duration::from_secs(15)).await;
     redis.restart();
-    health_becomes("A", &mut health_a, ServingStatus::Serving, Duration::from_secs(15)).await;
-    health_becomes("B", &mut health_b, ServingStatus::Serving, Duration::from_secs(15)).await;
+    a.health_becomes(&mut health_a, ServingStatus::Serving, Duration::from_secs(15)).await;
+    b.health_becomes(&mut health_b, ServingStatus::Serving, Duration::from_secs(15)).await;
 
     // B's health says its commands work again; its event subscription comes
     // back on its own backoff (up to 2 s). Probe: A enqueues to a queue that
