@@ -100,7 +100,8 @@ pub fn expiry_error(attempt: u32, max_attempts: u32) -> String {
 /// `retention`, but never before the task of the same queue that finished
 /// last before it (`last`), so finished tasks leave in the order they
 /// finished. A shortened retention (a config reload) therefore takes effect
-/// once the tasks finished under the longer one are gone.
+/// once the tasks finished under the longer one are gone. (Redis gets the
+/// same from its finished list, purged from the head in finish order.)
 pub fn purge_time(finished: Millis, retention: Millis, last: Option<Millis>) -> Millis {
     finished.saturating_add(retention).max(last.unwrap_or(0))
 }

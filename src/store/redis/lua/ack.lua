@@ -64,7 +64,7 @@ end
 
 -- Out of the leased set first (see lib.lua: acks work when Redis is full).
 variadic('ZREM', K_LEASED, acked)
-local prefix = finished_entry(purge_time(now, retention), '')
+local prefix = finished_entry(now + retention, '')
 local finished = {}
 for i, id in ipairs(acked) do
   finished[i] = prefix .. id

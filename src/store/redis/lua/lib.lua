@@ -218,23 +218,14 @@ local function finished_entry(purge_at, id)
   return fmt(purge_at) .. ':' .. id
 end
 
--- core::transition::purge_time: the removal time of a task finishing at
--- `finished`, never before the finished list's last entry (so the list stays
--- in purge order when a queue's retention shortens).
-local function purge_time(finished, retention)
-  local last = redis.call('LINDEX', K_FINISHED, -1)
-  local tail = last and tonumber(string.match(last, '^(%d+):'))
-  local at = finished + retention
-  if tail and tail > at then
-    return tail
-  end
-  return at
-end
-
--- A final state, kept until purge_time(update_time, retention).
+-- A final state, kept until update_time + retention. The finished list is
+-- purged from its head and stops at the first entry not yet due, so tasks
+-- leave in the order they finished: that is core::transition::purge_time
+-- (a task is not removed before one that finished earlier), with no read of
+-- the list's tail on the hot path.
 local function make_final(t, state, retention)
   t.state = state
-  redis.call('RPUSH', K_FINISHED, finished_entry(purge_time(t.update_time, retention), t.id))
+  redis.call('RPUSH', K_FINISHED, finished_entry(t.update_time + retention, t.id))
 end
 
 -- Tells the replicas that `n` tasks of the queue became READY.
