@@ -131,8 +131,10 @@ impl Running {
 
     /// The shutdown sequence (see the module docs).
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
-        self.health.set_service_status("", ServingStatus::NotServing).await;
+        // Draining before readiness says so: whoever sees NOT_SERVING finds
+        // the broker already leasing nothing.
         self.broker.set_phase(Phase::Draining);
+        self.health.set_service_status("", ServingStatus::NotServing).await;
         self.grpc.stop_accepting();
         if tokio::time::timeout(self.grace, self.broker.drained()).await.is_err() {
             tracing::warn!(grace = ?self.grace, "leases still held after the grace period; giving them back");
