@@ -13,6 +13,7 @@ pub mod queue;
 pub mod retry;
 pub mod routing;
 pub mod select;
+pub mod stats;
 pub mod task;
 pub mod trace;
 pub mod transition;

@@ -22,7 +22,8 @@ use tokio::sync::watch;
 use super::table::{Changes, Table};
 use super::{AckItem, Enqueued, LeaseSpec, Limits, NackSpec, Store, StoreError, Swept};
 use crate::core::queue::QueueRegistry;
-use crate::core::task::{NewTask, Task, TaskId};
+use crate::core::stats::QueueStats;
+use crate::core::task::{NewTask, Task, TaskId, TaskState};
 use crate::core::Millis;
 
 /// Resolves once submitted changes are durable (or failed to become so).
@@ -172,6 +173,42 @@ impl<P: Persist> Store for TableStore<P> {
 
     async fn healthy(&self) -> bool {
         self.persist.healthy()
+    }
+
+    async fn queue_names(&self) -> Result<Vec<String>, StoreError> {
+        self.run(|t| t.queue_names()).await
+    }
+
+    async fn queue_stats(&self, queue: &str) -> Result<QueueStats, StoreError> {
+        self.run(|t| t.queue_stats(queue)).await
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<bool, StoreError> {
+        self.run(|t| t.set_paused(queue, paused)).await
+    }
+
+    async fn purge_queue(&self, queue: &str, states: &[TaskState], _now: Millis) -> Result<u64, StoreError> {
+        self.run(|t| t.purge_queue(queue, states)).await
+    }
+
+    async fn list_tasks(
+        &self,
+        queue: &str,
+        state: TaskState,
+        after: Option<TaskId>,
+        limit: usize,
+    ) -> Result<Vec<Task>, StoreError> {
+        self.run(|t| t.list_tasks(queue, state, after, limit)).await
+    }
+
+    async fn redrive(
+        &self,
+        queue: &str,
+        ids: &[TaskId],
+        limit: usize,
+        now: Millis,
+    ) -> Result<Swept, StoreError> {
+        self.run(|t| t.redrive(queue, ids, limit, now)).await
     }
 
     fn commits(&self) -> Option<u64> {

@@ -33,7 +33,8 @@ pub mod table;
 use async_trait::async_trait;
 
 use crate::core::lease::LeaseError;
-use crate::core::task::{NewTask, Task, TaskId};
+use crate::core::stats::QueueStats;
+use crate::core::task::{NewTask, Task, TaskId, TaskState};
 use crate::core::Millis;
 
 /// What a store can fail with.
@@ -247,6 +248,40 @@ pub trait Store: Send + Sync + 'static {
     async fn next_timer(&self) -> Result<Option<Millis>, StoreError>;
     /// Whether the store can serve (for readiness).
     async fn healthy(&self) -> bool;
+
+    // What the operations API asks (AdminService, dashboard). Every store
+    // keeps the same numbers; over a shared store every replica sees them.
+
+    /// Queues that hold tasks or are paused, by name.
+    async fn queue_names(&self) -> Result<Vec<String>, StoreError>;
+    /// The queue's counts by state, totals, oldest ready time and pause
+    /// (zeros for a queue the store does not hold).
+    async fn queue_stats(&self, queue: &str) -> Result<QueueStats, StoreError>;
+    /// Pauses (or resumes) delivery from `queue`: `lease` takes nothing from
+    /// a paused queue. Durable; returns whether it changed anything.
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<bool, StoreError>;
+    /// Removes the queue's tasks in `states` (LEASED ones never); returns how
+    /// many.
+    async fn purge_queue(&self, queue: &str, states: &[TaskState], now: Millis) -> Result<u64, StoreError>;
+    /// Up to `limit` tasks of `queue` in `state` whose ids come after
+    /// `after`, in id (creation) order.
+    async fn list_tasks(
+        &self,
+        queue: &str,
+        state: TaskState,
+        after: Option<TaskId>,
+        limit: usize,
+    ) -> Result<Vec<Task>, StoreError>;
+    /// DEAD tasks of `queue` back to READY with attempt 0 and `last_error`
+    /// kept: those of `ids`, or (`ids` empty) the oldest; at most `limit`
+    /// (0: all). Others are skipped. `Swept::count` is how many.
+    async fn redrive(
+        &self,
+        queue: &str,
+        ids: &[TaskId],
+        limit: usize,
+        now: Millis,
+    ) -> Result<Swept, StoreError>;
 
     /// Transactions committed (each one fsync) since the store opened, for
     /// stores that commit to a local disk; `None` for the others.

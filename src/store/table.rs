@@ -10,6 +10,7 @@
 //! Tasks are kept as compact [`Record`]s (see [`record`]); a [`Task`] is built
 //! only when one is handed out or persisted.
 
+mod admin;
 mod indexes;
 mod limits;
 mod names;
@@ -27,6 +28,7 @@ use super::{AckItem, Enqueued, LeaseSpec, Limits, NackSpec, StoreError, Swept};
 use crate::core::lease;
 use crate::core::queue::Policies;
 use crate::core::select::Fill;
+use crate::core::stats::{Event, QueueTotals};
 use crate::core::task::{NewTask, Task, TaskId, TaskState};
 use crate::core::transition::{self, Cancel, Retry};
 use crate::core::Millis;
@@ -40,11 +42,15 @@ pub struct Changes {
     /// The next lease id, persisted so lease ids never repeat across restarts
     /// (a task's old lease id must never become valid again).
     pub next_lease: u64,
+    /// Queues whose totals changed (`Some`), or that were forgotten (`None`).
+    pub queues: Vec<(String, Option<QueueTotals>)>,
+    /// Queues paused (`true`) or resumed.
+    pub paused: Vec<(String, bool)>,
 }
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        self.put.is_empty() && self.removed.is_empty()
+        self.put.is_empty() && self.removed.is_empty() && self.queues.is_empty() && self.paused.is_empty()
     }
 }
 
@@ -80,6 +86,14 @@ pub struct Table {
     dirty: Vec<TaskId>,
     /// Tasks removed since the last [`Table::take_changes`].
     removed: Vec<TaskId>,
+    /// Queues whose totals changed since the last [`Table::take_changes`].
+    dirty_queues: Vec<Sym>,
+    /// Queues forgotten since the last [`Table::take_changes`].
+    forgotten: Vec<String>,
+    /// Queues whose delivery is paused (held or not).
+    paused: std::collections::BTreeSet<String>,
+    /// Pauses and resumes since the last [`Table::take_changes`].
+    paused_changes: Vec<(String, bool)>,
 }
 
 impl Table {
@@ -99,6 +113,10 @@ impl Table {
             held_bytes: 0,
             dirty: Vec::new(),
             removed: Vec::new(),
+            dirty_queues: Vec::new(),
+            forgotten: Vec::new(),
+            paused: Default::default(),
+            paused_changes: Vec::new(),
         }
     }
 
@@ -160,7 +178,30 @@ impl Table {
                 Some((record.to_task(id, &self.names), record.ready_seq))
             })
             .collect();
-        Changes { put, removed: std::mem::take(&mut self.removed), next_lease: self.next_lease }
+        let mut queues: Vec<_> = std::mem::take(&mut self.forgotten).into_iter().map(|q| (q, None)).collect();
+        let mut dirty = std::mem::take(&mut self.dirty_queues);
+        dirty.sort_unstable_by_key(|q| self.names.resolve(*q).to_owned());
+        dirty.dedup();
+        for q in dirty {
+            if let Some(book) = self.idx.books.get(&q) {
+                queues.push((self.names.resolve(q).to_owned(), Some(book.totals)));
+            }
+        }
+        Changes {
+            put,
+            removed: std::mem::take(&mut self.removed),
+            next_lease: self.next_lease,
+            queues,
+            paused: std::mem::take(&mut self.paused_changes),
+        }
+    }
+
+    /// Counts `event` in the totals of `queue`.
+    fn count(&mut self, queue: Sym, event: Event) {
+        self.idx.books.entry(queue).or_default().totals.count(event);
+        if self.track {
+            self.dirty_queues.push(queue);
+        }
     }
 
     pub fn enqueue(&mut self, tasks: Vec<NewTask>, now: Millis) -> Result<Vec<Enqueued>, StoreError> {
@@ -184,6 +225,7 @@ impl Table {
         *self.queue_tasks.entry(record.queue).or_default() += 1;
         self.held_bytes += record.payload_len() as u64;
         self.mark(id);
+        self.count(record.queue, Event::Enqueued);
         self.tasks.insert(id, record);
         Enqueued { task, deduplicated: false }
     }
@@ -240,6 +282,9 @@ impl Table {
         let duration = spec
             .lease_duration
             .unwrap_or_else(|| self.policies.get(queue).lease_duration.as_millis() as Millis);
+        if self.paused.contains(queue) {
+            return;
+        }
         let Some(queue) = self.names.get(queue) else { return };
         while out.len() < until {
             let Some(&id) = self.idx.ready.get(&queue).and_then(|r| r.values().next()) else {
@@ -258,6 +303,7 @@ impl Table {
                 t.attempt += 1;
                 t.set_lease(lease_id, now + duration, worker);
             });
+            self.count(queue, Event::Delivered);
             out.push(task);
         }
     }
@@ -273,7 +319,8 @@ impl Table {
         result: Vec<u8>,
         now: Millis,
     ) -> Result<Task, StoreError> {
-        self.check_lease(id, lease_id, now)?;
+        let queue = self.check_lease(id, lease_id, now)?.queue;
+        self.count(queue, Event::Acked);
         Ok(self.transition(id, now, |t| {
             t.state = transition::on_ack();
             t.set_result(result);
@@ -297,6 +344,11 @@ impl Table {
             jitter_sample: spec.jitter_sample,
         };
         let retry = transition::on_nack(task.attempt, task.max_attempts, &request, now);
+        let queue = task.queue;
+        self.count(queue, Event::Nacked);
+        if retry == Retry::Dead {
+            self.count(queue, Event::Died);
+        }
         Ok(self.transition(id, now, |t| {
             t.set_last_error(spec.error);
             t.clear_lease();
@@ -333,11 +385,16 @@ impl Table {
         let due = take_due(&self.idx.leased, now);
         let mut swept = Swept::default();
         for id in due {
-            let lease_id = self.tasks.get(&id).and_then(|t| t.holder()).map_or(0, |(lease_id, _)| lease_id);
+            let Some(task) = self.tasks.get(&id) else { continue };
+            let lease_id = task.holder().map_or(0, |(lease_id, _)| lease_id);
+            let (queue, retry) = (task.queue, transition::on_expiry(task.attempt, task.max_attempts));
             swept.expired.push((id, lease_id));
+            self.count(queue, Event::Expired);
+            if retry == Retry::Dead {
+                self.count(queue, Event::Died);
+            }
             self.transition_in_place(id, now, |t| {
                 t.clear_lease();
-                let retry = transition::on_expiry(t.attempt, t.max_attempts);
                 if retry == Retry::Dead {
                     t.set_last_error(transition::expiry_error(t.attempt, t.max_attempts));
                 }
@@ -361,28 +418,34 @@ impl Table {
     pub fn purge_finished(&mut self, now: Millis) -> Swept {
         let due = pop_due(&mut self.idx.finished, now);
         for id in &due {
-            let Some(task) = self.tasks.remove(id) else { continue };
-            let queue = self.names.resolve(task.queue);
-            if !task.request_id().is_empty() {
-                let key = (queue.to_owned(), task.request_id().to_owned());
-                if self.requests.get(&key) == Some(id) {
-                    self.requests.remove(&key);
-                }
-            }
-            if !task.dedup_key().is_empty() {
-                let key = (queue.to_owned(), task.dedup_key().to_owned());
-                if self.dedup.get(&key) == Some(id) {
-                    self.dedup.remove(&key);
-                }
-            }
-            self.forget_task_of(task.queue);
-            self.held_bytes -= task.payload_len() as u64;
-            task.release(&mut self.names);
-            if self.track {
-                self.removed.push(*id);
-            }
+            self.remove_task(*id);
         }
         Swept { count: due.len(), ..Swept::default() }
+    }
+
+    /// Removes a task and everything that refers to it.
+    fn remove_task(&mut self, id: TaskId) {
+        let Some(task) = self.tasks.remove(&id) else { return };
+        unindex(&mut self.idx, id, &task);
+        let queue = self.names.resolve(task.queue);
+        if !task.request_id().is_empty() {
+            let key = (queue.to_owned(), task.request_id().to_owned());
+            if self.requests.get(&key) == Some(&id) {
+                self.requests.remove(&key);
+            }
+        }
+        if !task.dedup_key().is_empty() {
+            let key = (queue.to_owned(), task.dedup_key().to_owned());
+            if self.dedup.get(&key) == Some(&id) {
+                self.dedup.remove(&key);
+            }
+        }
+        self.forget_task_of(task.queue);
+        self.held_bytes -= task.payload_len() as u64;
+        task.release(&mut self.names);
+        if self.track {
+            self.removed.push(id);
+        }
     }
 
     pub fn next_timer(&self) -> Option<Millis> {

@@ -37,6 +37,10 @@ const TASKS: TableDefinition<u128, &[u8]> = TableDefinition::new("tasks");
 /// Broker-wide counters; `next_lease` keeps lease ids unique across restarts.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NEXT_LEASE: &str = "next_lease";
+/// Each queue's totals while it holds tasks (a [`stored`] totals record).
+const TOTALS: TableDefinition<&str, &[u8]> = TableDefinition::new("queue_totals");
+/// Paused queues (the value is unused).
+const PAUSED: TableDefinition<&str, u8> = TableDefinition::new("paused");
 /// Most changes folded into one transaction.
 const MAX_GROUP: usize = 4096;
 
@@ -157,6 +161,8 @@ fn load(db: &Database, table: &mut Table) -> Result<(), LoadError> {
     let write = db.begin_write().map_err(|e| db_err(e.into()))?;
     write.open_table(TASKS).map_err(|e| db_err(e.into()))?;
     write.open_table(META).map_err(|e| db_err(e.into()))?;
+    write.open_table(TOTALS).map_err(|e| db_err(e.into()))?;
+    write.open_table(PAUSED).map_err(|e| db_err(e.into()))?;
     write.commit().map_err(|e| db_err(e.into()))?;
     let read = db.begin_read().map_err(|e| db_err(e.into()))?;
     let meta = read.open_table(META).map_err(|e| db_err(e.into()))?;
@@ -169,6 +175,18 @@ fn load(db: &Database, table: &mut Table) -> Result<(), LoadError> {
         let stored = stored::decode(value.value())
             .map_err(|reason| LoadError::Corrupt(format!("task {}: {reason}", TaskId(key.value()))))?;
         table.restore(stored.task, stored.ready_seq);
+    }
+    let totals = read.open_table(TOTALS).map_err(|e| db_err(e.into()))?;
+    for entry in totals.iter().map_err(|e| db_err(e.into()))? {
+        let (queue, value) = entry.map_err(|e| db_err(e.into()))?;
+        let totals = stored::decode_totals(value.value())
+            .map_err(|reason| LoadError::Corrupt(format!("totals of queue {}: {reason}", queue.value())))?;
+        table.restore_totals(queue.value(), totals);
+    }
+    let paused = read.open_table(PAUSED).map_err(|e| db_err(e.into()))?;
+    for entry in paused.iter().map_err(|e| db_err(e.into()))? {
+        let (queue, _) = entry.map_err(|e| db_err(e.into()))?;
+        table.set_paused(queue.value(), true);
     }
     Ok(())
 }
@@ -218,6 +236,21 @@ fn write_group(db: &Database, group: &[Commit]) -> Result<(), Box<redb::Error>> 
             }
             for id in &commit.changes.removed {
                 tasks.remove(id.0).map_err(|e| Box::new(e.into()))?;
+            }
+        }
+        let mut totals = txn.open_table(TOTALS).map_err(|e| Box::new(e.into()))?;
+        let mut paused = txn.open_table(PAUSED).map_err(|e| Box::new(e.into()))?;
+        for commit in group {
+            for (queue, t) in &commit.changes.queues {
+                match t {
+                    Some(t) => totals.insert(queue.as_str(), stored::encode_totals(t).as_slice()),
+                    None => totals.remove(queue.as_str()),
+                }
+                .map_err(|e| Box::new(e.into()))?;
+            }
+            for (queue, p) in &commit.changes.paused {
+                if *p { paused.insert(queue.as_str(), 1) } else { paused.remove(queue.as_str()) }
+                    .map_err(|e| Box::new(e.into()))?;
             }
         }
         let next_lease = group.iter().map(|c| c.changes.next_lease).max().unwrap_or(0);

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::core::stats::QueueTotals;
 use crate::core::task::{Lease, Task, TaskId, TaskState};
 
 /// The format new records are written in.
@@ -211,6 +212,40 @@ fn from_v1(r: StoredTaskV1) -> Stored {
         lease: r.lease.map(|l| Lease { id: l.id, expire_time: l.expire_time, worker_id: l.worker_id }),
     };
     Stored { task, ready_seq: r.ready_seq }
+}
+
+/// A queue's totals as stored (format 1): one format byte, then postcard.
+#[derive(Serialize, Deserialize)]
+struct StoredTotalsV1 {
+    enqueued: u64,
+    delivered: u64,
+    acked: u64,
+    nacked: u64,
+    dead: u64,
+    expired: u64,
+}
+
+pub fn encode_totals(t: &QueueTotals) -> Vec<u8> {
+    let QueueTotals { enqueued, delivered, acked, nacked, dead, expired } = *t;
+    let record = StoredTotalsV1 { enqueued, delivered, acked, nacked, dead, expired };
+    postcard::to_extend(&record, vec![1]).unwrap_or_default()
+}
+
+pub fn decode_totals(bytes: &[u8]) -> Result<QueueTotals, String> {
+    match bytes.split_first() {
+        Some((1, rest)) => postcard::from_bytes::<StoredTotalsV1>(rest)
+            .map(|r| QueueTotals {
+                enqueued: r.enqueued,
+                delivered: r.delivered,
+                acked: r.acked,
+                nacked: r.nacked,
+                dead: r.dead,
+                expired: r.expired,
+            })
+            .map_err(|e| e.to_string()),
+        Some((v, _)) => Err(format!("unknown totals format {v} (written by a newer taskbroker?)")),
+        None => Err("empty totals record".into()),
+    }
 }
 
 #[cfg(test)]

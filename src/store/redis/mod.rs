@@ -250,6 +250,47 @@ impl Store for RedisStore {
         matches!(tokio::time::timeout(Duration::from_secs(1), ping).await, Ok(Ok(_)))
     }
 
+    async fn queue_names(&self) -> Result<Vec<String>, StoreError> {
+        Err(StoreError::Internal("TEMPORARY: admin on redis".into()))
+    }
+
+    async fn queue_stats(&self, _queue: &str) -> Result<crate::core::stats::QueueStats, StoreError> {
+        Err(StoreError::Internal("TEMPORARY: admin on redis".into()))
+    }
+
+    async fn set_paused(&self, _queue: &str, _paused: bool) -> Result<bool, StoreError> {
+        Err(StoreError::Internal("TEMPORARY: admin on redis".into()))
+    }
+
+    async fn purge_queue(
+        &self,
+        _queue: &str,
+        _states: &[crate::core::task::TaskState],
+        _now: Millis,
+    ) -> Result<u64, StoreError> {
+        Err(StoreError::Internal("TEMPORARY: admin on redis".into()))
+    }
+
+    async fn list_tasks(
+        &self,
+        _queue: &str,
+        _state: crate::core::task::TaskState,
+        _after: Option<TaskId>,
+        _limit: usize,
+    ) -> Result<Vec<Task>, StoreError> {
+        Err(StoreError::Internal("TEMPORARY: admin on redis".into()))
+    }
+
+    async fn redrive(
+        &self,
+        _queue: &str,
+        _ids: &[TaskId],
+        _limit: usize,
+        _now: Millis,
+    ) -> Result<Swept, StoreError> {
+        Err(StoreError::Internal("TEMPORARY: admin on redis".into()))
+    }
+
     fn events(&self) -> Option<broadcast::Receiver<StoreEvent>> {
         Some(self.events.subscribe())
     }

@@ -6,6 +6,7 @@ use super::names::{Names, Sym};
 use super::record::Record;
 use crate::core::priority::ReadyKey;
 use crate::core::queue::Policies;
+use crate::core::stats::{QueueCounts, QueueTotals};
 use crate::core::task::{TaskId, TaskState};
 use crate::core::transition;
 use crate::core::Millis;
@@ -24,6 +25,51 @@ pub struct Indexes {
     pub finished: BTreeSet<(Millis, TaskId)>,
     /// Per queue, the removal time of the task that finished last.
     pub last_purge: HashMap<Sym, Millis>,
+    /// Per queue, what the operations API shows of it.
+    pub books: HashMap<Sym, Book>,
+}
+
+/// One queue's counts, totals, and its tasks by id in the states the ready
+/// and lease indexes do not already list per queue (so listing, purging and
+/// redriving them never scans other queues).
+#[derive(Default)]
+pub struct Book {
+    pub counts: QueueCounts,
+    pub totals: QueueTotals,
+    /// SCHEDULED, SUCCEEDED, DEAD and CANCELED tasks in creation order, each
+    /// finished one with its removal time (its key in [`Indexes::finished`],
+    /// so a redriven task leaves that index exactly).
+    pub by_id: [BTreeMap<TaskId, Millis>; 4],
+}
+
+impl Book {
+    /// The ids of `state`, if the book keeps them.
+    pub fn ids(&self, state: TaskState) -> Option<&BTreeMap<TaskId, Millis>> {
+        by_id_slot(state).map(|i| &self.by_id[i])
+    }
+
+    fn enter(&mut self, id: TaskId, state: TaskState, purge_at: Millis) {
+        self.counts.add(state, 1);
+        if let Some(i) = by_id_slot(state) {
+            self.by_id[i].insert(id, purge_at);
+        }
+    }
+
+    /// `id` leaves `state` (moved on, or removed); its removal time if finished.
+    pub fn leave(&mut self, id: TaskId, state: TaskState) -> Option<Millis> {
+        self.counts.sub(state, 1);
+        by_id_slot(state).and_then(|i| self.by_id[i].remove(&id))
+    }
+}
+
+fn by_id_slot(state: TaskState) -> Option<usize> {
+    match state {
+        TaskState::Scheduled => Some(0),
+        TaskState::Succeeded => Some(1),
+        TaskState::Dead => Some(2),
+        TaskState::Canceled => Some(3),
+        TaskState::Ready | TaskState::Leased => None,
+    }
 }
 
 /// Removes and returns the ids whose time key is at or before `now`.
@@ -47,6 +93,7 @@ fn purge_time(idx: &Indexes, policies: &Policies, names: &Names, task: &Record) 
 }
 
 pub fn index(idx: &mut Indexes, policies: &Policies, names: &Names, id: TaskId, task: &Record) {
+    let mut purge_at = 0;
     match task.state {
         TaskState::Ready => {
             let key = ReadyKey::new(task.priority, task.ready_seq);
@@ -59,14 +106,16 @@ pub fn index(idx: &mut Indexes, policies: &Policies, names: &Names, id: TaskId, 
             idx.scheduled.insert((task.scheduled_time, id));
         }
         TaskState::Succeeded | TaskState::Dead | TaskState::Canceled => {
-            let at = purge_time(idx, policies, names, task);
-            idx.last_purge.insert(task.queue, at);
-            idx.finished.insert((at, id));
+            purge_at = purge_time(idx, policies, names, task);
+            idx.last_purge.insert(task.queue, purge_at);
+            idx.finished.insert((purge_at, id));
         }
     }
+    idx.books.entry(task.queue).or_default().enter(id, task.state, purge_at);
 }
 
 pub fn unindex(idx: &mut Indexes, id: TaskId, task: &Record) {
+    let purge_at = idx.books.get_mut(&task.queue).and_then(|book| book.leave(id, task.state));
     match task.state {
         TaskState::Ready => {
             if let Some(ready) = idx.ready.get_mut(&task.queue) {
@@ -79,8 +128,12 @@ pub fn unindex(idx: &mut Indexes, id: TaskId, task: &Record) {
         TaskState::Scheduled => {
             idx.scheduled.remove(&(task.scheduled_time, id));
         }
-        // A finished task never changes state again; it leaves its index
-        // only through `pop_due` (purge).
-        TaskState::Succeeded | TaskState::Dead | TaskState::Canceled => {}
+        // Only a redrive moves a finished (DEAD) task on; otherwise it
+        // leaves its index when it is removed.
+        TaskState::Succeeded | TaskState::Dead | TaskState::Canceled => {
+            if let Some(at) = purge_at {
+                idx.finished.remove(&(at, id));
+            }
+        }
     }
 }

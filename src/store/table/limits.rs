@@ -27,6 +27,11 @@ impl Table {
             self.queue_tasks.remove(&queue);
             self.idx.ready.remove(&queue);
             self.idx.last_purge.remove(&queue);
+            self.idx.books.remove(&queue);
+            if self.track {
+                self.dirty_queues.retain(|q| *q != queue);
+                self.forgotten.push(self.names.resolve(queue).to_owned());
+            }
         }
     }
 
