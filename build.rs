@@ -25,6 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 PathBuf::from("proto/taskbroker/v1/task.proto"),
                 PathBuf::from("proto/taskbroker/v1/producer.proto"),
                 PathBuf::from("proto/taskbroker/v1/worker.proto"),
+                PathBuf::from("proto/taskbroker/v1/admin.proto"),
             ],
             &[PathBuf::from("proto"), wkt.clone()],
         )?;

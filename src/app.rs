@@ -26,6 +26,7 @@ use tonic_health::ServingStatus;
 use crate::background;
 use crate::broker::session::StreamLimits;
 use crate::broker::{Broker, BrokerSettings, Phase};
+use crate::config::reload::Reloader;
 use crate::config::{Config, StorageKind};
 use crate::core::clock::Clock;
 use crate::core::queue::QueueRegistry;
@@ -63,7 +64,6 @@ pub async fn open_broker(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Resu
     let store = open_store(config, queues.clone()).await?;
     let settings = BrokerSettings {
         queues,
-        routes: config.routes(),
         strict_queues: config.strict_queues,
         max_payload_bytes: config.max_payload_bytes,
         max_delay: config.max_delay,
@@ -84,21 +84,24 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Run
     let addr: SocketAddr =
         config.listen.parse().map_err(|_| anyhow::anyhow!("listen: not an address: {}", config.listen))?;
     let (stop_background, stop) = watch::channel(false);
+    let reloader = Arc::new(Reloader::new(config.clone(), broker.queues().clone()));
     let opts = ServerOptions {
         max_message_bytes: config.max_message_bytes,
         max_concurrent_streams: config.max_concurrent_streams,
+        reloader: Some(reloader.clone()),
     };
     let grpc = Box::pin(server::serve(broker.clone(), addr, opts)).await?;
     let health = grpc.health.clone();
     let readiness = tokio::spawn(follow_storage_health(broker.clone(), health.clone(), stop.clone()));
-    let timers = tokio::spawn(background::timer_loop(broker.clone(), stop));
+    let timers = tokio::spawn(background::timer_loop(broker.clone(), stop.clone()));
+    let reloads = tokio::spawn(reload_on_sighup(reloader, stop));
     Ok(Running {
         addr: grpc.addr,
         broker,
         grpc,
         health,
         stop_background,
-        background: vec![timers, readiness],
+        background: vec![timers, readiness, reloads],
         grace: config.shutdown_grace,
     })
 }
@@ -177,4 +180,32 @@ async fn follow_storage_health(broker: Broker, health: HealthReporter, mut stop:
             was_healthy = healthy;
         }
     }
+}
+
+/// SIGHUP reloads the config file (as AdminService.ReloadConfig does).
+async fn reload_on_sighup(reloader: Arc<Reloader>, mut stop: watch::Receiver<bool>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; reload with `taskbroker reload`");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = hangups.recv() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let reloader = reloader.clone();
+            match tokio::task::spawn_blocking(move || reloader.reload()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(problems)) => {
+                    tracing::error!(?problems, "config reload refused; the running config stays")
+                }
+                Err(e) => tracing::error!(error = %e, "config reload failed"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (reloader, stop.wait_for(|s| *s).await);
 }

@@ -19,6 +19,8 @@ use crate::core::MAX_PRIORITY;
 use crate::store::redis::{redact, Target};
 use crate::store::Limits;
 
+pub mod reload;
+
 /// A value as an error message may show it: a URL with credentials put in
 /// the wrong setting still has its password hidden.
 fn shown(value: &str) -> String {
@@ -98,6 +100,10 @@ pub struct Config {
     pub max_concurrent_streams: u32,
     pub queues: BTreeMap<String, QueueConfig>,
     pub routes: Vec<RouteConfig>,
+    /// The file this config was read from (set by the CLI, not a setting):
+    /// what a reload re-reads.
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -122,6 +128,7 @@ impl Default for Config {
             max_concurrent_streams: 1024,
             queues: BTreeMap::new(),
             routes: Vec::new(),
+            file: None,
         }
     }
 }
@@ -271,7 +278,7 @@ impl Config {
             .map(|(name, q)| (name.clone(), q.resolve(&base, &QueuePolicy::default())))
             .collect();
         declared.entry(DEFAULT_QUEUE.into()).or_insert_with(|| fallback.clone());
-        Policies::new(declared, fallback)
+        Policies::new(declared, fallback).with_routes(self.routes())
     }
 
     /// The routing rules. Call after `validate()`.

@@ -569,6 +569,7 @@ async fn embedded_store_serves_enqueue_lease_ack_and_nack() {
         storage: StorageKind::Embedded,
         config: RETRY_CONFIG,
         manual_clock: true,
+        ..Default::default()
     })
     .await;
     let a = s.enqueue("retry", "a").await;

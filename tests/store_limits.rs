@@ -218,6 +218,7 @@ async fn limits_over_grpc() {
         storage: StorageKind::Memory,
         config: "max_queues = 2\nmax_tasks = 3\n",
         manual_clock: false,
+        ..Default::default()
     };
     let mut s = common::start_with(opts).await;
     s.enqueue("a", "k").await;

@@ -23,9 +23,13 @@ pub enum BrokerError {
     /// Bad input: each violation names its field.
     #[error("invalid request: {}", describe(.0))]
     Invalid(Vec<Violation>),
-    /// An undeclared queue while `strict_queues` is on.
-    #[error("queue {0:?} is not declared (strict_queues)")]
+    /// A queue that does not exist: undeclared while `strict_queues` is on,
+    /// or (operations API) neither declared nor holding tasks.
+    #[error("queue {0:?} not found: it is not declared and holds no tasks")]
     QueueNotFound(String),
+    /// A config (re)load found problems; the running config stays.
+    #[error("the config file has problems: {}", .0.join("; "))]
+    ConfigInvalid(Vec<String>),
     #[error("task {0} not found")]
     TaskNotFound(String),
     /// A wrong, stale or expired lease id.

@@ -11,6 +11,7 @@
 //! for), `watch.rs` (task watchers), `waiters.rs` (per-queue wake-ups),
 //! `validate.rs`, `error.rs`.
 
+pub mod admin;
 mod drain;
 pub mod error;
 mod lease;
@@ -29,13 +30,13 @@ use tokio::sync::{broadcast, watch as watch_channel, Notify};
 
 /// What an enqueue returns (the store's outcome, unchanged).
 pub use crate::store::Enqueued;
+pub use admin::{QueueInfo, TaskPage};
 pub use error::{BrokerError, Violation};
 pub use produce::Watch;
 pub use validate::{EnqueueInput, LeaseInput};
 
 use crate::core::clock::Clock;
 use crate::core::queue::QueueRegistry;
-use crate::core::routing::Route;
 use crate::core::task::{Task, TaskId};
 use crate::core::Millis;
 use crate::store::{Store, StoreEvent, Swept};
@@ -46,11 +47,9 @@ use watch::Watchers;
 /// Settings the broker applies to requests.
 #[derive(Clone, Debug)]
 pub struct BrokerSettings {
-    /// Every queue's resolved settings (the declared ones and the fallback),
-    /// shared with the store.
+    /// Every queue's resolved settings (the declared ones and the fallback)
+    /// and the routes, shared with the store; a reload replaces them.
     pub queues: QueueRegistry,
-    /// `[[routes]]` in order: the first match picks a task's queue.
-    pub routes: Vec<Route>,
     /// Refuse queues the config does not declare (`QUEUE_NOT_FOUND`).
     pub strict_queues: bool,
     /// Largest payload an enqueue may carry.
@@ -146,6 +145,11 @@ impl Broker {
         self.inner.clock.now()
     }
 
+    /// Every queue's settings and the routes (a reload replaces them).
+    pub fn queues(&self) -> &QueueRegistry {
+        &self.inner.settings.queues
+    }
+
     /// How worker streams are bounded.
     pub fn stream_limits(&self) -> session::StreamLimits {
         self.inner.settings.streams
@@ -161,7 +165,7 @@ impl Broker {
         let policies = s.queues.current();
         let rules = Rules {
             policies: &policies,
-            routes: &s.routes,
+            routes: policies.routes(),
             strict_queues: s.strict_queues,
             max_payload_bytes: s.max_payload_bytes,
             max_delay: s.max_delay,

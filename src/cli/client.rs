@@ -3,6 +3,7 @@
 use clap::Args;
 
 use crate::pb;
+use crate::pb::admin_service_client::AdminServiceClient;
 use crate::pb::producer_service_client::ProducerServiceClient;
 
 #[derive(Debug, Clone, Args)]
@@ -15,6 +16,12 @@ pub struct ServerArg {
 impl ServerArg {
     pub async fn producer(&self) -> anyhow::Result<ProducerServiceClient<tonic::transport::Channel>> {
         ProducerServiceClient::connect(self.server.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", self.server))
+    }
+
+    pub async fn admin(&self) -> anyhow::Result<AdminServiceClient<tonic::transport::Channel>> {
+        AdminServiceClient::connect(self.server.clone())
             .await
             .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", self.server))
     }

@@ -45,7 +45,7 @@ pub struct EnqueueArgs {
     pub server: ServerArg,
 }
 
-fn parse_header(s: &str) -> Result<(String, String), String> {
+pub fn parse_header(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .ok_or_else(|| format!("{s:?} is not NAME=VALUE"))

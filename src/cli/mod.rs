@@ -6,6 +6,8 @@ mod client;
 mod config_cmd;
 mod enqueue;
 mod get;
+mod queues;
+mod route;
 pub mod serve;
 mod watch;
 mod work;
@@ -43,6 +45,17 @@ pub enum Command {
     Work(work::WorkArgs),
     /// Print a task's states as JSON lines until it finishes.
     Watch(watch::WatchArgs),
+    /// List queues with their counts (a table, or --json).
+    Queues(queues::QueuesArgs),
+    /// Pause, resume, purge or redrive one queue.
+    #[command(subcommand)]
+    Queue(queues::QueueCommand),
+    /// List a queue's tasks in one state, oldest first.
+    Tasks(queues::TasksArgs),
+    /// Show which queue and priority an enqueue would get (routing dry-run).
+    Route(route::RouteArgs),
+    /// Make the broker re-read its config file; prints what changed.
+    Reload(client::ServerArg),
     /// Configuration helpers.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
@@ -80,6 +93,11 @@ pub fn main() -> ExitCode {
             Command::Cancel(args) => get::run(args, true).await.map_err(CliError::Other),
             Command::Work(args) => work::run(args).await.map_err(CliError::Other),
             Command::Watch(args) => watch::run(args).await.map_err(CliError::Other),
+            Command::Queues(args) => queues::queues(args).await.map_err(CliError::Other),
+            Command::Queue(cmd) => queues::queue(cmd).await.map_err(CliError::Other),
+            Command::Tasks(args) => queues::tasks(args).await.map_err(CliError::Other),
+            Command::Route(args) => route::route(args).await.map_err(CliError::Other),
+            Command::Reload(server) => route::reload(server).await.map_err(CliError::Other),
             Command::Config(cmd) => config_cmd::run(cmd),
             #[cfg(feature = "bench")]
             Command::Bench(args) => bench::run(args).await,

@@ -50,6 +50,7 @@ pub fn load_config(args: &ServeArgs) -> Result<Config, CliError> {
         }
         None => Config::default(),
     };
+    config.file = args.config.clone();
     if let Some(listen) = &args.listen {
         config.listen = listen.clone();
     }

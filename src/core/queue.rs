@@ -5,6 +5,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use super::retry::Backoff;
+use super::routing::Route;
 
 /// The queue unrouted tasks land in; its settings are every queue's defaults.
 pub const DEFAULT_QUEUE: &str = "default";
@@ -43,17 +44,30 @@ impl Default for QueuePolicy {
     }
 }
 
-/// Every queue's policy: the declared queues, and the policy an undeclared
-/// queue gets when it is created on first use.
+/// Every queue's policy: the declared queues, the policy an undeclared
+/// queue gets when it is created on first use, and the routes into them
+/// (everything a config reload swaps at once).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Policies {
     declared: BTreeMap<String, QueuePolicy>,
     fallback: QueuePolicy,
+    /// `[[routes]]` in order: the first match picks a task's queue.
+    routes: Vec<Route>,
 }
 
 impl Policies {
     pub fn new(declared: BTreeMap<String, QueuePolicy>, fallback: QueuePolicy) -> Self {
-        Self { declared, fallback }
+        Self { declared, fallback, routes: Vec::new() }
+    }
+
+    /// These policies with `routes` in force.
+    pub fn with_routes(mut self, routes: Vec<Route>) -> Self {
+        self.routes = routes;
+        self
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
     }
 
     /// The policy of `queue` (the fallback for undeclared queues).

@@ -50,6 +50,66 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|&c| c == '*')
 }
 
+/// Where an enqueue would go, and why (the routing dry-run).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Explanation {
+    pub queue: String,
+    pub priority: u8,
+    /// The matching rule's index in `[[routes]]`; `None` for no match or an
+    /// explicit queue.
+    pub route_index: Option<usize>,
+    /// One line for a person.
+    pub text: String,
+}
+
+/// What queue and priority an enqueue with `queue` (maybe empty), `kind`
+/// and `headers` and no priority of its own would get under `policies`.
+pub fn explain(
+    policies: &super::queue::Policies,
+    queue: &str,
+    kind: &str,
+    headers: &BTreeMap<String, String>,
+) -> Explanation {
+    let default_priority = |q: &str| policies.get(q).default_priority;
+    if !queue.is_empty() {
+        return Explanation {
+            queue: queue.to_owned(),
+            priority: default_priority(queue),
+            route_index: None,
+            text: format!(
+                "explicit queue {queue:?}: routes are not consulted; priority is the queue's default"
+            ),
+        };
+    }
+    let routes = policies.routes();
+    match routes.iter().position(|r| r.matches(kind, headers)) {
+        Some(i) => {
+            let r = &routes[i];
+            let (priority, from) = match r.priority {
+                Some(p) => (p, "the route's priority"),
+                None => (default_priority(&r.queue), "the queue's default priority"),
+            };
+            Explanation {
+                queue: r.queue.clone(),
+                priority,
+                route_index: Some(i),
+                text: format!(
+                    "route {i} (kind {:?}{}) matched: queue {:?}, {from}",
+                    r.kind,
+                    if r.headers.is_empty() { String::new() } else { format!(", headers {:?}", r.headers) },
+                    r.queue
+                ),
+            }
+        }
+        None => Explanation {
+            queue: super::queue::DEFAULT_QUEUE.to_owned(),
+            priority: default_priority(super::queue::DEFAULT_QUEUE),
+            route_index: None,
+            text: format!("no route matched kind {kind:?} among {} rules: the default queue", routes.len()),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,5 +145,26 @@ mod tests {
         assert_eq!(route(&routes, "email.send", &acme).unwrap().queue, "acme-emails");
         assert_eq!(route(&routes, "email.send", &other).unwrap().queue, "emails");
         assert!(route(&routes, "sms.send", &acme).is_none());
+    }
+
+    #[test]
+    fn explain_names_the_rule_the_queue_and_where_the_priority_comes_from() {
+        use crate::core::queue::{Policies, QueuePolicy};
+        let mut urgent = rule("email.*", &[("tenant", "acme")], "acme-emails");
+        urgent.priority = Some(7);
+        let emails = QueuePolicy { default_priority: 3, ..QueuePolicy::default() };
+        let policies =
+            Policies::new(BTreeMap::from([("emails".to_string(), emails)]), QueuePolicy::default())
+                .with_routes(vec![urgent, rule("email.*", &[], "emails")]);
+        let acme: BTreeMap<_, _> = [("tenant".to_string(), "acme".to_string())].into();
+        let e = explain(&policies, "", "email.send", &acme);
+        assert_eq!((e.queue.as_str(), e.priority, e.route_index), ("acme-emails", 7, Some(0)));
+        let e = explain(&policies, "", "email.send", &BTreeMap::new());
+        assert_eq!((e.queue.as_str(), e.priority, e.route_index), ("emails", 3, Some(1)));
+        assert!(e.text.contains("default priority"), "{}", e.text);
+        let e = explain(&policies, "", "sms.send", &BTreeMap::new());
+        assert_eq!((e.queue.as_str(), e.route_index), ("default", None));
+        let e = explain(&policies, "emails", "email.send", &acme);
+        assert_eq!((e.queue.as_str(), e.priority, e.route_index), ("emails", 3, None));
     }
 }

@@ -18,6 +18,14 @@ use crate::pb;
 /// field much tighter; this keeps every conversion exact.
 const MAX_DURATION_SECS: i64 = 315_576_000_000;
 
+/// A duration as protobuf's `Duration`.
+pub fn duration_pb(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
 pub fn timestamp(ms: Millis) -> Timestamp {
     Timestamp { seconds: (ms / 1000) as i64, nanos: ((ms % 1000) * 1_000_000) as i32 }
 }

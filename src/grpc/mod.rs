@@ -2,6 +2,7 @@
 //! broker inputs ([`convert`]), makes one broker call, and converts the answer
 //! or the error ([`status`]) back. No queue, lease or retry logic lives here.
 
+pub mod admin;
 pub mod caller;
 pub mod codec;
 pub mod convert;

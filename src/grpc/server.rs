@@ -2,6 +2,7 @@
 //! one listener. It serves; [`crate::app`] decides when to start and stop.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -13,26 +14,31 @@ use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
+use super::admin::Admin;
 use super::caller::CallerLayer;
 use super::producer::Producer;
 use super::worker::Worker;
 use crate::broker::Broker;
+use crate::config::reload::Reloader;
 use crate::pb;
+use crate::pb::admin_service_server::AdminServiceServer;
 use crate::pb::producer_service_server::ProducerServiceServer;
 use crate::pb::worker_service_server::WorkerServiceServer;
 
-/// Transport settings.
-#[derive(Clone, Debug)]
+/// Transport settings and what the services need beyond the broker.
+#[derive(Clone)]
 pub struct ServerOptions {
     /// Largest request or response message, in bytes.
     pub max_message_bytes: usize,
     /// Most calls (streams included) open at once on one HTTP/2 connection.
     pub max_concurrent_streams: u32,
+    /// What AdminService.ReloadConfig re-reads (`None`: it is refused).
+    pub reloader: Option<Arc<Reloader>>,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        Self { max_message_bytes: 64 << 20, max_concurrent_streams: 1024 }
+        Self { max_message_bytes: 64 << 20, max_concurrent_streams: 1024, reloader: None }
     }
 }
 
@@ -93,6 +99,7 @@ pub async fn serve(broker: Broker, addr: SocketAddr, opts: ServerOptions) -> any
     health.set_service_status("", ServingStatus::Serving).await;
     health.set_serving::<ProducerServiceServer<Producer>>().await;
     health.set_serving::<WorkerServiceServer<Worker>>().await;
+    health.set_serving::<AdminServiceServer<Admin>>().await;
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -105,6 +112,9 @@ pub async fn serve(broker: Broker, addr: SocketAddr, opts: ServerOptions) -> any
 
     let max = opts.max_message_bytes;
     let producer = ProducerServiceServer::new(Producer::new(broker.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let admin = AdminServiceServer::new(Admin::new(broker.clone(), opts.reloader.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let worker = WorkerServiceServer::new(Worker::new(broker))
@@ -124,7 +134,8 @@ pub async fn serve(broker: Broker, addr: SocketAddr, opts: ServerOptions) -> any
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(producer)
-        .add_service(worker);
+        .add_service(worker)
+        .add_service(admin);
 
     // Builder::tcp_nodelay does not apply to a listener we pass in: without
     // TCP_NODELAY small replies wait ~40 ms for the peer's delayed ACK.

@@ -28,6 +28,7 @@ pub fn code_and_reason(e: &BrokerError) -> (Code, &'static str) {
         BrokerError::LeaseMismatch => (Code::FailedPrecondition, "LEASE_MISMATCH"),
         BrokerError::TaskCanceled => (Code::FailedPrecondition, "TASK_CANCELED"),
         BrokerError::TaskFinished(_) => (Code::FailedPrecondition, "TASK_FINISHED"),
+        BrokerError::ConfigInvalid(_) => (Code::FailedPrecondition, "CONFIG_INVALID"),
         BrokerError::Unavailable(_) => (Code::Unavailable, "STORAGE_UNAVAILABLE"),
         BrokerError::ResourceExhausted(_) => (Code::ResourceExhausted, "STORAGE_FULL"),
         BrokerError::QueueLimit(_) => (Code::ResourceExhausted, "QUEUE_LIMIT"),
@@ -89,6 +90,11 @@ pub fn to_status(e: BrokerError) -> Status {
         // Both say: come back later (a stalled stream's worker reconnects).
         BrokerError::Unavailable(_) | BrokerError::StreamStalled(_) => {
             details.set_retry_info(Some(RETRY_DELAY));
+        }
+        BrokerError::ConfigInvalid(problems) => {
+            for p in problems {
+                details.add_precondition_failure_violation("CONFIG", "config file", p.clone());
+            }
         }
         BrokerError::LeaseMismatch
         | BrokerError::TaskCanceled

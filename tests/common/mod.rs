@@ -14,6 +14,7 @@ use taskbroker::broker::Broker;
 use taskbroker::config::{Config, StorageKind};
 use taskbroker::core::clock::{Clock, ManualClock, SystemClock};
 use taskbroker::pb;
+use taskbroker::pb::admin_service_client::AdminServiceClient;
 use taskbroker::pb::producer_service_client::ProducerServiceClient;
 use taskbroker::pb::worker_service_client::WorkerServiceClient;
 
@@ -24,6 +25,7 @@ pub struct TestServer {
     pub addr: std::net::SocketAddr,
     pub producer: ProducerServiceClient<Channel>,
     pub worker: WorkerServiceClient<Channel>,
+    pub admin: AdminServiceClient<Channel>,
     pub broker: Broker,
     /// Present when started with [`Options::manual_clock`].
     pub clock: Option<Arc<ManualClock>>,
@@ -37,11 +39,14 @@ pub struct Options {
     pub config: &'static str,
     /// Time moves only through [`TestServer::advance`].
     pub manual_clock: bool,
+    /// Also write `config` to a file the broker reloads from
+    /// ([`TestServer::config_file`]).
+    pub config_file: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { storage: StorageKind::Memory, config: "", manual_clock: false }
+        Self { storage: StorageKind::Memory, config: "", manual_clock: false, config_file: false }
     }
 }
 
@@ -62,6 +67,11 @@ pub async fn start_with(opts: Options) -> TestServer {
     config.data_dir = dir.path().join("data");
     config.listen = "127.0.0.1:0".into();
     config.validate().expect("test config is valid");
+    if opts.config_file {
+        let file = dir.path().join("taskbroker.toml");
+        std::fs::write(&file, opts.config).unwrap();
+        config.file = Some(file);
+    }
     let manual = opts.manual_clock.then(|| Arc::new(ManualClock::new(T0)));
     let clock: Arc<dyn Clock> = match &manual {
         Some(m) => m.clone(),
@@ -74,7 +84,8 @@ pub async fn start_with(opts: Options) -> TestServer {
     TestServer {
         addr,
         producer: ProducerServiceClient::new(channel.clone()),
-        worker: WorkerServiceClient::new(channel),
+        worker: WorkerServiceClient::new(channel.clone()),
+        admin: AdminServiceClient::new(channel),
         broker,
         clock: manual,
         running: Some(running),
@@ -83,6 +94,11 @@ pub async fn start_with(opts: Options) -> TestServer {
 }
 
 impl TestServer {
+    /// The file a reload re-reads (started with [`Options::config_file`]).
+    pub fn config_file(&self) -> std::path::PathBuf {
+        self._dir.path().join("taskbroker.toml")
+    }
+
     /// Moves the manual clock forward and runs the timers that came due.
     pub async fn advance(&self, by: Duration) {
         self.clock.as_ref().expect("started with a manual clock").advance(by);
