@@ -77,6 +77,7 @@ fn describe(old: &toml::Value, new: &toml::Value) -> Vec<String> {
         if before == after {
             continue;
         }
+        let (before, after) = (before.map(|(_, shown)| shown), after.map(|(_, shown)| shown));
         let top = path.split(['.', '[']).next().unwrap_or_default();
         let shown = |v: Option<&String>| v.cloned().unwrap_or_else(|| "(unset)".into());
         let line = format!("{path}: {} -> {}", shown(before), shown(after));
@@ -90,8 +91,8 @@ fn describe(old: &toml::Value, new: &toml::Value) -> Vec<String> {
 }
 
 /// Every leaf of `value` by its path (`queues.emails.max_attempts`,
-/// `routes[0].kind`).
-fn flatten(path: &str, value: &toml::Value, out: &mut BTreeMap<String, String>) {
+/// `routes[0].kind`): its text, and its text as shown.
+fn flatten(path: &str, value: &toml::Value, out: &mut BTreeMap<String, (String, String)>) {
     match value {
         toml::Value::Table(t) => {
             for (k, v) in t {
@@ -107,7 +108,11 @@ fn flatten(path: &str, value: &toml::Value, out: &mut BTreeMap<String, String>) 
         leaf => {
             // A URL's password stays out of logs and answers.
             let text = leaf.to_string();
-            out.insert(path.to_owned(), if text.contains("://") { super::shown(&text) } else { text });
+            let shown = match leaf.as_str() {
+                Some(s) if s.contains("://") => format!("{:?}", super::shown(s)),
+                _ => text.clone(),
+            };
+            out.insert(path.to_owned(), (text, shown));
         }
     }
 }
