@@ -714,3 +714,83 @@ fn log_format_json_writes_one_json_object_per_line() {
         assert!(messages.contains(&"ready") && messages.contains(&"shutting down"), "{how}: {messages:?}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// Operating queues: queues, queue pause|resume|purge|redrive, tasks, route, reload.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn queue_commands_show_pause_purge_and_redrive() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("taskbroker.toml");
+    std::fs::write(
+        &config,
+        "[queues.mail]\nmax_attempts = 1\n[[routes]]\nkind = \"email.*\"\nqueue = \"mail\"\n",
+    )
+    .unwrap();
+    let mut cmd = taskbroker(dir.path());
+    cmd.args(["serve", "--storage", "memory", "--listen", "127.0.0.1:0", "--config"]).arg(&config);
+    let mut serve = Serve::start(cmd, &dir.path().join("serve.log"));
+    let server = serve.server();
+    let client = |args: &[&str]| {
+        let mut cmd = taskbroker(dir.path());
+        cmd.args(args).args(["--server", &server]);
+        run(cmd)
+    };
+    for _ in 0..3 {
+        ok(&client(&["enqueue", "--kind", "email.send", "--payload", "x"]));
+    }
+
+    let table = ok(&client(&["queues"]));
+    let mail =
+        table.lines().find(|l| l.starts_with("mail ")).unwrap_or_else(|| panic!("a mail row: {table}"));
+    let cols: Vec<&str> = mail.split_whitespace().collect();
+    assert_eq!(&cols[..5], ["mail", "no", "3", "0", "0"], "queue, paused, ready, scheduled, leased: {table}");
+    let json = ok(&client(&["queues", "--json"]));
+    let mail = json.lines().find(|l| l.contains("\"name\":\"mail\"")).expect("mail as JSON");
+    let mail: serde_json::Value = serde_json::from_str(mail).unwrap();
+    assert_eq!(mail["counts"]["ready"], 3);
+    assert_eq!(mail["totals"]["enqueued"], 3);
+
+    let paused: serde_json::Value = serde_json::from_str(&ok(&client(&["queue", "pause", "mail"]))).unwrap();
+    assert_eq!(paused["paused"], true);
+    let resumed: serde_json::Value =
+        serde_json::from_str(&ok(&client(&["queue", "resume", "mail"]))).unwrap();
+    assert_eq!(resumed["paused"], false);
+
+    let routed: serde_json::Value =
+        serde_json::from_str(&ok(&client(&["route", "--kind", "email.send"]))).unwrap();
+    assert_eq!((routed["queue"].as_str(), routed["route_index"].as_i64()), (Some("mail"), Some(0)));
+
+    // Every task dies (max_attempts = 1): `work` runs a failing command, one
+    // task at a time in order, so when a fourth task enqueued with --wait
+    // has died, so have the three before it.
+    let mut work = taskbroker(dir.path());
+    work.args(["work", "--queue", "mail", "--server", &server, "--", "false"]);
+    let mut worker = work.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn work");
+    let waited = client(&["enqueue", "--kind", "email.send", "--wait"]);
+    let _ = worker.kill();
+    let _ = worker.wait();
+    assert_eq!(json_str(&stdout(&waited), "state"), "TASK_STATE_DEAD", "{}", stderr(&waited));
+    let dead = ok(&client(&["tasks", "mail", "--state", "dead"]));
+    assert_eq!(dead.lines().count(), 5, "a header and four dead tasks: {dead}");
+    let dead_json = ok(&client(&["tasks", "mail", "--state", "dead", "--json", "--limit", "1"]));
+    assert_eq!(dead_json.lines().count(), 1, "--limit: {dead_json}");
+    assert!(!json_str(&dead_json, "last_error").is_empty(), "dead tasks show last_error: {dead_json}");
+
+    let redriven = ok(&client(&["queue", "redrive", "mail", "--id", &json_str(&dead_json, "id")]));
+    assert!(redriven.contains("\"redriven\":1"), "{redriven}");
+
+    let refused = client(&["queue", "purge", "mail", "--state", "ready"]);
+    assert!(!refused.status.success(), "purge asks first; without a terminal it needs --yes");
+    assert!(stderr(&refused).contains("--yes"), "{}", stderr(&refused));
+    let purged = ok(&client(&["queue", "purge", "mail", "--state", "ready", "--state", "dead", "--yes"]));
+    assert!(purged.contains("\"purged\":4"), "1 redriven + 3 dead: {purged}");
+
+    std::fs::write(&config, "[queues.mail]\nmax_attempts = 4\n").unwrap();
+    let reloaded = ok(&client(&["reload"]));
+    assert!(reloaded.contains("queues.mail.max_attempts: 1 -> 4"), "{reloaded}");
+    let missing = client(&["queue", "pause", "nowhere"]);
+    assert!(stderr(&missing).contains("NotFound"), "{}", stderr(&missing));
+    assert_eq!(serve.terminate().code(), Some(0));
+}
