@@ -29,6 +29,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ],
             &[PathBuf::from("proto"), wkt.clone()],
         )?;
+    // KEDA's External Scaler contract, vendored unchanged (proto/externalscaler/).
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out_dir.join("externalscaler_descriptor.bin"))
+        .codec_path("crate::grpc::codec::Codec")
+        .compile_with_config(
+            config()?,
+            &[PathBuf::from("proto/externalscaler/externalscaler.proto")],
+            &[PathBuf::from("proto"), wkt.clone()],
+        )?;
     // The load tool's no-op baseline (feature `bench`); kept out of the
     // broker's descriptor set so reflection on a broker does not list it.
     if env::var_os("CARGO_FEATURE_BENCH").is_some() {

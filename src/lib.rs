@@ -35,6 +35,14 @@ pub mod grpc;
 pub mod store;
 pub mod telemetry;
 
+/// KEDA's `externalscaler` service (vendored proto), served for autoscaling.
+pub mod keda {
+    tonic::include_proto!("externalscaler");
+
+    /// Descriptor set for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("externalscaler_descriptor");
+}
+
 /// The generated protobuf types and gRPC stubs of `taskbroker.v1`.
 pub mod pb {
     tonic::include_proto!("taskbroker.v1");

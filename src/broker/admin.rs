@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use super::{Broker, BrokerError, Violation};
 use crate::core::queue::{valid_queue_name, QueuePolicy};
 use crate::core::routing::{self, Explanation};
+use crate::core::scaler::ScalerSpec;
 use crate::core::stats::{purgeable, QueueStats};
 use crate::core::task::{Task, TaskId, TaskState};
 
@@ -95,6 +96,7 @@ impl Broker {
         }
         self.queue_info(queue).await?;
         let purged = self.store().purge_queue(queue, states, self.now()).await?;
+        self.inner.activity.touch();
         tracing::info!(queue, ?states, purged, "queue purged");
         Ok(purged)
     }
@@ -124,6 +126,7 @@ impl Broker {
     pub async fn redrive(&self, queue: &str, ids: &[TaskId], limit: usize) -> Result<u64, BrokerError> {
         self.queue_info(queue).await?;
         let swept = self.store().redrive(queue, ids, limit, self.now()).await?;
+        self.inner.activity.touch();
         for q in &swept.ready_queues {
             self.inner.waiters.wake(q);
         }
@@ -136,6 +139,16 @@ impl Broker {
         }
         tracing::info!(queue, redriven = swept.count, "dead tasks redriven");
         Ok(swept.count as u64)
+    }
+
+    /// The number an autoscaler scales on: the spec's queues' ready (and
+    /// leased) tasks, summed (a queue that does not exist counts 0).
+    pub async fn scaler_value(&self, spec: &ScalerSpec) -> Result<u64, BrokerError> {
+        let mut total = 0;
+        for q in &spec.queues {
+            total += spec.value_of(&self.store().queue_stats(q).await?.counts);
+        }
+        Ok(total)
     }
 
     /// Where an Enqueue with these fields would go (nothing is enqueued).

@@ -11,6 +11,7 @@
 //! for), `watch.rs` (task watchers), `waiters.rs` (per-queue wake-ups),
 //! `validate.rs`, `error.rs`.
 
+mod activity;
 pub mod admin;
 mod drain;
 pub mod error;
@@ -116,6 +117,8 @@ struct Inner {
     phase: watch_channel::Sender<Phase>,
     /// Wakes the timer loop when a timer earlier than its sleep appears.
     timers: Notify,
+    /// Fired after every change, for depth observers (the KEDA scaler).
+    activity: activity::Activity,
     /// When the timer loop will next wake on its own.
     next_sweep: AtomicU64,
 }
@@ -132,6 +135,7 @@ impl Broker {
             drain: drain::Drain::default(),
             phase: watch_channel::channel(Phase::Serving).0,
             timers: Notify::new(),
+            activity: activity::Activity::default(),
             next_sweep: AtomicU64::new(0),
         };
         let broker = Self { inner: Arc::new(inner) };
@@ -173,8 +177,14 @@ impl Broker {
         check(&rules)
     }
 
+    /// Waits until something changes (see [`activity::Activity`]).
+    pub async fn activity(&self) {
+        self.inner.activity.changed().await
+    }
+
     /// Tells watchers of these tasks about their new state.
     fn changed<'a>(&self, tasks: impl IntoIterator<Item = &'a Task>) {
+        self.inner.activity.touch();
         if self.inner.watchers.any() {
             for t in tasks {
                 self.inner.watchers.publish(t);
@@ -197,6 +207,9 @@ impl Broker {
             if !swept.ready_queues.contains(&q) {
                 swept.ready_queues.push(q);
             }
+        }
+        if swept.count > 0 {
+            self.inner.activity.touch();
         }
         for q in &swept.ready_queues {
             self.inner.waiters.wake(q);
@@ -280,6 +293,7 @@ async fn follow_store(inner: std::sync::Weak<Inner>, mut events: broadcast::Rece
             Err(broadcast::error::RecvError::Closed) => return,
         };
         let Some(inner) = inner.upgrade() else { return };
+        inner.activity.touch();
         let broker = Broker { inner };
         match event {
             // As many waiters as tasks, so one task does not wake every idle

@@ -44,6 +44,7 @@ impl Broker {
     }
 
     fn after_enqueue(&self, enqueued: &[Enqueued]) {
+        self.inner.activity.touch();
         // Ready tasks per queue (a batch usually holds one or a few queues).
         let mut ready: Vec<(&str, usize)> = Vec::new();
         for e in enqueued.iter().filter(|e| !e.deduplicated) {

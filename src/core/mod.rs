@@ -12,6 +12,7 @@ pub mod priority;
 pub mod queue;
 pub mod retry;
 pub mod routing;
+pub mod scaler;
 pub mod select;
 pub mod stats;
 pub mod task;

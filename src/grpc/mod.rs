@@ -6,6 +6,7 @@ pub mod admin;
 pub mod caller;
 pub mod codec;
 pub mod convert;
+pub mod keda;
 pub mod producer;
 pub mod server;
 pub mod status;

@@ -16,10 +16,12 @@ use tonic_health::ServingStatus;
 
 use super::admin::Admin;
 use super::caller::CallerLayer;
+use super::keda::Keda;
 use super::producer::Producer;
 use super::worker::Worker;
 use crate::broker::Broker;
 use crate::config::reload::Reloader;
+use crate::keda::external_scaler_server::ExternalScalerServer;
 use crate::pb;
 use crate::pb::admin_service_server::AdminServiceServer;
 use crate::pb::producer_service_server::ProducerServiceServer;
@@ -100,13 +102,16 @@ pub async fn serve(broker: Broker, addr: SocketAddr, opts: ServerOptions) -> any
     health.set_serving::<ProducerServiceServer<Producer>>().await;
     health.set_serving::<WorkerServiceServer<Worker>>().await;
     health.set_serving::<AdminServiceServer<Admin>>().await;
+    health.set_serving::<ExternalScalerServer<Keda>>().await;
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(crate::keda::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(crate::keda::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
@@ -117,6 +122,7 @@ pub async fn serve(broker: Broker, addr: SocketAddr, opts: ServerOptions) -> any
     let admin = AdminServiceServer::new(Admin::new(broker.clone(), opts.reloader.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
+    let keda = ExternalScalerServer::new(Keda::new(broker.clone()));
     let worker = WorkerServiceServer::new(Worker::new(broker))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
@@ -135,7 +141,8 @@ pub async fn serve(broker: Broker, addr: SocketAddr, opts: ServerOptions) -> any
         .add_service(reflection_v1alpha)
         .add_service(producer)
         .add_service(worker)
-        .add_service(admin);
+        .add_service(admin)
+        .add_service(keda);
 
     // Builder::tcp_nodelay does not apply to a listener we pass in: without
     // TCP_NODELAY small replies wait ~40 ms for the peer's delayed ACK.
