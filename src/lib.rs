@@ -36,6 +36,8 @@ pub mod store;
 pub mod telemetry;
 
 /// KEDA's `externalscaler` service (vendored proto), served for autoscaling.
+/// Its doc comments are upstream's, unchanged.
+#[allow(clippy::doc_lazy_continuation)]
 pub mod keda {
     tonic::include_proto!("externalscaler");
 
