@@ -92,6 +92,11 @@ impl Drain {
 
 impl Broker {
     /// Counts an open worker stream until the returned guard is dropped.
+    /// Worker streams open now.
+    pub fn open_streams(&self) -> usize {
+        self.inner.drain.sessions.load(Ordering::Acquire)
+    }
+
     pub(crate) fn open_session(&self) -> OpenSession {
         self.inner.drain.sessions.fetch_add(1, Ordering::AcqRel);
         OpenSession(self.inner.clone())

@@ -71,7 +71,14 @@ impl Broker {
         if *self.inner.phase.borrow() != Phase::Serving {
             return Ok(Vec::new());
         }
-        let tasks = self.store().lease(spec, self.now()).await?;
+        let now = self.now();
+        let tasks = self.store().lease(spec, now).await;
+        self.store_failed("lease", &tasks);
+        let tasks = tasks?;
+        for t in &tasks {
+            let lease = t.lease.as_ref().map_or(0, |l| l.id);
+            self.inner.metrics.delivered(&t.queue, t.id, lease, t.scheduled_time, now);
+        }
         if let Some(first) = tasks.iter().filter_map(|t| t.lease.as_ref()).map(|l| l.expire_time).min() {
             self.timer_at(first);
         }

@@ -38,9 +38,10 @@ pub use validate::{EnqueueInput, LeaseInput};
 
 use crate::core::clock::Clock;
 use crate::core::queue::QueueRegistry;
-use crate::core::task::{Task, TaskId};
+use crate::core::task::{Task, TaskId, TaskState};
 use crate::core::Millis;
-use crate::store::{Store, StoreEvent, Swept};
+use crate::store::{Store, StoreError, StoreEvent, Swept};
+use crate::telemetry::metrics::{Metrics, Snapshot};
 use validate::Rules;
 use waiters::Waiters;
 use watch::Watchers;
@@ -119,6 +120,8 @@ struct Inner {
     timers: Notify,
     /// Fired after every change, for depth observers (the KEDA scaler).
     activity: activity::Activity,
+    /// Prometheus counters and histograms of this process.
+    metrics: Arc<Metrics>,
     /// When the timer loop will next wake on its own.
     next_sweep: AtomicU64,
 }
@@ -136,6 +139,7 @@ impl Broker {
             phase: watch_channel::channel(Phase::Serving).0,
             timers: Notify::new(),
             activity: activity::Activity::default(),
+            metrics: Arc::new(Metrics::default()),
             next_sweep: AtomicU64::new(0),
         };
         let broker = Self { inner: Arc::new(inner) };
@@ -177,6 +181,32 @@ impl Broker {
         check(&rules)
     }
 
+    /// This process's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// The Prometheus text exposition: this process's counters and the
+    /// queue gauges read from the store now.
+    pub async fn encode_metrics(&self) -> Result<String, BrokerError> {
+        let queues = self.list_queues().await?;
+        let snapshot = Snapshot {
+            streams_open: self.open_streams(),
+            commits: self.store().commits(),
+            commit_seconds: self.store().commit_seconds(),
+        };
+        Ok(self.inner.metrics.encode(&queues, self.now(), snapshot))
+    }
+
+    /// Counts a failed store call (`op`: the store operation).
+    fn store_failed<T>(&self, op: &'static str, outcome: &Result<T, StoreError>) {
+        if let Err(e) = outcome {
+            if matches!(e, StoreError::Unavailable(_) | StoreError::Full(_) | StoreError::Internal(_)) {
+                self.inner.metrics.store_error(op);
+            }
+        }
+    }
+
     /// Waits until something changes (see [`activity::Activity`]).
     pub async fn activity(&self) {
         self.inner.activity.changed().await
@@ -198,9 +228,15 @@ impl Broker {
         let now = self.now();
         let store = self.store();
         self.inner.drain.expire(now);
-        let mut swept = store.requeue_expired(now).await?;
-        let promoted = store.promote_due(now).await?;
-        let purged = store.purge_finished(now).await?;
+        let expired = store.requeue_expired(now).await;
+        self.store_failed("requeue_expired", &expired);
+        let mut swept = expired?;
+        let promoted = store.promote_due(now).await;
+        self.store_failed("promote_due", &promoted);
+        let promoted = promoted?;
+        let purged = store.purge_finished(now).await;
+        self.store_failed("purge_finished", &purged);
+        let purged = purged?;
         swept.count += promoted.count + purged.count;
         swept.changed.extend(promoted.changed);
         for q in promoted.ready_queues {
@@ -216,6 +252,15 @@ impl Broker {
         }
         for &(task_id, lease_id) in &swept.expired {
             let _ = self.inner.lost.send(LostLease { task_id, lease_id, reason: LostReason::Expired });
+            if let Ok(task) = store.get(task_id).await {
+                self.inner.metrics.expired(
+                    &task.queue,
+                    task_id,
+                    lease_id,
+                    task.state == TaskState::Dead,
+                    now,
+                );
+            }
         }
         if self.inner.watchers.any() {
             for id in &swept.changed {

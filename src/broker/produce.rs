@@ -28,7 +28,13 @@ impl Broker {
         let checked: Vec<_> = self
             .with_rules(|rules| items.into_iter().map(|i| i.and_then(|i| rules.enqueue(i, now))).collect());
         let valid: Vec<_> = checked.iter().filter_map(|c| c.as_ref().ok().cloned()).collect();
-        let mut stored = if valid.is_empty() { Vec::new() } else { self.store().enqueue(valid, now).await? };
+        let mut stored = if valid.is_empty() {
+            Vec::new()
+        } else {
+            let stored = self.store().enqueue(valid, now).await;
+            self.store_failed("enqueue", &stored);
+            stored?
+        };
         self.after_enqueue(&stored);
         stored.reverse();
         Ok(checked
@@ -48,6 +54,7 @@ impl Broker {
         // Ready tasks per queue (a batch usually holds one or a few queues).
         let mut ready: Vec<(&str, usize)> = Vec::new();
         for e in enqueued.iter().filter(|e| !e.deduplicated) {
+            self.inner.metrics.enqueued(&e.task.queue);
             match e.task.state {
                 TaskState::Ready => match ready.iter_mut().find(|(q, _)| *q == e.task.queue) {
                     Some((_, n)) => *n += 1,

@@ -6,10 +6,12 @@ use std::time::Duration;
 use super::validate::lease_length;
 use super::{Broker, BrokerError};
 use crate::core::budget::MAX_ERROR_BYTES;
+use crate::core::lease::LeaseError;
 use crate::core::lease::LeaseId;
 use crate::core::task::{Task, TaskId, TaskState};
 use crate::core::Millis;
 use crate::store::{AckItem, NackSpec, StoreError};
+use crate::telemetry::metrics::Outcome;
 
 impl Broker {
     pub async fn ack(&self, id: TaskId, lease: LeaseId, result: Vec<u8>) -> Result<Task, BrokerError> {
@@ -18,6 +20,7 @@ impl Broker {
         }
         let task = self.store().ack(id, lease.0, result, self.now()).await;
         self.settled(id, lease.0, &task);
+        self.observe_settlement("ack", id, lease.0, Outcome::Acked, &task).await;
         let task = task?;
         self.changed([&task]);
         Ok(task)
@@ -44,6 +47,7 @@ impl Broker {
         };
         for ((id, lease), outcome) in leases.into_iter().zip(&stored) {
             self.settled(id, lease, outcome);
+            self.observe_settlement("ack", id, lease, Outcome::Acked, outcome).await;
         }
         let mut stored: Vec<_> = stored.drain(..).map(|r| r.map_err(BrokerError::from)).collect();
         self.changed(stored.iter().filter_map(|r| r.as_ref().ok()));
@@ -87,6 +91,7 @@ impl Broker {
         let spec = NackSpec { error, retry_after, no_retry, jitter_sample: rand::random::<f64>() };
         let task = self.store().nack(id, lease, spec, self.now()).await;
         self.settled(id, lease, &task);
+        self.observe_settlement("nack", id, lease, Outcome::Nacked, &task).await;
         let task = task?;
         match task.state {
             TaskState::Ready => self.inner.waiters.wake_for(&task.queue, 1),
@@ -113,6 +118,28 @@ impl Broker {
             Err(_) => {}
         }
         Ok(deadline?)
+    }
+
+    /// Counts a settlement: its outcome, or a stale lease (LEASE_MISMATCH,
+    /// labelled with the task's queue), or a storage failure.
+    async fn observe_settlement(
+        &self,
+        op: &'static str,
+        id: TaskId,
+        lease: u64,
+        outcome: Outcome,
+        result: &Result<Task, StoreError>,
+    ) {
+        let m = &self.inner.metrics;
+        match result {
+            Ok(t) => m.settled(&t.queue, id, lease, outcome, t.state == TaskState::Dead, self.now()),
+            Err(StoreError::Lease(LeaseError::Mismatch)) => {
+                if let Ok(t) = self.store().get(id).await {
+                    m.stale(&t.queue);
+                }
+            }
+            Err(_) => self.store_failed(op, result),
+        }
     }
 
     /// A settling call on `(id, lease)` came to `outcome`: the lease is over

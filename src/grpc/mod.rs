@@ -7,6 +7,7 @@ pub mod caller;
 pub mod codec;
 pub mod convert;
 pub mod keda;
+pub mod observe;
 pub mod producer;
 pub mod server;
 pub mod status;

@@ -17,6 +17,7 @@ use tonic_health::ServingStatus;
 use super::admin::Admin;
 use super::caller::CallerLayer;
 use super::keda::Keda;
+use super::observe::ObserveLayer;
 use super::producer::Producer;
 use super::worker::Worker;
 use crate::broker::Broker;
@@ -123,6 +124,7 @@ pub async fn serve(broker: Broker, addr: SocketAddr, opts: ServerOptions) -> any
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let keda = ExternalScalerServer::new(Keda::new(broker.clone()));
+    let observe = ObserveLayer::new(broker.metrics().clone());
     let worker = WorkerServiceServer::new(Worker::new(broker))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
@@ -135,7 +137,7 @@ pub async fn serve(broker: Broker, addr: SocketAddr, opts: ServerOptions) -> any
         .max_concurrent_streams(opts.max_concurrent_streams)
         .trace_fn(|req| tracing::debug_span!("grpc", path = %req.uri().path()))
         // The one middleware stack: every layer a call passes before its handler.
-        .layer(tower::ServiceBuilder::new().layer(CallerLayer))
+        .layer(tower::ServiceBuilder::new().layer(observe).layer(CallerLayer))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use async_trait::async_trait;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::watch;
 
 use super::table::{Changes, Table};
@@ -53,6 +54,11 @@ pub trait Persist: Send + Sync + 'static {
 
     /// Commits so far, if this policy commits.
     fn commits(&self) -> Option<u64>;
+
+    /// How long its commits took, if this policy commits.
+    fn commit_seconds(&self) -> Option<Histogram> {
+        None
+    }
 }
 
 /// A [`Store`] over an in-process [`Table`].
@@ -213,6 +219,10 @@ impl<P: Persist> Store for TableStore<P> {
 
     fn commits(&self) -> Option<u64> {
         self.persist.commits()
+    }
+
+    fn commit_seconds(&self) -> Option<Histogram> {
+        self.persist.commit_seconds()
     }
 }
 

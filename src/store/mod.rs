@@ -289,6 +289,11 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
+    /// How long its commits took (the same stores as [`Store::commits`]).
+    fn commit_seconds(&self) -> Option<prometheus_client::metrics::histogram::Histogram> {
+        None
+    }
+
     /// Counts one WatchTask on `id` starting (`true`) or ending (`false`), for
     /// stores shared by several brokers: while a task has watches, the store
     /// reports its changes as [`StoreEvent::Changed`] to every replica. Each

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
+use prometheus_client::metrics::histogram::Histogram;
 use redb::{Database, ReadableTable, TableDefinition};
 
 use super::local::{CommitLog, Durable, Persist, TableStore};
@@ -31,6 +32,7 @@ use super::table::{Changes, Table};
 use super::StoreError;
 use crate::core::queue::QueueRegistry;
 use crate::core::task::TaskId;
+use crate::telemetry::metrics::seconds_buckets;
 
 /// Task records by id; the value is a [`stored`] record (format byte first).
 const TASKS: TableDefinition<u128, &[u8]> = TableDefinition::new("tasks");
@@ -77,6 +79,8 @@ pub struct Redb {
     /// Transactions committed (each one fsync): what group commit saves is
     /// visible as commits per task.
     commits: Arc<AtomicU64>,
+    /// How long each commit took (`taskbroker_store_commit_seconds`).
+    commit_seconds: Histogram,
 }
 
 impl EmbeddedStore {
@@ -98,11 +102,13 @@ impl EmbeddedStore {
         let finished = log.clone();
         let commits = Arc::new(AtomicU64::new(0));
         let counter = commits.clone();
+        let commit_seconds = seconds_buckets();
+        let timer = commit_seconds.clone();
         let thread = std::thread::Builder::new()
             .name("tb-writer".into())
-            .spawn(move || write_loop(db, rx, finished, counter))
+            .spawn(move || write_loop(db, rx, finished, counter, timer))
             .map_err(|source| OpenError::Dir { path: dir.to_owned(), source })?;
-        let redb = Redb { writer: Some(writer), thread: Some(thread), log, commits };
+        let redb = Redb { writer: Some(writer), thread: Some(thread), log, commits, commit_seconds };
         Ok(TableStore::with(queues, table, redb))
     }
 }
@@ -134,6 +140,10 @@ impl Persist for Redb {
 
     fn commits(&self) -> Option<u64> {
         Some(self.commits.load(Ordering::Relaxed))
+    }
+
+    fn commit_seconds(&self) -> Option<Histogram> {
+        Some(self.commit_seconds.clone())
     }
 }
 
@@ -204,7 +214,13 @@ impl Drop for FailOnPanic {
 }
 
 /// The writer thread: one transaction and one fsync for everything queued.
-fn write_loop(db: Database, rx: mpsc::Receiver<Commit>, log: Arc<CommitLog>, commits: Arc<AtomicU64>) {
+fn write_loop(
+    db: Database,
+    rx: mpsc::Receiver<Commit>,
+    log: Arc<CommitLog>,
+    commits: Arc<AtomicU64>,
+    commit_seconds: Histogram,
+) {
     let _guard = FailOnPanic(log.clone());
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
@@ -214,7 +230,9 @@ fn write_loop(db: Database, rx: mpsc::Receiver<Commit>, log: Arc<CommitLog>, com
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
         let outcome = write_group(&db, &group).map_err(|e| e.to_string());
+        commit_seconds.observe(started.elapsed().as_secs_f64());
         commits.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = &outcome {
             tracing::error!(error = %e, "embedded store commit failed; refusing further writes");

@@ -1,5 +1,7 @@
 //! Logging: a `tracing` subscriber filtered by `RUST_LOG` (default `info`),
-//! as text or JSON lines.
+//! as text or JSON lines; Prometheus metrics ([`metrics`]).
+
+pub mod metrics;
 
 use std::io::IsTerminal;
 
