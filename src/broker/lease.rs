@@ -78,6 +78,7 @@ impl Broker {
         for t in &tasks {
             let lease = t.lease.as_ref().map_or(0, |l| l.id);
             self.inner.metrics.delivered(&t.queue, t.id, lease, t.scheduled_time, now);
+            super::spans::received(t);
         }
         if let Some(first) = tasks.iter().filter_map(|t| t.lease.as_ref()).map(|l| l.expire_time).min() {
             self.timer_at(first);

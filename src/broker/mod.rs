@@ -20,6 +20,7 @@ mod outbound;
 mod produce;
 pub mod session;
 mod settle;
+mod spans;
 pub mod validate;
 mod waiters;
 mod watch;
@@ -260,6 +261,7 @@ impl Broker {
                     task.state == TaskState::Dead,
                     now,
                 );
+                spans::expired(&task);
             }
         }
         if self.inner.watchers.any() {

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use tokio::sync::{broadcast, oneshot};
 
 use super::validate::MAX_BATCH;
-use super::{Broker, BrokerError, EnqueueInput, LostLease, LostReason};
+use super::{spans, Broker, BrokerError, EnqueueInput, LostLease, LostReason};
 use crate::core::task::{Task, TaskId, TaskState};
+use crate::core::trace::TRACEPARENT;
 use crate::store::{Enqueued, Store, StoreError};
 
 impl Broker {
@@ -25,8 +26,18 @@ impl Broker {
             return Err(BrokerError::invalid("tasks", format!("must hold 1 to {MAX_BATCH} items")));
         }
         let now = self.now();
-        let checked: Vec<_> = self
+        let own_context: Vec<bool> =
+            items.iter().map(|i| i.as_ref().is_ok_and(|i| i.headers.contains_key(TRACEPARENT))).collect();
+        let mut checked: Vec<_> = self
             .with_rules(|rules| items.into_iter().map(|i| i.and_then(|i| rules.enqueue(i, now))).collect());
+        // Trace export on: each task's `send {queue}` span, whose context
+        // becomes the task's creation context unless the producer set its own.
+        let sends: Vec<_> = checked
+            .iter_mut()
+            .zip(own_context)
+            .filter_map(|(c, own)| c.as_mut().ok().map(|task| (task, own)))
+            .filter_map(|(task, own)| spans::send(task, own))
+            .collect();
         let valid: Vec<_> = checked.iter().filter_map(|c| c.as_ref().ok().cloned()).collect();
         let mut stored = if valid.is_empty() {
             Vec::new()
@@ -36,6 +47,12 @@ impl Broker {
             stored?
         };
         self.after_enqueue(&stored);
+        if !sends.is_empty() {
+            tracing::Span::current().record("messaging.batch.message_count", stored.len());
+            for (span, e) in sends.iter().zip(&stored) {
+                spans::sent(span, &e.task);
+            }
+        }
         stored.reverse();
         Ok(checked
             .into_iter()

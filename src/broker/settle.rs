@@ -132,7 +132,10 @@ impl Broker {
     ) {
         let m = &self.inner.metrics;
         match result {
-            Ok(t) => m.settled(&t.queue, id, lease, outcome, t.state == TaskState::Dead, self.now()),
+            Ok(t) => {
+                m.settled(&t.queue, id, lease, outcome, t.state == TaskState::Dead, self.now());
+                super::spans::settled(t, if outcome == Outcome::Acked { "ack" } else { "nack" });
+            }
             Err(StoreError::Lease(LeaseError::Mismatch)) => {
                 if let Ok(t) = self.store().get(id).await {
                     m.stale(&t.queue);

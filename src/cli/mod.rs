@@ -77,7 +77,7 @@ pub enum CliError {
 /// Parses the command line, runs the subcommand, and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    let tracing = telemetry::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -103,6 +103,10 @@ pub fn main() -> ExitCode {
             Command::Bench(args) => bench::run(args).await,
         }
     });
+    // Spans still buffered go out before the process ends.
+    if let Some(t) = tracing {
+        t.shutdown();
+    }
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::Config(problems)) => {

@@ -11,6 +11,8 @@
 //! is lost is killed. SIGTERM (or Ctrl-C) stops taking work, finishes what
 //! runs, and exits.
 
+use crate::core::trace::{TraceContext, TRACEPARENT, TRACESTATE};
+use crate::telemetry::trace;
 use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::Duration;
@@ -202,8 +204,9 @@ fn proto_duration(d: Duration) -> prost_types::Duration {
     prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
 }
 
-/// The environment a command sees for `task`.
-pub fn task_env(task: &pb::Task) -> Vec<(String, String)> {
+/// The environment a command sees for `task`; `trace`: the context of the
+/// span processing it (else the task's own creation context is passed on).
+pub fn task_env(task: &pb::Task, trace: Option<&TraceContext>) -> Vec<(String, String)> {
     let mut env = vec![
         ("TASKBROKER_TASK_ID".to_owned(), task.id.clone()),
         ("TASKBROKER_KIND".to_owned(), task.kind.clone()),
@@ -218,10 +221,47 @@ pub fn task_env(task: &pb::Task) -> Vec<(String, String)> {
             .collect();
         env.push((format!("TASKBROKER_HEADER_{name}"), value.clone()));
     }
-    if let Some(tp) = task.headers.get("traceparent") {
-        env.push(("TRACEPARENT".to_owned(), tp.clone()));
+    let (parent, state) = match trace {
+        Some(t) => (t.traceparent.clone(), t.tracestate.clone()),
+        None => (task.headers.get(TRACEPARENT).cloned(), task.headers.get(TRACESTATE).cloned()),
+    };
+    if let Some(tp) = parent {
+        env.push(("TRACEPARENT".to_owned(), tp));
+    }
+    if let Some(ts) = state {
+        env.push(("TRACESTATE".to_owned(), ts));
     }
     env
+}
+
+/// With trace export on, the `process {queue}` span of one task: a CONSUMER
+/// span, child of the task's creation context and linked to it.
+fn process_span(task: &pb::Task) -> Option<tracing::Span> {
+    if !trace::enabled() {
+        return None;
+    }
+    let span = tracing::info_span!(
+        target: trace::TARGET,
+        "process",
+        otel.name = format!("process {}", task.queue),
+        otel.kind = "consumer",
+        messaging.system = "taskbroker",
+        messaging.operation.name = "process",
+        messaging.operation.type = "process",
+        messaging.destination.name = task.queue.as_str(),
+        messaging.message.id = task.id.as_str(),
+        messaging.message.delivery_attempt = task.attempt,
+        otel.status_code = tracing::field::Empty,
+    );
+    let headers: std::collections::BTreeMap<String, String> =
+        task.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    if let Some(cx) = trace::task_context(&headers) {
+        use opentelemetry::trace::TraceContextExt;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        span.add_link(cx.span().span_context().clone());
+        trace::set_parent(&span, Some(cx));
+    }
+    Some(span)
 }
 
 async fn run_command(
@@ -232,21 +272,32 @@ async fn run_command(
     killed: oneshot::Receiver<()>,
     done: mpsc::Sender<Done>,
 ) {
+    let span = process_span(&task);
+    let trace = span.as_ref().and_then(trace::context_of);
     let outcome = tokio::select! {
-        outcome = execute(&command, &task, max_result) => outcome,
+        outcome = execute(&command, &task, trace.as_ref(), max_result) => outcome,
         // Lease lost: dropping `execute` drops the child, which kills it.
         _ = killed => return,
     };
+    if let (Some(span), Outcome::Failed { .. }) = (&span, &outcome) {
+        span.record("otel.status_code", "ERROR");
+    }
+    drop(span);
     let _ = done.send(Done { task_id: task.id, lease_id, outcome }).await;
 }
 
 /// Runs `command` for `task`: writes the payload to its stdin while reading
 /// its stdout (up to `max_result` bytes kept) and the tail of its stderr.
-async fn execute(command: &[String], task: &pb::Task, max_result: usize) -> Outcome {
+async fn execute(
+    command: &[String],
+    task: &pb::Task,
+    trace: Option<&TraceContext>,
+    max_result: usize,
+) -> Outcome {
     let failed = |error: String| Outcome::Failed { error, no_retry: false };
     let mut child = match tokio::process::Command::new(&command[0])
         .args(&command[1..])
-        .envs(task_env(task))
+        .envs(task_env(task, trace))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -17,7 +17,9 @@ use std::time::Instant;
 use tonic::codegen::http;
 use tower::{Layer, Service};
 
+use crate::core::trace::{TraceContext, TRACEPARENT, TRACESTATE};
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::trace;
 
 #[derive(Clone)]
 pub struct ObserveLayer {
@@ -77,6 +79,38 @@ where
             response
         })
     }
+}
+
+/// The span of one call. With trace export on: an OpenTelemetry server span,
+/// the child of the caller's W3C `traceparent`/`tracestate` metadata, whose
+/// ids JSON logs carry; otherwise a debug span (off at the default level).
+pub fn call_span<B>(req: &http::Request<B>) -> tracing::Span {
+    let path = req.uri().path();
+    if !trace::enabled() {
+        return tracing::debug_span!("grpc", path = %path);
+    }
+    let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or(("", path));
+    let span = tracing::info_span!(
+        target: trace::TARGET,
+        "grpc",
+        otel.name = path.trim_start_matches('/'),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+        messaging.batch.message_count = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    let header = |k: &str| req.headers().get(k).and_then(|v| v.to_str().ok());
+    let parent = header(TRACEPARENT).map(|p| TraceContext::parse(Some(p), header(TRACESTATE)));
+    let parent = parent.and_then(|p| trace::context_from(p.traceparent.as_deref(), p.tracestate.as_deref()));
+    trace::set_parent(&span, parent);
+    if let Some((trace_id, span_id)) = trace::ids_of(&span) {
+        span.record("trace_id", trace_id);
+        span.record("span_id", span_id);
+    }
+    span
 }
 
 /// The gRPC name of a status code.

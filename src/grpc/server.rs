@@ -135,7 +135,7 @@ pub async fn serve(broker: Broker, addr: SocketAddr, opts: ServerOptions) -> any
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_connection_age(Duration::from_secs(30 * 60))
         .max_concurrent_streams(opts.max_concurrent_streams)
-        .trace_fn(|req| tracing::debug_span!("grpc", path = %req.uri().path()))
+        .trace_fn(super::observe::call_span)
         // The one middleware stack: every layer a call passes before its handler.
         .layer(tower::ServiceBuilder::new().layer(observe).layer(CallerLayer))
         .add_service(health_service)
