@@ -14,6 +14,14 @@ impl Table {
         self.limits = limits;
     }
 
+    /// Takes over what a table keeps only in memory from `stale`, which this
+    /// one (loaded from disk after a failed commit) replaces: the limits in
+    /// force, and the lease counter (no lease id handed out comes back).
+    pub fn carry_over(&mut self, stale: &Table) {
+        self.limits = stale.limits;
+        self.next_lease = self.next_lease.max(stale.next_lease);
+    }
+
     /// How many queues hold tasks.
     pub fn queue_count(&self) -> usize {
         self.queue_tasks.len()
