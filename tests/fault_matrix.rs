@@ -8,6 +8,8 @@
 //! Loopback only; each scenario is bounded in time (tens of seconds).
 #![cfg(unix)]
 
+#[path = "fault_matrix/ledger.rs"]
+mod ledger;
 #[path = "fault_matrix/load.rs"]
 mod load;
 #[allow(dead_code)]
@@ -20,7 +22,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use load::{assert_clean, check, drain, report, Ledger, Load, Shape};
+use ledger::{assert_clean, check, drain, report, Ledger};
+use load::{Load, Shape};
 use serve::ServeProcess;
 use tokio::process::Command;
 use tokio::time::sleep;
@@ -192,7 +195,10 @@ async fn disk_full_answers_unavailable_and_the_broker_recovers_by_itself_when_sp
     // Space returns: the same process serves again, by itself.
     let pid = broker.pid().expect("the broker runs").to_string();
     let lifted = std::process::Command::new("prlimit").args(["--pid", &pid, "--fsize=unlimited"]).status();
-    assert!(lifted.is_ok_and(|s| s.success()), "prlimit lifts the file-size limit");
+    assert!(
+        lifted.as_ref().is_ok_and(|s| s.success()),
+        "prlimit (util-linux: `apt-get install -y util-linux`) lifts the file-size limit: {lifted:?}"
+    );
     let at_space = counts(&load.ledger);
     broker.health_becomes(&mut health, ServingStatus::Serving, Duration::from_secs(15)).await;
     progress(&load.ledger, at_space, 100, 100, "after space returned").await;
