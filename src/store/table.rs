@@ -420,6 +420,9 @@ impl Table {
         for id in &due {
             self.remove_task(*id);
         }
+        if !due.is_empty() {
+            self.shrink_maps();
+        }
         Swept { count: due.len(), ..Swept::default() }
     }
 

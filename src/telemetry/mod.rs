@@ -1,10 +1,13 @@
 //! Logging: a `tracing` subscriber filtered by `RUST_LOG` (default `info`),
-//! as text or JSON lines; Prometheus metrics ([`metrics`]).
+//! as text or JSON lines; the one rate limit on storage-failure warnings;
+//! Prometheus metrics ([`metrics`]); OpenTelemetry traces ([`trace`]).
 
 pub mod metrics;
 pub mod trace;
 
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -50,4 +53,21 @@ pub fn init(format: LogFormat) -> Option<trace::Tracing> {
     }
     let _ = registry.try_init();
     None
+}
+
+/// Logs a storage failure (`what` failed with `detail`) at most once a
+/// second for the whole process, with how many were left out since the last
+/// line. During an outage every call, every worker stream's lease retry and
+/// every timer sweep fails: one warning a second says so, however many
+/// streams and calls there are.
+pub fn storage_failure(what: &'static str, detail: &dyn std::fmt::Display) {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+    let second = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    if LAST.swap(second, Ordering::Relaxed) == second {
+        SUPPRESSED.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let suppressed = SUPPRESSED.swap(0, Ordering::Relaxed);
+    tracing::warn!(error = %detail, suppressed, "{what} failed on storage");
 }
