@@ -510,9 +510,8 @@ async fn admin_purge_by_states(b: &Backend) {
 
     assert_eq!(s.purge_queue("q", &[TaskState::Leased], NOW).await.unwrap(), 0, "LEASED is never purged");
     assert_eq!(s.purge_queue("q", &[], NOW).await.unwrap(), 0);
-    let n =
-        s.purge_queue("q", &[TaskState::Dead, TaskState::Succeeded, TaskState::Leased], NOW).await.unwrap();
-    assert_eq!(n, 2);
+    let states = [TaskState::Dead, TaskState::Succeeded, TaskState::Leased, TaskState::Dead];
+    assert_eq!(s.purge_queue("q", &states, NOW).await.unwrap(), 2, "each task counted once");
     assert_eq!(s.queue_stats("q").await.unwrap().counts, counts(1, 2, 1, 0, 0, 1));
     for id in [done.id, dead.id] {
         assert_eq!(s.get(id).await.unwrap_err(), StoreError::TaskNotFound(id));
@@ -623,7 +622,7 @@ async fn dead_tasks(s: &dyn Store, queue: &str, n: usize, now: u64) -> Vec<Task>
 
 async fn admin_redrive_by_ids_and_by_limit(b: &Backend) {
     let s = &*b.store;
-    let dead = dead_tasks(s, "q", 5, NOW).await;
+    let dead = dead_tasks(s, "q", 7, NOW).await;
     let other = dead_tasks(s, "other", 1, NOW).await;
     let ready = put(s, new_task("q", 0)).await;
     let ids = [dead[3].id, dead[1].id, ready.id, other[0].id, dead[3].id];
@@ -639,17 +638,18 @@ async fn admin_redrive_by_ids_and_by_limit(b: &Backend) {
         assert_eq!(t.update_time, NOW + SEC);
     }
     assert_eq!(s.get(other[0].id).await.unwrap().state, TaskState::Dead, "another queue's task is skipped");
-    assert_eq!(s.redrive("q", &[dead[4].id], 0, NOW + SEC).await.unwrap().count, 1);
-    assert_eq!(s.queue_stats("q").await.unwrap().counts, counts(0, 4, 0, 0, 2, 0));
+    let twice = s.redrive("q", &[dead[4].id, dead[4].id, dead[5].id], 2, NOW + SEC).await.unwrap();
+    assert_eq!(twice.count, 2, "the limit counts tasks, not ids given");
+    assert_eq!(s.queue_stats("q").await.unwrap().counts, counts(0, 5, 0, 0, 3, 0));
 
     let swept = s.redrive("q", &[], 1, NOW + SEC).await.unwrap();
     assert_eq!(swept.changed, [dead[0].id], "the oldest first");
     let swept = s.redrive("q", &[], 0, NOW + SEC).await.unwrap();
-    assert_eq!(swept.changed, [dead[2].id], "0: all");
+    assert_eq!(swept.changed, [dead[2].id, dead[6].id], "0: all");
     assert_eq!(s.redrive("q", &[], 0, NOW + SEC).await.unwrap(), Swept::default(), "none left");
     let stats = s.queue_stats("q").await.unwrap();
-    assert_eq!(stats.counts, counts(0, 6, 0, 0, 0, 0));
-    assert_eq!(stats.totals.dead, 5, "totals count deaths, not what is dead now");
+    assert_eq!(stats.counts, counts(0, 8, 0, 0, 0, 0));
+    assert_eq!(stats.totals.dead, 7, "totals count deaths, not what is dead now");
 
     // A redriven task runs again from its first attempt, and its old
     // retention no longer applies.

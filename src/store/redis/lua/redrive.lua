@@ -28,13 +28,17 @@ if #ids == 0 then
   return out
 end
 local watching = any_watched()
+local done = {}
 for i, raw in ipairs(hmget(K_META, ids)) do
   if #out >= limit then
     break
   end
   local id = ids[i]
-  -- `out` check: an id given twice is redriven once.
-  if raw and struct.unpack('<B', raw) == DEAD and redis.call('ZREM', K_IDS_DEAD, id) == 1 then
+  -- An id given twice is redriven once (its record here is the one read
+  -- before the first time).
+  if raw and struct.unpack('<B', raw) == DEAD and not done[id] then
+    done[id] = true
+    redis.call('ZREM', K_IDS_DEAD, id)
     redis.call('HINCRBY', K_REDRIVEN, id, 1)
     local t = decode(id, raw)
     t.attempt = 0
