@@ -538,6 +538,7 @@ async fn admin_purge_by_states(b: &Backend) {
     assert!(s.queue_names().await.unwrap().contains(&"q".to_owned()));
     assert_eq!(s.purge_queue("q", &[TaskState::Succeeded], NOW).await.unwrap(), 1);
     assert!(!s.queue_names().await.unwrap().contains(&"q".to_owned()), "a queue without tasks is forgotten");
+    assert_eq!(s.queue_stats("q").await.unwrap(), QueueStats::default(), "its totals with it");
     assert_eq!(s.next_timer().await.unwrap(), None);
 }
 

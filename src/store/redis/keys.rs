@@ -2,8 +2,9 @@
 //!
 //! A queue's keys share the hash tag `{<queue>}`, so in Redis Cluster they sit
 //! in one slot and one Lua script can change them atomically. The global keys
-//! ([`QUEUES`], [`LAYOUT`]) are never touched by a script, and only read or
-//! written once per queue or per connection, so they are never hot.
+//! ([`QUEUES`], [`LAYOUT`], [`PAUSED`]) are never touched by a script, and
+//! only read or written once per queue, per connection or per pause, so they
+//! are never hot.
 
 /// SET of every queue that ever had a task: what the timer sweeps walk, and
 /// how a task id's queue tag ([`super::queues`]) is resolved.
