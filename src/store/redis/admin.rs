@@ -6,9 +6,9 @@
 //! # Keys (one queue's, in its slot; see `lua/lib.lua`)
 //! - `paused`: present while the queue is paused; `lease.lua` then takes
 //!   nothing. Beside it, the global set [`keys::PAUSED`] lists paused queues
-//!   so [`crate::store::Store::queue_names`] finds one that holds no task. That set is
-//!   written after the script, not atomically with it: the queue's own key
-//!   decides, and `queue_names` checks it.
+//!   so [`crate::store::Store::queue_names`] finds one that holds no task.
+//!   That set is written after the script, not atomically with it: the
+//!   queue's own key decides, and `queue_names` checks it.
 //! - `totals`: a hash counted by the scripts that make each event happen
 //!   (enqueue, lease, ack, nack, reap) as [`crate::core::stats::Event`] says;
 //!   it goes with the queue's last task, as the table's book does.
@@ -27,6 +27,14 @@
 //! that none blocks Redis for long (nor outlasts [`super::reply::CALL_TIMEOUT`]);
 //! a purge or a redrive of more runs the script again while it comes back
 //! full. Each batch is atomic, a large purge or redrive as a whole is not.
+//!
+//! # Data written before these keys
+//! The key layout keeps its version: nothing a task needs is read
+//! differently. Tasks that finished (or were scheduled) under an earlier build
+//! are missing from the id indexes and the totals start at zero, so until
+//! retention purges them (or they come due), finished counts, listing,
+//! purging finished states and a redrive of the oldest miss them (counting
+//! and purging SCHEDULED tasks and a redrive by id do not need the index).
 
 use futures_util::future::join_all;
 use redis::AsyncCommands;

@@ -45,12 +45,14 @@ for i = 5, #ARGV do
       end
     end
   elseif k_ids(state) and taken < limit then
-    local index = k_ids(state)
+    -- SCHEDULED from the set by due time, which holds every one (tasks
+    -- scheduled before the id index existed too).
+    local index = state == SCHEDULED and K_SCHEDULED or k_ids(state)
     local ids = redis.call('ZRANGE', index, 0, limit - taken - 1)
     if #ids > 0 then
       variadic('ZREM', index, ids)
       if state == SCHEDULED then
-        variadic('ZREM', K_SCHEDULED, ids)
+        variadic('ZREM', K_IDS_SCHEDULED, ids)
       end
     end
     drop(ids)
