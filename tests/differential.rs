@@ -1,5 +1,6 @@
 //! The differential model test: random operation sequences (enqueue, lease,
-//! ack, nack, extend, cancel, get, time advancing with every sweep) replayed
+//! ack, nack, extend, cancel, get, time advancing with every sweep, and the
+//! operations API's pause, redrive, purge, stats and listing) replayed
 //! against the memory store (the reference), the embedded store and the Redis
 //! store, with every result and the final state of every task compared.
 //!
@@ -20,7 +21,8 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use taskbroker::core::queue::{Policies, QueuePolicy};
 use taskbroker::core::retry::Backoff;
-use taskbroker::core::task::{NewTask, Task, TaskId};
+use taskbroker::core::stats::{QueueStats, STATES};
+use taskbroker::core::task::{NewTask, Task, TaskId, TaskState};
 use taskbroker::store::embedded::EmbeddedStore;
 use taskbroker::store::memory::MemoryStore;
 use taskbroker::store::redis::RedisStore;
@@ -98,6 +100,31 @@ enum Op {
     Advance {
         by: u64,
     },
+    // The operations API.
+    Pause {
+        queue: usize,
+        paused: bool,
+    },
+    /// DEAD tasks back to READY: `tasks` (by creation number), or the oldest.
+    Redrive {
+        queue: usize,
+        tasks: Vec<usize>,
+        limit: usize,
+    },
+    /// `states` index `core::stats::STATES`.
+    PurgeQueue {
+        queue: usize,
+        states: Vec<usize>,
+    },
+    Stats {
+        queue: usize,
+    },
+    List {
+        queue: usize,
+        state: usize,
+        after: Option<usize>,
+        limit: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -114,6 +141,13 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..12usize).prop_map(|task| Op::Cancel { task }),
         1 => (0..12usize).prop_map(|task| Op::Get { task }),
         2 => prop_oneof![1..3_000u64, 3_000..40_000u64].prop_map(|by| Op::Advance { by }),
+        1 => (0..2usize, any::<bool>()).prop_map(|(queue, paused)| Op::Pause { queue, paused }),
+        1 => (0..2usize, prop::collection::vec(0..12usize, 0..3), 0..3usize)
+            .prop_map(|(queue, tasks, limit)| Op::Redrive { queue, tasks, limit }),
+        1 => (0..2usize, prop::collection::vec(0..6usize, 0..3)).prop_map(|(queue, states)| Op::PurgeQueue { queue, states }),
+        1 => (0..2usize).prop_map(|queue| Op::Stats { queue }),
+        1 => (0..2usize, 0..6usize, prop::option::of(0..12usize), 1..4usize)
+            .prop_map(|(queue, state, after, limit)| Op::List { queue, state, after, limit }),
     ]
 }
 
@@ -142,6 +176,10 @@ enum Outcome {
     Error(String),
     Swept { count: usize, changed: Vec<usize>, expired: Vec<(usize, usize)>, ready: Vec<String> },
     Many(Vec<Outcome>),
+    Changed(bool),
+    Count(u64),
+    Stats(QueueStats),
+    Names(Vec<String>),
     Nothing,
 }
 
@@ -327,6 +365,35 @@ impl Run {
                 let purged = store.purge_finished(now).await.unwrap();
                 Outcome::Many(vec![self.swept(expired), self.swept(promoted), self.swept(purged)])
             }
+            Op::Pause { queue, paused } => match store.set_paused(QUEUES[*queue], *paused).await {
+                Ok(changed) => Outcome::Changed(changed),
+                Err(e) => Self::error(e),
+            },
+            Op::Redrive { queue, tasks, limit } => {
+                let ids: Vec<TaskId> = tasks.iter().filter_map(|n| self.tasks.get(*n).copied()).collect();
+                match store.redrive(QUEUES[*queue], &ids, *limit, now).await {
+                    Ok(swept) => self.swept(swept),
+                    Err(e) => Self::error(e),
+                }
+            }
+            Op::PurgeQueue { queue, states } => {
+                let states: Vec<TaskState> = states.iter().map(|i| STATES[*i]).collect();
+                match store.purge_queue(QUEUES[*queue], &states, now).await {
+                    Ok(n) => Outcome::Count(n),
+                    Err(e) => Self::error(e),
+                }
+            }
+            Op::Stats { queue } => match store.queue_stats(QUEUES[*queue]).await {
+                Ok(stats) => Outcome::Stats(stats),
+                Err(e) => Self::error(e),
+            },
+            Op::List { queue, state, after, limit } => {
+                let after = after.and_then(|n| self.tasks.get(n).copied());
+                match store.list_tasks(QUEUES[*queue], STATES[*state], after, *limit).await {
+                    Ok(tasks) => Outcome::Tasks(tasks.iter().map(|t| (self.seen(t), false)).collect()),
+                    Err(e) => Self::error(e),
+                }
+            }
         }
     }
 
@@ -339,6 +406,10 @@ impl Run {
                 Err(e) => Self::error(e),
             });
         }
+        for queue in QUEUES {
+            out.push(Outcome::Stats(self.store.queue_stats(queue).await.unwrap()));
+        }
+        out.push(Outcome::Names(self.store.queue_names().await.unwrap()));
         out
     }
 }

@@ -8,11 +8,12 @@ use std::time::Duration;
 use taskbroker::core::lease::LeaseError;
 use taskbroker::core::queue::{Policies, QueuePolicy};
 use taskbroker::core::retry::Backoff;
+use taskbroker::core::stats::{QueueCounts, QueueStats, QueueTotals};
 use taskbroker::core::task::{NewTask, Task, TaskState};
 use taskbroker::store::embedded::EmbeddedStore;
 use taskbroker::store::memory::MemoryStore;
 use taskbroker::store::redis::{RedisStore, Target};
-use taskbroker::store::{AckItem, LeaseSpec, NackSpec, Store, StoreError};
+use taskbroker::store::{AckItem, LeaseSpec, NackSpec, Store, StoreError, Swept};
 use tempfile::TempDir;
 
 #[allow(dead_code)]
@@ -394,6 +395,317 @@ async fn state_survives_a_reopen(b: Backend) {
     assert_eq!(s.get(held.id).await.unwrap().state, TaskState::Ready, "leases out at the crash come back");
 }
 
+// The operations API (AdminService): every store keeps the same numbers.
+
+async fn put_at(s: &dyn Store, t: NewTask, now: u64) -> Task {
+    s.enqueue(vec![t], now).await.unwrap().pop().unwrap().task
+}
+
+fn totals(enqueued: u64, delivered: u64, acked: u64, nacked: u64, dead: u64, expired: u64) -> QueueTotals {
+    QueueTotals { enqueued, delivered, acked, nacked, dead, expired }
+}
+
+/// Counts by state in `core::stats::STATES` order.
+fn counts(scheduled: u64, ready: u64, leased: u64, succeeded: u64, dead: u64, canceled: u64) -> QueueCounts {
+    QueueCounts([scheduled, ready, leased, succeeded, dead, canceled])
+}
+
+async fn admin_counts_and_totals(b: &Backend) {
+    let s = &*b.store;
+    let mut batch: Vec<NewTask> = (0..10).map(|_| new_task("q", 0)).collect();
+    batch[9].dedup_key = "d".into();
+    s.enqueue(batch, NOW).await.unwrap();
+    let again = s.enqueue(vec![NewTask { dedup_key: "d".into(), ..new_task("q", 0) }], NOW).await.unwrap();
+    assert!(again[0].deduplicated, "a deduplicated enqueue is not counted");
+    let later = put(s, NewTask { scheduled_time: NOW + 100 * SEC, ..new_task("q", 0) }).await;
+    let leased = s.lease(spec(&["q"], 4), NOW).await.unwrap();
+    assert_eq!(leased.len(), 4);
+    let stats = s.queue_stats("q").await.unwrap();
+    assert_eq!(stats.counts, counts(1, 6, 4, 0, 0, 0));
+    s.ack(leased[0].id, lease_id(&leased[0]), vec![], NOW).await.unwrap();
+    s.ack(leased[1].id, lease_id(&leased[1]), vec![], NOW).await.unwrap();
+    s.nack(leased[2].id, lease_id(&leased[2]), nack(None, true), NOW).await.unwrap();
+    s.cancel(later.id, NOW).await.unwrap();
+    s.requeue_expired(NOW + 30 * SEC).await.unwrap(); // leased[3] comes back
+    let stats = s.queue_stats("q").await.unwrap();
+    assert_eq!(stats.counts, counts(0, 7, 0, 2, 1, 1));
+    assert_eq!(stats.totals, totals(11, 4, 2, 1, 1, 1));
+    assert!(!stats.paused);
+
+    // A nack that retries, and a lease expiring on the last attempt.
+    let one = put(s, NewTask { max_attempts: 1, ..new_task("last", 0) }).await;
+    let l = lease_one(s, "last", NOW).await;
+    assert_eq!(l.id, one.id);
+    s.requeue_expired(NOW + 30 * SEC).await.unwrap();
+    let retried = put(s, new_task("last", 0)).await;
+    let l = lease_one(s, "last", NOW + 30 * SEC).await;
+    assert_eq!(l.id, retried.id);
+    s.nack(l.id, lease_id(&l), nack(None, false), NOW + 30 * SEC).await.unwrap();
+    let stats = s.queue_stats("last").await.unwrap();
+    assert_eq!(stats.counts, counts(1, 0, 0, 0, 1, 0));
+    assert_eq!(stats.totals, totals(2, 2, 0, 1, 1, 1), "an expiry that kills counts as a death");
+
+    assert_eq!(s.queue_stats("nowhere").await.unwrap(), QueueStats::default());
+}
+
+async fn admin_oldest_ready_time(b: &Backend) {
+    let s = &*b.store;
+    assert_eq!(s.queue_stats("q").await.unwrap().oldest_ready_time, None);
+    let a = put_at(s, new_task("q", 0), NOW).await;
+    put_at(s, new_task("q", 9), NOW + 5 * SEC).await;
+    assert_eq!(s.queue_stats("q").await.unwrap().oldest_ready_time, Some(NOW), "across priorities");
+    lease_one(s, "q", NOW + 6 * SEC).await; // the priority 9 one
+    assert_eq!(s.queue_stats("q").await.unwrap().oldest_ready_time, Some(NOW));
+    let l = lease_one(s, "q", NOW + 6 * SEC).await;
+    assert_eq!(l.id, a.id);
+    assert_eq!(s.queue_stats("q").await.unwrap().oldest_ready_time, None, "nothing READY");
+    s.nack(a.id, lease_id(&l), nack(Some(0), false), NOW + 10 * SEC).await.unwrap();
+    put_at(s, new_task("q", 9), NOW + 12 * SEC).await;
+    assert_eq!(
+        s.queue_stats("q").await.unwrap().oldest_ready_time,
+        Some(NOW + 10 * SEC),
+        "when it became READY again, not when it was created"
+    );
+}
+
+async fn admin_pause_stops_lease_until_resume(b: &Backend) {
+    let s = &*b.store;
+    put(s, new_task("q", 0)).await;
+    assert!(s.set_paused("q", true).await.unwrap());
+    assert!(!s.set_paused("q", true).await.unwrap(), "already paused");
+    assert!(s.queue_stats("q").await.unwrap().paused);
+    assert!(s.lease(spec(&["q"], 10), NOW).await.unwrap().is_empty(), "a paused queue delivers nothing");
+    put(s, new_task("q", 0)).await; // enqueues are still accepted
+    let other = put(s, new_task("other", 0)).await;
+    let got = s.lease(spec(&["q", "other"], 10), NOW).await.unwrap();
+    assert_eq!(got.iter().map(|t| t.id).collect::<Vec<_>>(), [other.id], "the other queues still deliver");
+    let stats = s.queue_stats("q").await.unwrap();
+    assert_eq!((stats.counts.get(TaskState::Ready), stats.totals.delivered), (2, 0));
+
+    assert!(s.set_paused("q", false).await.unwrap());
+    assert!(!s.set_paused("q", false).await.unwrap(), "already running");
+    assert!(!s.queue_stats("q").await.unwrap().paused);
+    assert_eq!(s.lease(spec(&["q"], 10), NOW).await.unwrap().len(), 2, "a resume restores delivery");
+}
+
+async fn admin_purge_by_states(b: &Backend) {
+    let s = &*b.store;
+    let keyed =
+        |t: NewTask, n: &str| NewTask { request_id: format!("r{n}"), dedup_key: format!("d{n}"), ..t };
+    let held = put(s, new_task("q", 9)).await;
+    let l = lease_one(s, "q", NOW).await;
+    assert_eq!(l.id, held.id);
+    let done = put(s, keyed(new_task("q", 8), "done")).await;
+    let dead = put(s, keyed(new_task("q", 7), "dead")).await;
+    let ld = lease_one(s, "q", NOW).await;
+    s.ack(done.id, lease_id(&ld), vec![], NOW).await.unwrap();
+    let ln = lease_one(s, "q", NOW).await;
+    s.nack(dead.id, lease_id(&ln), nack(None, true), NOW).await.unwrap();
+    let ready = put(s, keyed(new_task("q", 0), "ready")).await;
+    put(s, new_task("q", 3)).await;
+    let later = put(s, keyed(NewTask { scheduled_time: NOW + 50 * SEC, ..new_task("q", 0) }, "later")).await;
+    let canceled = put(s, new_task("q", 0)).await;
+    s.cancel(canceled.id, NOW).await.unwrap();
+    assert_eq!(s.queue_stats("q").await.unwrap().counts, counts(1, 2, 1, 1, 1, 1));
+
+    assert_eq!(s.purge_queue("q", &[TaskState::Leased], NOW).await.unwrap(), 0, "LEASED is never purged");
+    assert_eq!(s.purge_queue("q", &[], NOW).await.unwrap(), 0);
+    let states = [TaskState::Dead, TaskState::Succeeded, TaskState::Leased, TaskState::Dead];
+    assert_eq!(s.purge_queue("q", &states, NOW).await.unwrap(), 2, "each task counted once");
+    assert_eq!(s.queue_stats("q").await.unwrap().counts, counts(1, 2, 1, 0, 0, 1));
+    for id in [done.id, dead.id] {
+        assert_eq!(s.get(id).await.unwrap_err(), StoreError::TaskNotFound(id));
+    }
+    let n = s
+        .purge_queue("q", &[TaskState::Ready, TaskState::Scheduled, TaskState::Canceled], NOW)
+        .await
+        .unwrap();
+    assert_eq!(n, 4);
+    assert_eq!(s.queue_stats("q").await.unwrap().counts, counts(0, 0, 1, 0, 0, 0));
+    assert_eq!(s.get(held.id).await.unwrap().state, TaskState::Leased, "the leased task is untouched");
+    assert!(s.lease(spec(&["q"], 10), NOW).await.unwrap().is_empty(), "nothing READY is left");
+    assert_eq!(s.promote_due(NOW + 60 * SEC).await.unwrap().count, 0, "nothing SCHEDULED is left");
+
+    // Request ids and dedup keys of purged tasks no longer match.
+    for (name, old) in [("done", done.id), ("dead", dead.id), ("ready", ready.id), ("later", later.id)] {
+        let again = s.enqueue(vec![keyed(new_task("q", 0), name)], NOW).await.unwrap().pop().unwrap();
+        assert!(!again.deduplicated && again.task.id != old, "{name}: a new task");
+    }
+    s.purge_queue("q", &[TaskState::Ready], NOW).await.unwrap();
+
+    // The queue goes with its last task; nothing is left to time.
+    s.ack(held.id, lease_id(&l), vec![], NOW).await.unwrap();
+    assert!(s.queue_names().await.unwrap().contains(&"q".to_owned()));
+    assert_eq!(s.purge_queue("q", &[TaskState::Succeeded], NOW).await.unwrap(), 1);
+    assert!(!s.queue_names().await.unwrap().contains(&"q".to_owned()), "a queue without tasks is forgotten");
+    assert_eq!(s.queue_stats("q").await.unwrap(), QueueStats::default(), "its totals with it");
+    assert_eq!(s.next_timer().await.unwrap(), None);
+}
+
+async fn admin_list_tasks_pages_by_creation(b: &Backend) {
+    let s = &*b.store;
+    // Delivery order (priority first) differs from creation order.
+    let mut created = Vec::new();
+    for i in 0..7u64 {
+        created.push(put_at(s, new_task("q", (i % 3) as u8 * 4), NOW + i).await.id);
+    }
+    let mut walked = Vec::new();
+    let mut after = None;
+    let mut more = 0u64;
+    loop {
+        let page = s.list_tasks("q", TaskState::Ready, after, 3).await.unwrap();
+        assert!(page.len() <= 3);
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.iter().all(|t| t.state == TaskState::Ready && t.queue == "q"));
+        walked.extend(page.iter().map(|t| t.id));
+        after = page.last().map(|t| t.id);
+        // Enqueued between pages: later ids, so later pages (never a repeat).
+        if more < 2 {
+            more += 1;
+            created.push(put_at(s, new_task("q", 9), NOW + 100 + more).await.id);
+        }
+    }
+    let mut sorted = walked.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(walked, sorted, "ids ascending, none twice");
+    created.sort();
+    assert_eq!(walked, created, "every task, the ones enqueued during the walk included");
+
+    // Every state lists in id order.
+    let leased = s.lease(spec(&["q"], 6), NOW + 200).await.unwrap();
+    let mut ids: Vec<_> = leased.iter().map(|t| t.id).collect();
+    ids.sort();
+    let listed = s.list_tasks("q", TaskState::Leased, None, 100).await.unwrap();
+    assert_eq!(listed.iter().map(|t| t.id).collect::<Vec<_>>(), ids);
+    assert!(listed.iter().all(|t| t.lease.is_some()));
+    let listed = s.list_tasks("q", TaskState::Leased, Some(ids[2]), 2).await.unwrap();
+    assert_eq!(listed.iter().map(|t| t.id).collect::<Vec<_>>(), ids[3..5]);
+    for (i, t) in leased.iter().enumerate() {
+        if i % 2 == 0 {
+            s.ack(t.id, lease_id(t), format!("r{i}").into_bytes(), NOW + 200).await.unwrap();
+        } else {
+            s.nack(t.id, lease_id(t), nack(None, true), NOW + 200).await.unwrap();
+        }
+    }
+    let done = s.list_tasks("q", TaskState::Succeeded, None, 100).await.unwrap();
+    assert_eq!(done.len(), 3);
+    assert!(done.windows(2).all(|w| w[0].id < w[1].id));
+    assert!(done.iter().all(|t| t.result.starts_with(b"r")), "results are listed");
+    let dead = s.list_tasks("q", TaskState::Dead, None, 2).await.unwrap();
+    assert_eq!(dead.len(), 2);
+    let rest = s.list_tasks("q", TaskState::Dead, Some(dead[1].id), 2).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert!(dead[0].id < dead[1].id && dead[1].id < rest[0].id);
+    assert!(rest.iter().chain(&dead).all(|t| t.last_error == "boom"));
+    let a = put_at(s, NewTask { scheduled_time: NOW + 900 * SEC, ..new_task("q", 0) }, NOW + 300).await;
+    let b2 = put_at(s, NewTask { scheduled_time: NOW + 800 * SEC, ..new_task("q", 0) }, NOW + 301).await;
+    let listed = s.list_tasks("q", TaskState::Scheduled, None, 10).await.unwrap();
+    assert_eq!(listed.iter().map(|t| t.id).collect::<Vec<_>>(), [a.id, b2.id], "by id, not by due time");
+    assert!(s.list_tasks("q", TaskState::Canceled, None, 10).await.unwrap().is_empty());
+    assert!(s.list_tasks("nowhere", TaskState::Ready, None, 10).await.unwrap().is_empty());
+    assert!(s.list_tasks("q", TaskState::Scheduled, None, 0).await.unwrap().is_empty());
+}
+
+/// `n` DEAD tasks of `queue` (nacked with "boom"), in id order.
+async fn dead_tasks(s: &dyn Store, queue: &str, n: usize, now: u64) -> Vec<Task> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let t = put_at(s, new_task(queue, 0), now + i as u64).await;
+        let l = lease_one(s, queue, now + i as u64).await;
+        assert_eq!(l.id, t.id);
+        ids.push(s.nack(t.id, lease_id(&l), nack(None, true), now + i as u64).await.unwrap());
+    }
+    ids
+}
+
+async fn admin_redrive_by_ids_and_by_limit(b: &Backend) {
+    let s = &*b.store;
+    let dead = dead_tasks(s, "q", 7, NOW).await;
+    let other = dead_tasks(s, "other", 1, NOW).await;
+    let ready = put(s, new_task("q", 0)).await;
+    let ids = [dead[3].id, dead[1].id, ready.id, other[0].id, dead[3].id];
+    let swept = s.redrive("q", &ids, 0, NOW + SEC).await.unwrap();
+    assert_eq!(swept.count, 2, "only DEAD tasks of the queue, each once");
+    let mut changed = swept.changed.clone();
+    changed.sort();
+    assert_eq!(changed, [dead[1].id, dead[3].id]);
+    assert_eq!(swept.ready_queues, ["q"]);
+    for id in [dead[1].id, dead[3].id] {
+        let t = s.get(id).await.unwrap();
+        assert_eq!((t.state, t.attempt, t.last_error.as_str()), (TaskState::Ready, 0, "boom"));
+        assert_eq!(t.update_time, NOW + SEC);
+    }
+    assert_eq!(s.get(other[0].id).await.unwrap().state, TaskState::Dead, "another queue's task is skipped");
+    let twice = s.redrive("q", &[dead[4].id, dead[4].id, dead[5].id], 2, NOW + SEC).await.unwrap();
+    assert_eq!(twice.count, 2, "the limit counts tasks, not ids given");
+    assert_eq!(s.queue_stats("q").await.unwrap().counts, counts(0, 5, 0, 0, 3, 0));
+
+    let swept = s.redrive("q", &[], 1, NOW + SEC).await.unwrap();
+    assert_eq!(swept.changed, [dead[0].id], "the oldest first");
+    let swept = s.redrive("q", &[], 0, NOW + SEC).await.unwrap();
+    assert_eq!(swept.changed, [dead[2].id, dead[6].id], "0: all");
+    assert_eq!(s.redrive("q", &[], 0, NOW + SEC).await.unwrap(), Swept::default(), "none left");
+    let stats = s.queue_stats("q").await.unwrap();
+    assert_eq!(stats.counts, counts(0, 8, 0, 0, 0, 0));
+    assert_eq!(stats.totals.dead, 7, "totals count deaths, not what is dead now");
+
+    // A redriven task runs again from its first attempt, and its old
+    // retention no longer applies.
+    let got = s.lease(spec(&["q"], 10), NOW + 2 * SEC).await.unwrap();
+    assert!(got.iter().all(|t| t.attempt == 1));
+    let again = got.iter().find(|t| t.id == dead[0].id).unwrap();
+    s.nack(again.id, lease_id(again), nack(None, true), NOW + 20 * SEC).await.unwrap();
+    let purged = s.purge_finished(NOW + 100 * SEC + 10).await.unwrap();
+    assert_eq!(purged.count, 1, "the other queue's task; the first deaths' retention no longer applies");
+    assert_eq!(s.get(other[0].id).await.unwrap_err(), StoreError::TaskNotFound(other[0].id));
+    assert_eq!(s.get(dead[0].id).await.unwrap().state, TaskState::Dead);
+    assert_eq!(s.get(dead[1].id).await.unwrap().state, TaskState::Leased);
+    assert_eq!(s.purge_finished(NOW + 120 * SEC).await.unwrap().count, 1);
+    assert_eq!(s.get(dead[0].id).await.unwrap_err(), StoreError::TaskNotFound(dead[0].id));
+}
+
+async fn admin_queue_names(b: &Backend) {
+    let s = &*b.store;
+    assert!(s.queue_names().await.unwrap().is_empty());
+    put(s, new_task("b", 0)).await;
+    put(s, new_task("a", 0)).await;
+    s.set_paused("idle", true).await.unwrap();
+    s.set_paused("a", true).await.unwrap();
+    assert_eq!(s.queue_names().await.unwrap(), ["a", "b", "idle"], "paused queues too, by name");
+    s.purge_queue("b", &[TaskState::Ready], NOW).await.unwrap();
+    s.set_paused("idle", false).await.unwrap();
+    assert_eq!(s.queue_names().await.unwrap(), ["a"]);
+    assert!(s.queue_stats("a").await.unwrap().paused);
+}
+
+/// Pause and totals are durable (the memory store keeps nothing).
+async fn admin_state_survives_a_reopen(b: Backend) {
+    let s = &*b.store;
+    s.enqueue((0..3).map(|_| new_task("q", 0)).collect(), NOW).await.unwrap();
+    let l = lease_one(s, "q", NOW).await;
+    s.ack(l.id, lease_id(&l), vec![], NOW).await.unwrap();
+    let l = lease_one(s, "q", NOW).await;
+    s.nack(l.id, lease_id(&l), nack(None, true), NOW).await.unwrap();
+    s.set_paused("q", true).await.unwrap();
+    s.set_paused("idle", true).await.unwrap();
+    let before = s.queue_stats("q").await.unwrap();
+    assert_eq!(before.totals, totals(3, 2, 1, 1, 1, 0));
+    let b = b.reopen().await;
+    let s = &*b.store;
+    assert_eq!(s.queue_stats("q").await.unwrap(), before);
+    assert!(s.queue_stats("idle").await.unwrap().paused);
+    assert_eq!(s.queue_names().await.unwrap(), ["idle", "q"]);
+    assert!(s.lease(spec(&["q"], 10), NOW).await.unwrap().is_empty(), "still paused");
+    assert!(s.set_paused("q", false).await.unwrap());
+    assert_eq!(lease_one(s, "q", NOW).await.attempt, 1);
+    assert_eq!(s.queue_stats("q").await.unwrap().totals.delivered, 3, "counting goes on");
+    let dead = s.list_tasks("q", TaskState::Dead, None, 10).await.unwrap();
+    assert_eq!(s.redrive("q", &[], 0, NOW).await.unwrap().changed, [dead[0].id], "the dead index survives");
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -403,14 +715,17 @@ macro_rules! conformance {
         mod embedded {
             $(#[tokio::test] async fn $case() { super::$case(&super::Backend::embedded()).await })*
             #[tokio::test] async fn state_survives_a_reopen() { super::state_survives_a_reopen(super::Backend::embedded()).await }
+            #[tokio::test] async fn admin_state_survives_a_reopen() { super::admin_state_survives_a_reopen(super::Backend::embedded()).await }
         }
         mod redis {
             $(#[tokio::test] async fn $case() { super::$case(&super::Backend::redis().await).await })*
             #[tokio::test] async fn state_survives_a_reopen() { super::state_survives_a_reopen(super::Backend::redis().await).await }
+            #[tokio::test] async fn admin_state_survives_a_reopen() { super::admin_state_survives_a_reopen(super::Backend::redis().await).await }
         }
         mod redis_cluster {
             $(#[tokio::test] async fn $case() { super::$case(&super::Backend::redis_cluster().await).await })*
             #[tokio::test] async fn state_survives_a_reopen() { super::state_survives_a_reopen(super::Backend::redis_cluster().await).await }
+            #[tokio::test] async fn admin_state_survives_a_reopen() { super::admin_state_survives_a_reopen(super::Backend::redis_cluster().await).await }
         }
     };
 }
@@ -430,4 +745,11 @@ conformance!(
     dedup_keys_and_request_ids,
     finished_tasks_are_purged_after_retention,
     unknown_tasks_are_not_found,
+    admin_counts_and_totals,
+    admin_oldest_ready_time,
+    admin_pause_stops_lease_until_resume,
+    admin_purge_by_states,
+    admin_list_tasks_pages_by_creation,
+    admin_redrive_by_ids_and_by_limit,
+    admin_queue_names,
 );

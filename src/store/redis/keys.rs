@@ -2,9 +2,10 @@
 //!
 //! A queue's keys share the hash tag `{<queue>}`, so in Redis Cluster they sit
 //! in one slot and one Lua script can change them atomically. The global keys
-//! ([`QUEUES`], [`tag_set`], [`LAYOUT`]) are never touched by a script but
-//! `REGISTER`'s single-key check-and-add, and only written once per queue or
-//! read once per connection, sweep or unknown tag, so they are never hot.
+//! ([`QUEUES`], [`tag_set`], [`LAYOUT`], [`PAUSED`]) are never touched by a
+//! script but `REGISTER`'s single-key check-and-add, and only written once
+//! per queue or per pause, or read once per connection, sweep or unknown
+//! tag, so they are never hot.
 
 /// SET of every queue that holds tasks (a queue left empty past its
 /// retention is taken out): what the timer sweeps walk, and what
@@ -25,16 +26,22 @@ pub const LAYOUT: &str = "tb:layout";
 /// The layout this build reads and writes.
 pub const LAYOUT_VERSION: &str = "2";
 
+/// SET of the queues paused now (or lately: see [`super::admin`]), so
+/// `queue_names` lists a paused queue that holds no task. Written beside the
+/// pause script, never by a script; the queue's own `paused` key decides.
+pub const PAUSED: &str = "tb:paused";
+
 /// Pub/sub channel on which the scripts tell every replica what happened.
 pub const EVENTS: &str = "tb:events";
 
 /// The keys of one queue, in the order every script receives them as `KEYS`
 /// (see `lua/lib.lua`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QueueKeys([String; 21]);
+pub struct QueueKeys([String; 28]);
 
-/// The role of each key, in `KEYS` order: then one ready list per priority.
-const ROLES: [&str; 21] = [
+/// The role of each key, in `KEYS` order: eleven, one ready list per
+/// priority, then what the operations API keeps (see [`super::admin`]).
+const ROLES: [&str; 28] = [
     "meta",
     "body",
     "results",
@@ -56,6 +63,13 @@ const ROLES: [&str; 21] = [
     "ready:7",
     "ready:8",
     "ready:9",
+    "paused",
+    "totals",
+    "redriven",
+    "ids_scheduled",
+    "ids_succeeded",
+    "ids_dead",
+    "ids_canceled",
 ];
 
 impl QueueKeys {
@@ -87,6 +101,11 @@ impl QueueKeys {
     pub fn finished(&self) -> &str {
         &self.0[5]
     }
+
+    /// STRING present while the queue is paused.
+    pub fn paused(&self) -> &str {
+        &self.0[21]
+    }
 }
 
 #[cfg(test)]
@@ -102,6 +121,7 @@ mod tests {
             (k.meta(), k.leased(), k.scheduled(), k.finished()),
             ("tb:{emails}:meta", "tb:{emails}:leased", "tb:{emails}:scheduled", "tb:{emails}:finished")
         );
+        assert_eq!(k.paused(), "tb:{emails}:paused");
     }
 
     /// The scripts read the keys by position (`lua/lib.lua`): every position
@@ -135,10 +155,5 @@ mod tests {
         for p in 0..=crate::core::MAX_PRIORITY as usize {
             assert_eq!(k.all()[first - 1 + p], format!("tb:{{emails}}:ready:{p}"));
         }
-        assert_eq!(
-            first - 1 + crate::core::MAX_PRIORITY as usize,
-            ROLES.len() - 1,
-            "the ready lists come last"
-        );
     }
 }

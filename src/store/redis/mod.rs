@@ -13,6 +13,9 @@
 //! written per task; the one global set, `tb:queues`, lists the queues (what
 //! the sweeps walk), written once per queue.
 //!
+//! The operations API's keys (pause, totals, per-state id indexes) are
+//! described in [`admin`].
+//!
 //! # Operations
 //! One script per operation under `lua/` ([`scripts`]); each checks everything
 //! before its first write, so a refused call changes nothing. Calls that span
@@ -45,6 +48,7 @@
 //! sentinels name, found again after a failover (see [`conn`]).
 
 mod ack;
+mod admin;
 mod conn;
 mod enqueue;
 mod events;
@@ -69,7 +73,8 @@ use self::keys::QueueKeys;
 use self::reply::{bounded, settled, settled_task, uint, unexpected};
 use super::{AckItem, Enqueued, LeaseSpec, Limits, NackSpec, Store, StoreError, StoreEvent, Swept};
 use crate::core::queue::QueueRegistry;
-use crate::core::task::{NewTask, Task, TaskId};
+use crate::core::stats::QueueStats;
+use crate::core::task::{NewTask, Task, TaskId, TaskState};
 use crate::core::Millis;
 
 /// Events buffered for a slow receiver before it sees `Lagged`.
@@ -253,44 +258,39 @@ impl Store for RedisStore {
     }
 
     async fn queue_names(&self) -> Result<Vec<String>, StoreError> {
-        Err(StoreError::Internal("TEMPORARY: admin on redis".into()))
+        self.admin_queue_names().await
     }
 
-    async fn queue_stats(&self, _queue: &str) -> Result<crate::core::stats::QueueStats, StoreError> {
-        Err(StoreError::Internal("TEMPORARY: admin on redis".into()))
+    async fn queue_stats(&self, queue: &str) -> Result<QueueStats, StoreError> {
+        self.admin_queue_stats(queue).await
     }
 
-    async fn set_paused(&self, _queue: &str, _paused: bool) -> Result<bool, StoreError> {
-        Err(StoreError::Internal("TEMPORARY: admin on redis".into()))
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<bool, StoreError> {
+        self.admin_set_paused(queue, paused).await
     }
 
-    async fn purge_queue(
-        &self,
-        _queue: &str,
-        _states: &[crate::core::task::TaskState],
-        _now: Millis,
-    ) -> Result<u64, StoreError> {
-        Err(StoreError::Internal("TEMPORARY: admin on redis".into()))
+    async fn purge_queue(&self, queue: &str, states: &[TaskState], now: Millis) -> Result<u64, StoreError> {
+        self.admin_purge_queue(queue, states, now).await
     }
 
     async fn list_tasks(
         &self,
-        _queue: &str,
-        _state: crate::core::task::TaskState,
-        _after: Option<TaskId>,
-        _limit: usize,
+        queue: &str,
+        state: TaskState,
+        after: Option<TaskId>,
+        limit: usize,
     ) -> Result<Vec<Task>, StoreError> {
-        Err(StoreError::Internal("TEMPORARY: admin on redis".into()))
+        self.admin_list_tasks(queue, state, after, limit).await
     }
 
     async fn redrive(
         &self,
-        _queue: &str,
-        _ids: &[TaskId],
-        _limit: usize,
-        _now: Millis,
+        queue: &str,
+        ids: &[TaskId],
+        limit: usize,
+        now: Millis,
     ) -> Result<Swept, StoreError> {
-        Err(StoreError::Internal("TEMPORARY: admin on redis".into()))
+        self.admin_redrive(queue, ids, limit, now).await
     }
 
     fn events(&self) -> Option<broadcast::Receiver<StoreEvent>> {

@@ -127,6 +127,19 @@ fn state_of(code: u8) -> Result<TaskState, Corrupt> {
     })
 }
 
+/// The number of `state` in meta records (`lua/lib.lua`), the inverse of
+/// `state_of`; scripts that take a state as an argument take it so.
+pub fn state_code(state: TaskState) -> u8 {
+    match state {
+        TaskState::Scheduled => 1,
+        TaskState::Ready => 2,
+        TaskState::Leased => 3,
+        TaskState::Succeeded => 4,
+        TaskState::Dead => 5,
+        TaskState::Canceled => 6,
+    }
+}
+
 /// Reads fields off the front of a record.
 struct Reader<'a>(&'a [u8]);
 
@@ -170,18 +183,6 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The state's number in meta records (`lua/lib.lua`).
-    fn state_code(s: TaskState) -> u8 {
-        match s {
-            TaskState::Scheduled => 1,
-            TaskState::Ready => 2,
-            TaskState::Leased => 3,
-            TaskState::Succeeded => 4,
-            TaskState::Dead => 5,
-            TaskState::Canceled => 6,
-        }
-    }
 
     /// What `encode(t)` in `lua/lib.lua` packs, for the tests.
     fn encode_meta(t: &Task) -> Vec<u8> {

@@ -78,6 +78,32 @@ script!(
     "lua/forget.lua"
 );
 
+script!(
+    /// A queue's counts, totals, oldest ready time and pause.
+    STATS,
+    "lua/stats.lua"
+);
+script!(
+    /// Pauses or resumes delivery from a queue.
+    PAUSE,
+    "lua/pause.lua"
+);
+script!(
+    /// Removes a queue's tasks in some states.
+    PURGE_QUEUE,
+    "lua/purge_queue.lua"
+);
+script!(
+    /// Lists a queue's tasks in one state by id.
+    LIST,
+    "lua/list.lua"
+);
+script!(
+    /// DEAD tasks back to READY.
+    REDRIVE,
+    "lua/redrive.lua"
+);
+
 /// Most tasks one sweep script handles, so no call blocks Redis for long; the
 /// caller runs it again while it comes back full.
 pub const SWEEP_BATCH: usize = 1000;

@@ -4,7 +4,7 @@
 use super::indexes::{index, unindex};
 use super::Table;
 use crate::core::priority::ReadyKey;
-use crate::core::stats::{purgeable, QueueStats, QueueTotals};
+use crate::core::stats::{purgeable, state_index, QueueStats, QueueTotals};
 use crate::core::task::{Task, TaskId, TaskState};
 use crate::core::{Millis, MAX_PRIORITY};
 use crate::store::Swept;
@@ -64,8 +64,12 @@ impl Table {
     /// Removes the tasks of `queue` in `states` (LEASED ones are never
     /// touched); returns how many.
     pub fn purge_queue(&mut self, queue: &str, states: &[TaskState]) -> u64 {
+        let mut states: Vec<TaskState> = states.iter().copied().filter(|s| purgeable(*s)).collect();
+        // A state named twice is purged (and counted) once.
+        states.sort_unstable_by_key(|s| state_index(*s));
+        states.dedup();
         let mut ids = Vec::new();
-        for &state in states.iter().filter(|s| purgeable(**s)) {
+        for state in states {
             ids.extend(self.ids_in(queue, state, None, usize::MAX));
         }
         for id in &ids {
@@ -127,16 +131,18 @@ impl Table {
             self.ids_in(queue, TaskState::Dead, None, limit)
         } else {
             let sym = self.names.get(queue);
+            // An id given twice counts once against the limit.
+            let mut seen = std::collections::HashSet::new();
             ids.iter()
                 .copied()
                 .filter(|id| {
                     self.tasks.get(id).is_some_and(|t| Some(t.queue) == sym && t.state == TaskState::Dead)
                 })
+                .filter(|id| seen.insert(*id))
                 .take(limit)
                 .collect()
         };
         chosen.sort_unstable();
-        chosen.dedup();
         let mut swept = Swept::default();
         for id in chosen {
             let task = self.tasks.get_mut(&id).expect("a chosen task is in the table");

@@ -1,7 +1,8 @@
 -- ack: marks leased tasks SUCCEEDED, each alone: one item's refusal changes
 -- nothing of it and does not stop the others (a batch acts like one ack per
 -- item, in order).
--- KEYS: the queue's keys (lib.lua); writes meta, results, leased, finished.
+-- KEYS: the queue's keys (lib.lua); writes meta, results, leased, finished,
+--       ids_succeeded, totals.
 -- ARGV[4]: the queue's retention of finished tasks (ms)
 -- ARGV[5..]: one triple per item: task id, lease id presented by the worker,
 --            result bytes
@@ -70,6 +71,14 @@ for i, id in ipairs(acked) do
   finished[i] = prefix .. id
 end
 variadic('RPUSH', K_FINISHED, finished)
+-- admin: the id index of SUCCEEDED (score 0: by id), and the totals.
+local indexed = {}
+for i, id in ipairs(acked) do
+  indexed[2 * i - 1] = 0
+  indexed[2 * i] = id
+end
+variadic('ZADD', K_IDS_SUCCEEDED, indexed)
+count('acked', #acked)
 variadic('HSET', K_META, metas)
 if #results > 0 then
   variadic('HSET', K_RESULTS, results)

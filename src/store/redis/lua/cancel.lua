@@ -1,7 +1,8 @@
 -- cancel: cancels a SCHEDULED, READY or LEASED task; a LEASED one keeps its
 -- lease id, so its holder's next settling call learns it was canceled.
 -- Mirrors core::transition::on_cancel.
--- KEYS: the queue's keys (lib.lua); writes meta and the index of its state, finished.
+-- KEYS: the queue's keys (lib.lua); writes meta and the index of its state, finished,
+--       ids_canceled.
 -- ARGV[4]: task id
 -- ARGV[5]: the queue's retention of finished tasks (ms)
 -- Returns: {'ok', meta, body, result} (also for a task already CANCELED) | {'not_found'}

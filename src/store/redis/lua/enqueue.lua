@@ -1,6 +1,6 @@
 -- enqueue: creates tasks in one queue, honouring request ids and dedup keys.
 -- KEYS: the queue's keys (lib.lua); writes meta, body, ready, scheduled, seq,
---       dedup, requests.
+--       dedup, requests, totals, ids_scheduled.
 -- ARGV[4]: the queue's dedup window (ms)
 -- ARGV[5]: '1' when the caller registered the queue in tb:queues just before
 --          this call, '0' when it only believes it registered
@@ -147,7 +147,15 @@ for priority, ids in pairs(ready) do
 end
 if #scheduled > 0 then
   variadic('ZADD', K_SCHEDULED, scheduled)
+  -- admin: the id index of SCHEDULED (score 0: by id).
+  local ids = {}
+  for i = 2, #scheduled, 2 do
+    ids[#ids + 1] = 0
+    ids[#ids + 1] = scheduled[i]
+  end
+  variadic('ZADD', K_IDS_SCHEDULED, ids)
 end
+count('enqueued', #metas / 2) -- admin: created tasks only, not deduplicated ones
 
 -- Earlier tasks (possibly ones created above under another request).
 for k = 2, #out, 4 do

@@ -3,9 +3,10 @@
 -- it out of tb:queues already, and puts it back when this answers 0).
 -- KEYS: the queue's keys (lib.lua); deletes all of them.
 -- Returns: 1 when the queue held no task and its keys are gone, 0 when it
---          holds a task (nothing written).
+--          holds a task or is paused (nothing written: a pause outlives the
+--          queue's tasks, as on the table stores).
 
-if redis.call('EXISTS', K_META) == 1 then
+if redis.call('EXISTS', K_META) == 1 or redis.call('EXISTS', K_PAUSED) == 1 then
   return 0
 end
 redis.call('DEL', unpack(KEYS))

@@ -1,6 +1,7 @@
 -- lease: delivers up to N READY tasks of one queue, best first, each with a
 -- new lease id.
--- KEYS: the queue's keys (lib.lua); writes meta, ready, leased, lease.
+-- KEYS: the queue's keys (lib.lua); writes meta, ready, leased, lease, totals;
+--       takes nothing while `paused` exists.
 -- ARGV[4]: how many tasks to take at most
 -- ARGV[5]: lease duration (ms)
 -- ARGV[6]: worker id
@@ -28,6 +29,10 @@ local budget = tonumber(ARGV[9])
 local field = tonumber(ARGV[10])
 
 local out = {0, 0}
+-- admin: a paused queue delivers nothing (admin.rs, pause.lua).
+if redis.call('EXISTS', K_PAUSED) == 1 then
+  return {bytes, 0}
+end
 -- The leased tasks' ids and their meta records (to be rewritten).
 local ids, raws = {}, {}
 local full = false
@@ -104,6 +109,7 @@ for i, id in ipairs(ids) do
 end
 variadic('ZADD', K_LEASED, leased)
 variadic('HSET', K_META, metas)
+count('delivered', n) -- admin: the queue's totals
 for i, body in ipairs(hmget(K_BODY, ids)) do
   out[#out + 1] = raws[i]
   out[#out + 1] = body or ''

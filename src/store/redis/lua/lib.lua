@@ -1,8 +1,8 @@
 -- lib.lua: helpers shared by every script; scripts.rs puts this file in
 -- front of each script, so these locals are in scope there.
 --
--- Every script receives the keys of ONE queue, always all twenty, in this
--- order (built by keys.rs):
+-- Every script receives the keys of ONE queue, always all twenty-eight, in
+-- this order (built by keys.rs):
 --   KEYS[1] meta       HASH  task id -> the task's changing fields, packed (HEAD, TAIL)
 --   KEYS[2] body       HASH  task id -> the task's fixed fields (written by
 --                            record.rs, never read by Lua: kind, payload, ...)
@@ -19,6 +19,16 @@
 --   KEYS[12..21] ready LIST  READY tasks of priority 0..9, oldest first: a
 --                            lease takes from the highest non-empty list, so
 --                            priority first, FIFO within it, in O(1) per task
+-- and what the operations API keeps (admin.rs):
+--   KEYS[22] paused    STRING present while the queue is paused (lease.lua
+--                            then takes nothing)
+--   KEYS[23] totals    HASH  enqueued, delivered, acked, nacked, dead, expired:
+--                            counted as core::stats::Event says (count below)
+--   KEYS[24] redriven  HASH  task id -> entries of it in `finished` made stale
+--                            by a redrive (purge.lua skips that many)
+--   KEYS[25..28] ids   ZSET  SCHEDULED, SUCCEEDED, DEAD, CANCELED task ids,
+--                            score 0, so in id (creation) order: listing,
+--                            counting, purging and redriving by state
 -- and three common arguments:
 --   ARGV[1] now in ms since the Unix epoch, or '' to use Redis's clock (TIME)
 --   ARGV[2] the pub/sub channel for events ("ready <queue> <n>",
@@ -45,6 +55,8 @@ local K_META, K_BODY, K_RESULTS = KEYS[1], KEYS[2], KEYS[3]
 local K_LEASED, K_SCHEDULED, K_FINISHED = KEYS[4], KEYS[5], KEYS[6]
 local K_SEQ, K_LEASE, K_DEDUP, K_REQUESTS, K_WATCHED = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
 local MAX_PRIORITY = 9
+local K_PAUSED, K_TOTALS, K_REDRIVEN = KEYS[22], KEYS[23], KEYS[24]
+local K_IDS_SCHEDULED, K_IDS_SUCCEEDED, K_IDS_DEAD, K_IDS_CANCELED = KEYS[25], KEYS[26], KEYS[27], KEYS[28]
 
 -- The ready list of priority `p` (clamped to 0..9).
 local function k_ready(p)
@@ -64,6 +76,29 @@ local TAIL = '<BI4dddI4c0I4c0I4c0'
 local WHOLE = HEAD .. string.sub(TAIL, 2)
 
 local SCHEDULED, READY, LEASED, SUCCEEDED, DEAD, CANCELED = 1, 2, 3, 4, 5, 6
+
+-- The id index of `state` (nil for READY and LEASED, which their list and
+-- set already hold per queue).
+local function k_ids(state)
+  if state == SCHEDULED then
+    return K_IDS_SCHEDULED
+  elseif state == SUCCEEDED then
+    return K_IDS_SUCCEEDED
+  elseif state == DEAD then
+    return K_IDS_DEAD
+  elseif state == CANCELED then
+    return K_IDS_CANCELED
+  end
+  return nil
+end
+
+-- Adds `n` to the queue's total `event` (core::stats::Event: 'enqueued',
+-- 'delivered', 'acked', 'nacked', 'dead', 'expired').
+local function count(event, n)
+  if n > 0 then
+    redis.call('HINCRBY', K_TOTALS, event, n)
+  end
+end
 
 -- Exact decimal digits: Lua 5.1 turns numbers into strings with %.14g, which
 -- would round ready scores (up to 2^48) and future timestamps.
@@ -186,7 +221,7 @@ local function clear_lease(t)
 end
 
 -- Takes a task that has not finished out of the index of its state (a
--- finished task never changes state again). Out of a ready list is O(n): only
+-- finished task changes state only by redrive.lua). Out of a ready list is O(n): only
 -- cancel takes a READY task out of turn.
 local function unindex(t)
   if t.state == READY then
@@ -195,6 +230,7 @@ local function unindex(t)
     redis.call('ZREM', K_LEASED, t.id)
   elseif t.state == SCHEDULED then
     redis.call('ZREM', K_SCHEDULED, t.id)
+    redis.call('ZREM', K_IDS_SCHEDULED, t.id) -- admin: the id index
   end
 end
 
@@ -211,6 +247,7 @@ local function make_scheduled(t, due)
   t.state = SCHEDULED
   t.scheduled_time = due
   redis.call('ZADD', K_SCHEDULED, due, t.id)
+  redis.call('ZADD', K_IDS_SCHEDULED, 0, t.id) -- admin: the id index
 end
 
 -- The finished list's entry of task `id`, to be purged at `purge_at`.
@@ -226,6 +263,45 @@ end
 local function make_final(t, state, retention)
   t.state = state
   redis.call('RPUSH', K_FINISHED, finished_entry(t.update_time + retention, t.id))
+  redis.call('ZADD', k_ids(state), 0, t.id) -- admin: the id index
+end
+
+-- Whether an entry of task `id` just taken from the head of the finished
+-- list is stale: a redrive made the task leave the finished state that entry
+-- was for. A task's entries are in the order it finished, so its stale ones
+-- come first; `redriven` counts those not yet taken.
+local function stale(id)
+  if not redis.call('HGET', K_REDRIVEN, id) then
+    return false
+  end
+  if redis.call('HINCRBY', K_REDRIVEN, id, -1) <= 0 then
+    redis.call('HDEL', K_REDRIVEN, id)
+  end
+  return true
+end
+
+-- Removes task `id` and what refers to it (its record `t`): its parts, its
+-- request id and dedup key when they still point to it. The caller takes it
+-- out of the index of its state.
+local function remove(t)
+  local id = t.id
+  redis.call('HDEL', K_META, id)
+  redis.call('HDEL', K_BODY, id)
+  redis.call('HDEL', K_RESULTS, id)
+  redis.call('HDEL', K_WATCHED, id)
+  redis.call('HDEL', K_REDRIVEN, id)
+  if t.request_id ~= '' and redis.call('HGET', K_REQUESTS, t.request_id) == id then
+    redis.call('HDEL', K_REQUESTS, t.request_id)
+  end
+  if t.dedup_key ~= '' and redis.call('HGET', K_DEDUP, t.dedup_key) == id then
+    redis.call('HDEL', K_DEDUP, t.dedup_key)
+  end
+end
+
+-- Drops what a queue without tasks keeps: its totals, and finished entries
+-- and indexes left (stale ones only). Its pause stays.
+local function forget_queue()
+  redis.call('DEL', K_TOTALS, K_REDRIVEN, K_FINISHED, K_IDS_SCHEDULED, K_IDS_SUCCEEDED, K_IDS_DEAD, K_IDS_CANCELED)
 end
 
 -- Tells the replicas that `n` tasks of the queue became READY.

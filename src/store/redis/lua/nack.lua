@@ -1,7 +1,8 @@
 -- nack: retries (READY or SCHEDULED) or kills (DEAD) a leased task.
 -- Mirrors core::transition::on_nack (and core::retry::Backoff::delay, bit for
 -- bit); tests/differential.rs keeps the two equal.
--- KEYS: the queue's keys (lib.lua); writes meta, leased, ready, scheduled, finished, seq.
+-- KEYS: the queue's keys (lib.lua); writes meta, leased, ready, scheduled, finished, seq,
+--       totals, ids_scheduled, ids_dead.
 -- ARGV[4]: task id
 -- ARGV[5]: lease id presented by the worker
 -- ARGV[6]: error text
@@ -58,6 +59,9 @@ if ARGV[7] ~= '1' and t.attempt < t.max_attempts then
 end
 
 unindex(t)
+-- admin: the queue's totals (a nack that kills counts as a death too).
+count('nacked', 1)
+count('dead', retry_in == nil and 1 or 0)
 t.last_error = ARGV[6]
 clear_lease(t)
 t.update_time = now

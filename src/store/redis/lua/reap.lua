@@ -2,7 +2,8 @@
 -- DEAD when that was their last attempt. Safe to run from several replicas at
 -- once: a task is reaped by exactly one call.
 -- Mirrors core::transition::on_expiry and expiry_error.
--- KEYS: the queue's keys (lib.lua); writes meta, leased, ready, finished, seq.
+-- KEYS: the queue's keys (lib.lua); writes meta, leased, ready, finished, seq,
+--       totals, ids_dead.
 -- ARGV[4]: the queue's retention of finished tasks (ms)
 -- ARGV[5]: at most this many tasks per call
 -- Returns: {id_1, lease_id_1, ready_1, id_2, ...}: each reaped task, the lease
@@ -23,6 +24,7 @@ for _, id in ipairs(due(K_LEASED, now, tonumber(ARGV[5]))) do
     clear_lease(t)
     t.update_time = now
     local again = 0
+    count('expired', 1) -- admin: the queue's totals
     if t.attempt < t.max_attempts then
       make_ready(t)
       readies = readies + 1
@@ -30,6 +32,7 @@ for _, id in ipairs(due(K_LEASED, now, tonumber(ARGV[5]))) do
     else
       t.last_error = string.format('lease expired on the last attempt (%d of %d)', t.attempt, t.max_attempts)
       make_final(t, DEAD, retention)
+      count('dead', 1) -- admin: the queue's totals
     end
     save(t)
     publish_lost(id, lease_id, false)

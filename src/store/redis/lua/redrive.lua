@@ -1,0 +1,55 @@
+-- redrive: DEAD tasks back to READY at the back of their priority level,
+-- with attempt 0 and their last error kept (until the next attempt sets it).
+-- Mirrors Table::redrive (store/table/admin.rs): tasks not DEAD are skipped.
+-- KEYS: the queue's keys (lib.lua); writes meta, ids_dead, redriven, ready, seq.
+-- ARGV[4]: at most this many tasks
+-- ARGV[5..]: the task ids; none: the oldest DEAD tasks (by id)
+-- Returns: {id...}: the tasks redriven.
+-- Publishes: `ready <queue> <n>` once if n > 0 tasks were redriven; `changed
+--            <id>` per watched task.
+--
+-- A DEAD task has an entry in the finished list (make_final); once redriven
+-- that entry is stale: `redriven` counts it, so purge.lua skips it instead
+-- of removing the task (see `stale` in lib.lua), with no O(n) LREM here.
+
+local now = clock()
+local limit = tonumber(ARGV[4])
+local ids = {}
+if #ARGV >= 5 then
+  for i = 5, #ARGV do
+    ids[#ids + 1] = ARGV[i]
+  end
+else
+  ids = redis.call('ZRANGE', K_IDS_DEAD, 0, limit - 1)
+end
+
+local out = {}
+if #ids == 0 then
+  return out
+end
+local watching = any_watched()
+local done = {}
+for i, raw in ipairs(hmget(K_META, ids)) do
+  if #out >= limit then
+    break
+  end
+  local id = ids[i]
+  -- An id given twice is redriven once (its record here is the one read
+  -- before the first time).
+  if raw and struct.unpack('<B', raw) == DEAD and not done[id] then
+    done[id] = true
+    redis.call('ZREM', K_IDS_DEAD, id)
+    redis.call('HINCRBY', K_REDRIVEN, id, 1)
+    local t = decode(id, raw)
+    t.attempt = 0
+    t.update_time = now
+    make_ready(t)
+    save(t)
+    publish_changed(id, watching)
+    out[#out + 1] = id
+  end
+end
+if #out > 0 then
+  publish_ready(#out)
+end
+return out
