@@ -1,6 +1,7 @@
 //! Test harness: a real broker served over gRPC on `127.0.0.1:0`, with real
 //! clients, an injectable clock and a shutdown handle.
 #![allow(dead_code)]
+pub mod http;
 pub mod redis;
 
 use std::sync::Arc;
