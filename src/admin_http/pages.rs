@@ -56,6 +56,7 @@ pub async fn queues(State(d): State<Dashboard>) -> Result<Html<String>, Problem>
     let rows = queues
         .iter()
         .map(|q| {
+            d.throughput.first_sight(&q.name, now, &q.stats.totals);
             let rate = d.throughput.rate(&q.name, now, &q.stats.totals);
             QueueRow {
                 name: q.name.clone(),

@@ -61,6 +61,16 @@ impl Throughput {
         }
     }
 
+    /// Records `queue`'s totals read at `now` if it has no sample yet (a
+    /// queue created since the last sampling): its rate starts from here,
+    /// not from whenever the sampler runs next.
+    pub fn first_sight(&self, queue: &str, now: Millis, totals: &QueueTotals) {
+        let known = self.queues.lock().unwrap_or_else(|p| p.into_inner()).contains_key(queue);
+        if !known {
+            self.record(queue, now, totals);
+        }
+    }
+
     /// Forgets queues not in `alive` (purged away or expired).
     pub fn retain<'a>(&self, alive: impl IntoIterator<Item = &'a str>) {
         let alive: std::collections::HashSet<&str> = alive.into_iter().collect();
@@ -142,6 +152,15 @@ mod tests {
         let r = t.rate("q", now, &totals(990, 0)).unwrap();
         assert_eq!(r.span, WINDOW);
         assert_eq!(r.enqueued_per_min, 60.0, "10 per 10 s");
+    }
+
+    #[test]
+    fn a_queue_first_seen_between_samplings_starts_its_span_there() {
+        let t = Throughput::default();
+        t.first_sight("new", 1_000, &totals(7, 0));
+        t.first_sight("new", 2_000, &totals(9, 0));
+        let r = t.rate("new", 4_000, &totals(10, 0)).unwrap();
+        assert_eq!((r.enqueued_per_min, r.span), (60.0, Duration::from_secs(3)), "the first sight only");
     }
 
     #[test]
