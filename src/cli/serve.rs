@@ -1,6 +1,7 @@
 //! `taskbroker serve`: load and validate the config, open the store, serve
 //! until SIGTERM or Ctrl-C, then shut down gracefully.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -93,7 +94,9 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     println!("listening on {}", running.addr);
     if let Some(admin) = running.admin_addr {
         tracing::info!(%admin, "dashboard, /healthz and /readyz served");
-        println!("dashboard at http://{admin}/");
+        // Not println!: a supervisor may read the first line only and close
+        // the pipe, and a failed write must not end the broker.
+        let _ = writeln!(std::io::stdout(), "dashboard at http://{admin}/");
     }
     signal.await;
     tracing::info!("shutting down");
