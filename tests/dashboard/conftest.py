@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import types
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,14 @@ def pb():
     """The generated modules: pb.admin, pb.admin_grpc, pb.producer, ..."""
     out = Path(tempfile.mkdtemp(prefix="taskbroker-dashboard-stubs-"))
     _generate_stubs(out)
-    sys.path.insert(0, str(out))
+    # The generated modules import each other as `taskbroker.v1.*`, a name the
+    # Python client (clients/python, installed editable in the same venv, with
+    # an import hook that wins over sys.path) also has: these packages are
+    # the generated directories, whatever else is installed.
+    for name, path in (("taskbroker", out / "taskbroker"), ("taskbroker.v1", out / "taskbroker" / "v1")):
+        package = types.ModuleType(name)
+        package.__path__ = [str(path)]
+        sys.modules[name] = package
     from taskbroker.v1 import admin_pb2, admin_pb2_grpc, producer_pb2, producer_pb2_grpc
     from taskbroker.v1 import worker_pb2, worker_pb2_grpc
 
