@@ -62,6 +62,8 @@ pub fn router(dashboard: Dashboard) -> Router {
             "/assets/dashboard.js",
             get(|| async { ([(CONTENT_TYPE, "text/javascript; charset=utf-8")], JS) }),
         )
+        // Browsers ask for it on every page; there is none.
+        .route("/favicon.ico", get(|| async { axum::http::StatusCode::NO_CONTENT }))
         .fallback(|| async { view::Problem::not_found("There is no such page.") })
         .layer(axum::middleware::map_response(secure))
         .with_state(dashboard)
