@@ -1,5 +1,6 @@
 //! The one place that assembles and stops the program: storage, the broker,
-//! the background loops, the gRPC server and readiness.
+//! the background loops, the gRPC server, readiness and the admin HTTP port
+//! (the dashboard).
 //!
 //! `serve`, the test harness and the load tool all start a broker through
 //! [`start`]; nothing else spawns background loops or decides shutdown order.
@@ -12,22 +13,25 @@
 //! when `shutdown_grace` runs out → streams give back what they still hold,
 //! and so does the broker for unary workers, all at once → connections are
 //! told to close (GOAWAY) and their calls finish → background loops stop →
+//! the admin port stops (its `/readyz` said 503 since the drain began) →
 //! the store closes when the last handle goes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
+use crate::admin_http::AdminServer;
 use crate::background;
 use crate::broker::session::StreamLimits;
 use crate::broker::{Broker, BrokerSettings, Phase};
 use crate::config::reload::Reloader;
-use crate::config::{Config, StorageKind};
+use crate::config::{Config, StorageKind, DEFAULT_ADMIN_LISTEN};
 use crate::core::clock::Clock;
 use crate::core::queue::QueueRegistry;
 use crate::grpc::server::{self, ServerOptions, Serving};
@@ -75,9 +79,39 @@ pub async fn open_broker(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Resu
     Ok(Broker::new(store, clock, settings))
 }
 
+/// An `admin_listen` given explicitly that cannot be bound: a configuration
+/// error (`serve` exits 64).
+#[derive(Debug, thiserror::Error)]
+#[error("admin_listen: cannot listen on {addr}: {source}")]
+pub struct AdminBindError {
+    pub addr: SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Binds the admin port: `None` when it is off, or when the default
+/// address is taken (a second broker on one machine runs without it, with a
+/// warning); an explicit address that cannot be bound is an
+/// [`AdminBindError`].
+async fn bind_admin(config: &Config) -> anyhow::Result<Option<TcpListener>> {
+    let Some(addr) = config.admin_addr() else {
+        return Ok(None);
+    };
+    match TcpListener::bind(addr).await {
+        Ok(listener) => Ok(Some(listener)),
+        Err(e) if config.admin_listen == DEFAULT_ADMIN_LISTEN => {
+            tracing::warn!(%addr, error = %e, "admin port unavailable; serving gRPC without the dashboard (set admin_listen to choose another address)");
+            Ok(None)
+        }
+        Err(source) => Err(AdminBindError { addr, source }.into()),
+    }
+}
+
 /// Starts everything `config` describes and serves until [`Running::shutdown`].
 /// `config` must have passed `validate()`.
 pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running> {
+    // First: a taken admin port fails start-up before the store is opened.
+    let admin_listener = bind_admin(config).await?;
     // Boxed: the nested start-up futures are deep enough that computing the
     // layout of a caller's future overflows rustc's query depth (clippy 1.95).
     let broker = Box::pin(open_broker(config, clock)).await?;
@@ -95,8 +129,14 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Run
     let readiness = tokio::spawn(follow_storage_health(broker.clone(), health.clone(), stop.clone()));
     let timers = tokio::spawn(background::timer_loop(broker.clone(), stop.clone()));
     let reloads = tokio::spawn(reload_on_sighup(reloader, stop));
+    let admin = match admin_listener {
+        Some(listener) => Some(AdminServer::start(listener, broker.clone()).await?),
+        None => None,
+    };
     Ok(Running {
         addr: grpc.addr,
+        admin_addr: admin.as_ref().map(|a| a.addr),
+        admin,
         broker,
         grpc,
         health,
@@ -110,6 +150,12 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Run
 pub struct Running {
     /// The gRPC address it listens on (useful with port 0).
     pub addr: SocketAddr,
+    /// The admin HTTP port's address; `None` when it is off or its default
+    /// address was taken.
+    pub admin_addr: Option<SocketAddr>,
+    /// The dashboard, `/healthz`, `/readyz`: stopped last, so `/readyz`
+    /// answers 503 through the drain.
+    admin: Option<AdminServer>,
     broker: Broker,
     grpc: Serving,
     /// Readiness (`grpc.health.v1`, service `""`).
@@ -158,6 +204,9 @@ impl Running {
         let _ = self.stop_background.send(true);
         for task in self.background.drain(..) {
             let _ = task.await;
+        }
+        if let Some(admin) = self.admin.take() {
+            admin.stop(AFTER_GRACE).await;
         }
         served
     }

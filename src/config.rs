@@ -37,6 +37,9 @@ const MAX_MAX_DELAY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// Queue names are the domain's ([`crate::core::queue`]); config checks them too.
 pub use crate::core::queue::{valid_queue_name, DEFAULT_QUEUE};
 
+/// Where the admin HTTP port listens unless told otherwise.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+
 /// Which storage backend to run on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -55,6 +58,11 @@ pub enum StorageKind {
 pub struct Config {
     /// Address the gRPC server listens on.
     pub listen: String,
+    /// Address of the admin HTTP port (the dashboard, `/healthz`,
+    /// `/readyz`); empty: off. Only an address other than
+    /// [`DEFAULT_ADMIN_LISTEN`] that cannot be bound stops start-up: at the
+    /// default, a second broker on one machine runs without it.
+    pub admin_listen: String,
     /// Where the embedded store keeps its database.
     pub data_dir: PathBuf,
     pub storage: StorageKind,
@@ -110,6 +118,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:50051".into(),
+            admin_listen: DEFAULT_ADMIN_LISTEN.into(),
             data_dir: PathBuf::from("./taskbroker-data"),
             storage: StorageKind::Embedded,
             redis_url: "redis://127.0.0.1:6379".into(),
@@ -189,6 +198,12 @@ impl Config {
         if self.listen.parse::<SocketAddr>().is_err() {
             errors.push(format!("listen: {:?} is not an address like 127.0.0.1:50051", shown(&self.listen)));
         }
+        if !self.admin_listen.is_empty() && self.admin_listen.parse::<SocketAddr>().is_err() {
+            errors.push(format!(
+                "admin_listen: {:?} is not an address like 127.0.0.1:9090 (\"\" turns the admin port off)",
+                shown(&self.admin_listen)
+            ));
+        }
         let urls = self.redis_target().urls();
         if self.redis_cluster && !self.redis_sentinel.is_empty() {
             errors.push("redis_sentinel: Redis Cluster (redis_cluster = true) does not use Sentinel".into());
@@ -256,6 +271,11 @@ impl Config {
         } else {
             Err(errors)
         }
+    }
+
+    /// The admin HTTP port's address; `None`: off. Call after `validate()`.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_listen.parse().ok()
     }
 
     /// The store's bounds; unset ones derived from this machine's memory.

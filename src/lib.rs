@@ -5,7 +5,7 @@
 //!
 //! # Layout
 //! - [`app`]: the one place that assembles and stops the program (store,
-//!   broker, timer loop, readiness, gRPC server).
+//!   broker, timer loop, readiness, gRPC server, admin HTTP port).
 //! - [`core`]: the pure domain (tasks, the state machine in
 //!   [`core::transition`], priority order, routing, backoff, lease fencing,
 //!   queue selection and the lease driver, trace context, the clock). No I/O.
@@ -16,15 +16,19 @@
 //! - [`broker`]: validation, resolution against queue settings and routes,
 //!   one store call per request, wake-ups for waiting workers.
 //! - [`background`]: the timer loop (expired leases, due tasks, retention).
+//! - [`admin_http`]: the admin HTTP port: the web dashboard (server-rendered,
+//!   assets compiled in), `/healthz`, `/readyz`; calls the broker's
+//!   operations API.
 //! - [`grpc`]: the thin gRPC layer: the one middleware stack
 //!   ([`grpc::caller`]), conversions, error mapping, services, the server.
 //! - [`config`]: the TOML config and its validation.
 //! - [`cli`]: the `taskbroker` subcommands (`bench` behind the feature of that name).
 //!
-//! Dependencies point one way: `grpc → broker → core`, `broker → store`;
-//! `app` and `cli` wire concrete backends.
+//! Dependencies point one way: `grpc → broker → core`, `admin_http →
+//! broker`, `broker → store`; `app` and `cli` wire concrete backends.
 #![forbid(unsafe_code)]
 
+pub mod admin_http;
 pub mod app;
 pub mod background;
 pub mod broker;

@@ -1,6 +1,7 @@
 //! `taskbroker serve`: load and validate the config, open the store, serve
 //! until SIGTERM or Ctrl-C, then shut down gracefully.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -19,6 +20,10 @@ pub struct ServeArgs {
     /// Listen address, e.g. 0.0.0.0:50051.
     #[arg(long, env = "TASKBROKER_LISTEN")]
     pub listen: Option<String>,
+    /// Admin HTTP address (dashboard, /healthz, /readyz), e.g.
+    /// 127.0.0.1:9090; "" turns it off.
+    #[arg(long, env = "TASKBROKER_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
     /// Data directory of the embedded store.
     #[arg(long, env = "TASKBROKER_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -54,6 +59,9 @@ pub fn load_config(args: &ServeArgs) -> Result<Config, CliError> {
     if let Some(listen) = &args.listen {
         config.listen = listen.clone();
     }
+    if let Some(admin) = &args.admin_listen {
+        config.admin_listen = admin.clone();
+    }
     if let Some(dir) = &args.data_dir {
         config.data_dir = dir.clone();
     }
@@ -75,10 +83,21 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     let config = load_config(&args)?;
     // Handlers first: a SIGTERM right after the "listening" line must shut down cleanly.
     let signal = shutdown_signal()?;
-    let running = app::start(&config, Arc::new(SystemClock)).await?;
+    let running = app::start(&config, Arc::new(SystemClock)).await.map_err(|e| match e
+        .downcast::<app::AdminBindError>()
+    {
+        Ok(taken) => CliError::Config(vec![taken.to_string()]),
+        Err(e) => CliError::Other(e),
+    })?;
     tracing::info!(storage = ?config.storage, data_dir = %config.data_dir.display(), "ready");
     // Tests and supervisors read this line to learn the port (useful with :0).
     println!("listening on {}", running.addr);
+    if let Some(admin) = running.admin_addr {
+        tracing::info!(%admin, "dashboard, /healthz and /readyz served");
+        // Not println!: a supervisor may read the first line only and close
+        // the pipe, and a failed write must not end the broker.
+        let _ = writeln!(std::io::stdout(), "dashboard at http://{admin}/");
+    }
     signal.await;
     tracing::info!("shutting down");
     running.shutdown().await?;

@@ -154,3 +154,16 @@ fn a_url_with_a_password_in_the_wrong_setting_is_not_echoed_with_its_password() 
         assert!(!e.contains("pw"), "{e}");
     }
 }
+
+#[test]
+fn admin_listen_defaults_to_port_9090_and_empty_turns_it_off() {
+    let config = Config::default();
+    assert_eq!(config.admin_listen, DEFAULT_ADMIN_LISTEN);
+    assert_eq!(config.admin_addr(), Some("127.0.0.1:9090".parse().unwrap()));
+    let off = Config::from_toml("admin_listen = \"\"").unwrap();
+    assert!(off.validate().is_ok());
+    assert_eq!(off.admin_addr(), None);
+    let bad = Config::from_toml("admin_listen = \"localhost\"").unwrap();
+    let errors = bad.validate().unwrap_err();
+    assert!(errors[0].starts_with("admin_listen: \"localhost\" is not an address"), "{errors:?}");
+}

@@ -1,6 +1,7 @@
 //! Test harness: a real broker served over gRPC on `127.0.0.1:0`, with real
 //! clients, an injectable clock and a shutdown handle.
 #![allow(dead_code)]
+pub mod http;
 pub mod redis;
 
 use std::sync::Arc;
@@ -23,6 +24,8 @@ pub const T0: u64 = 1_767_225_600_000;
 
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
+    /// The admin HTTP port (dashboard, `/healthz`, `/readyz`).
+    pub admin_addr: std::net::SocketAddr,
     pub producer: ProducerServiceClient<Channel>,
     pub worker: WorkerServiceClient<Channel>,
     pub admin: AdminServiceClient<Channel>,
@@ -66,6 +69,7 @@ pub async fn start_with(opts: Options) -> TestServer {
     config.storage = opts.storage;
     config.data_dir = dir.path().join("data");
     config.listen = "127.0.0.1:0".into();
+    config.admin_listen = "127.0.0.1:0".into();
     config.validate().expect("test config is valid");
     if opts.config_file {
         let file = dir.path().join("taskbroker.toml");
@@ -80,9 +84,11 @@ pub async fn start_with(opts: Options) -> TestServer {
     config.shutdown_grace = Duration::from_secs(5);
     let running = app::start(&config, clock).await.unwrap();
     let (addr, broker) = (running.addr, running.broker().clone());
+    let admin_addr = running.admin_addr.expect("the admin port is on");
     let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
     TestServer {
         addr,
+        admin_addr,
         producer: ProducerServiceClient::new(channel.clone()),
         worker: WorkerServiceClient::new(channel.clone()),
         admin: AdminServiceClient::new(channel),

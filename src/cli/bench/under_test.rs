@@ -80,6 +80,8 @@ impl UnderTest {
             storage,
             data_dir: dir.path().to_owned(),
             listen: "127.0.0.1:0".into(),
+            // No dashboard: its sampler would be load the bench measures.
+            admin_listen: String::new(),
             redis_url: redis_url.to_owned(),
             shutdown_grace: Duration::from_secs(2),
             ..Config::default()
