@@ -26,9 +26,9 @@ COPY --from=build --chown=65532:65532 /out/var/lib/taskbroker /var/lib/taskbroke
 USER 65532:65532
 ENV TASKBROKER_DATA_DIR=/var/lib/taskbroker
 VOLUME ["/var/lib/taskbroker"]
-# gRPC (API and health), then the port reserved for the plaintext health
-# listener used with TLS (not opened yet), and the admin HTTP port (dashboard,
-# /healthz, /readyz; /metrics later). The admin port listens on 127.0.0.1:9090
+# gRPC (API, health and the KEDA scaler), then the port reserved for the
+# plaintext health listener used with TLS (not opened yet), and the admin
+# HTTP port (dashboard, /metrics, /healthz, /readyz). The admin port listens on 127.0.0.1:9090
 # by default, reachable with `kubectl port-forward`; publish it with
 # TASKBROKER_ADMIN_LISTEN=0.0.0.0:9090 only behind access control.
 EXPOSE 50051 50052 9090

@@ -1,6 +1,6 @@
-//! Prometheus metrics: the exposition parsed with a Prometheus text parser,
-//! exact values after a scripted sequence (enqueue 10, lease 4, ack 2, nack
-//! 1 to dead, let 1 expire).
+//! Prometheus metrics: `/metrics` scraped over HTTP from the admin port and
+//! parsed with a Prometheus text parser; exact values after a scripted
+//! sequence (enqueue 10, lease 4, ack 2, nack 1 to dead, let 1 expire).
 
 mod common;
 
@@ -13,8 +13,10 @@ use taskbroker::pb;
 const CONFIG: &str = "[queues.q]\nlease_duration = \"10s\"\nmax_attempts = 3\n";
 
 async fn scrape(s: &TestServer) -> Scrape {
-    let text = s.broker.encode_metrics().await.unwrap();
-    Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("valid Prometheus text")
+    let response = common::http::get(s.admin_addr, "/metrics").await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert!(response.header("content-type").is_some_and(|t| t.starts_with("application/openmetrics-text")));
+    Scrape::parse(response.body.lines().map(|l| Ok(l.to_owned()))).expect("valid Prometheus text")
 }
 
 fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {

@@ -1,5 +1,5 @@
-//! The admin HTTP port (`admin_listen`): the web dashboard, `/healthz` and
-//! `/readyz`. It calls the broker's operations API ([`crate::broker::admin`])
+//! The admin HTTP port (`admin_listen`): the web dashboard, `/metrics`,
+//! `/healthz` and `/readyz`. It calls the broker's operations API ([`crate::broker::admin`])
 //! as the gRPC AdminService does, and knows nothing of stores or gRPC.
 //!
 //! - [`server`]: serving on a bound listener, stopping.
@@ -9,6 +9,7 @@
 //! - [`actions`]: pause, resume, purge, redrive (POST forms), behind
 //!   [`guard`] (same-origin check and a per-process form token).
 //! - [`health`]: liveness and readiness.
+//! - [`metrics`]: `/metrics` for Prometheus.
 //! - [`throughput`]: the sampler behind the enqueued/acked rates.
 //! - [`view`]: formatting, payload previews, error pages.
 //!
@@ -19,6 +20,7 @@
 pub mod actions;
 pub mod guard;
 pub mod health;
+pub mod metrics;
 pub mod pages;
 pub mod server;
 pub mod throughput;
@@ -57,6 +59,7 @@ pub fn router(dashboard: Dashboard) -> Router {
         .route("/tasks/{id}", get(pages::task))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::metrics))
         .route("/assets/dashboard.css", get(|| async { ([(CONTENT_TYPE, "text/css; charset=utf-8")], CSS) }))
         .route(
             "/assets/dashboard.js",

@@ -80,7 +80,7 @@ VALUE_SETS = {
              "command": ["sh", "-c", 'echo "sent $(cat)"'], "concurrency": 4, "lease": "2m",
              "image": {"repository": "registry.example/mailer", "tag": "1.2.0"},
              "keda": {"enabled": True, "minReplicaCount": 0, "maxReplicaCount": 20,
-                      "metadata": {"targetTasksPerReplica": "8"}}},
+                      "metadata": {"targetPerReplica": "8"}}},
             {"name": "sdk", "wrap": False, "queues": ["reports"], "replicas": 2,
              "command": ["python", "-m", "reports.worker"],
              "env": [{"name": "LOG_LEVEL", "value": "debug"}],

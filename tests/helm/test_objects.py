@@ -181,13 +181,17 @@ def test_the_service_monitor_scrapes_the_admin_port():
     assert any(p["name"] == "admin" and p["port"] == 9090 for p in service["spec"]["ports"])
     assert service["metadata"]["labels"].items() >= monitor["spec"]["selector"]["matchLabels"].items()
     assert any(p["name"] == "admin" for p in broker_container(docs)["ports"])
-    assert "does not serve /metrics yet" in notes(VALUE_SETS["structured-queues"])
+    env = {e["name"]: e.get("value") for e in broker_container(docs)["env"]}
+    assert env["TASKBROKER_ADMIN_LISTEN"] == "0.0.0.0:9090", "the admin port listens on the pod network"
+    assert "/metrics on port 9090" in notes(VALUE_SETS["structured-queues"])
 
 
 def test_metrics_and_keda_objects_are_off_by_default():
     docs = render({})
     assert not find(docs, "ServiceMonitor") and not find(docs, "ScaledObject")
     assert not any(p["name"] == "admin" for p in broker_container(docs)["ports"])
+    env = {e["name"]: e.get("value") for e in broker_container(docs)["env"]}
+    assert env["TASKBROKER_ADMIN_LISTEN"] == "127.0.0.1:9090", "the admin port stays on loopback"
 
 
 def test_workers_run_taskbroker_work_on_their_queues():
@@ -223,7 +227,7 @@ def test_keda_scales_each_worker_on_the_brokers_external_scaler():
     assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (0, 20)
     assert [t["type"] for t in spec["triggers"]] == ["external-push", "external-push"]
     assert [t["metadata"] for t in spec["triggers"]] == [
-        {"scalerAddress": f"{SERVICE}:50051", "queue": q, "targetTasksPerReplica": "8"}
+        {"scalerAddress": f"{SERVICE}:50051", "queue": q, "targetPerReplica": "8"}
         for q in ("emails", "emails.bulk")
     ]
     for t in spec["triggers"]:
