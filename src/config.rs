@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::broker::validate::DEFAULT_MAX_DELAY;
+use crate::core::flow::{normalize_semaphores, valid_semaphore_name, Rate, RateLimit, MAX_TASK_SEMAPHORES};
 use crate::core::queue::{Policies, QueuePolicy};
 use crate::core::retry::Backoff;
 use crate::core::routing::Route;
@@ -98,6 +99,16 @@ pub struct Config {
     pub max_concurrent_streams: u32,
     pub queues: BTreeMap<String, QueueConfig>,
     pub routes: Vec<RouteConfig>,
+    /// `[semaphores.NAME]`: permits shared by every queue's tasks.
+    pub semaphores: BTreeMap<String, SemaphoreConfig>,
+}
+
+/// `[semaphores.NAME]`: at most `limit` tasks that need this semaphore are
+/// LEASED at once, across queues, workers and replicas.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SemaphoreConfig {
+    pub limit: u32,
 }
 
 impl Default for Config {
@@ -122,6 +133,7 @@ impl Default for Config {
             max_concurrent_streams: 1024,
             queues: BTreeMap::new(),
             routes: Vec::new(),
+            semaphores: BTreeMap::new(),
         }
     }
 }
@@ -140,6 +152,17 @@ pub struct QueueConfig {
     pub retention: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub dedup_window: Option<Duration>,
+    /// Most tasks of the queue LEASED at once (0: unlimited).
+    pub max_in_flight: Option<u32>,
+    /// Most LEASED tasks per `concurrency_key` (0: unlimited).
+    pub per_key_max_in_flight: Option<u32>,
+    /// Deliveries per second, minute or hour: `"50/s"`, `"100/m"`, `"1000/h"`.
+    pub rate_limit: Option<String>,
+    /// Tokens the rate limit's bucket holds (default: the rate per second,
+    /// rounded up, at least 1).
+    pub rate_burst: Option<u32>,
+    /// Semaphores every task of the queue needs a permit of while leased.
+    pub semaphores: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -163,6 +186,9 @@ pub struct RouteConfig {
     pub headers: BTreeMap<String, String>,
     pub queue: String,
     pub priority: Option<u32>,
+    /// Semaphores added to the tasks this rule routes.
+    #[serde(default)]
+    pub semaphores: Vec<String>,
 }
 
 impl Config {
@@ -229,6 +255,20 @@ impl Config {
                 errors.push(format!("{path}: queue names must match [A-Za-z0-9._:-]{{1,128}}"));
             }
             q.validate(&path, &mut errors);
+            for s in q.semaphores.iter().flatten() {
+                if !self.semaphores.contains_key(s) {
+                    errors.push(format!("{path}.semaphores: {:?} is not declared in [semaphores]", shown(s)));
+                }
+            }
+        }
+        for (name, s) in &self.semaphores {
+            let path = format!("semaphores.{}", shown(name));
+            if !valid_semaphore_name(name) {
+                errors.push(format!("{path}: semaphore names must match [A-Za-z0-9._:-]{{1,128}}"));
+            }
+            if s.limit == 0 {
+                errors.push(format!("{path}.limit: must be >= 1"));
+            }
         }
         for (i, r) in self.routes.iter().enumerate() {
             let path = format!("routes[{i}]");
@@ -242,6 +282,11 @@ impl Config {
             }
             if r.priority.is_some_and(|p| p > MAX_PRIORITY as u32) {
                 errors.push(format!("{path}.priority: must be 0-9"));
+            }
+            for s in &r.semaphores {
+                if !self.semaphores.contains_key(s) {
+                    errors.push(format!("{path}.semaphores: {:?} is not declared in [semaphores]", shown(s)));
+                }
             }
         }
         if errors.is_empty() {
@@ -271,7 +316,8 @@ impl Config {
             .map(|(name, q)| (name.clone(), q.resolve(&base, &QueuePolicy::default())))
             .collect();
         declared.entry(DEFAULT_QUEUE.into()).or_insert_with(|| fallback.clone());
-        Policies::new(declared, fallback)
+        let semaphores = self.semaphores.iter().map(|(name, s)| (name.clone(), s.limit)).collect();
+        Policies::new(declared, fallback).with_semaphores(semaphores)
     }
 
     /// The routing rules. Call after `validate()`.
@@ -283,6 +329,7 @@ impl Config {
                 headers: r.headers.clone(),
                 queue: r.queue.clone(),
                 priority: r.priority.map(|p| p as u8),
+                semaphores: r.semaphores.clone(),
             })
             .collect()
     }
@@ -301,6 +348,17 @@ impl QueueConfig {
         if self.default_priority.is_some_and(|p| p > MAX_PRIORITY as u32) {
             errors.push(format!("{path}.default_priority: must be 0-9"));
         }
+        if let Some(rate) = &self.rate_limit {
+            if let Err(e) = rate.parse::<Rate>() {
+                errors.push(format!("{path}.rate_limit: {e}"));
+            }
+        }
+        if self.rate_burst == Some(0) {
+            errors.push(format!("{path}.rate_burst: must be >= 1"));
+        }
+        if self.semaphores.as_ref().is_some_and(|s| s.len() > MAX_TASK_SEMAPHORES) {
+            errors.push(format!("{path}.semaphores: at most {MAX_TASK_SEMAPHORES} names"));
+        }
         if let Some(b) = &self.retry_backoff {
             let p = format!("{path}.retry_backoff");
             if b.initial > b.max {
@@ -313,6 +371,18 @@ impl QueueConfig {
                 errors.push(format!("{p}.jitter: must be between 0.0 and 1.0"));
             }
         }
+    }
+
+    /// The rate limit this queue gets: its own `rate_limit` (with its own
+    /// `rate_burst`, else the default one's, else the rate's default), else
+    /// the default queue's.
+    fn rate_limit(&self, base: &QueueConfig) -> Option<RateLimit> {
+        let (rate, burst) = match &self.rate_limit {
+            Some(r) => (r, self.rate_burst.or(base.rate_burst)),
+            None => (base.rate_limit.as_ref()?, self.rate_burst.or(base.rate_burst)),
+        };
+        let rate: Rate = rate.parse().ok()?;
+        Some(RateLimit { rate, burst: burst.unwrap_or_else(|| rate.default_burst()) })
     }
 
     /// This queue's policy: own settings, then `base`'s, then `builtin`.
@@ -331,6 +401,17 @@ impl QueueConfig {
                 .map_or(builtin.default_priority, |p| p as u8),
             retention: self.retention.or(base.retention).unwrap_or(builtin.retention),
             dedup_window: self.dedup_window.or(base.dedup_window).unwrap_or(builtin.dedup_window),
+            max_in_flight: self.max_in_flight.or(base.max_in_flight).unwrap_or(builtin.max_in_flight),
+            per_key_max_in_flight: self
+                .per_key_max_in_flight
+                .or(base.per_key_max_in_flight)
+                .unwrap_or(builtin.per_key_max_in_flight),
+            rate_limit: self.rate_limit(base).or(builtin.rate_limit),
+            semaphores: self
+                .semaphores
+                .as_ref()
+                .or(base.semaphores.as_ref())
+                .map_or_else(|| builtin.semaphores.clone(), |s| normalize_semaphores(s.iter().cloned())),
         }
     }
 }

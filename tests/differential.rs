@@ -52,6 +52,10 @@ fn policies() -> Arc<Policies> {
         default_priority: 0,
         retention: Duration::from_secs(30),
         dedup_window: Duration::from_secs(10),
+        max_in_flight: 0,
+        per_key_max_in_flight: 0,
+        rate_limit: None,
+        semaphores: Vec::new(),
     };
     Arc::new(Policies::new(BTreeMap::new(), policy))
 }
@@ -227,6 +231,8 @@ impl Run {
                     scheduled_time: delay.map_or(0, |d| now + d),
                     dedup_key: dedup.map_or(String::new(), |d| format!("d{d}")),
                     request_id: String::new(),
+                    concurrency_key: String::new(),
+                    semaphores: Vec::new(),
                 };
                 match store.enqueue(vec![new], now).await {
                     Ok(mut out) => {

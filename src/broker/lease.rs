@@ -71,7 +71,12 @@ impl Broker {
         if *self.inner.phase.borrow() != Phase::Serving {
             return Ok(Vec::new());
         }
-        let tasks = self.store().lease(spec, self.now()).await?;
+        let now = self.now();
+        let asked = spec.max_tasks;
+        let tasks = self.store().lease(spec.clone(), now).await?;
+        if tasks.len() < asked {
+            self.after_short_lease(&spec, now).await;
+        }
         if let Some(first) = tasks.iter().filter_map(|t| t.lease.as_ref()).map(|l| l.expire_time).min() {
             self.timer_at(first);
         }

@@ -13,6 +13,7 @@
 
 mod drain;
 pub mod error;
+mod flow;
 mod lease;
 mod outbound;
 mod produce;
@@ -119,6 +120,8 @@ struct Inner {
     timers: Notify,
     /// When the timer loop will next wake on its own.
     next_sweep: AtomicU64,
+    /// Per rate-limited queue, when a wake-up for its next token is set.
+    rate_timers: std::sync::Mutex<std::collections::HashMap<String, Millis>>,
 }
 
 impl Broker {
@@ -134,6 +137,7 @@ impl Broker {
             phase: watch_channel::channel(Phase::Serving).0,
             timers: Notify::new(),
             next_sweep: AtomicU64::new(0),
+            rate_timers: Default::default(),
         };
         let broker = Self { inner: Arc::new(inner) };
         if let Some(events) = broker.store().events() {
@@ -193,6 +197,9 @@ impl Broker {
             if !swept.ready_queues.contains(&q) {
                 swept.ready_queues.push(q);
             }
+        }
+        if swept.freed_semaphores {
+            self.inner.waiters.wake_all();
         }
         for q in &swept.ready_queues {
             self.inner.waiters.wake(q);

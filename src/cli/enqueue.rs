@@ -76,6 +76,8 @@ pub async fn run(args: EnqueueArgs) -> anyhow::Result<()> {
         max_attempts: args.max_attempts,
         dedup_key: args.dedup_key,
         request_id: String::new(),
+        concurrency_key: String::new(),
+        semaphores: Vec::new(),
     };
     let mut client = args.server.producer().await?;
     let response = client.enqueue(request).await.map_err(status_error)?.into_inner();

@@ -154,3 +154,68 @@ fn a_url_with_a_password_in_the_wrong_setting_is_not_echoed_with_its_password() 
         assert!(!e.contains("pw"), "{e}");
     }
 }
+
+#[test]
+fn flow_control_settings_resolve_and_inherit() {
+    let config = Config::from_toml(
+        r#"
+        [semaphores.selenium]
+        limit = 5
+        [queues.default]
+        rate_burst = 3
+        [queues.browsers]
+        max_in_flight = 10
+        per_key_max_in_flight = 2
+        rate_limit = "120/m"
+        semaphores = ["selenium"]
+        [queues.fast]
+        rate_limit = "50/s"
+        [[routes]]
+        kind = "browse.*"
+        queue = "browsers"
+        semaphores = ["selenium"]
+        "#,
+    )
+    .unwrap();
+    config.validate().unwrap();
+    let p = config.policies();
+    let b = p.get("browsers");
+    assert_eq!((b.max_in_flight, b.per_key_max_in_flight), (10, 2));
+    let rate = b.rate_limit.unwrap();
+    assert_eq!((rate.rate.to_string(), rate.burst), ("120/m".to_owned(), 3), "burst inherited");
+    assert_eq!(b.semaphores, ["selenium"]);
+    assert_eq!(p.get("fast").rate_limit.unwrap().burst, 3);
+    assert_eq!(p.get("other").rate_limit, None);
+    assert_eq!(p.semaphore_limit("selenium"), Some(5));
+    assert_eq!(config.routes()[0].semaphores, ["selenium"]);
+}
+
+#[test]
+fn bad_flow_control_settings_are_named_with_their_path() {
+    let config = Config::from_toml(
+        r#"
+        [semaphores.zero]
+        limit = 0
+        [queues.a]
+        rate_limit = "fast"
+        semaphores = ["nope"]
+        [queues.b]
+        rate_burst = 0
+        [[routes]]
+        kind = "x"
+        queue = "a"
+        semaphores = ["missing"]
+        "#,
+    )
+    .unwrap();
+    let errors = config.validate().unwrap_err().join("\n");
+    for needle in [
+        "semaphores.zero.limit: must be >= 1",
+        "queues.a.rate_limit: \"fast\" is not a rate",
+        "queues.a.semaphores: \"nope\" is not declared",
+        "queues.b.rate_burst: must be >= 1",
+        "routes[0].semaphores: \"missing\" is not declared",
+    ] {
+        assert!(errors.contains(needle), "{needle:?} not in\n{errors}");
+    }
+}

@@ -106,6 +106,8 @@ pub fn enqueue_input(req: pb::EnqueueRequest, caller: &Caller) -> Result<Enqueue
         max_attempts,
         dedup_key,
         request_id,
+        concurrency_key,
+        semaphores,
     } = req;
     let mut checks = Checks::default();
     let delay = checks.take(duration("delay", delay));
@@ -122,6 +124,8 @@ pub fn enqueue_input(req: pb::EnqueueRequest, caller: &Caller) -> Result<Enqueue
         max_attempts,
         dedup_key,
         request_id,
+        concurrency_key,
+        semaphores,
         trace: caller.trace.clone(),
     })
 }
@@ -173,6 +177,8 @@ pub fn task(t: Task) -> pb::Task {
         result,
         last_error,
         lease: _,
+        concurrency_key,
+        semaphores,
     } = t;
     pb::Task {
         id: id.to_string(),
@@ -191,6 +197,8 @@ pub fn task(t: Task) -> pb::Task {
         scheduled_time: Some(timestamp(scheduled_time)),
         result,
         last_error,
+        concurrency_key,
+        semaphores,
     }
 }
 

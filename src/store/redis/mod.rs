@@ -239,6 +239,10 @@ impl Store for RedisStore {
         self.purge(now).await
     }
 
+    async fn throttled(&self, _queue: &str, _now: Millis) -> Result<Option<Millis>, StoreError> {
+        Ok(None)
+    }
+
     async fn next_timer(&self) -> Result<Option<Millis>, StoreError> {
         self.first_timer().await
     }

@@ -88,6 +88,8 @@ fn decode_body(queue: &str, body: &[u8]) -> Result<Task, Corrupt> {
         result: Vec::new(),
         last_error: String::new(),
         lease: None,
+        concurrency_key: String::new(),
+        semaphores: Vec::new(),
     })
 }
 
@@ -232,6 +234,8 @@ mod tests {
                 expire_time: 1_767_225_630_000,
                 worker_id: "w".into(),
             }),
+            concurrency_key: String::new(),
+            semaphores: Vec::new(),
         }
     }
 

@@ -1,10 +1,11 @@
 //! The table's indexes: where each task sits, by state.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use super::names::{Names, Sym};
+use super::permits::Permits;
+use super::ready::{ReadyQueue, Slot};
 use super::record::Record;
-use crate::core::priority::ReadyKey;
 use crate::core::queue::Policies;
 use crate::core::task::{TaskId, TaskState};
 use crate::core::transition;
@@ -15,7 +16,9 @@ use crate::core::Millis;
 #[derive(Default)]
 pub struct Indexes {
     /// READY tasks per queue (by its interned name), in delivery order.
-    pub ready: HashMap<Sym, BTreeMap<ReadyKey, TaskId>>,
+    pub ready: HashMap<Sym, ReadyQueue>,
+    /// The permits LEASED tasks hold (derived here, from the LEASED index).
+    pub permits: Permits,
     /// LEASED tasks by lease deadline: the reaper's work list.
     pub leased: BTreeSet<(Millis, TaskId)>,
     /// SCHEDULED tasks by due time: the scheduler's work list.
@@ -49,11 +52,12 @@ fn purge_time(idx: &Indexes, policies: &Policies, names: &Names, task: &Record) 
 pub fn index(idx: &mut Indexes, policies: &Policies, names: &Names, id: TaskId, task: &Record) {
     match task.state {
         TaskState::Ready => {
-            let key = ReadyKey::new(task.priority, task.ready_seq);
-            idx.ready.entry(task.queue).or_default().insert(key, id);
+            idx.ready.entry(task.queue).or_default().insert(slot(task), id);
         }
         TaskState::Leased => {
-            idx.leased.insert((task.lease_expire().unwrap_or(0), id));
+            if idx.leased.insert((task.lease_expire().unwrap_or(0), id)) {
+                idx.permits.take(task, names);
+            }
         }
         TaskState::Scheduled => {
             idx.scheduled.insert((task.scheduled_time, id));
@@ -66,15 +70,17 @@ pub fn index(idx: &mut Indexes, policies: &Policies, names: &Names, id: TaskId, 
     }
 }
 
-pub fn unindex(idx: &mut Indexes, id: TaskId, task: &Record) {
+pub fn unindex(idx: &mut Indexes, names: &Names, id: TaskId, task: &Record) {
     match task.state {
         TaskState::Ready => {
             if let Some(ready) = idx.ready.get_mut(&task.queue) {
-                ready.remove(&ReadyKey::new(task.priority, task.ready_seq));
+                ready.remove(slot(task));
             }
         }
         TaskState::Leased => {
-            idx.leased.remove(&(task.lease_expire().unwrap_or(0), id));
+            if idx.leased.remove(&(task.lease_expire().unwrap_or(0), id)) {
+                idx.permits.give_back(task, names);
+            }
         }
         TaskState::Scheduled => {
             idx.scheduled.remove(&(task.scheduled_time, id));
@@ -83,4 +89,9 @@ pub fn unindex(idx: &mut Indexes, id: TaskId, task: &Record) {
         // only through `pop_due` (purge).
         TaskState::Succeeded | TaskState::Dead | TaskState::Canceled => {}
     }
+}
+
+/// Where a READY task sits in its queue's order.
+pub fn slot(task: &Record) -> Slot {
+    Slot { priority: task.priority, key: task.key(), sems: task.sems(), seq: task.ready_seq }
 }
