@@ -22,10 +22,10 @@ pub const EVENTS: &str = "tb:events";
 /// The keys of one queue, in the order every script receives them as `KEYS`
 /// (see `lua/lib.lua`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QueueKeys([String; 21]);
+pub struct QueueKeys([String; 22]);
 
 /// The role of each key, in `KEYS` order: then one ready list per priority.
-const ROLES: [&str; 21] = [
+const ROLES: [&str; 22] = [
     "meta",
     "body",
     "results",
@@ -37,6 +37,7 @@ const ROLES: [&str; 21] = [
     "dedup",
     "requests",
     "watched",
+    "flow",
     "ready:0",
     "ready:1",
     "ready:2",
@@ -78,6 +79,13 @@ impl QueueKeys {
     pub fn finished(&self) -> &str {
         &self.0[5]
     }
+
+    /// HASH of the queue's flow-control state: its rate limit's token
+    /// bucket (`tokens`, `at`).
+    #[cfg(test)]
+    pub fn flow(&self) -> &str {
+        &self.0[11]
+    }
 }
 
 #[cfg(test)]
@@ -93,6 +101,7 @@ mod tests {
             (k.meta(), k.leased(), k.scheduled(), k.finished()),
             ("tb:{emails}:meta", "tb:{emails}:leased", "tb:{emails}:scheduled", "tb:{emails}:finished")
         );
+        assert_eq!(k.flow(), "tb:{emails}:flow");
     }
 
     /// The scripts read the keys by position (`lua/lib.lua`): every position
@@ -119,7 +128,7 @@ mod tests {
         }
         // Every role but the ready lists is named once.
         assert_eq!(named, ROLES.iter().filter(|r| !r.starts_with("ready:")).count());
-        // `return KEYS[12 + ...p...]`: the ready list of priority p.
+        // `return KEYS[13 + ...p...]`: the ready list of priority p.
         let ready =
             lib.lines().find_map(|l| l.trim().strip_prefix("return KEYS[")).expect("k_ready in lib.lua");
         let first: usize = ready.split(" + ").next().and_then(|n| n.parse().ok()).expect("KEYS[n + p]");

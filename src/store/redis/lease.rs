@@ -49,14 +49,19 @@ impl RedisStore {
         out: &mut Vec<Task>,
         bytes: &mut usize,
     ) -> Result<usize, StoreError> {
-        let duration = spec
-            .lease_duration
-            .unwrap_or_else(|| self.queues.current().get(queue).lease_duration.as_millis() as Millis);
+        let policies = self.queues.current();
+        let policy = policies.get(queue);
+        let duration = spec.lease_duration.unwrap_or(policy.lease_duration.as_millis() as Millis);
         let mut inv = self.invocation(&scripts::LEASE, queue, now);
         inv.arg(take).arg(duration).arg(&spec.worker_id).arg(out.len()).arg(*bytes).arg(spec.max_bytes);
         inv.arg(crate::core::budget::FIELD);
         // The random part of this call's lease ids (see lease.lua).
         inv.arg(rand::random::<u32>() % LEASE_RANDOM);
+        inv.arg(policy.max_in_flight);
+        match &policy.rate_limit {
+            Some(limit) => inv.arg(format!("{:e}", limit.rate.per_ms())).arg(limit.burst),
+            None => inv.arg("").arg(0),
+        };
         let items = array(self.run(&inv).await?)?;
         let [total, _full, records @ ..] = items.as_slice() else {
             return Err(unexpected("a short lease reply"));

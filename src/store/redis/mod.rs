@@ -157,6 +157,22 @@ impl RedisStore {
         bounded(inv.invoke_async(&mut conn)).await
     }
 
+    /// `n` leases of `queue` ended: when the queue caps its leases, tells
+    /// every replica (as `ready <queue> <n>`), so streams and long-polls
+    /// waiting on its permits look again. A lost message costs a delay,
+    /// never a permit: the count is the leased set's size (lease.lua).
+    async fn announce_freed(&self, queue: &str, n: usize) {
+        if n == 0 || !self.queues.current().get(queue).caps_leases() {
+            return;
+        }
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(keys::EVENTS).arg(format!("ready {queue} {n}"));
+        if let Err(e) = bounded(cmd.query_async::<i64>(&mut conn)).await {
+            tracing::debug!(error = %e, queue, "could not announce freed permits");
+        }
+    }
+
     fn retention(&self, queue: &str) -> u64 {
         self.queues.current().get(queue).retention.as_millis() as u64
     }
@@ -202,7 +218,11 @@ impl Store for RedisStore {
             .arg(format!("{:?}", backoff.jitter))
             .arg(format!("{:?}", spec.jitter_sample))
             .arg(self.retention(&queue));
-        settled_task(self.run(&inv).await?, id, &queue)
+        let task = settled_task(self.run(&inv).await?, id, &queue)?;
+        if task.state != crate::core::task::TaskState::Ready {
+            self.announce_freed(&queue, 1).await;
+        }
+        Ok(task)
     }
 
     async fn extend(&self, id: TaskId, lease_id: u64, by: Millis, now: Millis) -> Result<Millis, StoreError> {
@@ -217,7 +237,11 @@ impl Store for RedisStore {
         let queue = self.queue_of(id).await?;
         let mut inv = self.invocation(&scripts::CANCEL, &queue, now);
         inv.arg(id.to_string()).arg(self.retention(&queue));
-        settled_task(self.run(&inv).await?, id, &queue)
+        let task = settled_task(self.run(&inv).await?, id, &queue)?;
+        if task.lease.is_some() {
+            self.announce_freed(&queue, 1).await;
+        }
+        Ok(task)
     }
 
     async fn get(&self, id: TaskId) -> Result<Task, StoreError> {
@@ -239,8 +263,14 @@ impl Store for RedisStore {
         self.purge(now).await
     }
 
-    async fn throttled(&self, _queue: &str, _now: Millis) -> Result<Option<Millis>, StoreError> {
-        Ok(None)
+    async fn throttled(&self, queue: &str, now: Millis) -> Result<Option<Millis>, StoreError> {
+        let Some(limit) = self.queues.current().get(queue).rate_limit else { return Ok(None) };
+        let mut inv = self.invocation(&scripts::THROTTLE, queue, now);
+        inv.arg(format!("{:e}", limit.rate.per_ms())).arg(limit.burst);
+        let wait: i64 =
+            redis::from_redis_value(self.run(&inv).await?).map_err(|e| unexpected(&e.to_string()))?;
+        // A delay on Redis's clock, made a time on ours.
+        Ok(u64::try_from(wait).ok().map(|ms| now + ms.max(1)))
     }
 
     async fn next_timer(&self) -> Result<Option<Millis>, StoreError> {

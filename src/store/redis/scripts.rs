@@ -58,6 +58,11 @@ script!(
     "lua/watch.lua"
 );
 script!(
+    /// How long until a rate-limited queue's bucket has a token.
+    THROTTLE,
+    "lua/throttle.lua"
+);
+script!(
     /// Returns expired leases to READY (or DEAD).
     REAP,
     "lua/reap.lua"

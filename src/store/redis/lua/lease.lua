@@ -13,6 +13,11 @@
 --          only a task delivered before has one)
 -- ARGV[10]: core::budget::FIELD (a field's framing)
 -- ARGV[11]: a random number in [0, 2^21) drawn by the caller for this call
+-- ARGV[12]: the queue's max_in_flight (0: unlimited): LEASED tasks, counted
+--           as the leased set's size, so every way out of LEASED frees the
+--           permit and nothing can leak it (core::flow::room)
+-- ARGV[13]: the queue's rate limit in tokens per ms, or '' for none
+-- ARGV[14]: the rate limit's burst (core::flow::Bucket; the bucket is K_FLOW)
 -- Returns: {bytes, full, meta_1, body_1, result_1, meta_2, ...}: bytes
 --          in the response now, 1 if a task was left for lack of budget (else
 --          0), then each leased task's record (lib.lua).
@@ -26,6 +31,20 @@ local have = tonumber(ARGV[7])
 local bytes = tonumber(ARGV[8])
 local budget = tonumber(ARGV[9])
 local field = tonumber(ARGV[10])
+
+-- Flow control: fewer tasks (never an error) while a limit binds.
+local max_in_flight = tonumber(ARGV[12])
+if max_in_flight > 0 then
+  want = math.min(want, max_in_flight - redis.call('ZCARD', K_LEASED))
+end
+local per_ms, burst, tokens, tokens_at = tonumber(ARGV[13]), tonumber(ARGV[14]), nil, nil
+if per_ms then
+  tokens, tokens_at = bucket_tokens(now, per_ms, burst)
+  want = math.min(want, math.floor(tokens + 1e-9))
+end
+if want <= 0 then
+  return {bytes, 0}
+end
 
 local out = {0, 0}
 -- The leased tasks' ids and their meta records (to be rewritten).
@@ -75,6 +94,9 @@ out[2] = full and 1 or 0
 local n = #ids
 if n == 0 then
   return out
+end
+if per_ms then
+  redis.call('HSET', K_FLOW, 'tokens', math.max(tokens - n, 0), 'at', tokens_at)
 end
 
 -- Lease ids: the queue's counter (high bits) and a random part (low 21

@@ -1,7 +1,7 @@
 -- lib.lua: helpers shared by every script; scripts.rs puts this file in
 -- front of each script, so these locals are in scope there.
 --
--- Every script receives the keys of ONE queue, always all twenty, in this
+-- Every script receives the keys of ONE queue, always all twenty-two, in this
 -- order (built by keys.rs):
 --   KEYS[1] meta       HASH  task id -> the task's changing fields, packed (HEAD, TAIL)
 --   KEYS[2] body       HASH  task id -> the task's fixed fields (written by
@@ -16,7 +16,9 @@
 --   KEYS[9] dedup      HASH  dedup_key -> task id
 --   KEYS[10] requests  HASH  request_id -> task id
 --   KEYS[11] watched   HASH  task id -> number of WatchTask calls on it
---   KEYS[12..21] ready LIST  READY tasks of priority 0..9, oldest first: a
+--   KEYS[12] flow      HASH  flow control: the rate limit's token bucket
+--                            (`tokens`, `at`: core::flow::Bucket)
+--   KEYS[13..22] ready LIST  READY tasks of priority 0..9, oldest first: a
 --                            lease takes from the highest non-empty list, so
 --                            priority first, FIFO within it, in O(1) per task
 -- and three common arguments:
@@ -44,11 +46,12 @@
 local K_META, K_BODY, K_RESULTS = KEYS[1], KEYS[2], KEYS[3]
 local K_LEASED, K_SCHEDULED, K_FINISHED = KEYS[4], KEYS[5], KEYS[6]
 local K_SEQ, K_LEASE, K_DEDUP, K_REQUESTS, K_WATCHED = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local K_FLOW = KEYS[12]
 local MAX_PRIORITY = 9
 
 -- The ready list of priority `p` (clamped to 0..9).
 local function k_ready(p)
-  return KEYS[12 + math.min(math.max(p, 0), MAX_PRIORITY)]
+  return KEYS[13 + math.min(math.max(p, 0), MAX_PRIORITY)]
 end
 local CHANNEL, QUEUE = ARGV[2], ARGV[3]
 
@@ -277,4 +280,17 @@ local function hmget(key, fields)
     end
   end
   return out
+end
+
+-- core::flow::Bucket::available: whole tokens of the queue's bucket at `now`
+-- (refilled at `per_ms` up to `burst`; a new bucket is full), and the
+-- fractional count to store back once the caller has taken its share.
+local function bucket_tokens(now, per_ms, burst)
+  local b = redis.call('HMGET', K_FLOW, 'tokens', 'at')
+  local tokens, at = tonumber(b[1]), tonumber(b[2])
+  if not tokens then
+    return burst, now
+  end
+  local elapsed = math.max(now - at, 0)
+  return math.min(tokens + elapsed * per_ms, burst), math.max(at, now)
 end
