@@ -491,6 +491,37 @@ async fn keys_take_turns_and_per_key_caps_hold(b: &Backend) {
     assert_eq!(s.get(b_task.id).await.unwrap().concurrency_key, "b", "kept on the task");
 }
 
+/// `per_key_max_in_flight = 1`: ack, nack, cancel and expiry each give the
+/// key's permit back, a stale ack does not, and a saturated key's tasks stay
+/// READY in order for when it frees.
+async fn per_key_permits_come_back_on_every_path(b: &Backend) {
+    let s = &*b.store;
+    let mut a = Vec::new();
+    for _ in 0..6 {
+        a.push(put(s, keyed("keyed", "a")).await.id);
+    }
+    let first = lease_n(s, &["keyed"], 10, NOW).await;
+    assert_eq!(first.iter().map(|t| t.id).collect::<Vec<_>>(), [a[0]]);
+    s.ack(first[0].id, lease_id(&first[0]), vec![], NOW).await.unwrap();
+    assert!(s.ack(first[0].id, lease_id(&first[0]), vec![], NOW).await.is_err());
+    let second = lease_n(s, &["keyed"], 10, NOW).await;
+    assert_eq!(
+        second.iter().map(|t| t.id).collect::<Vec<_>>(),
+        [a[1]],
+        "ack freed it once; FIFO within the key"
+    );
+    s.nack(second[0].id, lease_id(&second[0]), nack(None, true), NOW).await.unwrap();
+    let third = lease_n(s, &["keyed"], 10, NOW).await;
+    assert_eq!(third.iter().map(|t| t.id).collect::<Vec<_>>(), [a[2]], "nack freed it");
+    s.cancel(third[0].id, NOW).await.unwrap();
+    let fourth = lease_n(s, &["keyed"], 10, NOW).await;
+    assert_eq!(fourth.iter().map(|t| t.id).collect::<Vec<_>>(), [a[3]], "cancel freed it");
+    s.requeue_expired(NOW + 30 * SEC).await.unwrap();
+    let fifth = lease_n(s, &["keyed"], 10, NOW + 30 * SEC).await;
+    assert_eq!(fifth.len(), 1, "expiry freed it");
+    assert!(lease_n(s, &["keyed"], 10, NOW + 30 * SEC).await.is_empty());
+}
+
 /// Round-robin without a cap: A, B, C take turns within a priority level,
 /// FIFO within each key; a higher priority still goes first.
 async fn round_robin_across_keys_fifo_within_a_key(b: &Backend) {
@@ -625,11 +656,13 @@ conformance_flow!(
     a_capped_queue_lets_the_next_queue_fill_the_lease,
     the_rate_limit_spends_a_token_per_delivery,
     flow_fields_are_stored_and_returned,
+    keys_take_turns_and_per_key_caps_hold,
+    per_key_permits_come_back_on_every_path,
 );
 
-/// Flow control on the table stores only: per-key caps, round-robin and
+/// Flow control on the table stores only: round-robin across keys and
 /// semaphores are not yet in the Redis scripts (config validation refuses
-/// `per_key_max_in_flight` and `[semaphores]` with storage = "redis").
+/// `[semaphores]` with storage = "redis"; Redis delivers keys FIFO).
 macro_rules! flow_conformance_local {
     ($($case:ident),* $(,)?) => {
         mod flow_memory {
@@ -642,7 +675,6 @@ macro_rules! flow_conformance_local {
 }
 
 flow_conformance_local!(
-    keys_take_turns_and_per_key_caps_hold,
     round_robin_across_keys_fifo_within_a_key,
     a_shared_semaphore_caps_the_sum_of_its_queues,
 );

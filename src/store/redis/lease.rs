@@ -62,6 +62,7 @@ impl RedisStore {
             Some(limit) => inv.arg(format!("{:e}", limit.rate.per_ms())).arg(limit.burst),
             None => inv.arg("").arg(0),
         };
+        inv.arg(policy.per_key_max_in_flight);
         let items = array(self.run(&inv).await?)?;
         let [total, _full, records @ ..] = items.as_slice() else {
             return Err(unexpected("a short lease reply"));

@@ -2,10 +2,10 @@
 -- KEYS: the queue's keys (lib.lua); writes meta, body, ready, scheduled, seq,
 --       dedup, requests.
 -- ARGV[4]: the queue's dedup window (ms)
--- ARGV[5..]: eight per new task: id, body (record.rs), priority,
+-- ARGV[5..]: nine per new task: id, body (record.rs), priority,
 --            max_attempts, scheduled time (ms; due at once if not after now),
 --            response bytes (core::budget::task_bytes), dedup key, request
---            id ('' for none).
+--            id, concurrency key ('' for none).
 -- Returns: {status, new_1, meta_1, body_1, result_1, new_2, ...} in argument
 --          order: new is 1 for a created task (body and result then '': the
 --          caller has them) and 0 when an existing task (same request id, or
@@ -18,7 +18,7 @@
 
 local now = clock()
 local window = tonumber(ARGV[4])
-local PER = 8
+local PER = 9
 
 local ids = {}
 for i = 5, #ARGV, PER do
@@ -116,6 +116,9 @@ for n, f in ipairs(found) do
     end
     if dedup_key ~= '' then
       redis.call('HSET', K_DEDUP, dedup_key, id)
+    end
+    if ARGV[i + 8] ~= '' then
+      redis.call('HSET', K_FLOW, 'keyed', 1, 't:' .. id, ARGV[i + 8])
     end
     out[#out + 1] = 1
     out[#out + 1] = meta

@@ -18,6 +18,10 @@
 --           permit and nothing can leak it (core::flow::room)
 -- ARGV[13]: the queue's rate limit in tokens per ms, or '' for none
 -- ARGV[14]: the rate limit's burst (core::flow::Bucket; the bucket is K_FLOW)
+-- ARGV[15]: the queue's per_key_max_in_flight (0: unlimited): a task whose
+--           concurrency key holds that many LEASED tasks is passed over (left
+--           READY in place) for the next one; at most SKIP_SCAN are passed
+--           over per priority level and call
 -- Returns: {bytes, full, meta_1, body_1, result_1, meta_2, ...}: bytes
 --          in the response now, 1 if a task was left for lack of budget (else
 --          0), then each leased task's record (lib.lua).
@@ -46,6 +50,22 @@ if want <= 0 then
   return {bytes, 0}
 end
 
+local per_key = tonumber(ARGV[15])
+local counting = keyed()
+local skipping = counting and per_key > 0
+local SKIP_SCAN = 256
+-- LEASED tasks per key so far (read once per key, counted up as we take).
+local held = {}
+local function room_for(key)
+  if not key then
+    return true
+  end
+  if held[key] == nil then
+    held[key] = tonumber(redis.call('HGET', K_FLOW, 'k:' .. key) or '0')
+  end
+  return held[key] < per_key
+end
+
 local out = {0, 0}
 -- The leased tasks' ids and their meta records (to be rewritten).
 local ids, raws = {}, {}
@@ -55,14 +75,21 @@ for p = MAX_PRIORITY, 0, -1 do
     break
   end
   local key = k_ready(p)
-  local listed = redis.call('LRANGE', key, 0, want - #ids - 1)
+  local listed = redis.call('LRANGE', key, 0, want - #ids - 1 + (skipping and SKIP_SCAN or 0))
   if #listed > 0 then
     -- How many of the list's first entries leave it: taken, or without a
     -- record (which cannot happen through these scripts, but is dropped
-    -- rather than block the queue).
-    local consumed = 0
+    -- rather than block the queue); once a task was passed over, the
+    -- entries taken after it (`later`) leave one by one.
+    local consumed, passed, later = 0, false, {}
+    local keys = skipping and task_keys(listed) or {}
     for i, raw in ipairs(hmget(K_META, listed)) do
-      if raw then
+      if #ids >= want then
+        break
+      end
+      if raw and skipping and not room_for(keys[i]) then
+        passed = true
+      elseif raw then
         local attempt, size = struct.unpack('<I4I4', raw, 2)
         if attempt > 0 then
           -- The last error's length: TAIL's sixth field, 29 bytes in.
@@ -79,13 +106,27 @@ for p = MAX_PRIORITY, 0, -1 do
         bytes = bytes + size
         ids[#ids + 1] = listed[i]
         raws[#raws + 1] = raw
+        if skipping and keys[i] then
+          held[keys[i]] = held[keys[i]] + 1
+        end
+        if passed then
+          later[#later + 1] = listed[i]
+        else
+          consumed = i
+        end
+      elseif passed then
+        later[#later + 1] = listed[i]
+      else
+        consumed = i
       end
-      consumed = i
     end
     -- Out of the ready list first (see lib.lua: this keeps leasing working
     -- when Redis is full).
     if consumed > 0 then
       redis.call('LTRIM', key, consumed, -1)
+    end
+    for _, id in ipairs(later) do
+      redis.call('LREM', key, 1, id)
     end
   end
 end
@@ -97,6 +138,13 @@ if n == 0 then
 end
 if per_ms then
   redis.call('HSET', K_FLOW, 'tokens', math.max(tokens - n, 0), 'at', tokens_at)
+end
+if counting then
+  for _, key in ipairs(task_keys(ids)) do
+    if key then
+      redis.call('HINCRBY', K_FLOW, 'k:' .. key, 1)
+    end
+  end
 end
 
 -- Lease ids: the queue's counter (high bits) and a random part (low 21

@@ -17,7 +17,10 @@
 --   KEYS[10] requests  HASH  request_id -> task id
 --   KEYS[11] watched   HASH  task id -> number of WatchTask calls on it
 --   KEYS[12] flow      HASH  flow control: the rate limit's token bucket
---                            (`tokens`, `at`: core::flow::Bucket)
+--                            (`tokens`, `at`: core::flow::Bucket); `keyed`
+--                            once a task with a concurrency key was enqueued;
+--                            then `t:<id>` -> the task's concurrency key and
+--                            `k:<key>` -> LEASED tasks with that key
 --   KEYS[13..22] ready LIST  READY tasks of priority 0..9, oldest first: a
 --                            lease takes from the highest non-empty list, so
 --                            priority first, FIFO within it, in O(1) per task
@@ -293,4 +296,34 @@ local function bucket_tokens(now, per_ms, burst)
   end
   local elapsed = math.max(now - at, 0)
   return math.min(tokens + elapsed * per_ms, burst), math.max(at, now)
+end
+
+-- Whether tasks of this queue carry concurrency keys (then LEASED ones are
+-- counted per key, `k:<key>` in K_FLOW).
+local function keyed()
+  return redis.call('HEXISTS', K_FLOW, 'keyed') == 1
+end
+
+-- The concurrency key of each of `ids` (false for none), in order.
+local function task_keys(ids)
+  local fields = {}
+  for i, id in ipairs(ids) do
+    fields[i] = 't:' .. id
+  end
+  return hmget(K_FLOW, fields)
+end
+
+-- Tasks `ids` left LEASED: their per-key permits go back. Every script that
+-- takes a task out of the leased set calls this, so no path forgets it.
+local function release_keys(ids)
+  if #ids == 0 or not keyed() then
+    return
+  end
+  for _, key in ipairs(task_keys(ids)) do
+    if key then
+      if redis.call('HINCRBY', K_FLOW, 'k:' .. key, -1) <= 0 then
+        redis.call('HDEL', K_FLOW, 'k:' .. key)
+      end
+    end
+  end
 end

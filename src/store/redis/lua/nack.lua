@@ -58,6 +58,7 @@ if ARGV[7] ~= '1' and t.attempt < t.max_attempts then
 end
 
 unindex(t)
+release_keys({t.id})
 t.last_error = ARGV[6]
 clear_lease(t)
 t.update_time = now

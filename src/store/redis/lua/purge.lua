@@ -2,7 +2,8 @@
 -- with their request id and dedup key entries when those still point to them.
 -- The finished list is in purge-time order, so this takes from its head and
 -- stops at the first entry not yet due.
--- KEYS: the queue's keys (lib.lua); writes meta, body, results, finished, dedup, requests, watched.
+-- KEYS: the queue's keys (lib.lua); writes meta, body, results, finished, dedup, requests, watched,
+--       flow.
 -- ARGV[4]: at most this many tasks per call
 -- Returns: {id...}: the removed tasks.
 
@@ -21,6 +22,7 @@ for _, entry in ipairs(redis.call('LRANGE', K_FINISHED, 0, tonumber(ARGV[4]) - 1
     redis.call('HDEL', K_BODY, id)
     redis.call('HDEL', K_RESULTS, id)
     redis.call('HDEL', K_WATCHED, id)
+    redis.call('HDEL', K_FLOW, 't:' .. id)
     if t.request_id ~= '' and redis.call('HGET', K_REQUESTS, t.request_id) == id then
       redis.call('HDEL', K_REQUESTS, t.request_id)
     end

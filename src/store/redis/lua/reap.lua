@@ -19,6 +19,7 @@ for _, id in ipairs(due(K_LEASED, now, tonumber(ARGV[5]))) do
   local t = load(id)
   redis.call('ZREM', K_LEASED, id)
   if t then
+    release_keys({id})
     local lease_id = t.lease_id
     clear_lease(t)
     t.update_time = now
