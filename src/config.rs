@@ -261,11 +261,6 @@ impl Config {
                 }
             }
         }
-        if self.storage == StorageKind::Redis && !self.semaphores.is_empty() {
-            // Not yet enforced by the Redis store's scripts: refused rather
-            // than silently not enforced.
-            errors.push("semaphores: not supported yet with storage = \"redis\"".into());
-        }
         for (name, s) in &self.semaphores {
             let path = format!("semaphores.{}", shown(name));
             if !valid_semaphore_name(name) {

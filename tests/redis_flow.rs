@@ -93,3 +93,30 @@ async fn a_rate_limit_of_50_per_second_is_shared_by_two_replicas() {
     assert!(delivered >= 168, "at least 80% of 210 while work waits: {delivered}");
     assert!(counts[0] + counts[2] > 0 && counts[1] + counts[3] > 0, "both replicas delivered: {counts:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_semaphore_shared_by_two_queues_caps_their_sum_across_two_replicas() {
+    let redis = RedisServer::start();
+    let config = "[semaphores.selenium]\nlimit = 3\n[queues.checkout]\nsemaphores = [\"selenium\"]\n\
+                  [queues.search]\nsemaphores = [\"selenium\"]\n";
+    let (a, b, _dir) = replicas(&redis, config).await;
+    enqueue_many(&mut a.producer(), "checkout", "", 60).await;
+    enqueue_many(&mut b.producer(), "search", "", 60).await;
+    let seen = drain(
+        &[a.worker(), b.worker()],
+        &["checkout", "search"],
+        20,
+        1,
+        120,
+        Duration::from_millis(50),
+        Duration::from_secs(60),
+    )
+    .await;
+    println!(
+        "two replicas, semaphore limit 3 over two queues, 20 workers: most held at once = {}",
+        seen.max_held
+    );
+    assert_eq!(seen.done, 120);
+    assert!(seen.max_held <= 3, "semaphore exceeded: {} held at once", seen.max_held);
+    assert_eq!(seen.max_held, 3, "the limit was reached (the test had teeth)");
+}

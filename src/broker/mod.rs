@@ -293,6 +293,7 @@ async fn follow_store(inner: std::sync::Weak<Inner>, mut events: broadcast::Rece
                 let reason = if canceled { LostReason::Canceled } else { LostReason::Expired };
                 let _ = broker.inner.lost.send(LostLease { task_id, lease_id, reason });
             }
+            StoreEvent::Freed => broker.inner.waiters.wake_all(),
             StoreEvent::Changed(id) => {
                 if broker.inner.watchers.any() {
                     if let Ok(task) = broker.store().get(id).await {

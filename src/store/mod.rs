@@ -86,6 +86,9 @@ pub enum StoreEvent {
     LeaseLost(TaskId, u64, bool),
     /// The task changed state.
     Changed(TaskId),
+    /// A permit shared across queues (a semaphore's) came back: workers
+    /// waiting on any queue may look again.
+    Freed,
 }
 
 /// The outcome of one enqueued item.

@@ -73,7 +73,8 @@ impl RedisStore {
                     .arg(crate::core::budget::task_bytes_of(t))
                     .arg(&t.dedup_key)
                     .arg(&t.request_id)
-                    .arg(&t.concurrency_key);
+                    .arg(&t.concurrency_key)
+                    .arg(t.semaphores.join(","));
             }
             let items = array(self.run(&inv).await?)?;
             match items.first().map(reply::text).transpose()? {

@@ -19,6 +19,13 @@ pub const LAYOUT_VERSION: &str = "2";
 /// Pub/sub channel on which the scripts tell every replica what happened.
 pub const EVENTS: &str = "tb:events";
 
+/// ZSET of the holders of semaphore `name` (`<task id>:<lease id>`, or a
+/// reservation `r:<random>:<n>`) scored by when each permit lapses: in its
+/// own slot (hash tag `{sem:<name>}`), shared by every queue.
+pub fn semaphore(name: &str) -> String {
+    format!("tb:{{sem:{name}}}:holders")
+}
+
 /// The keys of one queue, in the order every script receives them as `KEYS`
 /// (see `lua/lib.lua`).
 #[derive(Clone, Debug, PartialEq, Eq)]

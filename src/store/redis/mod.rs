@@ -22,6 +22,48 @@
 //! the earlier queues' tasks created (a retry with request ids is safe); a
 //! lease that fails part-way returns what it already leased.
 //!
+//! # Flow control
+//! Each queue's limits are checked and taken inside `lease.lua`, in the same
+//! atomic step that leases (one step per queue), and shared by every replica:
+//! - `max_in_flight`: the queue's leased set *is* the count (`ZCARD`), so
+//!   every script that ends a lease frees the permit and none can leak;
+//! - `rate_limit`: a token bucket (`tokens`, `at`) in the queue's `flow` hash,
+//!   on the scripts' clock; `throttle.lua` tells the broker when the next
+//!   token is due, so waiting workers are woken by one timer, not a poll;
+//! - `per_key_max_in_flight`: in the `flow` hash, each task's key (`t:<id>`)
+//!   and each key's LEASED count (`k:<key>`), counted up by `lease.lua` and
+//!   down by every script that takes a task out of the leased set
+//!   (`release_keys` in `lib.lua`); a saturated key's tasks are passed over
+//!   and stay READY in place. Keys are served FIFO within a priority (the
+//!   table stores' round-robin across keys is not in the scripts yet).
+//!
+//! Shared semaphores span queues, and so Redis Cluster slots: one script
+//! cannot touch a queue and a semaphore atomically. Each semaphore's holders
+//! are a sorted set in the semaphore's own slot (`tb:{sem:<name>}:holders`,
+//! member `<task>:<lease>`, score = when the permit lapses); holders past
+//! their score do not count and are removed by the next take, so no permit
+//! can leak beyond the lease that held it. A lease ([`lease`]):
+//! 1. `lease.lua` with no permits: tasks needing a semaphore are passed over
+//!    (left READY), and their semaphores named in the reply;
+//! 2. if that left the lease short, permits are reserved in each named
+//!    semaphore's slot (`semaphore_take.lua`: members `r:<random>:<n>`
+//!    lapsing in 10 s), at most the semaphore's limit minus its live holders;
+//! 3. `lease.lua` again, told how many permits of each it may use: it takes
+//!    tasks within them;
+//! 4. each leased task's reservations become its lease's holders (added, then
+//!    the reservation removed: the count errs high, never low), lapsing at
+//!    the lease's deadline; unused reservations are removed at once.
+//!
+//! Ack, Nack and CancelTask remove the lease's holders after the queue's
+//! script succeeded (a stale ack fails that script first, so frees nothing)
+//! and publish `freed`, which wakes every replica's waiting workers;
+//! ExtendLease moves them with the deadline (`extend.lua` returns the task's
+//! semaphores). An expired lease's holders lapse with it. A crash between
+//! steps leaves at most a reservation that lapses in 10 s, or a holder whose
+//! lease is LEASED anyway. The one window: a holder whose extension was lost
+//! (connection cut after `extend.lua`) lapses at the old deadline while the
+//! worker still runs.
+//!
 //! # Time
 //! Scripts take `now` from the caller, or with `server_time` read Redis's own
 //! clock (`TIME`), so every replica settles leases against one clock.
@@ -50,6 +92,7 @@ mod enqueue;
 mod events;
 mod keys;
 mod lease;
+mod permits;
 mod queues;
 mod record;
 mod reply;
@@ -219,6 +262,7 @@ impl Store for RedisStore {
             .arg(format!("{:?}", spec.jitter_sample))
             .arg(self.retention(&queue));
         let task = settled_task(self.run(&inv).await?, id, &queue)?;
+        self.release_permits(&task, lease_id).await;
         if task.state != crate::core::task::TaskState::Ready {
             self.announce_freed(&queue, 1).await;
         }
@@ -230,7 +274,11 @@ impl Store for RedisStore {
         let mut inv = self.invocation(&scripts::EXTEND, &queue, now);
         inv.arg(id.to_string()).arg(lease_id).arg(by);
         let rest = settled(self.run(&inv).await?, id)?;
-        uint(rest.first().ok_or_else(|| unexpected("no deadline"))?)
+        let deadline = uint(rest.first().ok_or_else(|| unexpected("no deadline"))?)?;
+        if let Some(semaphores) = rest.get(1) {
+            self.extend_permits(id, lease_id, reply::text(semaphores)?, deadline).await;
+        }
+        Ok(deadline)
     }
 
     async fn cancel(&self, id: TaskId, now: Millis) -> Result<Task, StoreError> {
@@ -238,7 +286,8 @@ impl Store for RedisStore {
         let mut inv = self.invocation(&scripts::CANCEL, &queue, now);
         inv.arg(id.to_string()).arg(self.retention(&queue));
         let task = settled_task(self.run(&inv).await?, id, &queue)?;
-        if task.lease.is_some() {
+        if let Some(lease) = &task.lease {
+            self.release_permits(&task, lease.id).await;
             self.announce_freed(&queue, 1).await;
         }
         Ok(task)

@@ -5,7 +5,8 @@
 -- ARGV[5..]: nine per new task: id, body (record.rs), priority,
 --            max_attempts, scheduled time (ms; due at once if not after now),
 --            response bytes (core::budget::task_bytes), dedup key, request
---            id, concurrency key ('' for none).
+--            id, concurrency key ('' for none), semaphore names (comma-separated,
+--            '' for none).
 -- Returns: {status, new_1, meta_1, body_1, result_1, new_2, ...} in argument
 --          order: new is 1 for a created task (body and result then '': the
 --          caller has them) and 0 when an existing task (same request id, or
@@ -18,7 +19,7 @@
 
 local now = clock()
 local window = tonumber(ARGV[4])
-local PER = 9
+local PER = 10
 
 local ids = {}
 for i = 5, #ARGV, PER do
@@ -119,6 +120,9 @@ for n, f in ipairs(found) do
     end
     if ARGV[i + 8] ~= '' then
       redis.call('HSET', K_FLOW, 'keyed', 1, 't:' .. id, ARGV[i + 8])
+    end
+    if ARGV[i + 9] ~= '' then
+      redis.call('HSET', K_FLOW, 'sems', 1, 's:' .. id, ARGV[i + 9])
     end
     out[#out + 1] = 1
     out[#out + 1] = meta

@@ -22,9 +22,15 @@
 --           concurrency key holds that many LEASED tasks is passed over (left
 --           READY in place) for the next one; at most SKIP_SCAN are passed
 --           over per priority level and call
--- Returns: {bytes, full, meta_1, body_1, result_1, meta_2, ...}: bytes
---          in the response now, 1 if a task was left for lack of budget (else
---          0), then each leased task's record (lib.lua).
+-- ARGV[16]: permits the caller holds for this call, per semaphore:
+--           'name=n,name=n' ('' for none). A task needing a semaphore without
+--           one left is passed over like a saturated key, and its semaphores
+--           are named in the reply so the caller can take permits and call
+--           again (semaphores live in their own slots: see mod.rs)
+-- Returns: {bytes, full, blocked, meta_1, body_1, result_1, meta_2, ...}:
+--          bytes in the response now, 1 if a task was left for lack of budget
+--          (else 0), the semaphores a passed-over task needed (comma-separated,
+--          '' for none), then each leased task's record (lib.lua).
 -- Publishes: `changed <id>` per leased task that is watched.
 
 local now = clock()
@@ -47,13 +53,41 @@ if per_ms then
   want = math.min(want, math.floor(tokens + 1e-9))
 end
 if want <= 0 then
-  return {bytes, 0}
+  return {bytes, 0, ''}
 end
 
 local per_key = tonumber(ARGV[15])
 local counting = keyed()
-local skipping = counting and per_key > 0
+local by_key = counting and per_key > 0
+local by_semaphore = needs_semaphores()
+local skipping = by_key or by_semaphore
 local SKIP_SCAN = 256
+-- Permits held for this call per semaphore, and what passed-over tasks needed.
+local rooms, blocked = {}, {}
+for name, n in string.gmatch(ARGV[16], '([^,=]+)=(%d+)') do
+  rooms[name] = tonumber(n)
+end
+-- Whether every semaphore of `sems` ('a,b' or false) has a permit left.
+local function sems_free(sems)
+  if not sems then
+    return true
+  end
+  local ok = true
+  for name in string.gmatch(sems, '[^,]+') do
+    if (rooms[name] or 0) <= 0 then
+      blocked[name] = true
+      ok = false
+    end
+  end
+  return ok
+end
+local function sems_take(sems)
+  if sems then
+    for name in string.gmatch(sems, '[^,]+') do
+      rooms[name] = rooms[name] - 1
+    end
+  end
+end
 -- LEASED tasks per key so far (read once per key, counted up as we take).
 local held = {}
 local function room_for(key)
@@ -66,7 +100,7 @@ local function room_for(key)
   return held[key] < per_key
 end
 
-local out = {0, 0}
+local out = {0, 0, ''}
 -- The leased tasks' ids and their meta records (to be rewritten).
 local ids, raws = {}, {}
 local full = false
@@ -82,12 +116,20 @@ for p = MAX_PRIORITY, 0, -1 do
     -- rather than block the queue); once a task was passed over, the
     -- entries taken after it (`later`) leave one by one.
     local consumed, passed, later = 0, false, {}
-    local keys = skipping and task_keys(listed) or {}
+    local keys = by_key and task_keys(listed) or {}
+    local sems = {}
+    if by_semaphore then
+      local fields = {}
+      for i, id in ipairs(listed) do
+        fields[i] = 's:' .. id
+      end
+      sems = hmget(K_FLOW, fields)
+    end
     for i, raw in ipairs(hmget(K_META, listed)) do
       if #ids >= want then
         break
       end
-      if raw and skipping and not room_for(keys[i]) then
+      if raw and ((by_key and not room_for(keys[i])) or (by_semaphore and not sems_free(sems[i]))) then
         passed = true
       elseif raw then
         local attempt, size = struct.unpack('<I4I4', raw, 2)
@@ -106,8 +148,11 @@ for p = MAX_PRIORITY, 0, -1 do
         bytes = bytes + size
         ids[#ids + 1] = listed[i]
         raws[#raws + 1] = raw
-        if skipping and keys[i] then
+        if by_key and keys[i] then
           held[keys[i]] = held[keys[i]] + 1
+        end
+        if by_semaphore then
+          sems_take(sems[i])
         end
         if passed then
           later[#later + 1] = listed[i]
@@ -132,6 +177,11 @@ for p = MAX_PRIORITY, 0, -1 do
 end
 out[1] = bytes
 out[2] = full and 1 or 0
+local names = {}
+for name in pairs(blocked) do
+  names[#names + 1] = name
+end
+out[3] = table.concat(names, ',')
 local n = #ids
 if n == 0 then
   return out

@@ -20,7 +20,9 @@
 --                            (`tokens`, `at`: core::flow::Bucket); `keyed`
 --                            once a task with a concurrency key was enqueued;
 --                            then `t:<id>` -> the task's concurrency key and
---                            `k:<key>` -> LEASED tasks with that key
+--                            `k:<key>` -> LEASED tasks with that key; `sems`
+--                            once a task needing semaphores was enqueued, then
+--                            `s:<id>` -> its semaphore names, comma-separated
 --   KEYS[13..22] ready LIST  READY tasks of priority 0..9, oldest first: a
 --                            lease takes from the highest non-empty list, so
 --                            priority first, FIFO within it, in O(1) per task
@@ -326,4 +328,9 @@ local function release_keys(ids)
       end
     end
   end
+end
+
+-- Whether tasks of this queue need shared semaphores (`s:<id>` in K_FLOW).
+local function needs_semaphores()
+  return redis.call('HEXISTS', K_FLOW, 'sems') == 1
 end

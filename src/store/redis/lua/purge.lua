@@ -22,7 +22,7 @@ for _, entry in ipairs(redis.call('LRANGE', K_FINISHED, 0, tonumber(ARGV[4]) - 1
     redis.call('HDEL', K_BODY, id)
     redis.call('HDEL', K_RESULTS, id)
     redis.call('HDEL', K_WATCHED, id)
-    redis.call('HDEL', K_FLOW, 't:' .. id)
+    redis.call('HDEL', K_FLOW, 't:' .. id, 's:' .. id)
     if t.request_id ~= '' and redis.call('HGET', K_REQUESTS, t.request_id) == id then
       redis.call('HDEL', K_REQUESTS, t.request_id)
     end
