@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::broker::validate::DEFAULT_MAX_DELAY;
+use crate::core::flow::{normalize_semaphores, valid_semaphore_name, Rate, RateLimit, MAX_TASK_SEMAPHORES};
 use crate::core::queue::{Policies, QueuePolicy};
 use crate::core::retry::Backoff;
 use crate::core::routing::Route;
@@ -108,10 +109,61 @@ pub struct Config {
     pub max_concurrent_streams: u32,
     pub queues: BTreeMap<String, QueueConfig>,
     pub routes: Vec<RouteConfig>,
+    /// `[semaphores.NAME]`: permits shared by every queue's tasks.
+    pub semaphores: BTreeMap<String, SemaphoreConfig>,
+    /// `[telemetry]`: trace export, for when the standard `OTEL_*`
+    /// variables are not set (they win).
+    pub telemetry: TelemetryConfig,
     /// The file this config was read from (set by the CLI, not a setting):
     /// what a reload re-reads.
     #[serde(skip)]
     pub file: Option<PathBuf>,
+}
+
+/// `[telemetry]`: OpenTelemetry trace export (see
+/// [`crate::telemetry::trace`]); each setting stands in for its standard
+/// variable when that is unset.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// OTLP/gRPC endpoint, e.g. `http://otel-collector:4317`
+    /// (`OTEL_EXPORTER_OTLP_ENDPOINT`); empty: no export.
+    pub otlp_endpoint: String,
+    /// `service.name` (`OTEL_SERVICE_NAME`); empty: `taskbroker`.
+    pub service_name: String,
+    /// Share of traces sampled, 0.0-1.0 (`OTEL_TRACES_SAMPLER=
+    /// parentbased_traceidratio`, `OTEL_TRACES_SAMPLER_ARG`); unset: all.
+    pub sample_ratio: Option<f64>,
+}
+
+impl TelemetryConfig {
+    /// The `OTEL_*` variables these settings stand for, for those unset in
+    /// `env` (the process's environment, looked up by name).
+    pub fn env_defaults(&self, env: impl Fn(&str) -> Option<String>) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let mut default = |name: &'static str, value: String| {
+            if !value.is_empty() && env(name).is_none() {
+                out.push((name, value));
+            }
+        };
+        default("OTEL_EXPORTER_OTLP_ENDPOINT", self.otlp_endpoint.clone());
+        default("OTEL_SERVICE_NAME", self.service_name.clone());
+        if let Some(ratio) = self.sample_ratio {
+            if env("OTEL_TRACES_SAMPLER").is_none() {
+                out.push(("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".into()));
+                out.push(("OTEL_TRACES_SAMPLER_ARG", ratio.to_string()));
+            }
+        }
+        out
+    }
+}
+
+/// `[semaphores.NAME]`: at most `limit` tasks that need this semaphore are
+/// LEASED at once, across queues, workers and replicas.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SemaphoreConfig {
+    pub limit: u32,
 }
 
 impl Default for Config {
@@ -138,6 +190,8 @@ impl Default for Config {
             queues: BTreeMap::new(),
             routes: Vec::new(),
             file: None,
+            semaphores: BTreeMap::new(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -156,6 +210,17 @@ pub struct QueueConfig {
     pub retention: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub dedup_window: Option<Duration>,
+    /// Most tasks of the queue LEASED at once (0: unlimited).
+    pub max_in_flight: Option<u32>,
+    /// Most LEASED tasks per `concurrency_key` (0: unlimited).
+    pub per_key_max_in_flight: Option<u32>,
+    /// Deliveries per second, minute or hour: `"50/s"`, `"100/m"`, `"1000/h"`.
+    pub rate_limit: Option<String>,
+    /// Tokens the rate limit's bucket holds (default: the rate per second,
+    /// rounded up, at least 1).
+    pub rate_burst: Option<u32>,
+    /// Semaphores every task of the queue needs a permit of while leased.
+    pub semaphores: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -179,6 +244,9 @@ pub struct RouteConfig {
     pub headers: BTreeMap<String, String>,
     pub queue: String,
     pub priority: Option<u32>,
+    /// Semaphores added to the tasks this rule routes.
+    #[serde(default)]
+    pub semaphores: Vec<String>,
 }
 
 impl Config {
@@ -245,12 +313,33 @@ impl Config {
         if self.max_concurrent_streams == 0 {
             errors.push("max_concurrent_streams: must be >= 1".into());
         }
+        if self.telemetry.sample_ratio.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
+            errors.push("telemetry.sample_ratio: must be between 0.0 and 1.0".into());
+        }
+        let endpoint = &self.telemetry.otlp_endpoint;
+        if !endpoint.is_empty() && !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            errors.push(format!("telemetry.otlp_endpoint: {:?} must start with http:// or https://", shown(endpoint)));
+        }
         for (name, q) in &self.queues {
             let path = format!("queues.{}", shown(name));
             if !valid_queue_name(name) {
                 errors.push(format!("{path}: queue names must match [A-Za-z0-9._:-]{{1,128}}"));
             }
             q.validate(&path, &mut errors);
+            for s in q.semaphores.iter().flatten() {
+                if !self.semaphores.contains_key(s) {
+                    errors.push(format!("{path}.semaphores: {:?} is not declared in [semaphores]", shown(s)));
+                }
+            }
+        }
+        for (name, s) in &self.semaphores {
+            let path = format!("semaphores.{}", shown(name));
+            if !valid_semaphore_name(name) {
+                errors.push(format!("{path}: semaphore names must match [A-Za-z0-9._:-]{{1,128}}"));
+            }
+            if s.limit == 0 {
+                errors.push(format!("{path}.limit: must be >= 1"));
+            }
         }
         for (i, r) in self.routes.iter().enumerate() {
             let path = format!("routes[{i}]");
@@ -264,6 +353,11 @@ impl Config {
             }
             if r.priority.is_some_and(|p| p > MAX_PRIORITY as u32) {
                 errors.push(format!("{path}.priority: must be 0-9"));
+            }
+            for s in &r.semaphores {
+                if !self.semaphores.contains_key(s) {
+                    errors.push(format!("{path}.semaphores: {:?} is not declared in [semaphores]", shown(s)));
+                }
             }
         }
         if errors.is_empty() {
@@ -298,7 +392,8 @@ impl Config {
             .map(|(name, q)| (name.clone(), q.resolve(&base, &QueuePolicy::default())))
             .collect();
         declared.entry(DEFAULT_QUEUE.into()).or_insert_with(|| fallback.clone());
-        Policies::new(declared, fallback).with_routes(self.routes())
+        let semaphores = self.semaphores.iter().map(|(name, s)| (name.clone(), s.limit)).collect();
+        Policies::new(declared, fallback).with_routes(self.routes()).with_semaphores(semaphores)
     }
 
     /// The routing rules. Call after `validate()`.
@@ -310,6 +405,7 @@ impl Config {
                 headers: r.headers.clone(),
                 queue: r.queue.clone(),
                 priority: r.priority.map(|p| p as u8),
+                semaphores: r.semaphores.clone(),
             })
             .collect()
     }
@@ -328,6 +424,17 @@ impl QueueConfig {
         if self.default_priority.is_some_and(|p| p > MAX_PRIORITY as u32) {
             errors.push(format!("{path}.default_priority: must be 0-9"));
         }
+        if let Some(rate) = &self.rate_limit {
+            if let Err(e) = rate.parse::<Rate>() {
+                errors.push(format!("{path}.rate_limit: {e}"));
+            }
+        }
+        if self.rate_burst == Some(0) {
+            errors.push(format!("{path}.rate_burst: must be >= 1"));
+        }
+        if self.semaphores.as_ref().is_some_and(|s| s.len() > MAX_TASK_SEMAPHORES) {
+            errors.push(format!("{path}.semaphores: at most {MAX_TASK_SEMAPHORES} names"));
+        }
         if let Some(b) = &self.retry_backoff {
             let p = format!("{path}.retry_backoff");
             if b.initial > b.max {
@@ -340,6 +447,18 @@ impl QueueConfig {
                 errors.push(format!("{p}.jitter: must be between 0.0 and 1.0"));
             }
         }
+    }
+
+    /// The rate limit this queue gets: its own `rate_limit` (with its own
+    /// `rate_burst`, else the default one's, else the rate's default), else
+    /// the default queue's.
+    fn rate_limit(&self, base: &QueueConfig) -> Option<RateLimit> {
+        let (rate, burst) = match &self.rate_limit {
+            Some(r) => (r, self.rate_burst.or(base.rate_burst)),
+            None => (base.rate_limit.as_ref()?, self.rate_burst.or(base.rate_burst)),
+        };
+        let rate: Rate = rate.parse().ok()?;
+        Some(RateLimit { rate, burst: burst.unwrap_or_else(|| rate.default_burst()) })
     }
 
     /// This queue's policy: own settings, then `base`'s, then `builtin`.
@@ -358,6 +477,17 @@ impl QueueConfig {
                 .map_or(builtin.default_priority, |p| p as u8),
             retention: self.retention.or(base.retention).unwrap_or(builtin.retention),
             dedup_window: self.dedup_window.or(base.dedup_window).unwrap_or(builtin.dedup_window),
+            max_in_flight: self.max_in_flight.or(base.max_in_flight).unwrap_or(builtin.max_in_flight),
+            per_key_max_in_flight: self
+                .per_key_max_in_flight
+                .or(base.per_key_max_in_flight)
+                .unwrap_or(builtin.per_key_max_in_flight),
+            rate_limit: self.rate_limit(base).or(builtin.rate_limit),
+            semaphores: self
+                .semaphores
+                .as_ref()
+                .or(base.semaphores.as_ref())
+                .map_or_else(|| builtin.semaphores.clone(), |s| normalize_semaphores(s.iter().cloned())),
         }
     }
 }

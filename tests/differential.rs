@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use taskbroker::core::flow::RateLimit;
 use taskbroker::core::queue::{Policies, QueuePolicy};
 use taskbroker::core::retry::Backoff;
 use taskbroker::core::stats::{QueueStats, STATES};
@@ -54,8 +55,18 @@ fn policies() -> Arc<Policies> {
         default_priority: 0,
         retention: Duration::from_secs(30),
         dedup_window: Duration::from_secs(10),
+        max_in_flight: 0,
+        per_key_max_in_flight: 0,
+        rate_limit: None,
+        semaphores: Vec::new(),
     };
-    Arc::new(Policies::new(BTreeMap::new(), policy))
+    // Flow control the stores must agree on: q0 paced by a token bucket, q1
+    // capped at 2 LEASED tasks (every way out of LEASED frees a permit).
+    let rate = RateLimit { rate: "5/s".parse().unwrap(), burst: 3 };
+    let q0 = QueuePolicy { rate_limit: Some(rate), ..policy.clone() };
+    let q1 = QueuePolicy { max_in_flight: 2, ..policy.clone() };
+    let declared = BTreeMap::from([("q0".to_owned(), q0), ("q1".to_owned(), q1)]);
+    Arc::new(Policies::new(declared, policy))
 }
 
 #[derive(Clone, Debug)]
@@ -265,6 +276,8 @@ impl Run {
                     scheduled_time: delay.map_or(0, |d| now + d),
                     dedup_key: dedup.map_or(String::new(), |d| format!("d{d}")),
                     request_id: String::new(),
+                    concurrency_key: String::new(),
+                    semaphores: Vec::new(),
                 };
                 match store.enqueue(vec![new], now).await {
                     Ok(mut out) => {

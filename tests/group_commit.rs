@@ -26,6 +26,8 @@ fn task(i: usize) -> NewTask {
         scheduled_time: 0,
         dedup_key: String::new(),
         request_id: String::new(),
+        concurrency_key: String::new(),
+        semaphores: Vec::new(),
     }
 }
 

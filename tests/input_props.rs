@@ -75,6 +75,8 @@ fn enqueue_request() -> impl Strategy<Value = pb::EnqueueRequest> {
                     delay,
                     scheduled_time,
                     max_attempts,
+                    concurrency_key: dedup_key.chars().rev().collect(),
+                    semaphores: Vec::new(),
                     dedup_key,
                     request_id,
                 }
@@ -89,7 +91,13 @@ fn policies() -> Policies {
 }
 
 fn routes() -> Vec<Route> {
-    vec![Route { kind: "r*".into(), headers: BTreeMap::new(), queue: "a".into(), priority: Some(9) }]
+    vec![Route {
+        kind: "r*".into(),
+        headers: BTreeMap::new(),
+        queue: "a".into(),
+        priority: Some(9),
+        semaphores: Vec::new(),
+    }]
 }
 
 fn rules<'a>(policies: &'a Policies, routes: &'a [Route], strict: bool, max_delay: Duration) -> Rules<'a> {

@@ -38,6 +38,8 @@ async fn a_password_protected_master_behind_a_sentinel_gets_the_urls_password_an
         scheduled_time: 0,
         dedup_key: String::new(),
         request_id: String::new(),
+        concurrency_key: String::new(),
+        semaphores: Vec::new(),
     };
     let enqueued = store.enqueue(vec![task], 1_767_225_600_000).await.unwrap().remove(0);
     assert_eq!(store.get(enqueued.task.id).await.unwrap().kind, "k");

@@ -37,6 +37,10 @@ fn policies(lease: u64, backoff: u64, retention: u64) -> Policies {
         default_priority: 0,
         retention: Duration::from_secs(retention),
         dedup_window: Duration::ZERO,
+        max_in_flight: 0,
+        per_key_max_in_flight: 0,
+        rate_limit: None,
+        semaphores: Vec::new(),
     };
     Policies::new(BTreeMap::new(), policy)
 }
@@ -53,6 +57,8 @@ fn task() -> NewTask {
         scheduled_time: 0,
         dedup_key: String::new(),
         request_id: String::new(),
+        concurrency_key: String::new(),
+        semaphores: Vec::new(),
     }
 }
 

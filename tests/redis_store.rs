@@ -39,6 +39,10 @@ fn policies() -> Arc<Policies> {
         default_priority: 0,
         retention: Duration::from_secs(100),
         dedup_window: Duration::from_secs(10),
+        max_in_flight: 0,
+        per_key_max_in_flight: 0,
+        rate_limit: None,
+        semaphores: Vec::new(),
     };
     Arc::new(Policies::new(BTreeMap::new(), policy))
 }
@@ -59,6 +63,8 @@ fn new_task(queue: &str, payload: Vec<u8>) -> NewTask {
         scheduled_time: 0,
         dedup_key: String::new(),
         request_id: String::new(),
+        concurrency_key: String::new(),
+        semaphores: Vec::new(),
     }
 }
 

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use taskbroker::core::flow::RateLimit;
 use taskbroker::core::lease::LeaseError;
 use taskbroker::core::queue::{Policies, QueuePolicy};
 use taskbroker::core::retry::Backoff;
@@ -37,8 +38,23 @@ fn policies() -> Arc<Policies> {
         default_priority: 0,
         retention: Duration::from_secs(100),
         dedup_window: Duration::from_secs(10),
+        max_in_flight: 0,
+        per_key_max_in_flight: 0,
+        rate_limit: None,
+        semaphores: Vec::new(),
     };
-    Arc::new(Policies::new(BTreeMap::new(), policy))
+    // The queues and semaphore the flow-control cases use.
+    let capped = QueuePolicy { max_in_flight: 3, ..policy.clone() };
+    let keyed = QueuePolicy { per_key_max_in_flight: 1, ..policy.clone() };
+    let rate = RateLimit { rate: "50/s".parse().unwrap(), burst: 10 };
+    let rated = QueuePolicy { rate_limit: Some(rate), ..policy.clone() };
+    let declared = BTreeMap::from([
+        ("capped".to_owned(), capped),
+        ("keyed".to_owned(), keyed),
+        ("rated".to_owned(), rated),
+    ]);
+    let semaphores = BTreeMap::from([("sel".to_owned(), 2)]);
+    Arc::new(Policies::new(declared, policy).with_semaphores(semaphores))
 }
 
 /// A backend under test; keeps its data directory alive.
@@ -110,6 +126,8 @@ fn new_task(queue: &str, priority: u8) -> NewTask {
         scheduled_time: 0,
         dedup_key: String::new(),
         request_id: String::new(),
+        concurrency_key: String::new(),
+        semaphores: Vec::new(),
     }
 }
 
@@ -706,6 +724,227 @@ async fn admin_state_survives_a_reopen(b: Backend) {
     assert_eq!(s.redrive("q", &[], 0, NOW).await.unwrap().changed, [dead[0].id], "the dead index survives");
 }
 
+fn keyed(queue: &str, key: &str) -> NewTask {
+    NewTask { concurrency_key: key.into(), ..new_task(queue, 0) }
+}
+
+fn needs(queue: &str, semaphores: &[&str]) -> NewTask {
+    NewTask { semaphores: semaphores.iter().map(|s| s.to_string()).collect(), ..new_task(queue, 0) }
+}
+
+async fn lease_n(s: &dyn Store, queues: &[&str], n: usize, now: u64) -> Vec<Task> {
+    s.lease(spec(queues, n), now).await.unwrap()
+}
+
+/// `max_in_flight = 3`: never more than 3 LEASED; every way out of LEASED
+/// (ack, nack, expiry, cancel) gives the permit back; a stale ack frees nothing.
+async fn max_in_flight_caps_leases_and_every_end_frees_the_permit(b: &Backend) {
+    let s = &*b.store;
+    for _ in 0..10 {
+        put(s, new_task("capped", 0)).await;
+    }
+    let held = lease_n(s, &["capped"], 10, NOW).await;
+    assert_eq!(held.len(), 3, "capped at 3");
+    assert!(lease_n(s, &["capped"], 10, NOW).await.is_empty(), "saturated: nothing, no error");
+    // Ack frees one.
+    s.ack(held[0].id, lease_id(&held[0]), vec![], NOW).await.unwrap();
+    let one = lease_n(s, &["capped"], 10, NOW).await;
+    assert_eq!(one.len(), 1);
+    // A stale ack (the old lease of an acked task) frees nothing.
+    assert!(s.ack(held[0].id, lease_id(&held[0]), vec![], NOW).await.is_err());
+    assert!(lease_n(s, &["capped"], 10, NOW).await.is_empty(), "a stale ack freed nothing");
+    // Nack frees one.
+    s.nack(held[1].id, lease_id(&held[1]), nack(Some(0), false), NOW).await.unwrap();
+    assert_eq!(lease_n(s, &["capped"], 10, NOW).await.len(), 1);
+    // Cancel of a leased task frees one.
+    s.cancel(held[2].id, NOW).await.unwrap();
+    assert_eq!(lease_n(s, &["capped"], 10, NOW).await.len(), 1);
+    assert!(lease_n(s, &["capped"], 10, NOW).await.is_empty());
+    // Expiry frees all three.
+    let swept = s.requeue_expired(NOW + 30 * SEC).await.unwrap();
+    assert_eq!(swept.expired.len(), 3);
+    assert_eq!(lease_n(s, &["capped"], 10, NOW + 30 * SEC).await.len(), 3);
+}
+
+/// A capped queue gives what it may and the lease goes on to the next queue
+/// of the subscription.
+async fn a_capped_queue_lets_the_next_queue_fill_the_lease(b: &Backend) {
+    let s = &*b.store;
+    for _ in 0..5 {
+        put(s, new_task("capped", 0)).await;
+        put(s, new_task("other", 0)).await;
+    }
+    let got = lease_n(s, &["capped", "other"], 5, NOW).await;
+    let from_capped = got.iter().filter(|t| t.queue == "capped").count();
+    assert_eq!((from_capped, got.len()), (3, 5), "3 from the capped queue, the rest from the next");
+}
+
+/// `per_key_max_in_flight = 1` with keys taking turns: B's task, enqueued
+/// after many of A's, goes second; a saturated key does not hold others back.
+async fn keys_take_turns_and_per_key_caps_hold(b: &Backend) {
+    let s = &*b.store;
+    for _ in 0..20 {
+        put(s, keyed("keyed", "a")).await;
+    }
+    let b_task = put(s, keyed("keyed", "b")).await;
+    put(s, new_task("keyed", 0)).await;
+    let got = lease_n(s, &["keyed"], 10, NOW).await;
+    let keys: Vec<&str> = got.iter().map(|t| t.concurrency_key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["a", "b", ""],
+        "one of each key (the cap), round-robin; no key is uncapped but one group"
+    );
+    assert_eq!(got[1].id, b_task.id);
+    assert!(lease_n(s, &["keyed"], 10, NOW).await.iter().all(|t| t.concurrency_key.is_empty()));
+    s.ack(got[0].id, lease_id(&got[0]), vec![], NOW).await.unwrap();
+    let next = lease_n(s, &["keyed"], 10, NOW).await;
+    assert_eq!(next.iter().map(|t| t.concurrency_key.as_str()).collect::<Vec<_>>(), ["a"]);
+    assert_eq!(s.get(b_task.id).await.unwrap().concurrency_key, "b", "kept on the task");
+}
+
+/// `per_key_max_in_flight = 1`: ack, nack, cancel and expiry each give the
+/// key's permit back, a stale ack does not, and a saturated key's tasks stay
+/// READY in order for when it frees.
+async fn per_key_permits_come_back_on_every_path(b: &Backend) {
+    let s = &*b.store;
+    let mut a = Vec::new();
+    for _ in 0..6 {
+        a.push(put(s, keyed("keyed", "a")).await.id);
+    }
+    let first = lease_n(s, &["keyed"], 10, NOW).await;
+    assert_eq!(first.iter().map(|t| t.id).collect::<Vec<_>>(), [a[0]]);
+    s.ack(first[0].id, lease_id(&first[0]), vec![], NOW).await.unwrap();
+    assert!(s.ack(first[0].id, lease_id(&first[0]), vec![], NOW).await.is_err());
+    let second = lease_n(s, &["keyed"], 10, NOW).await;
+    assert_eq!(
+        second.iter().map(|t| t.id).collect::<Vec<_>>(),
+        [a[1]],
+        "ack freed it once; FIFO within the key"
+    );
+    s.nack(second[0].id, lease_id(&second[0]), nack(None, true), NOW).await.unwrap();
+    let third = lease_n(s, &["keyed"], 10, NOW).await;
+    assert_eq!(third.iter().map(|t| t.id).collect::<Vec<_>>(), [a[2]], "nack freed it");
+    s.cancel(third[0].id, NOW).await.unwrap();
+    let fourth = lease_n(s, &["keyed"], 10, NOW).await;
+    assert_eq!(fourth.iter().map(|t| t.id).collect::<Vec<_>>(), [a[3]], "cancel freed it");
+    s.requeue_expired(NOW + 30 * SEC).await.unwrap();
+    let fifth = lease_n(s, &["keyed"], 10, NOW + 30 * SEC).await;
+    assert_eq!(fifth.len(), 1, "expiry freed it");
+    assert!(lease_n(s, &["keyed"], 10, NOW + 30 * SEC).await.is_empty());
+}
+
+/// Round-robin without a cap: A, B, C take turns within a priority level,
+/// FIFO within each key; a higher priority still goes first.
+async fn round_robin_across_keys_fifo_within_a_key(b: &Backend) {
+    let s = &*b.store;
+    let mut ids = Vec::new();
+    for key in ["a", "a", "a", "b", "b", "c"] {
+        ids.push((key, put(s, keyed("q", key)).await.id));
+    }
+    let urgent = put(s, NewTask { priority: 5, ..keyed("q", "a") }).await;
+    let got = lease_n(s, &["q"], 10, NOW).await;
+    assert_eq!(got[0].id, urgent.id);
+    let keys: String = got[1..].iter().map(|t| t.concurrency_key.as_str()).collect();
+    assert_eq!(keys, "abcaba");
+    let a_order: Vec<_> =
+        got.iter().filter(|t| t.concurrency_key == "a" && t.priority == 0).map(|t| t.id).collect();
+    let a_ids: Vec<_> = ids.iter().filter(|(k, _)| *k == "a").map(|(_, id)| *id).collect();
+    assert_eq!(a_order, a_ids, "FIFO within a key");
+}
+
+/// A semaphore with limit 2 shared by two queues caps their sum; a task
+/// needing it waits while tasks behind it that do not need it flow.
+async fn a_shared_semaphore_caps_the_sum_of_its_queues(b: &Backend) {
+    let s = &*b.store;
+    for _ in 0..3 {
+        put(s, needs("s1", &["sel"])).await;
+        put(s, needs("s2", &["sel"])).await;
+    }
+    let free = put(s, new_task("s1", 0)).await;
+    let first = lease_n(s, &["s1"], 10, NOW).await;
+    assert_eq!(first.iter().filter(|t| t.semaphores == ["sel"]).count(), 2);
+    assert!(first.iter().any(|t| t.id == free.id), "a task without the semaphore is not held back");
+    assert!(lease_n(s, &["s2"], 10, NOW).await.is_empty(), "s2 shares s1's semaphore: none left");
+    let holder = first.iter().find(|t| !t.semaphores.is_empty()).unwrap();
+    s.ack(holder.id, lease_id(holder), vec![], NOW).await.unwrap();
+    let second = lease_n(s, &["s2"], 10, NOW).await;
+    assert_eq!(second.len(), 1, "one permit came back");
+    assert_eq!(second[0].semaphores, ["sel"]);
+    let swept = s.requeue_expired(NOW + 30 * SEC).await.unwrap();
+    assert_eq!(swept.expired.len(), 3, "two holders and the task without the semaphore");
+    let again = lease_n(s, &["s2", "s1"], 10, NOW + 30 * SEC).await;
+    assert_eq!(again.iter().filter(|t| !t.semaphores.is_empty()).count(), 2, "expiry gave both permits back");
+}
+
+/// Extending a lease keeps its semaphore permit as long as the lease (on
+/// Redis the holder's lapse time moves with the deadline).
+async fn an_extended_lease_keeps_its_semaphore_permits(b: &Backend) {
+    let s = &*b.store;
+    for _ in 0..3 {
+        put(s, needs("s1", &["sel"])).await;
+    }
+    let held = lease_n(s, &["s1"], 10, NOW).await;
+    assert_eq!(held.len(), 2, "the semaphore's limit");
+    for t in &held {
+        s.extend(t.id, lease_id(t), 60 * SEC, NOW + 20 * SEC).await.unwrap();
+    }
+    assert_eq!(s.requeue_expired(NOW + 50 * SEC).await.unwrap().count, 0);
+    assert!(
+        lease_n(s, &["s1"], 10, NOW + 50 * SEC).await.is_empty(),
+        "the extended leases still hold both permits"
+    );
+    s.requeue_expired(NOW + 80 * SEC).await.unwrap();
+    assert_eq!(lease_n(s, &["s1"], 10, NOW + 80 * SEC).await.len(), 2, "expired with their leases");
+}
+
+/// `rate_limit = "50/s"`, `rate_burst = 10`: the bucket starts full, refills
+/// at 50/s, and `throttled` says when the next token is due.
+async fn the_rate_limit_spends_a_token_per_delivery(b: &Backend) {
+    let s = &*b.store;
+    for _ in 0..100 {
+        put(s, new_task("rated", 0)).await;
+    }
+    assert_eq!(lease_n(s, &["rated"], 100, NOW).await.len(), 10, "the burst");
+    assert!(lease_n(s, &["rated"], 100, NOW).await.is_empty());
+    let at = s.throttled("rated", NOW).await.unwrap().expect("held back by the rate limit");
+    assert!((NOW + 1..=NOW + 20).contains(&at), "next token within 20 ms: {}", at - NOW);
+    assert_eq!(lease_n(s, &["rated"], 100, NOW + SEC).await.len(), 10, "refilled, capped at the burst");
+    assert_eq!(lease_n(s, &["rated"], 100, NOW + SEC + 100).await.len(), 5, "50/s: 5 in 100 ms");
+    assert_eq!(s.throttled("q", NOW).await.unwrap(), None, "no rate limit");
+}
+
+/// A concurrency key and semaphores are kept on the task (and survive a
+/// reopen where the store persists).
+async fn flow_fields_are_stored_and_returned(b: &Backend) {
+    let s = &*b.store;
+    let t = put(s, NewTask { concurrency_key: "tenant-7".into(), ..needs("q", &["sel"]) }).await;
+    assert_eq!((t.concurrency_key.as_str(), t.semaphores.as_slice()), ("tenant-7", &["sel".to_owned()][..]));
+    let got = s.get(t.id).await.unwrap();
+    assert_eq!((got.concurrency_key, got.semaphores), (t.concurrency_key.clone(), t.semaphores.clone()));
+    let leased = lease_one(s, "q", NOW).await;
+    assert_eq!(leased.concurrency_key, "tenant-7");
+    let plain = put(s, new_task("q", 0)).await;
+    assert_eq!(s.get(plain.id).await.unwrap().concurrency_key, "");
+}
+
+macro_rules! conformance_flow {
+    ($($case:ident),* $(,)?) => {
+        mod flow_all_memory {
+            $(#[tokio::test] async fn $case() { super::$case(&super::Backend::memory()).await })*
+        }
+        mod flow_all_embedded {
+            $(#[tokio::test] async fn $case() { super::$case(&super::Backend::embedded()).await })*
+        }
+        mod flow_all_redis {
+            $(#[tokio::test] async fn $case() { super::$case(&super::Backend::redis().await).await })*
+        }
+        mod flow_all_redis_cluster {
+            $(#[tokio::test] async fn $case() { super::$case(&super::Backend::redis_cluster().await).await })*
+        }
+    };
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -753,3 +992,30 @@ conformance!(
     admin_redrive_by_ids_and_by_limit,
     admin_queue_names,
 );
+
+// Flow control on every store: queue caps and rate limits.
+conformance_flow!(
+    max_in_flight_caps_leases_and_every_end_frees_the_permit,
+    a_capped_queue_lets_the_next_queue_fill_the_lease,
+    the_rate_limit_spends_a_token_per_delivery,
+    flow_fields_are_stored_and_returned,
+    keys_take_turns_and_per_key_caps_hold,
+    per_key_permits_come_back_on_every_path,
+    a_shared_semaphore_caps_the_sum_of_its_queues,
+    an_extended_lease_keeps_its_semaphore_permits,
+);
+
+/// Flow control on the table stores only: round-robin across keys is not yet
+/// in the Redis scripts (Redis delivers keys FIFO, passing saturated ones).
+macro_rules! flow_conformance_local {
+    ($($case:ident),* $(,)?) => {
+        mod flow_memory {
+            $(#[tokio::test] async fn $case() { super::$case(&super::Backend::memory()).await })*
+        }
+        mod flow_embedded {
+            $(#[tokio::test] async fn $case() { super::$case(&super::Backend::embedded()).await })*
+        }
+    };
+}
+
+flow_conformance_local!(round_robin_across_keys_fifo_within_a_key);

@@ -41,6 +41,8 @@ fn task(queue: &str, payload: &[u8]) -> NewTask {
         scheduled_time: 0,
         dedup_key: String::new(),
         request_id: String::new(),
+        concurrency_key: String::new(),
+        semaphores: Vec::new(),
     }
 }
 

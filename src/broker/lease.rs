@@ -72,13 +72,17 @@ impl Broker {
             return Ok(Vec::new());
         }
         let now = self.now();
-        let tasks = self.store().lease(spec, now).await;
+        let asked = spec.max_tasks;
+        let tasks = self.store().lease(spec.clone(), now).await;
         self.store_failed("lease", &tasks);
         let tasks = tasks?;
         for t in &tasks {
             let lease = t.lease.as_ref().map_or(0, |l| l.id);
             self.inner.metrics.delivered(&t.queue, t.id, lease, t.scheduled_time, now);
             super::spans::received(t);
+        }
+        if tasks.len() < asked {
+            self.after_short_lease(&spec, now).await;
         }
         if let Some(first) = tasks.iter().filter_map(|t| t.lease.as_ref()).map(|l| l.expire_time).min() {
             self.timer_at(first);

@@ -15,6 +15,7 @@ mod activity;
 pub mod admin;
 mod drain;
 pub mod error;
+mod flow;
 mod lease;
 mod outbound;
 mod produce;
@@ -125,6 +126,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// When the timer loop will next wake on its own.
     next_sweep: AtomicU64,
+    /// Per rate-limited queue, when a wake-up for its next token is set.
+    rate_timers: std::sync::Mutex<std::collections::HashMap<String, Millis>>,
 }
 
 impl Broker {
@@ -142,6 +145,7 @@ impl Broker {
             activity: activity::Activity::default(),
             metrics: Arc::new(Metrics::default()),
             next_sweep: AtomicU64::new(0),
+            rate_timers: Default::default(),
         };
         let broker = Self { inner: Arc::new(inner) };
         if let Some(events) = broker.store().events() {
@@ -248,6 +252,9 @@ impl Broker {
         if swept.count > 0 {
             self.inner.activity.touch();
         }
+        if swept.freed_semaphores {
+            self.inner.waiters.wake_all();
+        }
         for q in &swept.ready_queues {
             self.inner.waiters.wake(q);
         }
@@ -351,6 +358,7 @@ async fn follow_store(inner: std::sync::Weak<Inner>, mut events: broadcast::Rece
                 let reason = if canceled { LostReason::Canceled } else { LostReason::Expired };
                 let _ = broker.inner.lost.send(LostLease { task_id, lease_id, reason });
             }
+            StoreEvent::Freed => broker.inner.waiters.wake_all(),
             StoreEvent::Changed(id) => {
                 if broker.inner.watchers.any() {
                     if let Ok(task) = broker.store().get(id).await {

@@ -96,6 +96,7 @@ impl Broker {
         if let Some(lease) = &task.lease {
             let lost = LostLease { task_id: id, lease_id: lease.id, reason: LostReason::Canceled };
             let _ = self.inner.lost.send(lost);
+            self.freed(&task);
         }
         self.changed([&task]);
         Ok(task)

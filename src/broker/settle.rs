@@ -22,6 +22,7 @@ impl Broker {
         self.settled(id, lease.0, &task);
         self.observe_settlement("ack", id, lease.0, Outcome::Acked, &task).await;
         let task = task?;
+        self.freed(&task);
         self.changed([&task]);
         Ok(task)
     }
@@ -48,6 +49,9 @@ impl Broker {
         for ((id, lease), outcome) in leases.into_iter().zip(&stored) {
             self.settled(id, lease, outcome);
             self.observe_settlement("ack", id, lease, Outcome::Acked, outcome).await;
+        }
+        for task in stored.iter().filter_map(|r| r.as_ref().ok()) {
+            self.freed(task);
         }
         let mut stored: Vec<_> = stored.drain(..).map(|r| r.map_err(BrokerError::from)).collect();
         self.changed(stored.iter().filter_map(|r| r.as_ref().ok()));
@@ -97,6 +101,9 @@ impl Broker {
             TaskState::Ready => self.inner.waiters.wake_for(&task.queue, 1),
             TaskState::Scheduled => self.timer_at(task.scheduled_time),
             _ => {}
+        }
+        if task.state != TaskState::Ready || !task.semaphores.is_empty() {
+            self.freed(&task);
         }
         self.changed([&task]);
         Ok(task)

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::error::{BrokerError, Violation};
+use crate::core::flow::{self, MAX_CONCURRENCY_KEY, MAX_TASK_SEMAPHORES};
 use crate::core::queue::{valid_queue_name, Policies, DEFAULT_QUEUE};
 use crate::core::routing::{self, Route};
 use crate::core::select::Mode;
@@ -43,6 +44,9 @@ pub struct EnqueueInput {
     pub max_attempts: Option<u32>,
     pub dedup_key: String,
     pub request_id: String,
+    pub concurrency_key: String,
+    /// Semaphores the producer asks for (each must be declared).
+    pub semaphores: Vec<String>,
     /// The producer's trace context, kept with the task (see [`TraceContext`]).
     pub trace: TraceContext,
 }
@@ -109,6 +113,8 @@ impl Rules<'_> {
             max_attempts,
             dedup_key,
             request_id,
+            concurrency_key,
+            semaphores,
             trace,
         } = input;
         let mut v = Vec::new();
@@ -161,6 +167,15 @@ impl Rules<'_> {
         if request_id.len() > MAX_NAME {
             v.push(Violation::new("request_id", format!("must be at most {MAX_NAME} bytes")));
         }
+        if concurrency_key.len() > MAX_CONCURRENCY_KEY {
+            v.push(Violation::new("concurrency_key", format!("must be at most {MAX_CONCURRENCY_KEY} bytes")));
+        }
+        if semaphores.len() > MAX_TASK_SEMAPHORES {
+            v.push(Violation::new("semaphores", format!("at most {MAX_TASK_SEMAPHORES} names")));
+        } else if let Some(unknown) = semaphores.iter().find(|s| self.policies.semaphore_limit(s).is_none()) {
+            let shown: String = unknown.chars().take(MAX_NAME).collect();
+            v.push(Violation::new("semaphores", format!("{shown:?} is not a declared semaphore")));
+        }
         if !v.is_empty() {
             return Err(BrokerError::Invalid(v));
         }
@@ -181,6 +196,10 @@ impl Rules<'_> {
             (None, Some(at)) => at,
             (None, None) => now,
         };
+        let route_semaphores = route.map(|r| r.semaphores.iter()).into_iter().flatten();
+        let semaphores = flow::normalize_semaphores(
+            semaphores.into_iter().chain(route_semaphores.cloned()).chain(policy.semaphores.iter().cloned()),
+        );
         Ok(NewTask {
             queue,
             kind,
@@ -192,6 +211,8 @@ impl Rules<'_> {
             scheduled_time,
             dedup_key,
             request_id,
+            concurrency_key,
+            semaphores,
         })
     }
 

@@ -38,6 +38,13 @@ pub struct EnqueueArgs {
     /// A header as NAME=VALUE (repeatable).
     #[arg(long = "header", value_parser = parse_header)]
     pub headers: Vec<(String, String)>,
+    /// The task's group in its queue (a tenant, a device): groups take
+    /// turns, and the queue's per_key_max_in_flight caps each.
+    #[arg(long, default_value = "")]
+    pub concurrency_key: String,
+    /// A declared semaphore the task holds a permit of while leased (repeatable).
+    #[arg(long = "semaphore")]
+    pub semaphores: Vec<String>,
     /// Wait until the task finishes; print it then (exit 1 unless it SUCCEEDED).
     #[arg(long)]
     pub wait: bool,
@@ -76,6 +83,8 @@ pub async fn run(args: EnqueueArgs) -> anyhow::Result<()> {
         max_attempts: args.max_attempts,
         dedup_key: args.dedup_key,
         request_id: String::new(),
+        concurrency_key: args.concurrency_key,
+        semaphores: args.semaphores,
     };
     let mut client = args.server.producer().await?;
     let response = client.enqueue(request).await.map_err(status_error)?.into_inner();

@@ -77,6 +77,9 @@ pub enum CliError {
 /// Parses the command line, runs the subcommand, and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Serve(args) = &cli.command {
+        serve::telemetry_defaults(args);
+    }
     let tracing = telemetry::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -79,6 +79,17 @@ pub fn load_config(args: &ServeArgs) -> Result<Config, CliError> {
     Ok(config)
 }
 
+/// Puts the config file's `[telemetry]` settings into the environment where
+/// the standard `OTEL_*` variables are unset, before logging and tracing
+/// start (and before any thread does). A file that does not load is
+/// reported by `run` as usual.
+pub fn telemetry_defaults(args: &ServeArgs) {
+    let Ok(config) = load_config(args) else { return };
+    for (name, value) in config.telemetry.env_defaults(|n| std::env::var(n).ok()) {
+        std::env::set_var(name, value);
+    }
+}
+
 pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     let config = load_config(&args)?;
     // Handlers first: a SIGTERM right after the "listening" line must shut down cleanly.

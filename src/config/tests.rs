@@ -167,3 +167,91 @@ fn admin_listen_defaults_to_port_9090_and_empty_turns_it_off() {
     let errors = bad.validate().unwrap_err();
     assert!(errors[0].starts_with("admin_listen: \"localhost\" is not an address"), "{errors:?}");
 }
+
+#[test]
+fn flow_control_settings_resolve_and_inherit() {
+    let config = Config::from_toml(
+        r#"
+        [semaphores.selenium]
+        limit = 5
+        [queues.default]
+        rate_burst = 3
+        [queues.browsers]
+        max_in_flight = 10
+        per_key_max_in_flight = 2
+        rate_limit = "120/m"
+        semaphores = ["selenium"]
+        [queues.fast]
+        rate_limit = "50/s"
+        [[routes]]
+        kind = "browse.*"
+        queue = "browsers"
+        semaphores = ["selenium"]
+        "#,
+    )
+    .unwrap();
+    config.validate().unwrap();
+    let p = config.policies();
+    let b = p.get("browsers");
+    assert_eq!((b.max_in_flight, b.per_key_max_in_flight), (10, 2));
+    let rate = b.rate_limit.unwrap();
+    assert_eq!((rate.rate.to_string(), rate.burst), ("120/m".to_owned(), 3), "burst inherited");
+    assert_eq!(b.semaphores, ["selenium"]);
+    assert_eq!(p.get("fast").rate_limit.unwrap().burst, 3);
+    assert_eq!(p.get("other").rate_limit, None);
+    assert_eq!(p.semaphore_limit("selenium"), Some(5));
+    assert_eq!(config.routes()[0].semaphores, ["selenium"]);
+}
+
+#[test]
+fn bad_flow_control_settings_are_named_with_their_path() {
+    let config = Config::from_toml(
+        r#"
+        [semaphores.zero]
+        limit = 0
+        [queues.a]
+        rate_limit = "fast"
+        semaphores = ["nope"]
+        [queues.b]
+        rate_burst = 0
+        [[routes]]
+        kind = "x"
+        queue = "a"
+        semaphores = ["missing"]
+        "#,
+    )
+    .unwrap();
+    let errors = config.validate().unwrap_err().join("\n");
+    for needle in [
+        "semaphores.zero.limit: must be >= 1",
+        "queues.a.rate_limit: \"fast\" is not a rate",
+        "queues.a.semaphores: \"nope\" is not declared",
+        "queues.b.rate_burst: must be >= 1",
+        "routes[0].semaphores: \"missing\" is not declared",
+    ] {
+        assert!(errors.contains(needle), "{needle:?} not in\n{errors}");
+    }
+}
+
+#[test]
+fn telemetry_settings_stand_in_for_unset_otel_variables() {
+    let config = Config::from_toml(
+        "[telemetry]\notlp_endpoint = \"http://collector:4317\"\nservice_name = \"jobs\"\nsample_ratio = 0.25\n",
+    )
+    .unwrap();
+    config.validate().unwrap();
+    let none = |_: &str| None;
+    assert_eq!(
+        config.telemetry.env_defaults(none),
+        vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317".to_string()),
+            ("OTEL_SERVICE_NAME", "jobs".to_string()),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".to_string()),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.25".to_string()),
+        ]
+    );
+    let set = |name: &str| (name == "OTEL_SERVICE_NAME").then(|| "from-env".to_string());
+    assert!(!config.telemetry.env_defaults(set).iter().any(|(k, _)| *k == "OTEL_SERVICE_NAME"), "the variable wins");
+    let bad = Config::from_toml("[telemetry]\notlp_endpoint = \"collector:4317\"\nsample_ratio = 2.0\n").unwrap();
+    assert_eq!(bad.validate().unwrap_err().len(), 2);
+}

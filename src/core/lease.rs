@@ -62,6 +62,8 @@ mod tests {
                 scheduled_time: 0,
                 dedup_key: String::new(),
                 request_id: String::new(),
+                concurrency_key: String::new(),
+                semaphores: Vec::new(),
             },
             0,
         );

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use super::flow::RateLimit;
 use super::retry::Backoff;
 use super::routing::Route;
 
@@ -29,6 +30,24 @@ pub struct QueuePolicy {
     pub retention: Duration,
     /// How long after a task finishes its dedup_key still deduplicates.
     pub dedup_window: Duration,
+    /// Most tasks of the queue LEASED at once (0: unlimited).
+    pub max_in_flight: u32,
+    /// Most LEASED tasks per `concurrency_key` (0: unlimited).
+    pub per_key_max_in_flight: u32,
+    /// A token bucket on deliveries, shared by every replica.
+    pub rate_limit: Option<RateLimit>,
+    /// Semaphores every task of the queue needs a permit of while leased
+    /// (added to the task's own at enqueue).
+    pub semaphores: Vec<String>,
+}
+
+impl QueuePolicy {
+    /// Whether a lease of this queue holds a permit the queue counts
+    /// (`max_in_flight` or `per_key_max_in_flight`), so that its end may let
+    /// another task go.
+    pub fn caps_leases(&self) -> bool {
+        self.max_in_flight > 0 || self.per_key_max_in_flight > 0
+    }
 }
 
 impl Default for QueuePolicy {
@@ -40,6 +59,10 @@ impl Default for QueuePolicy {
             default_priority: 0,
             retention: Duration::from_secs(24 * 3600),
             dedup_window: Duration::ZERO,
+            max_in_flight: 0,
+            per_key_max_in_flight: 0,
+            rate_limit: None,
+            semaphores: Vec::new(),
         }
     }
 }
@@ -53,11 +76,13 @@ pub struct Policies {
     fallback: QueuePolicy,
     /// `[[routes]]` in order: the first match picks a task's queue.
     routes: Vec<Route>,
+    /// `[semaphores.NAME] limit`: permits shared by every queue.
+    semaphores: BTreeMap<String, u32>,
 }
 
 impl Policies {
     pub fn new(declared: BTreeMap<String, QueuePolicy>, fallback: QueuePolicy) -> Self {
-        Self { declared, fallback, routes: Vec::new() }
+        Self { declared, fallback, routes: Vec::new(), semaphores: BTreeMap::new() }
     }
 
     /// These policies with `routes` in force.
@@ -68,6 +93,23 @@ impl Policies {
 
     pub fn routes(&self) -> &[Route] {
         &self.routes
+    }
+
+    /// These policies with `semaphores` (name -> limit) declared.
+    pub fn with_semaphores(mut self, semaphores: BTreeMap<String, u32>) -> Self {
+        self.semaphores = semaphores;
+        self
+    }
+
+    /// The limit of semaphore `name`; `None` if it is not declared (a task
+    /// that names a semaphore since removed by a reload is not held back).
+    pub fn semaphore_limit(&self, name: &str) -> Option<u32> {
+        self.semaphores.get(name).copied()
+    }
+
+    /// Every declared semaphore with its limit.
+    pub fn semaphores(&self) -> &BTreeMap<String, u32> {
+        &self.semaphores
     }
 
     /// The policy of `queue` (the fallback for undeclared queues).

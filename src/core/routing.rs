@@ -12,6 +12,8 @@ pub struct Route {
     pub headers: BTreeMap<String, String>,
     pub queue: String,
     pub priority: Option<u8>,
+    /// Semaphores added to every task the rule routes.
+    pub semaphores: Vec<String>,
 }
 
 impl Route {
@@ -133,6 +135,7 @@ mod tests {
             headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             queue: queue.into(),
             priority: None,
+            semaphores: Vec::new(),
         }
     }
 

@@ -105,6 +105,11 @@ pub struct Task {
     pub last_error: String,
     /// The current (or, for a task canceled while leased, the last) lease.
     pub lease: Option<Lease>,
+    /// The group it belongs to within its queue (a tenant, a device): groups
+    /// take turns, and `per_key_max_in_flight` caps each ("": no group).
+    pub concurrency_key: String,
+    /// Semaphores it needs a permit of while leased (sorted, no duplicates).
+    pub semaphores: Vec<String>,
 }
 
 /// A validated, fully resolved request to create a task.
@@ -121,6 +126,10 @@ pub struct NewTask {
     pub scheduled_time: Millis,
     pub dedup_key: String,
     pub request_id: String,
+    /// See [`Task::concurrency_key`].
+    pub concurrency_key: String,
+    /// See [`Task::semaphores`]: the producer's, its route's and its queue's.
+    pub semaphores: Vec<String>,
 }
 
 impl Task {
@@ -137,6 +146,8 @@ impl Task {
             scheduled_time,
             dedup_key,
             request_id,
+            concurrency_key,
+            semaphores,
         } = new;
         let due = scheduled_time.max(now);
         Task {
@@ -158,6 +169,8 @@ impl Task {
             result: Vec::new(),
             last_error: String::new(),
             lease: None,
+            concurrency_key,
+            semaphores,
         }
     }
 }
@@ -189,6 +202,8 @@ mod tests {
             scheduled_time: 5_000,
             dedup_key: String::new(),
             request_id: String::new(),
+            concurrency_key: String::new(),
+            semaphores: Vec::new(),
         };
         let t = Task::create(TaskId(1), new.clone(), 1_000);
         assert_eq!(t.state, TaskState::Scheduled);

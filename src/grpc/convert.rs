@@ -114,6 +114,8 @@ pub fn enqueue_input(req: pb::EnqueueRequest, caller: &Caller) -> Result<Enqueue
         max_attempts,
         dedup_key,
         request_id,
+        concurrency_key,
+        semaphores,
     } = req;
     let mut checks = Checks::default();
     let delay = checks.take(duration("delay", delay));
@@ -130,6 +132,8 @@ pub fn enqueue_input(req: pb::EnqueueRequest, caller: &Caller) -> Result<Enqueue
         max_attempts,
         dedup_key,
         request_id,
+        concurrency_key,
+        semaphores,
         trace: caller.trace.clone(),
     })
 }
@@ -181,6 +185,8 @@ pub fn task(t: Task) -> pb::Task {
         result,
         last_error,
         lease: _,
+        concurrency_key,
+        semaphores,
     } = t;
     pb::Task {
         id: id.to_string(),
@@ -199,6 +205,8 @@ pub fn task(t: Task) -> pb::Task {
         scheduled_time: Some(timestamp(scheduled_time)),
         result,
         last_error,
+        concurrency_key,
+        semaphores,
     }
 }
 

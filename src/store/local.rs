@@ -174,6 +174,12 @@ impl<P: Persist> Store for TableStore<P> {
         self.run(|t| t.purge_finished(now)).await
     }
 
+    async fn throttled(&self, queue: &str, now: Millis) -> Result<Option<Millis>, StoreError> {
+        let mut table = self.table();
+        table.use_policies(self.queues.current());
+        Ok(table.throttled(queue, now))
+    }
+
     async fn next_timer(&self) -> Result<Option<Millis>, StoreError> {
         Ok(self.table().next_timer())
     }

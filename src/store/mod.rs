@@ -12,6 +12,20 @@
 //!   [`crate::core::lease::check`] and leave the task untouched on failure.
 //! - `requeue_expired`, `promote_due` and `purge_finished` are idempotent and
 //!   safe to call at any time and from several places at once.
+//! - Flow control (see [`crate::core::flow`]): the lease is the permit. A
+//!   task counts against its queue's `max_in_flight`, its key's
+//!   `per_key_max_in_flight` and each of its semaphores' `limit` while it
+//!   is LEASED, and at no other time: every way out of LEASED (ack, nack,
+//!   expiry, cancel) gives its permits back, and a settling call with a
+//!   stale lease changes nothing, so frees nothing. `lease` takes the
+//!   permits in the same atomic step that leases: it never leases past a
+//!   limit, passes over a task whose key or semaphore is saturated for the
+//!   next deliverable one, takes one token of a rate-limited queue's bucket
+//!   per delivery, and serves `concurrency_key` groups round-robin within a
+//!   priority level (FIFO within a key). Saturation is never an error: the
+//!   lease returns fewer tasks, and [`Fill`](crate::core::select::Fill)
+//!   goes on to the next queue. Limits are read from the policies in force
+//!   at each call.
 //! - `enqueue` refuses a batch, before changing anything, that would create a
 //!   queue beyond [`Limits::max_queues`] (the table stores also enforce
 //!   `max_tasks` and `max_queued_bytes`); no other call checks a limit, so
@@ -73,6 +87,9 @@ pub enum StoreEvent {
     LeaseLost(TaskId, u64, bool),
     /// The task changed state.
     Changed(TaskId),
+    /// A permit shared across queues (a semaphore's) came back: workers
+    /// waiting on any queue may look again.
+    Freed,
 }
 
 /// The outcome of one enqueued item.
@@ -189,6 +206,9 @@ pub struct Swept {
     pub changed: Vec<TaskId>,
     /// Leases that ran out: `(task, lease id)`, for the streams holding them.
     pub expired: Vec<(TaskId, u64)>,
+    /// A lease that ran out held a semaphore permit: tasks of any queue may
+    /// now go. (A queue whose own cap freed is in `ready_queues`.)
+    pub freed_semaphores: bool,
 }
 
 impl LeaseSpec {
@@ -244,6 +264,11 @@ pub trait Store: Send + Sync + 'static {
     async fn promote_due(&self, now: Millis) -> Result<Swept, StoreError>;
     /// Removes finished tasks past their retention.
     async fn purge_finished(&self, now: Millis) -> Result<Swept, StoreError>;
+    /// When `queue`'s next delivery is held back only by its `rate_limit`
+    /// (it has ready tasks and its token bucket is empty): the time the
+    /// bucket next has a token, so waiting workers can be woken then rather
+    /// than poll. `None` otherwise (no rate limit, tokens left, or no work).
+    async fn throttled(&self, queue: &str, now: Millis) -> Result<Option<Millis>, StoreError>;
     /// The earliest time at which one of the three sweeps has work, if any.
     async fn next_timer(&self) -> Result<Option<Millis>, StoreError>;
     /// Whether the store can serve (for readiness).

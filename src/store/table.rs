@@ -14,6 +14,8 @@ mod admin;
 mod indexes;
 mod limits;
 mod names;
+mod permits;
+mod ready;
 mod record;
 mod slab;
 
@@ -25,6 +27,7 @@ use self::names::{Names, Sym};
 use self::record::Record;
 use self::slab::Slab;
 use super::{AckItem, Enqueued, LeaseSpec, Limits, NackSpec, StoreError, Swept};
+use crate::core::flow::{room, Bucket};
 use crate::core::lease;
 use crate::core::queue::Policies;
 use crate::core::select::Fill;
@@ -94,6 +97,9 @@ pub struct Table {
     paused: std::collections::BTreeSet<String>,
     /// Pauses and resumes since the last [`Table::take_changes`].
     paused_changes: Vec<(String, bool)>,
+    /// Each rate-limited queue's token bucket (not persisted: a restarted
+    /// broker starts with full buckets).
+    buckets: HashMap<String, Bucket>,
 }
 
 impl Table {
@@ -117,6 +123,7 @@ impl Table {
             forgotten: Vec::new(),
             paused: Default::default(),
             paused_changes: Vec::new(),
+            buckets: HashMap::new(),
         }
     }
 
@@ -269,32 +276,57 @@ impl Table {
         out
     }
 
-    /// Leases from `queue` until `out` holds `until` tasks or the queue is empty.
+    /// Leases from `queue` until `out` holds `until` tasks, the queue has
+    /// nothing more that may go, or a limit binds: its `max_in_flight`, its
+    /// rate limit's tokens; a task whose key is at `per_key_max_in_flight`
+    /// or whose semaphore is at its limit is passed over for the next one.
     fn lease_from(
         &mut self,
-        queue: &str,
+        queue_name: &str,
         until: usize,
         spec: &LeaseSpec,
         now: Millis,
         out: &mut Vec<Task>,
         bytes: &mut usize,
     ) {
-        let duration = spec
-            .lease_duration
-            .unwrap_or_else(|| self.policies.get(queue).lease_duration.as_millis() as Millis);
-        if self.paused.contains(queue) {
+        let policies = self.policies.clone();
+        let policy = policies.get(queue_name);
+        let duration = spec.lease_duration.unwrap_or(policy.lease_duration.as_millis() as Millis);
+        if self.paused.contains(queue_name) {
             return;
         }
-        let Some(queue) = self.names.get(queue) else { return };
-        while out.len() < until {
-            let Some(&id) = self.idx.ready.get(&queue).and_then(|r| r.values().next()) else {
-                break;
-            };
+        let Some(queue) = self.names.get(queue_name) else { return };
+        let mut want = until.saturating_sub(out.len());
+        let in_flight = self.idx.permits.in_flight(queue);
+        want = want.min(room(policy.max_in_flight, in_flight) as usize);
+        let mut tokens = None;
+        if let Some(limit) = &policy.rate_limit {
+            let bucket =
+                self.buckets.entry(queue_name.to_owned()).or_insert_with(|| Bucket::full(limit, now));
+            let available = bucket.available(limit, now);
+            tokens = Some(available);
+            want = want.min(available as usize);
+        }
+        let mut taken = 0;
+        while taken < want {
+            let (permits, names) = (&self.idx.permits, &self.names);
+            let per_key = policy.per_key_max_in_flight;
+            let pick = self.idx.ready.get(&queue).and_then(|ready| {
+                ready.next(
+                    |key| key == names::Sym::NONE || room(per_key, permits.of_key(queue, key)) > 0,
+                    |sems| permits.semaphores_open(sems, names, &policies),
+                )
+            });
+            let Some(pick) = pick else { break };
+            let id = pick.id;
             let size = self.tasks.get(&id).map_or(0, |t| t.lease_bytes(&self.names));
             if !out.is_empty() && *bytes + size > spec.max_bytes {
                 break;
             }
             *bytes += size;
+            if let Some(ready) = self.idx.ready.get_mut(&queue) {
+                ready.served(pick);
+            }
             let lease_id = self.next_lease;
             self.next_lease += 1;
             let worker = self.names.acquire(&spec.worker_id);
@@ -305,7 +337,37 @@ impl Table {
             });
             self.count(queue, Event::Delivered);
             out.push(task);
+            taken += 1;
         }
+        if let (Some(_), Some(bucket)) = (&policy.rate_limit, self.buckets.get_mut(queue_name)) {
+            bucket.take(taken as u32);
+        }
+        if policy.caps_leases() || tokens.is_some() {
+            tracing::debug!(
+                queue = queue_name,
+                in_flight = in_flight + taken as u32,
+                max_in_flight = policy.max_in_flight,
+                tokens = tokens.map(|t| t - taken as u32),
+                leased = taken,
+                "flow control"
+            );
+        }
+    }
+
+    /// When `queue`'s next delivery is held back only by its rate limit
+    /// (ready tasks wait, the bucket is empty): when the bucket has a token.
+    pub fn throttled(&mut self, queue: &str, now: Millis) -> Option<Millis> {
+        let limit = self.policies.get(queue).rate_limit?;
+        let waiting =
+            self.names.get(queue).and_then(|q| self.idx.ready.get(&q)).is_some_and(|r| !r.is_empty());
+        let bucket = self.buckets.get_mut(queue)?;
+        (waiting && bucket.available(&limit, now) == 0).then(|| bucket.next_token(&limit, now))
+    }
+
+    /// How many permits are held now: `(in_flight of queue, semaphore held)`.
+    pub fn usage(&self, queue: &str, semaphore: &str) -> (u32, u32) {
+        let in_flight = self.names.get(queue).map_or(0, |q| self.idx.permits.in_flight(q));
+        (in_flight, self.idx.permits.held(semaphore))
     }
 
     pub fn ack_many(&mut self, items: Vec<AckItem>, now: Millis) -> Vec<Result<Task, StoreError>> {
@@ -393,6 +455,15 @@ impl Table {
             if retry == Retry::Dead {
                 self.count(queue, Event::Died);
             }
+            if let Some(task) = self.tasks.get(&id) {
+                let queue = self.names.resolve(task.queue);
+                // Its permits free: workers waiting on the queue (or, for a
+                // semaphore, on any queue) may take another task.
+                swept.freed_semaphores |= task.sems() != names::Sym::NONE;
+                if self.policies.get(queue).caps_leases() && !swept.ready_queues.iter().any(|q| q == queue) {
+                    swept.ready_queues.push(queue.to_owned());
+                }
+            }
             self.transition_in_place(id, now, |t| {
                 t.clear_lease();
                 if retry == Retry::Dead {
@@ -429,7 +500,7 @@ impl Table {
     /// Removes a task and everything that refers to it.
     fn remove_task(&mut self, id: TaskId) {
         let Some(task) = self.tasks.remove(&id) else { return };
-        unindex(&mut self.idx, id, &task);
+        unindex(&mut self.idx, &self.names, id, &task);
         let queue = self.names.resolve(task.queue);
         if !task.request_id().is_empty() {
             let key = (queue.to_owned(), task.request_id().to_owned());
@@ -478,7 +549,7 @@ impl Table {
         let task = self.tasks.get_mut(&id).expect("transition of a task in the table");
         let before = task.state;
         let holder = task.holder();
-        unindex(&mut self.idx, id, task);
+        unindex(&mut self.idx, &self.names, id, task);
         change(task);
         if let Some((lease_id, worker)) = holder {
             if task.holder().map(|(id, _)| id) != Some(lease_id) {

@@ -16,6 +16,7 @@ fn routes() -> Vec<Route> {
         headers: BTreeMap::new(),
         queue: "emails".into(),
         priority: Some(7),
+        semaphores: Vec::new(),
     }]
 }
 
@@ -167,4 +168,33 @@ fn delays_and_times_ahead_are_bounded_by_max_delay() {
     // The past is fine: due at once.
     let i = EnqueueInput { scheduled_time: Some(5), ..input("k") };
     assert_eq!(rules.enqueue(i, now).unwrap().scheduled_time, 5);
+}
+
+#[test]
+fn semaphores_are_checked_and_merged_with_the_routes_and_the_queues() {
+    let browsers = QueuePolicy { semaphores: vec!["gpu".into()], ..QueuePolicy::default() };
+    let declared = [("default".to_string(), QueuePolicy::default()), ("browsers".to_string(), browsers)];
+    let sems = BTreeMap::from([("selenium".to_string(), 5), ("gpu".to_string(), 1), ("dns".to_string(), 9)]);
+    let p = Policies::new(declared.into_iter().collect(), QueuePolicy::default()).with_semaphores(sems);
+    let r = vec![Route {
+        kind: "browse.*".into(),
+        headers: BTreeMap::new(),
+        queue: "browsers".into(),
+        priority: None,
+        semaphores: vec!["selenium".into()],
+    }];
+    let rules = rules(&p, &r, false);
+    let routed = EnqueueInput { semaphores: vec!["dns".into(), "gpu".into()], ..input("browse.page") };
+    let task = rules.enqueue(routed, 0).unwrap();
+    assert_eq!(task.queue, "browsers");
+    assert_eq!(task.semaphores, ["dns", "gpu", "selenium"], "sorted, once each: own, route's, queue's");
+
+    let unknown = EnqueueInput { semaphores: vec!["nope".into()], ..input("k") };
+    assert_eq!(fields(rules.enqueue(unknown, 0).unwrap_err()), ["semaphores"]);
+    let many = EnqueueInput { semaphores: vec!["dns".into(); 9], ..input("k") };
+    assert_eq!(fields(rules.enqueue(many, 0).unwrap_err()), ["semaphores"]);
+    let key = EnqueueInput { concurrency_key: "k".repeat(129), ..input("k") };
+    assert_eq!(fields(rules.enqueue(key, 0).unwrap_err()), ["concurrency_key"]);
+    let key = EnqueueInput { concurrency_key: "k".repeat(128), ..input("k") };
+    assert_eq!(rules.enqueue(key, 0).unwrap().concurrency_key.len(), 128);
 }

@@ -87,6 +87,10 @@ pub struct BenchArgs {
     /// The Redis of `--embedded redis` and of the `redis-raw` scenario.
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
+    /// Queue settings (and the rest) of the in-process broker from this
+    /// config file, e.g. a `max_in_flight` to measure flow control's cost.
+    #[arg(long, conflicts_with = "server")]
+    pub config: Option<std::path::PathBuf>,
 }
 
 /// A `--scenario` value.
@@ -148,7 +152,16 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         if args.scenario.contains(&ScenarioArg::All) { ALL.to_vec() } else { dedup(&args.scenario) };
     let storage = args.embedded.unwrap_or(StorageKind::Memory);
 
-    let target = UnderTest::start(args.server.clone(), storage, &opts.redis_url).await?;
+    let base = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| CliError::Config(vec![format!("{}: {e}", path.display())]))?;
+            crate::config::Config::from_toml(&text)
+                .map_err(|e| CliError::Config(vec![format!("{}: {e}", path.display())]))?
+        }
+        None => crate::config::Config::default(),
+    };
+    let target = UnderTest::start(args.server.clone(), storage, &opts.redis_url, base).await?;
     let probes = target.probes();
     let pool = Pool::connect(target.url(), opts.connections).await?;
     let run_id = format!("{:08x}", rand::random::<u32>());

@@ -71,6 +71,7 @@ impl UnderTest {
         server: Option<String>,
         storage: StorageKind,
         redis_url: &str,
+        base: Config,
     ) -> anyhow::Result<Self> {
         if let Some(url) = server {
             return Ok(Self { url, local: None });
@@ -84,7 +85,7 @@ impl UnderTest {
             admin_listen: String::new(),
             redis_url: redis_url.to_owned(),
             shutdown_grace: Duration::from_secs(2),
-            ..Config::default()
+            ..base
         };
         config.validate().map_err(|problems| anyhow::anyhow!("bench config: {}", problems.join("; ")))?;
         let runtime = server_runtime()?;

@@ -3,12 +3,18 @@
 //! as corrupt.
 //!
 //! A value is one format byte and the postcard encoding of that format's
-//! record. [`encode`] always writes [`CURRENT`]; [`decode`] reads every
-//! format there has been and migrates it to today's [`Task`]. Adding a task
-//! field: add `StoredTaskV2` with the field, make it [`CURRENT`], and let V1
-//! records decode with the field's default. A checked-in V1 record
-//! (`testdata/task-v1.bin`) is decoded by a test, so an accidental change of
-//! V1's layout fails the build's tests.
+//! record. [`decode`] reads every format there has been and migrates it to
+//! today's [`Task`]. Adding a task field: add a format with the field, make
+//! it [`CURRENT`], and let older records decode with the field's default. A
+//! checked-in record of each format (`testdata/task-v1.bin`,
+//! `testdata/task-v2.bin`) is decoded by a test, so an accidental change of
+//! a layout fails the build's tests.
+//!
+//! Format 2 is format 1's record followed by [`FlowV2`] (the flow-control
+//! fields). [`encode`] writes format 2 only for a task that has one of those
+//! fields set, and format 1, byte for byte as before, for every other task:
+//! the common task costs nothing more, and a data file written without flow
+//! control stays readable by the taskbroker before it.
 
 use std::collections::BTreeMap;
 
@@ -17,8 +23,22 @@ use serde::{Deserialize, Serialize};
 use crate::core::stats::QueueTotals;
 use crate::core::task::{Lease, Task, TaskId, TaskState};
 
-/// The format new records are written in.
-pub const CURRENT: u8 = 1;
+/// The newest format (written for tasks with flow-control fields).
+pub const CURRENT: u8 = 2;
+
+/// Format 2's addition after the V1 record. Never change it; add a V3.
+#[derive(Serialize, Deserialize)]
+struct FlowV2 {
+    concurrency_key: String,
+    semaphores: Vec<String>,
+}
+
+/// [`FlowV2`] borrowing from the task.
+#[derive(Serialize)]
+struct FlowV2Ref<'a> {
+    concurrency_key: &'a str,
+    semaphores: &'a [String],
+}
 
 /// A task as stored, with the table's bookkeeping beside it.
 #[derive(Clone, Debug, PartialEq)]
@@ -151,6 +171,8 @@ pub fn encode(task: &Task, ready_seq: u64) -> Vec<u8> {
         result,
         last_error,
         lease,
+        concurrency_key,
+        semaphores,
     } = task;
     let record = StoredTaskV1Ref {
         id: id.0,
@@ -178,13 +200,25 @@ pub fn encode(task: &Task, ready_seq: u64) -> Vec<u8> {
         ready_seq,
     };
     // Encoding plain data into a Vec cannot fail.
-    postcard::to_extend(&record, vec![CURRENT]).unwrap_or_default()
+    if concurrency_key.is_empty() && semaphores.is_empty() {
+        return postcard::to_extend(&record, vec![1]).unwrap_or_default();
+    }
+    let out = postcard::to_extend(&record, vec![CURRENT]).unwrap_or_default();
+    postcard::to_extend(&FlowV2Ref { concurrency_key, semaphores }, out).unwrap_or_default()
 }
 
 /// A stored value of any format, as today's task.
 pub fn decode(bytes: &[u8]) -> Result<Stored, String> {
     match bytes.split_first() {
         Some((1, rest)) => postcard::from_bytes::<StoredTaskV1>(rest).map(from_v1).map_err(|e| e.to_string()),
+        Some((2, rest)) => {
+            let (v1, rest) = postcard::take_from_bytes::<StoredTaskV1>(rest).map_err(|e| e.to_string())?;
+            let flow = postcard::from_bytes::<FlowV2>(rest).map_err(|e| e.to_string())?;
+            let mut stored = from_v1(v1);
+            stored.task.concurrency_key = flow.concurrency_key;
+            stored.task.semaphores = flow.semaphores;
+            Ok(stored)
+        }
         Some((v, _)) => Err(format!("unknown record format {v} (written by a newer taskbroker?)")),
         None => Err("empty record".into()),
     }
@@ -210,6 +244,8 @@ fn from_v1(r: StoredTaskV1) -> Stored {
         result: r.result,
         last_error: r.last_error,
         lease: r.lease.map(|l| Lease { id: l.id, expire_time: l.expire_time, worker_id: l.worker_id }),
+        concurrency_key: String::new(),
+        semaphores: Vec::new(),
     };
     Stored { task, ready_seq: r.ready_seq }
 }
@@ -281,7 +317,27 @@ mod tests {
             result: b"partial".to_vec(),
             last_error: "boom".into(),
             lease: Some(Lease { id: 4242, expire_time: 1_767_225_631_000, worker_id: "w-7".into() }),
+            concurrency_key: String::new(),
+            semaphores: Vec::new(),
         }
+    }
+
+    /// The task in `testdata/task-v2.bin` (format 2: with flow-control fields).
+    fn v2_task() -> Task {
+        Task {
+            concurrency_key: "tenant-42".into(),
+            semaphores: vec!["gpu".into(), "selenium".into()],
+            ..v1_task()
+        }
+    }
+
+    #[test]
+    fn a_checked_in_v2_record_still_decodes_and_is_written_byte_for_byte() {
+        let bytes = include_bytes!("testdata/task-v2.bin");
+        assert_eq!(decode(bytes).expect("the V2 record decodes"), Stored { task: v2_task(), ready_seq: 99 });
+        assert_eq!(encode(&v2_task(), 99).as_slice(), bytes.as_slice());
+        let key_only = Task { semaphores: Vec::new(), ..v2_task() };
+        assert_eq!(decode(&encode(&key_only, 3)).unwrap(), Stored { task: key_only, ready_seq: 3 });
     }
 
     #[test]

@@ -77,6 +77,8 @@ fn replayable() -> NewTask {
         scheduled_time: 0,
         dedup_key: "d".into(),
         request_id: "r".into(),
+        concurrency_key: String::new(),
+        semaphores: Vec::new(),
     }
 }
 

@@ -39,9 +39,15 @@ impl RedisStore {
         }
         let calls = groups.iter().map(|(queue, _, items)| self.ack_queue(queue, items, now));
         let results = join_all(calls).await;
-        for ((_, positions, _), result) in groups.iter().zip(results) {
+        for ((queue, positions, items), result) in groups.iter().zip(results) {
             match result {
                 Ok(tasks) => {
+                    self.announce_freed(queue, tasks.iter().filter(|t| t.is_ok()).count()).await;
+                    for (item, t) in items.iter().zip(&tasks) {
+                        if let Ok(t) = t {
+                            self.release_permits(t, item.lease_id).await;
+                        }
+                    }
                     for (pos, t) in positions.iter().zip(tasks) {
                         out[*pos] = Some(t);
                     }

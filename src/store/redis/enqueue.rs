@@ -81,7 +81,9 @@ impl RedisStore {
                     .arg(t.scheduled_time)
                     .arg(crate::core::budget::task_bytes_of(t))
                     .arg(&t.dedup_key)
-                    .arg(&t.request_id);
+                    .arg(&t.request_id)
+                    .arg(&t.concurrency_key)
+                    .arg(t.semaphores.join(","));
             }
             let items = array(self.run(&inv).await?)?;
             match items.first().map(reply::text).transpose()? {

@@ -3,6 +3,8 @@
 //! it hears to the receivers [`crate::store::Store::events`] hands out.
 //!
 //! Messages (written by `lua/lib.lua`):
+//! - `freed`: a lease holding shared semaphore permits ended (any queue's
+//!   waiting workers may now take a task);
 //! - `ready <queue> <n>`: a script made `n` tasks READY in the queue;
 //! - `lost <task id> <lease id> <0|1>`: a lease ended unsettled (expired, or
 //!   `1`: the task was canceled while leased);
@@ -55,6 +57,9 @@ pub async fn subscribe(conn: &Conn) -> RedisResult<PubSub> {
 /// The event a message stands for, if it is one.
 pub fn parse(payload: &[u8]) -> Option<StoreEvent> {
     let text = std::str::from_utf8(payload).ok()?;
+    if text == "freed" {
+        return Some(StoreEvent::Freed);
+    }
     if let Some(rest) = text.strip_prefix("ready ") {
         // Queue names have no spaces; a message without a count (an older
         // broker's) wakes every waiter.

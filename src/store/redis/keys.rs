@@ -34,14 +34,22 @@ pub const PAUSED: &str = "tb:paused";
 /// Pub/sub channel on which the scripts tell every replica what happened.
 pub const EVENTS: &str = "tb:events";
 
+/// ZSET of the holders of semaphore `name` (`<task id>:<lease id>`, or a
+/// reservation `r:<random>:<n>`) scored by when each permit lapses: in its
+/// own slot (hash tag `{sem:<name>}`), shared by every queue.
+pub fn semaphore(name: &str) -> String {
+    format!("tb:{{sem:{name}}}:holders")
+}
+
 /// The keys of one queue, in the order every script receives them as `KEYS`
 /// (see `lua/lib.lua`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QueueKeys([String; 28]);
+pub struct QueueKeys([String; 29]);
 
-/// The role of each key, in `KEYS` order: eleven, one ready list per
-/// priority, then what the operations API keeps (see [`super::admin`]).
-const ROLES: [&str; 28] = [
+/// The role of each key, in `KEYS` order: eleven, the flow-control state,
+/// one ready list per priority, then what the operations API keeps (see
+/// [`super::admin`]).
+const ROLES: [&str; 29] = [
     "meta",
     "body",
     "results",
@@ -53,6 +61,7 @@ const ROLES: [&str; 28] = [
     "dedup",
     "requests",
     "watched",
+    "flow",
     "ready:0",
     "ready:1",
     "ready:2",
@@ -104,7 +113,14 @@ impl QueueKeys {
 
     /// STRING present while the queue is paused.
     pub fn paused(&self) -> &str {
-        &self.0[21]
+        &self.0[22]
+    }
+
+    /// HASH of the queue's flow-control state: its rate limit's token
+    /// bucket (`tokens`, `at`).
+    #[cfg(test)]
+    pub fn flow(&self) -> &str {
+        &self.0[11]
     }
 }
 
@@ -122,6 +138,7 @@ mod tests {
             ("tb:{emails}:meta", "tb:{emails}:leased", "tb:{emails}:scheduled", "tb:{emails}:finished")
         );
         assert_eq!(k.paused(), "tb:{emails}:paused");
+        assert_eq!(k.flow(), "tb:{emails}:flow");
     }
 
     /// The scripts read the keys by position (`lua/lib.lua`): every position
@@ -148,7 +165,7 @@ mod tests {
         }
         // Every role but the ready lists is named once.
         assert_eq!(named, ROLES.iter().filter(|r| !r.starts_with("ready:")).count());
-        // `return KEYS[12 + ...p...]`: the ready list of priority p.
+        // `return KEYS[13 + ...p...]`: the ready list of priority p.
         let ready =
             lib.lines().find_map(|l| l.trim().strip_prefix("return KEYS[")).expect("k_ready in lib.lua");
         let first: usize = ready.split(" + ").next().and_then(|n| n.parse().ok()).expect("KEYS[n + p]");

@@ -8,8 +8,8 @@
 //! that Redis rolled back (lost writes) does not hand a task's lease id out
 //! again (see `lua/lease.lua`).
 
-use super::reply::{array, task, uint, unexpected};
-use super::{scripts, RedisStore};
+use super::reply::{array, task, text, uint, unexpected};
+use super::{keys, scripts, RedisStore};
 use crate::core::select::Fill;
 use crate::core::task::Task;
 use crate::core::Millis;
@@ -17,6 +17,15 @@ use crate::store::{LeaseSpec, StoreError};
 
 /// Lease ids carry a random number below this in their low bits (lease.lua).
 const LEASE_RANDOM: u32 = 1 << 21;
+
+/// How long a semaphore permit reserved for a lease call is held if the
+/// broker never hands it to a task nor gives it back (it crashed between).
+const RESERVATION_MS: Millis = 10_000;
+
+/// A lease's holder name in a semaphore's holders.
+pub(super) fn holder(id: crate::core::task::TaskId, lease_id: u64) -> String {
+    format!("{id}:{lease_id}")
+}
 
 impl RedisStore {
     /// Leases by `spec` with the one lease driver, [`Fill`], over `lease.lua`
@@ -40,6 +49,13 @@ impl RedisStore {
     }
 
     /// Leases up to `take` tasks from `queue` into `out`; returns how many.
+    ///
+    /// A task that needs shared semaphores is passed over by the first call
+    /// (it holds no permits); when that left the lease short, permits of the
+    /// semaphores it named are reserved in their own slots
+    /// ([`Self::reserve_permits`]) and a second call takes tasks within them.
+    /// Each task so leased gets one reserved permit per semaphore, renamed to
+    /// its lease (lapsing at the lease's deadline); the rest are given back.
     async fn lease_from(
         &self,
         queue: &str,
@@ -49,18 +65,94 @@ impl RedisStore {
         out: &mut Vec<Task>,
         bytes: &mut usize,
     ) -> Result<usize, StoreError> {
-        let duration = spec
-            .lease_duration
-            .unwrap_or_else(|| self.queues.current().get(queue).lease_duration.as_millis() as Millis);
+        let (got, blocked) = self.lease_call(queue, take, spec, now, out, bytes, "").await?;
+        if got >= take || blocked.is_empty() {
+            return Ok(got);
+        }
+        let want = take - got;
+        let mut reserved = self.reserve_permits(&blocked, want, now).await?;
+        let rooms: Vec<String> = reserved.iter().map(|(name, m)| format!("{name}={}", m.len())).collect();
+        let before = out.len();
+        let second = self.lease_call(queue, want, spec, now, out, bytes, &rooms.join(",")).await;
+        for t in &out[before..] {
+            let Some(lease) = &t.lease else { continue };
+            for name in &t.semaphores {
+                let Some((_, members)) = reserved.iter_mut().find(|(n, _)| n == name) else { continue };
+                if let Some(reservation) = members.pop() {
+                    self.hand_permit(name, &reservation, &holder(t.id, lease.id), lease.expire_time).await;
+                }
+            }
+        }
+        for (name, members) in reserved {
+            self.give_permits(&name, &members).await;
+        }
+        Ok(got + second?.0)
+    }
+
+    /// Reserves up to `want` permits of each semaphore in `names`
+    /// (comma-separated) for a lease call: `(name, reservations)`. A name no
+    /// longer declared gets `want` unreserved permits (it limits nothing).
+    async fn reserve_permits(
+        &self,
+        names: &str,
+        want: usize,
+        now: Millis,
+    ) -> Result<Vec<(String, Vec<String>)>, StoreError> {
+        let policies = self.queues.current();
+        let lapse = now + RESERVATION_MS;
+        let mut out = Vec::new();
+        for name in names.split(',').filter(|n| !n.is_empty()) {
+            let tag: u64 = rand::random();
+            let mut members: Vec<String> = (0..want).map(|i| format!("r:{tag:x}:{i}")).collect();
+            if let Some(limit) = policies.semaphore_limit(name) {
+                let mut inv = scripts::SEMAPHORE_TAKE.prepare_invoke();
+                inv.key(keys::semaphore(name));
+                inv.arg(if self.server_time { String::new() } else { now.to_string() }).arg(limit);
+                for m in &members {
+                    inv.arg(m).arg(lapse);
+                }
+                let taken = uint(&self.run(&inv).await?)? as usize;
+                members.truncate(taken);
+                tracing::debug!(semaphore = name, limit, reserved = taken, "flow control");
+            }
+            out.push((name.to_owned(), members));
+        }
+        Ok(out)
+    }
+
+    /// One `lease.lua` call: leases up to `take` tasks of `queue` into `out`
+    /// within the semaphore permits `rooms` ('name=n,...'); returns how many,
+    /// and the semaphores a passed-over task needed.
+    #[allow(clippy::too_many_arguments)]
+    async fn lease_call(
+        &self,
+        queue: &str,
+        take: usize,
+        spec: &LeaseSpec,
+        now: Millis,
+        out: &mut Vec<Task>,
+        bytes: &mut usize,
+        rooms: &str,
+    ) -> Result<(usize, String), StoreError> {
+        let policies = self.queues.current();
+        let policy = policies.get(queue);
+        let duration = spec.lease_duration.unwrap_or(policy.lease_duration.as_millis() as Millis);
         let mut inv = self.invocation(&scripts::LEASE, queue, now);
         inv.arg(take).arg(duration).arg(&spec.worker_id).arg(out.len()).arg(*bytes).arg(spec.max_bytes);
         inv.arg(crate::core::budget::FIELD);
         // The random part of this call's lease ids (see lease.lua).
         inv.arg(rand::random::<u32>() % LEASE_RANDOM);
+        inv.arg(policy.max_in_flight);
+        match &policy.rate_limit {
+            Some(limit) => inv.arg(format!("{:e}", limit.rate.per_ms())).arg(limit.burst),
+            None => inv.arg("").arg(0),
+        };
+        inv.arg(policy.per_key_max_in_flight).arg(rooms);
         let items = array(self.run(&inv).await?)?;
-        let [total, _full, records @ ..] = items.as_slice() else {
+        let [total, _full, blocked, records @ ..] = items.as_slice() else {
             return Err(unexpected("a short lease reply"));
         };
+        let blocked = text(blocked)?.to_owned();
         if records.len() % 3 != 0 {
             return Err(unexpected("a lease reply of the wrong length"));
         }
@@ -68,6 +160,6 @@ impl RedisStore {
         for record in records.chunks(3) {
             out.push(task(queue, record)?);
         }
-        Ok(records.len() / 3)
+        Ok((records.len() / 3, blocked))
     }
 }

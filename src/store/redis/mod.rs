@@ -25,6 +25,48 @@
 //! the earlier queues' tasks created (a retry with request ids is safe); a
 //! lease that fails part-way returns what it already leased.
 //!
+//! # Flow control
+//! Each queue's limits are checked and taken inside `lease.lua`, in the same
+//! atomic step that leases (one step per queue), and shared by every replica:
+//! - `max_in_flight`: the queue's leased set *is* the count (`ZCARD`), so
+//!   every script that ends a lease frees the permit and none can leak;
+//! - `rate_limit`: a token bucket (`tokens`, `at`) in the queue's `flow` hash,
+//!   on the scripts' clock; `throttle.lua` tells the broker when the next
+//!   token is due, so waiting workers are woken by one timer, not a poll;
+//! - `per_key_max_in_flight`: in the `flow` hash, each task's key (`t:<id>`)
+//!   and each key's LEASED count (`k:<key>`), counted up by `lease.lua` and
+//!   down by every script that takes a task out of the leased set
+//!   (`release_keys` in `lib.lua`); a saturated key's tasks are passed over
+//!   and stay READY in place. Keys are served FIFO within a priority (the
+//!   table stores' round-robin across keys is not in the scripts yet).
+//!
+//! Shared semaphores span queues, and so Redis Cluster slots: one script
+//! cannot touch a queue and a semaphore atomically. Each semaphore's holders
+//! are a sorted set in the semaphore's own slot (`tb:{sem:<name>}:holders`,
+//! member `<task>:<lease>`, score = when the permit lapses); holders past
+//! their score do not count and are removed by the next take, so no permit
+//! can leak beyond the lease that held it. A lease ([`lease`]):
+//! 1. `lease.lua` with no permits: tasks needing a semaphore are passed over
+//!    (left READY), and their semaphores named in the reply;
+//! 2. if that left the lease short, permits are reserved in each named
+//!    semaphore's slot (`semaphore_take.lua`: members `r:<random>:<n>`
+//!    lapsing in 10 s), at most the semaphore's limit minus its live holders;
+//! 3. `lease.lua` again, told how many permits of each it may use: it takes
+//!    tasks within them;
+//! 4. each leased task's reservations become its lease's holders (added, then
+//!    the reservation removed: the count errs high, never low), lapsing at
+//!    the lease's deadline; unused reservations are removed at once.
+//!
+//! Ack, Nack and CancelTask remove the lease's holders after the queue's
+//! script succeeded (a stale ack fails that script first, so frees nothing)
+//! and publish `freed`, which wakes every replica's waiting workers;
+//! ExtendLease moves them with the deadline (`extend.lua` returns the task's
+//! semaphores). An expired lease's holders lapse with it. A crash between
+//! steps leaves at most a reservation that lapses in 10 s, or a holder whose
+//! lease is LEASED anyway. The one window: a holder whose extension was lost
+//! (connection cut after `extend.lua`) lapses at the old deadline while the
+//! worker still runs.
+//!
 //! # Time
 //! Scripts take `now` from the caller, or with `server_time` read Redis's own
 //! clock (`TIME`), so every replica settles leases against one clock.
@@ -54,6 +96,7 @@ mod enqueue;
 mod events;
 mod keys;
 mod lease;
+mod permits;
 mod queues;
 mod record;
 mod reply;
@@ -164,6 +207,22 @@ impl RedisStore {
         bounded(inv.invoke_async(&mut conn)).await
     }
 
+    /// `n` leases of `queue` ended: when the queue caps its leases, tells
+    /// every replica (as `ready <queue> <n>`), so streams and long-polls
+    /// waiting on its permits look again. A lost message costs a delay,
+    /// never a permit: the count is the leased set's size (lease.lua).
+    async fn announce_freed(&self, queue: &str, n: usize) {
+        if n == 0 || !self.queues.current().get(queue).caps_leases() {
+            return;
+        }
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(keys::EVENTS).arg(format!("ready {queue} {n}"));
+        if let Err(e) = bounded(cmd.query_async::<i64>(&mut conn)).await {
+            tracing::debug!(error = %e, queue, "could not announce freed permits");
+        }
+    }
+
     fn retention(&self, queue: &str) -> u64 {
         self.queues.current().get(queue).retention.as_millis() as u64
     }
@@ -209,7 +268,12 @@ impl Store for RedisStore {
             .arg(format!("{:?}", backoff.jitter))
             .arg(format!("{:?}", spec.jitter_sample))
             .arg(self.retention(&queue));
-        settled_task(self.run(&inv).await?, id, &queue)
+        let task = settled_task(self.run(&inv).await?, id, &queue)?;
+        self.release_permits(&task, lease_id).await;
+        if task.state != crate::core::task::TaskState::Ready {
+            self.announce_freed(&queue, 1).await;
+        }
+        Ok(task)
     }
 
     async fn extend(&self, id: TaskId, lease_id: u64, by: Millis, now: Millis) -> Result<Millis, StoreError> {
@@ -217,14 +281,23 @@ impl Store for RedisStore {
         let mut inv = self.invocation(&scripts::EXTEND, &queue, now);
         inv.arg(id.to_string()).arg(lease_id).arg(by);
         let rest = settled(self.run(&inv).await?, id)?;
-        uint(rest.first().ok_or_else(|| unexpected("no deadline"))?)
+        let deadline = uint(rest.first().ok_or_else(|| unexpected("no deadline"))?)?;
+        if let Some(semaphores) = rest.get(1) {
+            self.extend_permits(id, lease_id, reply::text(semaphores)?, deadline).await;
+        }
+        Ok(deadline)
     }
 
     async fn cancel(&self, id: TaskId, now: Millis) -> Result<Task, StoreError> {
         let queue = self.queue_of(id).await?;
         let mut inv = self.invocation(&scripts::CANCEL, &queue, now);
         inv.arg(id.to_string()).arg(self.retention(&queue));
-        settled_task(self.run(&inv).await?, id, &queue)
+        let task = settled_task(self.run(&inv).await?, id, &queue)?;
+        if let Some(lease) = &task.lease {
+            self.release_permits(&task, lease.id).await;
+            self.announce_freed(&queue, 1).await;
+        }
+        Ok(task)
     }
 
     async fn get(&self, id: TaskId) -> Result<Task, StoreError> {
@@ -244,6 +317,16 @@ impl Store for RedisStore {
 
     async fn purge_finished(&self, now: Millis) -> Result<Swept, StoreError> {
         self.purge(now).await
+    }
+
+    async fn throttled(&self, queue: &str, now: Millis) -> Result<Option<Millis>, StoreError> {
+        let Some(limit) = self.queues.current().get(queue).rate_limit else { return Ok(None) };
+        let mut inv = self.invocation(&scripts::THROTTLE, queue, now);
+        inv.arg(format!("{:e}", limit.rate.per_ms())).arg(limit.burst);
+        let wait: i64 =
+            redis::from_redis_value(self.run(&inv).await?).map_err(|e| unexpected(&e.to_string()))?;
+        // A delay on Redis's clock, made a time on ours.
+        Ok(u64::try_from(wait).ok().map(|ms| now + ms.max(1)))
     }
 
     async fn next_timer(&self) -> Result<Option<Millis>, StoreError> {

@@ -15,6 +15,10 @@ use crate::core::task::{Lease, Task, TaskId, TaskState};
 
 /// First byte of every body: the body layout's version.
 const BODY_V1: u8 = 1;
+/// V1's fields, then the concurrency key and the semaphores (a count, then
+/// each name): written only for a task that has one of them, so every other
+/// body stays V1, byte for byte.
+const BODY_V2: u8 = 2;
 
 /// A stored record that cannot be read back.
 #[derive(Debug, PartialEq, thiserror::Error)]
@@ -28,7 +32,8 @@ pub fn encode_body(t: &Task) -> Vec<u8> {
     let headers: usize = t.headers.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
     let mut out =
         Vec::with_capacity(1 + 16 + 16 + t.kind.len() + t.payload.len() + t.content_type.len() + headers);
-    out.push(BODY_V1);
+    let flow = !t.concurrency_key.is_empty() || !t.semaphores.is_empty();
+    out.push(if flow { BODY_V2 } else { BODY_V1 });
     out.extend_from_slice(&t.id.0.to_le_bytes());
     for field in [t.kind.as_bytes(), &t.payload, t.content_type.as_bytes()] {
         put(&mut out, field);
@@ -37,6 +42,13 @@ pub fn encode_body(t: &Task) -> Vec<u8> {
     for (k, v) in &t.headers {
         put(&mut out, k.as_bytes());
         put(&mut out, v.as_bytes());
+    }
+    if flow {
+        put(&mut out, t.concurrency_key.as_bytes());
+        out.extend_from_slice(&(t.semaphores.len() as u32).to_le_bytes());
+        for s in &t.semaphores {
+            put(&mut out, s.as_bytes());
+        }
     }
     out
 }
@@ -57,7 +69,8 @@ pub fn decode(queue: &str, meta: &[u8], body: &[u8], result: &[u8]) -> Result<Ta
 /// The task of a body, its changing fields still to be set by [`apply_meta`].
 fn decode_body(queue: &str, body: &[u8]) -> Result<Task, Corrupt> {
     let mut b = Reader(body);
-    if b.u8()? != BODY_V1 {
+    let version = b.u8()?;
+    if version != BODY_V1 && version != BODY_V2 {
         return Err(Corrupt("unknown body version"));
     }
     let id = TaskId(u128::from_le_bytes(b.take(16)?.try_into().map_err(|_| Corrupt("short id"))?));
@@ -68,6 +81,13 @@ fn decode_body(queue: &str, body: &[u8]) -> Result<Task, Corrupt> {
     for _ in 0..b.u32()? {
         let k = b.text()?;
         headers.insert(k, b.text()?);
+    }
+    let (mut concurrency_key, mut semaphores) = (String::new(), Vec::new());
+    if version == BODY_V2 {
+        concurrency_key = b.text()?;
+        for _ in 0..b.u32()? {
+            semaphores.push(b.text()?);
+        }
     }
     Ok(Task {
         id,
@@ -88,6 +108,8 @@ fn decode_body(queue: &str, body: &[u8]) -> Result<Task, Corrupt> {
         result: Vec::new(),
         last_error: String::new(),
         lease: None,
+        concurrency_key,
+        semaphores,
     })
 }
 
@@ -233,6 +255,8 @@ mod tests {
                 expire_time: 1_767_225_630_000,
                 worker_id: "w".into(),
             }),
+            concurrency_key: String::new(),
+            semaphores: Vec::new(),
         }
     }
 
@@ -240,6 +264,13 @@ mod tests {
     fn records_round_trip() {
         let t = sample();
         assert_eq!(decode("emails", &encode_meta(&t), &encode_body(&t), &t.result).unwrap(), t);
+        let keyed =
+            Task { concurrency_key: "tenant".into(), semaphores: vec!["a".into(), "b".into()], ..t.clone() };
+        assert_eq!(
+            decode("emails", &encode_meta(&keyed), &encode_body(&keyed), &keyed.result).unwrap(),
+            keyed
+        );
+        assert_eq!(encode_body(&t)[0], BODY_V1, "a task without flow fields keeps the V1 body");
         let bare = Task { headers: BTreeMap::new(), lease: None, payload: vec![], result: vec![], ..t };
         assert_eq!(decode("emails", &encode_meta(&bare), &encode_body(&bare), &[]).unwrap(), bare);
     }

@@ -57,6 +57,15 @@ script!(
     WATCH,
     "lua/watch.lua"
 );
+/// Takes permits of one shared semaphore (its own key and slot; no lib.lua).
+pub static SEMAPHORE_TAKE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/semaphore_take.lua")));
+
+script!(
+    /// How long until a rate-limited queue's bucket has a token.
+    THROTTLE,
+    "lua/throttle.lua"
+);
 script!(
     /// Returns expired leases to READY (or DEAD).
     REAP,

@@ -29,12 +29,16 @@ impl RedisStore {
     pub(super) async fn reap(&self, now: Millis) -> Result<Swept, StoreError> {
         let reap = Sweep { script: &scripts::REAP, per_task: 3 };
         let mut swept = Swept::default();
+        let policies = self.queues.current();
         for (queue, items) in self.sweep(reap, now, |q| vec![self.retention(q)]).await? {
+            // An expired lease of a capped queue frees a permit even when its
+            // task dies: the queue's waiting workers look again (as the table).
+            let caps = policies.get(&queue).caps_leases();
             for item in items.chunks(3) {
                 let [id, lease_id, ready] = item else { return Err(unexpected("an odd reap reply")) };
                 let id = task_id(id)?;
                 swept.expired.push((id, uint(lease_id)?));
-                note(&mut swept, &queue, id, uint(ready)? == 1);
+                note(&mut swept, &queue, id, uint(ready)? == 1 || caps);
             }
         }
         Ok(swept)

@@ -3,10 +3,9 @@
 
 use super::indexes::{index, unindex};
 use super::Table;
-use crate::core::priority::ReadyKey;
 use crate::core::stats::{purgeable, state_index, QueueStats, QueueTotals};
 use crate::core::task::{Task, TaskId, TaskState};
-use crate::core::{Millis, MAX_PRIORITY};
+use crate::core::Millis;
 use crate::store::Swept;
 
 impl Table {
@@ -36,13 +35,10 @@ impl Table {
     }
 
     /// When the READY task of `queue` waiting longest became ready: the
-    /// first of each priority level is the oldest of its level.
+    /// head of one of its lanes (FIFO within a lane).
     fn oldest_ready(&self, queue: super::names::Sym) -> Option<Millis> {
         let ready = self.idx.ready.get(&queue)?;
-        (0..=MAX_PRIORITY)
-            .filter_map(|p| ready.range(ReadyKey::new(p, 0)..=ReadyKey::new(p, u64::MAX)).next())
-            .filter_map(|(_, id)| self.tasks.get(id).map(|t| t.update_time))
-            .min()
+        ready.heads().filter_map(|id| self.tasks.get(&id).map(|t| t.update_time)).min()
     }
 
     /// Pauses or resumes delivery from `queue`; whether that changed anything.
@@ -105,7 +101,7 @@ impl Table {
         // this queue's, then sort (their number is what waits or runs now).
         let mut ids: Vec<TaskId> = match state {
             TaskState::Ready => {
-                self.idx.ready.get(&sym).map(|r| r.values().copied().collect()).unwrap_or_default()
+                self.idx.ready.get(&sym).map(|r| r.ids().collect()).unwrap_or_default()
             }
             _ => self
                 .idx
@@ -146,7 +142,7 @@ impl Table {
         let mut swept = Swept::default();
         for id in chosen {
             let task = self.tasks.get_mut(&id).expect("a chosen task is in the table");
-            unindex(&mut self.idx, id, task);
+            unindex(&mut self.idx, &self.names, id, task);
             task.state = TaskState::Ready;
             task.attempt = 0;
             task.update_time = now;

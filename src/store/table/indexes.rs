@@ -1,10 +1,11 @@
 //! The table's indexes: where each task sits, by state.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use super::names::{Names, Sym};
+use super::permits::Permits;
+use super::ready::{ReadyQueue, Slot};
 use super::record::Record;
-use crate::core::priority::ReadyKey;
 use crate::core::queue::Policies;
 use crate::core::stats::{QueueCounts, QueueTotals};
 use crate::core::task::{TaskId, TaskState};
@@ -16,7 +17,9 @@ use crate::core::Millis;
 #[derive(Default)]
 pub struct Indexes {
     /// READY tasks per queue (by its interned name), in delivery order.
-    pub ready: HashMap<Sym, BTreeMap<ReadyKey, TaskId>>,
+    pub ready: HashMap<Sym, ReadyQueue>,
+    /// The permits LEASED tasks hold (derived here, from the LEASED index).
+    pub permits: Permits,
     /// LEASED tasks by lease deadline: the reaper's work list.
     pub leased: BTreeSet<(Millis, TaskId)>,
     /// SCHEDULED tasks by due time: the scheduler's work list.
@@ -96,11 +99,12 @@ pub fn index(idx: &mut Indexes, policies: &Policies, names: &Names, id: TaskId, 
     let mut purge_at = 0;
     match task.state {
         TaskState::Ready => {
-            let key = ReadyKey::new(task.priority, task.ready_seq);
-            idx.ready.entry(task.queue).or_default().insert(key, id);
+            idx.ready.entry(task.queue).or_default().insert(slot(task), id);
         }
         TaskState::Leased => {
-            idx.leased.insert((task.lease_expire().unwrap_or(0), id));
+            if idx.leased.insert((task.lease_expire().unwrap_or(0), id)) {
+                idx.permits.take(task, names);
+            }
         }
         TaskState::Scheduled => {
             idx.scheduled.insert((task.scheduled_time, id));
@@ -114,16 +118,18 @@ pub fn index(idx: &mut Indexes, policies: &Policies, names: &Names, id: TaskId, 
     idx.books.entry(task.queue).or_default().enter(id, task.state, purge_at);
 }
 
-pub fn unindex(idx: &mut Indexes, id: TaskId, task: &Record) {
+pub fn unindex(idx: &mut Indexes, names: &Names, id: TaskId, task: &Record) {
     let purge_at = idx.books.get_mut(&task.queue).and_then(|book| book.leave(id, task.state));
     match task.state {
         TaskState::Ready => {
             if let Some(ready) = idx.ready.get_mut(&task.queue) {
-                ready.remove(&ReadyKey::new(task.priority, task.ready_seq));
+                ready.remove(slot(task));
             }
         }
         TaskState::Leased => {
-            idx.leased.remove(&(task.lease_expire().unwrap_or(0), id));
+            if idx.leased.remove(&(task.lease_expire().unwrap_or(0), id)) {
+                idx.permits.give_back(task, names);
+            }
         }
         TaskState::Scheduled => {
             idx.scheduled.remove(&(task.scheduled_time, id));
@@ -136,4 +142,9 @@ pub fn unindex(idx: &mut Indexes, id: TaskId, task: &Record) {
             }
         }
     }
+}
+
+/// Where a READY task sits in its queue's order.
+pub fn slot(task: &Record) -> Slot {
+    Slot { priority: task.priority, key: task.key(), sems: task.sems(), seq: task.ready_seq }
 }

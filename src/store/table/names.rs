@@ -13,6 +13,18 @@ use std::sync::Arc;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Sym(u32);
 
+impl Default for Sym {
+    fn default() -> Self {
+        Sym::NONE
+    }
+}
+
+impl Sym {
+    /// No name: what an empty optional name (a task without a
+    /// `concurrency_key`) is interned as. Never counted, resolves to "".
+    pub const NONE: Sym = Sym(u32::MAX);
+}
+
 /// The strings behind [`Sym`]s.
 #[derive(Default)]
 pub struct Names {
@@ -49,8 +61,20 @@ impl Names {
         sym
     }
 
+    /// [`Self::acquire`], with "" as [`Sym::NONE`] (no reference taken).
+    pub fn acquire_opt(&mut self, name: &str) -> Sym {
+        if name.is_empty() {
+            Sym::NONE
+        } else {
+            self.acquire(name)
+        }
+    }
+
     /// Drops one reference; the name is freed with its last one.
     pub fn release(&mut self, sym: Sym) {
+        if sym == Sym::NONE {
+            return;
+        }
         let slot = &mut self.slots[sym.0 as usize];
         let Some((name, refs)) = slot else { return };
         *refs -= 1;
@@ -68,7 +92,7 @@ impl Names {
 
     /// The name behind a held symbol.
     pub fn resolve(&self, sym: Sym) -> &str {
-        self.slots[sym.0 as usize].as_ref().map_or("", |(name, _)| name)
+        self.slots.get(sym.0 as usize).and_then(Option::as_ref).map_or("", |(name, _)| name)
     }
 
     /// Gives back what a burst of names left: the map's slack once it is

@@ -49,12 +49,19 @@ struct Cold {
     request_id: String,
     result: Vec<u8>,
     last_error: String,
+    /// The `concurrency_key` ([`Sym::NONE`]: none).
+    key: Sym,
+    /// The semaphore names joined by [`SEMAPHORE_SEPARATOR`] ([`Sym::NONE`]:
+    /// none): tasks needing the same set share one name.
+    sems: Sym,
 }
 
 impl Cold {
     fn is_empty(&self) -> bool {
-        let Cold { content_type, headers, dedup_key, request_id, result, last_error } = self;
-        content_type.is_empty()
+        let Cold { content_type, headers, dedup_key, request_id, result, last_error, key, sems } = self;
+        *key == Sym::NONE
+            && *sems == Sym::NONE
+            && content_type.is_empty()
             && headers.is_empty()
             && dedup_key.is_empty()
             && request_id.is_empty()
@@ -62,6 +69,9 @@ impl Cold {
             && last_error.is_empty()
     }
 }
+
+/// Joins a record's semaphore names (which cannot contain it).
+pub const SEMAPHORE_SEPARATOR: char = ',';
 
 /// The lease parts a transition compares: `(lease id, holder)`.
 pub type Holder = (u64, Sym);
@@ -89,8 +99,12 @@ impl Record {
             result,
             last_error,
             lease,
+            concurrency_key,
+            semaphores,
         } = task;
-        let cold = Cold { content_type, headers, dedup_key, request_id, result, last_error };
+        let key = names.acquire_opt(&concurrency_key);
+        let sems = names.acquire_opt(&semaphores.join(&SEMAPHORE_SEPARATOR.to_string()));
+        let cold = Cold { content_type, headers, dedup_key, request_id, result, last_error, key, sems };
         let queue = names.acquire(&queue);
         let kind = names.acquire(&kind);
         let (has_lease, lease_id, lease_expire, lease_worker) = match lease {
@@ -122,12 +136,15 @@ impl Record {
         let mut task = self.hollow(id);
         task.queue = names.resolve(self.queue).to_owned();
         task.kind = names.resolve(self.kind).to_owned();
+        task.concurrency_key = names.resolve(self.key()).to_owned();
+        task.semaphores = self.semaphores(names).map(str::to_owned).collect();
         task.payload = self.payload.to_vec();
         if let Some(lease) = &mut task.lease {
             lease.worker_id = names.resolve(self.lease_worker).to_owned();
         }
         if let Some(cold) = &self.cold {
-            let Cold { content_type, headers, dedup_key, request_id, result, last_error } = &**cold;
+            let Cold { content_type, headers, dedup_key, request_id, result, last_error, key: _, sems: _ } =
+                &**cold;
             task.content_type = content_type.clone();
             task.headers = headers.clone();
             task.dedup_key = dedup_key.clone();
@@ -166,13 +183,32 @@ impl Record {
                 expire_time: self.lease_expire,
                 worker_id: String::new(),
             }),
+            concurrency_key: String::new(),
+            semaphores: Vec::new(),
         }
+    }
+
+    /// The `concurrency_key` ([`Sym::NONE`]: none).
+    pub fn key(&self) -> Sym {
+        self.cold.as_ref().map_or(Sym::NONE, |c| c.key)
+    }
+
+    /// The semaphore set ([`Sym::NONE`]: none).
+    pub fn sems(&self) -> Sym {
+        self.cold.as_ref().map_or(Sym::NONE, |c| c.sems)
+    }
+
+    /// The semaphores this task needs a permit of while leased.
+    pub fn semaphores<'n>(&self, names: &'n Names) -> impl Iterator<Item = &'n str> {
+        names.resolve(self.sems()).split(SEMAPHORE_SEPARATOR).filter(|s| !s.is_empty())
     }
 
     /// Drops the references this record holds in `names` (it is leaving the table).
     pub fn release(&self, names: &mut Names) {
         names.release(self.queue);
         names.release(self.kind);
+        names.release(self.key());
+        names.release(self.sems());
         if let Some((_, worker)) = self.holder() {
             names.release(worker);
         }
@@ -285,6 +321,8 @@ mod tests {
             result: vec![1, 2, 3],
             last_error: "boom".into(),
             lease: Some(Lease { id: 9, expire_time: 3_000, worker_id: "w-1".into() }),
+            concurrency_key: "tenant".into(),
+            semaphores: vec!["a".into(), "b".into()],
         }
     }
 
@@ -298,6 +336,8 @@ mod tests {
             result: Vec::new(),
             last_error: String::new(),
             lease: None,
+            concurrency_key: String::new(),
+            semaphores: Vec::new(),
             ..full_task()
         }
     }
@@ -345,6 +385,8 @@ mod tests {
                 result: Vec::new(),
                 last_error: String::new(),
                 lease,
+                concurrency_key: String::new(),
+                semaphores: Vec::new(),
                 ..task
             }
         );
@@ -356,9 +398,9 @@ mod tests {
         let a = Record::new(full_task(), 17, &mut names);
         let b = Record::new(full_task(), 17, &mut names);
         assert_eq!((a.queue, a.kind), (b.queue, b.kind));
-        assert_eq!(names.len(), 3, "queue, kind, worker");
+        assert_eq!(names.len(), 5, "queue, kind, key, semaphores, worker");
         a.release(&mut names);
-        assert_eq!(names.len(), 3);
+        assert_eq!(names.len(), 5);
         b.release(&mut names);
         assert_eq!(names.len(), 0);
     }

@@ -156,6 +156,8 @@ mod tests {
             scheduled_time: 0,
             dedup_key: String::new(),
             request_id: String::new(),
+            concurrency_key: String::new(),
+            semaphores: Vec::new(),
         };
         Record::new(Task::create(TaskId(0), new, 0), 0, names)
     }

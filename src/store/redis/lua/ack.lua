@@ -65,6 +65,7 @@ end
 
 -- Out of the leased set first (see lib.lua: acks work when Redis is full).
 variadic('ZREM', K_LEASED, acked)
+release_keys(acked)
 local prefix = finished_entry(now + retention, '')
 local finished = {}
 for i, id in ipairs(acked) do

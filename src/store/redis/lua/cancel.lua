@@ -24,6 +24,9 @@ end
 
 local was_leased = t.state == LEASED
 unindex(t)
+if was_leased then
+  release_keys({t.id})
+end
 t.update_time = now
 make_final(t, CANCELED, tonumber(ARGV[5]))
 raw = save(t)

@@ -4,10 +4,11 @@
 -- ARGV[4]: the queue's dedup window (ms)
 -- ARGV[5]: '1' when the caller registered the queue in tb:queues just before
 --          this call, '0' when it only believes it registered
--- ARGV[6..]: eight per new task: id, body (record.rs), priority,
+-- ARGV[6..]: ten per new task: id, body (record.rs), priority,
 --            max_attempts, scheduled time (ms; due at once if not after now),
 --            response bytes (core::budget::task_bytes), dedup key, request
---            id ('' for none).
+--            id, concurrency key ('' for none), semaphore names (comma-separated,
+--            '' for none).
 -- Returns: {status, new_1, meta_1, body_1, result_1, new_2, ...} in argument
 --          order: new is 1 for a created task (body and result then '': the
 --          caller has them) and 0 when an existing task (same request id, or
@@ -23,7 +24,7 @@
 
 local now = clock()
 local window = tonumber(ARGV[4])
-local PER = 8
+local PER = 10
 local TASKS_AT = 6
 
 if ARGV[5] ~= '1' and redis.call('EXISTS', K_META) == 0 then
@@ -126,6 +127,12 @@ for n, f in ipairs(found) do
     end
     if dedup_key ~= '' then
       redis.call('HSET', K_DEDUP, dedup_key, id)
+    end
+    if ARGV[i + 8] ~= '' then
+      redis.call('HSET', K_FLOW, 'keyed', 1, 't:' .. id, ARGV[i + 8])
+    end
+    if ARGV[i + 9] ~= '' then
+      redis.call('HSET', K_FLOW, 'sems', 1, 's:' .. id, ARGV[i + 9])
     end
     out[#out + 1] = 1
     out[#out + 1] = meta

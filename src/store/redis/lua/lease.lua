@@ -14,9 +14,24 @@
 --          only a task delivered before has one)
 -- ARGV[10]: core::budget::FIELD (a field's framing)
 -- ARGV[11]: a random number in [0, 2^21) drawn by the caller for this call
--- Returns: {bytes, full, meta_1, body_1, result_1, meta_2, ...}: bytes
---          in the response now, 1 if a task was left for lack of budget (else
---          0), then each leased task's record (lib.lua).
+-- ARGV[12]: the queue's max_in_flight (0: unlimited): LEASED tasks, counted
+--           as the leased set's size, so every way out of LEASED frees the
+--           permit and nothing can leak it (core::flow::room)
+-- ARGV[13]: the queue's rate limit in tokens per ms, or '' for none
+-- ARGV[14]: the rate limit's burst (core::flow::Bucket; the bucket is K_FLOW)
+-- ARGV[15]: the queue's per_key_max_in_flight (0: unlimited): a task whose
+--           concurrency key holds that many LEASED tasks is passed over (left
+--           READY in place) for the next one; at most SKIP_SCAN are passed
+--           over per priority level and call
+-- ARGV[16]: permits the caller holds for this call, per semaphore:
+--           'name=n,name=n' ('' for none). A task needing a semaphore without
+--           one left is passed over like a saturated key, and its semaphores
+--           are named in the reply so the caller can take permits and call
+--           again (semaphores live in their own slots: see mod.rs)
+-- Returns: {bytes, full, blocked, meta_1, body_1, result_1, meta_2, ...}:
+--          bytes in the response now, 1 if a task was left for lack of budget
+--          (else 0), the semaphores a passed-over task needed (comma-separated,
+--          '' for none), then each leased task's record (lib.lua).
 -- Publishes: `changed <id>` per leased task that is watched.
 
 local now = clock()
@@ -28,11 +43,70 @@ local bytes = tonumber(ARGV[8])
 local budget = tonumber(ARGV[9])
 local field = tonumber(ARGV[10])
 
-local out = {0, 0}
 -- admin: a paused queue delivers nothing (admin.rs, pause.lua).
 if redis.call('EXISTS', K_PAUSED) == 1 then
-  return {bytes, 0}
+  return {bytes, 0, ''}
 end
+
+-- Flow control: fewer tasks (never an error) while a limit binds.
+local max_in_flight = tonumber(ARGV[12])
+if max_in_flight > 0 then
+  want = math.min(want, max_in_flight - redis.call('ZCARD', K_LEASED))
+end
+local per_ms, burst, tokens, tokens_at = tonumber(ARGV[13]), tonumber(ARGV[14]), nil, nil
+if per_ms then
+  tokens, tokens_at = bucket_tokens(now, per_ms, burst)
+  want = math.min(want, math.floor(tokens + 1e-9))
+end
+if want <= 0 then
+  return {bytes, 0, ''}
+end
+
+local per_key = tonumber(ARGV[15])
+local counting = keyed()
+local by_key = counting and per_key > 0
+local by_semaphore = needs_semaphores()
+local skipping = by_key or by_semaphore
+local SKIP_SCAN = 256
+-- Permits held for this call per semaphore, and what passed-over tasks needed.
+local rooms, blocked = {}, {}
+for name, n in string.gmatch(ARGV[16], '([^,=]+)=(%d+)') do
+  rooms[name] = tonumber(n)
+end
+-- Whether every semaphore of `sems` ('a,b' or false) has a permit left.
+local function sems_free(sems)
+  if not sems then
+    return true
+  end
+  local ok = true
+  for name in string.gmatch(sems, '[^,]+') do
+    if (rooms[name] or 0) <= 0 then
+      blocked[name] = true
+      ok = false
+    end
+  end
+  return ok
+end
+local function sems_take(sems)
+  if sems then
+    for name in string.gmatch(sems, '[^,]+') do
+      rooms[name] = rooms[name] - 1
+    end
+  end
+end
+-- LEASED tasks per key so far (read once per key, counted up as we take).
+local held = {}
+local function room_for(key)
+  if not key then
+    return true
+  end
+  if held[key] == nil then
+    held[key] = tonumber(redis.call('HGET', K_FLOW, 'k:' .. key) or '0')
+  end
+  return held[key] < per_key
+end
+
+local out = {0, 0, ''}
 -- The leased tasks' ids and their meta records (to be rewritten).
 local ids, raws = {}, {}
 local full = false
@@ -41,14 +115,29 @@ for p = MAX_PRIORITY, 0, -1 do
     break
   end
   local key = k_ready(p)
-  local listed = redis.call('LRANGE', key, 0, want - #ids - 1)
+  local listed = redis.call('LRANGE', key, 0, want - #ids - 1 + (skipping and SKIP_SCAN or 0))
   if #listed > 0 then
     -- How many of the list's first entries leave it: taken, or without a
     -- record (which cannot happen through these scripts, but is dropped
-    -- rather than block the queue).
-    local consumed = 0
+    -- rather than block the queue); once a task was passed over, the
+    -- entries taken after it (`later`) leave one by one.
+    local consumed, passed, later = 0, false, {}
+    local keys = by_key and task_keys(listed) or {}
+    local sems = {}
+    if by_semaphore then
+      local fields = {}
+      for i, id in ipairs(listed) do
+        fields[i] = 's:' .. id
+      end
+      sems = hmget(K_FLOW, fields)
+    end
     for i, raw in ipairs(hmget(K_META, listed)) do
-      if raw then
+      if #ids >= want then
+        break
+      end
+      if raw and ((by_key and not room_for(keys[i])) or (by_semaphore and not sems_free(sems[i]))) then
+        passed = true
+      elseif raw then
         local attempt, size = struct.unpack('<I4I4', raw, 2)
         if attempt > 0 then
           -- The last error's length: TAIL's sixth field, 29 bytes in.
@@ -65,21 +154,53 @@ for p = MAX_PRIORITY, 0, -1 do
         bytes = bytes + size
         ids[#ids + 1] = listed[i]
         raws[#raws + 1] = raw
+        if by_key and keys[i] then
+          held[keys[i]] = held[keys[i]] + 1
+        end
+        if by_semaphore then
+          sems_take(sems[i])
+        end
+        if passed then
+          later[#later + 1] = listed[i]
+        else
+          consumed = i
+        end
+      elseif passed then
+        later[#later + 1] = listed[i]
+      else
+        consumed = i
       end
-      consumed = i
     end
     -- Out of the ready list first (see lib.lua: this keeps leasing working
     -- when Redis is full).
     if consumed > 0 then
       redis.call('LTRIM', key, consumed, -1)
     end
+    for _, id in ipairs(later) do
+      redis.call('LREM', key, 1, id)
+    end
   end
 end
 out[1] = bytes
 out[2] = full and 1 or 0
+local names = {}
+for name in pairs(blocked) do
+  names[#names + 1] = name
+end
+out[3] = table.concat(names, ',')
 local n = #ids
 if n == 0 then
   return out
+end
+if per_ms then
+  redis.call('HSET', K_FLOW, 'tokens', math.max(tokens - n, 0), 'at', tokens_at)
+end
+if counting then
+  for _, key in ipairs(task_keys(ids)) do
+    if key then
+      redis.call('HINCRBY', K_FLOW, 'k:' .. key, 1)
+    end
+  end
 end
 
 -- Lease ids: the queue's counter (high bits) and a random part (low 21

@@ -1,7 +1,7 @@
 -- lib.lua: helpers shared by every script; scripts.rs puts this file in
 -- front of each script, so these locals are in scope there.
 --
--- Every script receives the keys of ONE queue, always all twenty-eight, in
+-- Every script receives the keys of ONE queue, always all twenty-nine, in
 -- this order (built by keys.rs):
 --   KEYS[1] meta       HASH  task id -> the task's changing fields, packed (HEAD, TAIL)
 --   KEYS[2] body       HASH  task id -> the task's fixed fields (written by
@@ -16,17 +16,24 @@
 --   KEYS[9] dedup      HASH  dedup_key -> task id
 --   KEYS[10] requests  HASH  request_id -> task id
 --   KEYS[11] watched   HASH  task id -> number of WatchTask calls on it
---   KEYS[12..21] ready LIST  READY tasks of priority 0..9, oldest first: a
+--   KEYS[12] flow      HASH  flow control: the rate limit's token bucket
+--                            (`tokens`, `at`: core::flow::Bucket); `keyed`
+--                            once a task with a concurrency key was enqueued;
+--                            then `t:<id>` -> the task's concurrency key and
+--                            `k:<key>` -> LEASED tasks with that key; `sems`
+--                            once a task needing semaphores was enqueued, then
+--                            `s:<id>` -> its semaphore names, comma-separated
+--   KEYS[13..22] ready LIST  READY tasks of priority 0..9, oldest first: a
 --                            lease takes from the highest non-empty list, so
 --                            priority first, FIFO within it, in O(1) per task
 -- and what the operations API keeps (admin.rs):
---   KEYS[22] paused    STRING present while the queue is paused (lease.lua
+--   KEYS[23] paused    STRING present while the queue is paused (lease.lua
 --                            then takes nothing)
---   KEYS[23] totals    HASH  enqueued, delivered, acked, nacked, dead, expired:
+--   KEYS[24] totals    HASH  enqueued, delivered, acked, nacked, dead, expired:
 --                            counted as core::stats::Event says (count below)
---   KEYS[24] redriven  HASH  task id -> entries of it in `finished` made stale
+--   KEYS[25] redriven  HASH  task id -> entries of it in `finished` made stale
 --                            by a redrive (purge.lua skips that many)
---   KEYS[25..28] ids   ZSET  SCHEDULED, SUCCEEDED, DEAD, CANCELED task ids,
+--   KEYS[26..29] ids   ZSET  SCHEDULED, SUCCEEDED, DEAD, CANCELED task ids,
 --                            score 0, so in id (creation) order: listing,
 --                            counting, purging and redriving by state
 -- and three common arguments:
@@ -54,13 +61,14 @@
 local K_META, K_BODY, K_RESULTS = KEYS[1], KEYS[2], KEYS[3]
 local K_LEASED, K_SCHEDULED, K_FINISHED = KEYS[4], KEYS[5], KEYS[6]
 local K_SEQ, K_LEASE, K_DEDUP, K_REQUESTS, K_WATCHED = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local K_FLOW = KEYS[12]
 local MAX_PRIORITY = 9
-local K_PAUSED, K_TOTALS, K_REDRIVEN = KEYS[22], KEYS[23], KEYS[24]
-local K_IDS_SCHEDULED, K_IDS_SUCCEEDED, K_IDS_DEAD, K_IDS_CANCELED = KEYS[25], KEYS[26], KEYS[27], KEYS[28]
+local K_PAUSED, K_TOTALS, K_REDRIVEN = KEYS[23], KEYS[24], KEYS[25]
+local K_IDS_SCHEDULED, K_IDS_SUCCEEDED, K_IDS_DEAD, K_IDS_CANCELED = KEYS[26], KEYS[27], KEYS[28], KEYS[29]
 
 -- The ready list of priority `p` (clamped to 0..9).
 local function k_ready(p)
-  return KEYS[12 + math.min(math.max(p, 0), MAX_PRIORITY)]
+  return KEYS[13 + math.min(math.max(p, 0), MAX_PRIORITY)]
 end
 local CHANNEL, QUEUE = ARGV[2], ARGV[3]
 
@@ -290,6 +298,7 @@ local function remove(t)
   redis.call('HDEL', K_RESULTS, id)
   redis.call('HDEL', K_WATCHED, id)
   redis.call('HDEL', K_REDRIVEN, id)
+  redis.call('HDEL', K_FLOW, 't:' .. id, 's:' .. id)
   if t.request_id ~= '' and redis.call('HGET', K_REQUESTS, t.request_id) == id then
     redis.call('HDEL', K_REQUESTS, t.request_id)
   end
@@ -353,4 +362,52 @@ local function hmget(key, fields)
     end
   end
   return out
+end
+
+-- core::flow::Bucket::available: whole tokens of the queue's bucket at `now`
+-- (refilled at `per_ms` up to `burst`; a new bucket is full), and the
+-- fractional count to store back once the caller has taken its share.
+local function bucket_tokens(now, per_ms, burst)
+  local b = redis.call('HMGET', K_FLOW, 'tokens', 'at')
+  local tokens, at = tonumber(b[1]), tonumber(b[2])
+  if not tokens then
+    return burst, now
+  end
+  local elapsed = math.max(now - at, 0)
+  return math.min(tokens + elapsed * per_ms, burst), math.max(at, now)
+end
+
+-- Whether tasks of this queue carry concurrency keys (then LEASED ones are
+-- counted per key, `k:<key>` in K_FLOW).
+local function keyed()
+  return redis.call('HEXISTS', K_FLOW, 'keyed') == 1
+end
+
+-- The concurrency key of each of `ids` (false for none), in order.
+local function task_keys(ids)
+  local fields = {}
+  for i, id in ipairs(ids) do
+    fields[i] = 't:' .. id
+  end
+  return hmget(K_FLOW, fields)
+end
+
+-- Tasks `ids` left LEASED: their per-key permits go back. Every script that
+-- takes a task out of the leased set calls this, so no path forgets it.
+local function release_keys(ids)
+  if #ids == 0 or not keyed() then
+    return
+  end
+  for _, key in ipairs(task_keys(ids)) do
+    if key then
+      if redis.call('HINCRBY', K_FLOW, 'k:' .. key, -1) <= 0 then
+        redis.call('HDEL', K_FLOW, 'k:' .. key)
+      end
+    end
+  end
+end
+
+-- Whether tasks of this queue need shared semaphores (`s:<id>` in K_FLOW).
+local function needs_semaphores()
+  return redis.call('HEXISTS', K_FLOW, 'sems') == 1
 end

@@ -62,6 +62,7 @@ unindex(t)
 -- admin: the queue's totals (a nack that kills counts as a death too).
 count('nacked', 1)
 count('dead', retry_in == nil and 1 or 0)
+release_keys({t.id})
 t.last_error = ARGV[6]
 clear_lease(t)
 t.update_time = now

@@ -3,7 +3,7 @@
 -- The finished list is in purge-time order, so this takes from its head and
 -- stops at the first entry not yet due.
 -- KEYS: the queue's keys (lib.lua); writes meta, body, results, finished, dedup, requests, watched,
---       the ids indexes, redriven; totals (deleted with the queue's last task).
+--       the ids indexes, redriven, flow; totals (deleted with the queue's last task).
 -- ARGV[4]: at most this many tasks per call
 -- Returns: {id...}: the removed tasks.
 

@@ -9,17 +9,24 @@
 -- Returns: {id_1, lease_id_1, ready_1, id_2, ...}: each reaped task, the lease
 --          that ran out and 1 if the task is READY again (0: DEAD).
 -- Publishes: `lost <id> <lease id> 0` per task; `ready <queue> <n>` once if n > 0
---            tasks became READY; `changed <id>` per watched task.
+--            tasks became READY; `changed <id>` per watched task; `freed` once
+--            if a reaped task held semaphore permits (they lapsed with it).
 
 local now = clock()
 local retention = tonumber(ARGV[4])
 local out = {}
 local readies = 0
 local watching = any_watched()
+local semaphores = needs_semaphores()
+local freed = false
 for _, id in ipairs(due(K_LEASED, now, tonumber(ARGV[5]))) do
   local t = load(id)
   redis.call('ZREM', K_LEASED, id)
   if t then
+    release_keys({id})
+    if semaphores and redis.call('HEXISTS', K_FLOW, 's:' .. id) == 1 then
+      freed = true
+    end
     local lease_id = t.lease_id
     clear_lease(t)
     t.update_time = now
@@ -44,5 +51,8 @@ for _, id in ipairs(due(K_LEASED, now, tonumber(ARGV[5]))) do
 end
 if readies > 0 then
   publish_ready(readies)
+end
+if freed then
+  redis.call('PUBLISH', CHANNEL, 'freed')
 end
 return out
