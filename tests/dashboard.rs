@@ -88,7 +88,16 @@ fn ok(r: Response) -> String {
 
 #[tokio::test]
 async fn the_pages_show_the_counts_of_every_state() {
-    let mut s = common::start().await;
+    counts_of_every_state(StorageKind::Memory).await;
+}
+
+#[tokio::test]
+async fn the_pages_show_the_counts_of_every_state_on_the_embedded_store() {
+    counts_of_every_state(StorageKind::Embedded).await;
+}
+
+async fn counts_of_every_state(storage: StorageKind) {
+    let mut s = common::start_with(common::Options { storage, ..Default::default() }).await;
     let dead = tasks_in_every_state(&mut s, "work", "SMTP said no").await;
     let home = ok(http::get(s.admin_addr, "/").await);
     for (state, n) in

@@ -180,6 +180,8 @@ def test_the_dashboard_in_a_browser(broker, browser, pb):
     browser.set_window_size(1400, 900)
 
     # A queue: its tabs, the hostile kind as text, the dead task's error.
+    # Loaded afresh so the page's 5 s self-reload cannot race the click.
+    browser.get(broker.url + "/")
     click(browser, By.CSS_SELECTOR, 'tr[data-queue="emails"] td.name a')
     WebDriverWait(browser, WAIT).until(EC.text_to_be_present_in_element((By.ID, "queue-name"), "emails"))
     tabs = {a.get_attribute("data-state"): int(a.find_element(By.CLASS_NAME, "count").text)
