@@ -317,8 +317,11 @@ impl Config {
             errors.push("telemetry.sample_ratio: must be between 0.0 and 1.0".into());
         }
         let endpoint = &self.telemetry.otlp_endpoint;
-        if !endpoint.is_empty() && !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-            errors.push(format!("telemetry.otlp_endpoint: {:?} must start with http:// or https://", shown(endpoint)));
+        if !(endpoint.is_empty() || endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            errors.push(format!(
+                "telemetry.otlp_endpoint: {:?} must start with http:// or https://",
+                shown(endpoint)
+            ));
         }
         for (name, q) in &self.queues {
             let path = format!("queues.{}", shown(name));

@@ -328,3 +328,21 @@ async fn reload_without_a_config_file_is_a_failed_precondition() {
     assert_eq!((e.code(), reason(&e)), (Code::FailedPrecondition, "CONFIG_INVALID".into()));
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_reloaded_max_in_flight_takes_effect_without_a_restart() {
+    let config = "[queues.cap]\nmax_in_flight = 1\n";
+    let mut s = common::start_with(common::Options { config, config_file: true, ..Default::default() }).await;
+    for _ in 0..3 {
+        s.enqueue("cap", "k").await;
+    }
+    assert_eq!(s.lease(&["cap"], 10).await.len(), 1, "capped at 1");
+    assert_eq!(info(&mut s, "cap").await.settings.unwrap().max_in_flight, 1);
+    std::fs::write(s.config_file(), "[queues.cap]\nmax_in_flight = 3\nrate_limit = \"100/s\"\n").unwrap();
+    let r = s.admin.reload_config(pb::ReloadConfigRequest {}).await.unwrap().into_inner();
+    assert!(r.changes.contains(&"queues.cap.max_in_flight: 1 -> 3".to_string()), "{:?}", r.changes);
+    let settings = info(&mut s, "cap").await.settings.unwrap();
+    assert_eq!((settings.max_in_flight, settings.rate_limit.as_str()), (3, "100/s"));
+    assert_eq!(s.lease(&["cap"], 10).await.len(), 2, "the new cap holds at once: 3 leased in all");
+    s.shutdown().await;
+}

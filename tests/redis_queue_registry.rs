@@ -43,6 +43,8 @@ fn task(queue: &str) -> NewTask {
         scheduled_time: 0,
         dedup_key: "d".into(),
         request_id: "r".into(),
+        concurrency_key: String::new(),
+        semaphores: Vec::new(),
     }
 }
 

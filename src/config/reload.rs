@@ -51,6 +51,7 @@ impl Reloader {
         let mut next = running.0.clone();
         next.queues = file.queues;
         next.routes = file.routes;
+        next.semaphores = file.semaphores;
         next.validate()?;
         let changes = describe(&running.1, &value);
         self.registry.replace(next.policies());

@@ -251,7 +251,11 @@ fn telemetry_settings_stand_in_for_unset_otel_variables() {
         ]
     );
     let set = |name: &str| (name == "OTEL_SERVICE_NAME").then(|| "from-env".to_string());
-    assert!(!config.telemetry.env_defaults(set).iter().any(|(k, _)| *k == "OTEL_SERVICE_NAME"), "the variable wins");
-    let bad = Config::from_toml("[telemetry]\notlp_endpoint = \"collector:4317\"\nsample_ratio = 2.0\n").unwrap();
+    assert!(
+        !config.telemetry.env_defaults(set).iter().any(|(k, _)| *k == "OTEL_SERVICE_NAME"),
+        "the variable wins"
+    );
+    let bad =
+        Config::from_toml("[telemetry]\notlp_endpoint = \"collector:4317\"\nsample_ratio = 2.0\n").unwrap();
     assert_eq!(bad.validate().unwrap_err().len(), 2);
 }

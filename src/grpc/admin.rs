@@ -65,10 +65,10 @@ pub fn queue_info(q: QueueInfo) -> pb::QueueInfo {
             max_attempts: policy.max_attempts,
             default_priority: policy.default_priority as u32,
             retention: Some(convert::duration_pb(policy.retention)),
-            max_in_flight: 0,
-            per_key_max_in_flight: 0,
-            rate_limit: String::new(),
-            semaphores: Vec::new(),
+            max_in_flight: policy.max_in_flight,
+            per_key_max_in_flight: policy.per_key_max_in_flight,
+            rate_limit: policy.rate_limit.map(|r| r.rate.to_string()).unwrap_or_default(),
+            semaphores: policy.semaphores.clone(),
         }),
     }
 }

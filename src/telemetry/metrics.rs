@@ -197,6 +197,7 @@ impl Metrics {
         let tasks = Family::<QueueState, Gauge>::default();
         let oldest = Family::<QueueLabel, Gauge<f64, AtomicU64>>::default();
         let paused = Family::<QueueLabel, Gauge>::default();
+        let max_in_flight = Family::<QueueLabel, Gauge>::default();
         for q in queues {
             for s in STATES {
                 let label = QueueState { queue: q.name.clone(), state: state_name(s) };
@@ -205,6 +206,9 @@ impl Metrics {
             let age = q.stats.oldest_ready_time.map_or(0.0, |t| now.saturating_sub(t) as f64 / 1000.0);
             oldest.get_or_create(&queue(&q.name)).set(age);
             paused.get_or_create(&queue(&q.name)).set(i64::from(q.stats.paused));
+            if q.policy.max_in_flight > 0 {
+                max_in_flight.get_or_create(&queue(&q.name)).set(i64::from(q.policy.max_in_flight));
+            }
         }
         r.register("taskbroker_queue_tasks", "Tasks held, by queue and state", tasks);
         r.register(
@@ -213,6 +217,11 @@ impl Metrics {
             oldest,
         );
         r.register("taskbroker_queue_paused", "1 while the queue is paused", paused);
+        r.register(
+            "taskbroker_queue_max_in_flight",
+            "The queue's max_in_flight (queues with one set)",
+            max_in_flight,
+        );
         r.register("taskbroker_tasks_enqueued", "Tasks enqueued (not deduplicated)", self.enqueued.clone());
         r.register("taskbroker_tasks_delivered", "Deliveries (Lease or stream push)", self.delivered.clone());
         r.register("taskbroker_tasks_acked", "Tasks acked", self.acked.clone());

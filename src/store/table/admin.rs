@@ -100,9 +100,7 @@ impl Table {
         // READY and LEASED are ordered by delivery and deadline: collect
         // this queue's, then sort (their number is what waits or runs now).
         let mut ids: Vec<TaskId> = match state {
-            TaskState::Ready => {
-                self.idx.ready.get(&sym).map(|r| r.ids().collect()).unwrap_or_default()
-            }
+            TaskState::Ready => self.idx.ready.get(&sym).map(|r| r.ids().collect()).unwrap_or_default(),
             _ => self
                 .idx
                 .leased

@@ -1,6 +1,6 @@
 //! The table's indexes: where each task sits, by state.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::names::{Names, Sym};
 use super::permits::Permits;

@@ -122,6 +122,8 @@ mod tests {
             scheduled_time: 0,
             dedup_key: format!("d{i}"),
             request_id: format!("r{i}"),
+            concurrency_key: String::new(),
+            semaphores: Vec::new(),
         }
     }
 

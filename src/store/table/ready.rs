@@ -128,7 +128,10 @@ impl ReadyQueue {
     }
 
     fn lanes(&self) -> impl Iterator<Item = &BTreeMap<u64, TaskId>> + '_ {
-        self.levels.values().flat_map(|l| l.groups.values()).flat_map(|g| g.lanes.iter().map(|(_, lane)| lane))
+        self.levels
+            .values()
+            .flat_map(|l| l.groups.values())
+            .flat_map(|g| g.lanes.iter().map(|(_, lane)| lane))
     }
 
     /// The group of `pick` was served: the next group takes its turn.
