@@ -142,6 +142,8 @@ const ENQUEUE_FIELDS: &[&str] = &[
     "max_attempts",
     "dedup_key",
     "request_id",
+    "concurrency_key",
+    "semaphores",
 ];
 
 proptest! {
