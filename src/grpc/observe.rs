@@ -61,7 +61,8 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let started = Instant::now();
-        let path = req.uri().path().trim_start_matches('/').to_owned();
+        // A cheap clone (shared bytes), not a copy of the path.
+        let path = req.uri().path_and_query().cloned();
         let metrics = self.metrics.clone();
         let call = self.inner.call(req);
         Box::pin(async move {
@@ -73,8 +74,9 @@ where
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<i32>().ok())
                     .unwrap_or(0);
-                let method = if code == tonic::Code::Unimplemented as i32 { "unknown" } else { &path };
-                metrics.request(method, code_name(code), started.elapsed().as_secs_f64());
+                let path = path.as_ref().map_or("", |p| p.path().trim_start_matches('/'));
+                let method = if code == tonic::Code::Unimplemented as i32 { "unknown" } else { path };
+                metrics.request(method, code, started.elapsed().as_secs_f64());
             }
             response
         })
@@ -111,28 +113,4 @@ pub fn call_span<B>(req: &http::Request<B>) -> tracing::Span {
         span.record("span_id", span_id);
     }
     span
-}
-
-/// The gRPC name of a status code.
-pub fn code_name(code: i32) -> &'static str {
-    const NAMES: [&str; 17] = [
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    ];
-    usize::try_from(code).ok().and_then(|i| NAMES.get(i)).copied().unwrap_or("UNKNOWN")
 }

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -88,6 +88,34 @@ fn queue(q: &str) -> QueueLabel {
     QueueLabel { queue: q.to_owned() }
 }
 
+/// One queue's series, cached: counting is an atomic add once the queue's
+/// handles are found (a read lock and a hash lookup, no allocation).
+struct QueueSeries {
+    enqueued: Counter,
+    delivered: Counter,
+    acked: Counter,
+    nacked: Counter,
+    dead: Counter,
+    expired: Counter,
+    stale: Counter,
+    wait: Histogram,
+    /// By [`Outcome`], made on first use (an outcome never seen exports nothing).
+    run: [OnceLock<Histogram>; 3],
+}
+
+/// One method's series, cached like [`QueueSeries`].
+struct MethodSeries {
+    duration: Histogram,
+    /// By status code, made on first use.
+    codes: [OnceLock<Counter>; 17],
+}
+
+/// Shards of the delivery-time map, so settling threads rarely meet.
+const SHARDS: usize = 16;
+
+/// When a lease this process handed out began, and its queue's series.
+type Starts = HashMap<(TaskId, u64), (Millis, Arc<QueueSeries>)>;
+
 /// Every metric the broker keeps; one per process, shared by handle.
 pub struct Metrics {
     enqueued: Family<QueueLabel, Counter>,
@@ -102,9 +130,11 @@ pub struct Metrics {
     requests: Family<MethodCode, Counter>,
     request_seconds: Family<MethodLabel, Histogram, fn() -> Histogram>,
     store_errors: Family<OpLabel, Counter>,
+    queues: RwLock<HashMap<String, Arc<QueueSeries>>>,
+    methods: RwLock<HashMap<String, Arc<MethodSeries>>>,
     /// When each lease this process handed out began, until it ends: the
     /// start of `taskbroker_task_run_seconds`.
-    delivered_at: Mutex<HashMap<(TaskId, u64), (Millis, String)>>,
+    delivered_at: [Mutex<Starts>; SHARDS],
 }
 
 impl Default for Metrics {
@@ -122,47 +152,91 @@ impl Default for Metrics {
             requests: Family::default(),
             request_seconds: Family::new_with_constructor(seconds_buckets),
             store_errors: Family::default(),
-            delivered_at: Mutex::new(HashMap::new()),
+            queues: RwLock::default(),
+            methods: RwLock::default(),
+            delivered_at: std::array::from_fn(|_| Mutex::default()),
         }
     }
 }
 
+const OUTCOMES: [Outcome; 3] = [Outcome::Acked, Outcome::Nacked, Outcome::Expired];
+
 impl Metrics {
+    /// The cached series of queue `q`.
+    fn queue(&self, q: &str) -> Arc<QueueSeries> {
+        if let Some(s) = self.queues.read().unwrap_or_else(|p| p.into_inner()).get(q) {
+            return s.clone();
+        }
+        let label = queue(q);
+        let series = Arc::new(QueueSeries {
+            enqueued: self.enqueued.get_or_create(&label).clone(),
+            delivered: self.delivered.get_or_create(&label).clone(),
+            acked: self.acked.get_or_create(&label).clone(),
+            nacked: self.nacked.get_or_create(&label).clone(),
+            dead: self.dead.get_or_create(&label).clone(),
+            expired: self.expired.get_or_create(&label).clone(),
+            stale: self.stale.get_or_create(&label).clone(),
+            wait: self.wait.get_or_create(&label).clone(),
+            run: Default::default(),
+        });
+        let mut queues = self.queues.write().unwrap_or_else(|p| p.into_inner());
+        queues.entry(q.to_owned()).or_insert(series).clone()
+    }
+
+    fn run(&self, q: &str, series: &QueueSeries, outcome: Outcome) -> Histogram {
+        let i = OUTCOMES.iter().position(|o| *o == outcome).unwrap_or(0);
+        series.run[i]
+            .get_or_init(|| {
+                let label = QueueOutcome { queue: q.to_owned(), outcome: outcome.as_str() };
+                self.run.get_or_create(&label).clone()
+            })
+            .clone()
+    }
+
+    fn shard(&self, id: TaskId, lease_id: u64) -> std::sync::MutexGuard<'_, Starts> {
+        let i = ((id.0 as u64) ^ lease_id) as usize % SHARDS;
+        self.delivered_at[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn enqueued(&self, q: &str) {
-        self.enqueued.get_or_create(&queue(q)).inc();
+        self.queue(q).enqueued.inc();
     }
 
     /// A task was delivered at `now`, having been due since `ready_since`
     /// (its `scheduled_time`: a retry without backoff counts from its
     /// earlier due time).
     pub fn delivered(&self, q: &str, id: TaskId, lease_id: u64, ready_since: Millis, now: Millis) {
-        self.delivered.get_or_create(&queue(q)).inc();
-        let waited = now.saturating_sub(ready_since) as f64 / 1000.0;
-        self.wait.get_or_create(&queue(q)).observe(waited);
-        let mut starts = self.starts();
-        if starts.len() >= MAX_TRACKED {
+        let series = self.queue(q);
+        series.delivered.inc();
+        series.wait.observe(now.saturating_sub(ready_since) as f64 / 1000.0);
+        let mut starts = self.shard(id, lease_id);
+        if starts.len() >= MAX_TRACKED / SHARDS {
             // Leases that ended where this process did not see it (settled
             // through another replica, canceled) would otherwise stay.
             starts.retain(|_, (start, _)| *start + FORGET_AFTER > now);
         }
-        if starts.len() < MAX_TRACKED {
-            starts.insert((id, lease_id), (now, q.to_owned()));
+        if starts.len() < MAX_TRACKED / SHARDS {
+            starts.insert((id, lease_id), (now, series));
         }
     }
 
     /// A delivery ended (`dead`: the task is DEAD now).
     pub fn settled(&self, q: &str, id: TaskId, lease_id: u64, outcome: Outcome, dead: bool, now: Millis) {
+        let started = self.shard(id, lease_id).remove(&(id, lease_id));
+        let series = match &started {
+            Some((_, s)) => s.clone(),
+            None => self.queue(q),
+        };
         match outcome {
-            Outcome::Acked => self.acked.get_or_create(&queue(q)).inc(),
-            Outcome::Nacked => self.nacked.get_or_create(&queue(q)).inc(),
-            Outcome::Expired => self.expired.get_or_create(&queue(q)).inc(),
+            Outcome::Acked => series.acked.inc(),
+            Outcome::Nacked => series.nacked.inc(),
+            Outcome::Expired => series.expired.inc(),
         };
         if dead {
-            self.dead.get_or_create(&queue(q)).inc();
+            series.dead.inc();
         }
-        if let Some((start, _)) = self.starts().remove(&(id, lease_id)) {
-            let label = QueueOutcome { queue: q.to_owned(), outcome: outcome.as_str() };
-            self.run.get_or_create(&label).observe(now.saturating_sub(start) as f64 / 1000.0);
+        if let Some((start, _)) = started {
+            self.run(q, &series, outcome).observe(now.saturating_sub(start) as f64 / 1000.0);
         }
     }
 
@@ -173,20 +247,37 @@ impl Metrics {
 
     /// A settlement with a stale lease (LEASE_MISMATCH).
     pub fn stale(&self, q: &str) {
-        self.stale.get_or_create(&queue(q)).inc();
+        self.queue(q).stale.inc();
     }
 
-    pub fn request(&self, method: &str, code: &'static str, seconds: f64) {
-        self.requests.get_or_create(&MethodCode { method: method.to_owned(), code }).inc();
-        self.request_seconds.get_or_create(&MethodLabel { method: method.to_owned() }).observe(seconds);
+    /// A call to `method` answered `code` (a gRPC status code) after `seconds`.
+    pub fn request(&self, method: &str, code: i32, seconds: f64) {
+        let series = self.method(method);
+        series.duration.observe(seconds);
+        let i = usize::try_from(code).ok().filter(|i| *i < 17).unwrap_or(2);
+        series.codes[i]
+            .get_or_init(|| {
+                let label = MethodCode { method: method.to_owned(), code: code_name(code) };
+                self.requests.get_or_create(&label).clone()
+            })
+            .inc();
+    }
+
+    fn method(&self, method: &str) -> Arc<MethodSeries> {
+        if let Some(s) = self.methods.read().unwrap_or_else(|p| p.into_inner()).get(method) {
+            return s.clone();
+        }
+        let label = MethodLabel { method: method.to_owned() };
+        let series = Arc::new(MethodSeries {
+            duration: self.request_seconds.get_or_create(&label).clone(),
+            codes: Default::default(),
+        });
+        let mut methods = self.methods.write().unwrap_or_else(|p| p.into_inner());
+        methods.entry(method.to_owned()).or_insert(series).clone()
     }
 
     pub fn store_error(&self, op: &'static str) {
         self.store_errors.get_or_create(&OpLabel { op }).inc();
-    }
-
-    fn starts(&self) -> std::sync::MutexGuard<'_, HashMap<(TaskId, u64), (Millis, String)>> {
-        self.delivered_at.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The text exposition: every metric, with the queue gauges from `queues`
@@ -283,4 +374,28 @@ pub fn state_name(s: TaskState) -> &'static str {
         TaskState::Dead => "dead",
         TaskState::Canceled => "canceled",
     }
+}
+
+/// The gRPC name of a status code.
+pub fn code_name(code: i32) -> &'static str {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    usize::try_from(code).ok().and_then(|i| NAMES.get(i)).copied().unwrap_or("UNKNOWN")
 }
