@@ -10,7 +10,7 @@ from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Map
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class EnqueueRequest(_message.Message):
-    __slots__ = ("queue", "kind", "payload", "content_type", "priority", "headers", "delay", "scheduled_time", "max_attempts", "dedup_key", "request_id")
+    __slots__ = ("queue", "kind", "payload", "content_type", "priority", "headers", "delay", "scheduled_time", "max_attempts", "dedup_key", "request_id", "concurrency_key", "semaphores")
     class HeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +29,8 @@ class EnqueueRequest(_message.Message):
     MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     DEDUP_KEY_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    SEMAPHORES_FIELD_NUMBER: _ClassVar[int]
     queue: str
     kind: str
     payload: bytes
@@ -40,7 +42,9 @@ class EnqueueRequest(_message.Message):
     max_attempts: int
     dedup_key: str
     request_id: str
-    def __init__(self, queue: _Optional[str] = ..., kind: _Optional[str] = ..., payload: _Optional[bytes] = ..., content_type: _Optional[str] = ..., priority: _Optional[int] = ..., headers: _Optional[_Mapping[str, str]] = ..., delay: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., scheduled_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., max_attempts: _Optional[int] = ..., dedup_key: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    concurrency_key: str
+    semaphores: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, queue: _Optional[str] = ..., kind: _Optional[str] = ..., payload: _Optional[bytes] = ..., content_type: _Optional[str] = ..., priority: _Optional[int] = ..., headers: _Optional[_Mapping[str, str]] = ..., delay: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., scheduled_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., max_attempts: _Optional[int] = ..., dedup_key: _Optional[str] = ..., request_id: _Optional[str] = ..., concurrency_key: _Optional[str] = ..., semaphores: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EnqueueResponse(_message.Message):
     __slots__ = ("task", "deduplicated")
