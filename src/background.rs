@@ -17,7 +17,7 @@ pub const MAX_SLEEP: Duration = Duration::from_secs(1);
 pub async fn timer_loop(broker: Broker, mut shutdown: watch::Receiver<bool>) {
     loop {
         if let Err(e) = broker.run_timers().await {
-            tracing::warn!(error = %e, "timer sweep failed; retrying");
+            crate::telemetry::storage_failure("a timer sweep (retrying)", &e);
         }
         let now = broker.now();
         let next = broker.next_timer().await.ok().flatten();

@@ -203,3 +203,71 @@ async fn redis_gone_answers_storage_unavailable_with_retry_info_and_readiness_fo
     let got = producer.get_task(pb::GetTaskRequest { task_id: task.id.clone() }).await.expect("get after");
     assert_eq!(got.into_inner().task.unwrap().payload, b"before");
 }
+
+/// Worker streams retrying their lease during the outage below.
+const OUTAGE_STREAMS: usize = 20;
+/// How long the outage lasts.
+const OUTAGE: Duration = Duration::from_secs(4);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_outage_logs_at_most_one_warning_a_second_however_many_streams_retry() {
+    use pb::stream_request::Msg as Req;
+    let mut redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = ServeProcess::start(
+        "broker",
+        &["--storage", "redis", "--redis-url", &redis.url()],
+        &dir.path().join("log"),
+    )
+    .await;
+    let mut health = broker.watch_health().await;
+    broker.health_becomes(&mut health, ServingStatus::Serving, HEALTH_WITHIN).await;
+    // Streams holding one task each, a second one waiting in their queue.
+    let mut producer = broker.producer();
+    let mut streams = Vec::new();
+    for i in 0..OUTAGE_STREAMS {
+        let queue = format!("outage-{i}");
+        for _ in 0..2 {
+            producer.enqueue(request(&queue, b"x".to_vec())).await.unwrap();
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let subscribe = pb::Subscribe {
+            queues: vec![queue],
+            max_in_flight: 1,
+            worker_id: format!("w{i}"),
+            ..Default::default()
+        };
+        tx.send(pb::StreamRequest { msg: Some(Req::Subscribe(subscribe)) }).await.unwrap();
+        let mut stream = broker
+            .worker()
+            .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = tokio::time::timeout(HEALTH_WITHIN, stream.message()).await.expect("a task").unwrap();
+        assert!(matches!(first.and_then(|m| m.msg), Some(pb::stream_response::Msg::Task(_))));
+        streams.push((tx, stream));
+    }
+    let before = broker.log_text().lines().count();
+    redis.kill();
+    // Each stream gets room for one more task: it tries to lease, and retries
+    // every second while the store fails.
+    for (tx, _) in &streams {
+        tx.send(pb::StreamRequest { msg: Some(Req::Credit(pb::Credit { count: 1 })) }).await.unwrap();
+    }
+    broker.health_becomes(&mut health, ServingStatus::NotServing, HEALTH_WITHIN).await;
+    tokio::time::sleep(OUTAGE).await;
+    broker.assert_running();
+    let log = broker.log_text();
+    let warnings: Vec<&str> = log.lines().skip(before).filter(|l| l.contains("WARN")).collect();
+    // One a second for storage failures, plus the event subscription's
+    // (backing off to one per 2 s) and readiness changing.
+    let allowed = 2 * OUTAGE.as_secs() as usize + 4;
+    assert!(
+        warnings.len() <= allowed,
+        "{} warnings in a {OUTAGE:?} outage with {OUTAGE_STREAMS} streams (at most {allowed}), e.g. {:?}",
+        warnings.len(),
+        &warnings[..warnings.len().min(5)]
+    );
+    eprintln!("{} warnings logged in a {OUTAGE:?} outage with {OUTAGE_STREAMS} streams", warnings.len());
+}

@@ -316,7 +316,9 @@ impl Session {
         let tasks = match self.broker.lease_now(spec).await {
             Ok(tasks) => tasks,
             Err(e) => {
-                tracing::warn!(error = %e, "stream could not lease; retrying");
+                // Every stream retries each second during an outage: one
+                // process-wide, rate-limited line says so for all of them.
+                crate::telemetry::storage_failure("a worker stream's lease (retrying)", &e);
                 return Ok(None);
             }
         };

@@ -4,8 +4,7 @@
 //! `UNAVAILABLE` adds `RetryInfo`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use prost::Message;
 use tonic::{Code, Status};
@@ -41,11 +40,11 @@ pub fn code_and_reason(e: &BrokerError) -> (Code, &'static str) {
 fn client_message(e: &BrokerError) -> String {
     match e {
         BrokerError::Unavailable(detail) => {
-            log_storage_failure(detail);
+            crate::telemetry::storage_failure("a call", detail);
             "storage unavailable; retry later".into()
         }
         BrokerError::ResourceExhausted(detail) => {
-            log_storage_failure(detail);
+            crate::telemetry::storage_failure("a call", detail);
             "storage is full: enqueues are refused; leases, acks and nacks still work".into()
         }
         BrokerError::Internal(detail) => {
@@ -54,19 +53,6 @@ fn client_message(e: &BrokerError) -> String {
         }
         other => other.to_string(),
     }
-}
-
-/// Logs a storage failure at most once a second (an outage fails every call).
-fn log_storage_failure(detail: &str) {
-    static LAST: AtomicU64 = AtomicU64::new(0);
-    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
-    let second = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    if LAST.swap(second, Ordering::Relaxed) == second {
-        SUPPRESSED.fetch_add(1, Ordering::Relaxed);
-        return;
-    }
-    let suppressed = SUPPRESSED.swap(0, Ordering::Relaxed);
-    tracing::warn!(error = %detail, suppressed, "a call failed on storage");
 }
 
 /// The status for `e`, with its details.

@@ -9,15 +9,17 @@
 //! empty queue, a `get`) may still read state whose commit is on its way to
 //! disk. It therefore waits, like a changing operation, until every commit
 //! submitted before it is durable ([`Persist::barrier`], kept by a
-//! [`CommitLog`]), and is refused with `Unavailable` once a commit failed.
+//! [`CommitLog`]), and is refused with `Unavailable` once a commit failed,
+//! until the store recovered (the table is then put back as the disk has
+//! it, see [`Persist::check`]).
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use tokio::sync::watch;
+use futures_util::future::{FutureExt, Shared};
+use tokio::sync::oneshot;
 
 use super::table::{Changes, Table};
 use super::{AckItem, Enqueued, LeaseSpec, Limits, NackSpec, Store, StoreError, Swept};
@@ -34,8 +36,10 @@ pub trait Persist: Send + Sync + 'static {
     const TRACKS_CHANGES: bool;
 
     /// Refuses calls while the store cannot keep what they change (an
-    /// earlier commit failed).
-    fn check(&self) -> Result<(), StoreError>;
+    /// earlier commit failed). Called under the table lock: a store that
+    /// recovered from a failed commit puts `table` back as its disk has it
+    /// here, and serves again.
+    fn check(&self, table: &mut Table) -> Result<(), StoreError>;
 
     /// Hands `changes` over, under the table lock (so their order on disk is
     /// the order in which they were made); the call answers once the returned
@@ -46,9 +50,6 @@ pub trait Persist: Send + Sync + 'static {
     /// resolves once every change submitted before is durable (`None`:
     /// already), so its answer reveals nothing that a crash could take back.
     fn barrier(&self) -> Result<Option<Durable>, StoreError>;
-
-    /// Whether the store can serve.
-    fn healthy(&self) -> bool;
 
     /// Commits so far, if this policy commits.
     fn commits(&self) -> Option<u64>;
@@ -93,9 +94,9 @@ impl<P: Persist> TableStore<P> {
     /// Runs `op` on the table and returns once its changes, and every change
     /// submitted before them, are kept (see the module docs).
     async fn run<R>(&self, op: impl FnOnce(&mut Table) -> R) -> Result<R, StoreError> {
-        self.persist.check()?;
         let (result, durable) = {
             let mut table = self.table();
+            self.persist.check(&mut table)?;
             table.use_policies(self.queues.current());
             let result = op(&mut table);
             if !P::TRACKS_CHANGES {
@@ -176,8 +177,10 @@ impl<P: Persist> Store for TableStore<P> {
         Ok(self.table().next_timer())
     }
 
+    /// Readiness looks every second: a store that recovered from a failed
+    /// commit serves again from this call on, even before a request comes.
     async fn healthy(&self) -> bool {
-        self.persist.healthy()
+        self.persist.check(&mut self.table()).is_ok()
     }
 
     fn commits(&self) -> Option<u64> {
@@ -185,81 +188,94 @@ impl<P: Persist> Store for TableStore<P> {
     }
 }
 
-/// Sequence numbers of the commits on their way to disk: what a
-/// [`Persist::barrier`] waits for. The persisting side numbers each commit
-/// ([`CommitLog::submit`], under the table lock) and reports how far it got
-/// ([`CommitLog::finish`]).
+/// The commits on their way to disk, and whether the store can serve: what
+/// a [`Persist::barrier`] waits for and what [`Persist::check`] refuses on.
+///
+/// The persisting side answers each commit through the [`Outcome`] it gets
+/// from [`CommitLog::submit`], in submission order. When one fails it calls
+/// [`CommitLog::fail`] *before* answering, so nothing that saw the failure
+/// is served; [`CommitLog::resume`] ends the outage once the table was put
+/// back as the disk has it.
 pub struct CommitLog {
-    /// The last sequence number handed out.
-    submitted: AtomicU64,
-    /// Every commit up to this number finished (durable, or failed).
-    finished: watch::Sender<u64>,
-    /// The first failure: from then on the table is ahead of the disk.
-    failure: OnceLock<String>,
+    /// The outcome of the last commit submitted since the table was last
+    /// (re)loaded: every earlier one is answered before it, and fails if an
+    /// earlier one failed, so a barrier waits for this one only.
+    last: Mutex<Option<Shared<Durable>>>,
+    /// Why calls are refused, while they are: a commit failed, and the table
+    /// is ahead of the disk until it is reloaded.
+    outage: Mutex<Option<String>>,
     /// Prefixed to every refusal (`embedded store: ...`).
     what: &'static str,
 }
 
+/// The persisting side's end of one commit: send `Ok(())` once it is
+/// durable, or why it is not.
+pub type Outcome = oneshot::Sender<Result<(), String>>;
+
 impl CommitLog {
     pub fn new(what: &'static str) -> Arc<Self> {
-        Arc::new(Self {
-            submitted: AtomicU64::new(0),
-            finished: watch::channel(0).0,
-            failure: OnceLock::new(),
-            what,
-        })
+        Arc::new(Self { last: Mutex::new(None), outage: Mutex::new(None), what })
     }
 
-    /// Numbers a new commit; call under the table lock.
-    pub fn submit(&self) -> u64 {
-        self.submitted.fetch_add(1, Ordering::AcqRel) + 1
+    /// A new commit (call under the table lock, so commits are submitted in
+    /// the order their changes were made): where to report its outcome, and
+    /// the future its call awaits.
+    pub fn submit(&self) -> (Outcome, Durable) {
+        let (tx, rx) = oneshot::channel::<Result<(), String>>();
+        let what = self.what;
+        let durable: Durable = Box::pin(async move {
+            match rx.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(StoreError::Unavailable(format!("{what}: a commit failed ({e})"))),
+                Err(_) => Err(StoreError::Unavailable(format!("{what}: the store closed"))),
+            }
+        });
+        let shared = durable.shared();
+        *lock(&self.last) = Some(shared.clone());
+        (tx, Box::pin(shared))
     }
 
-    /// Every commit up to `upto` finished with `outcome` (a failure is kept
-    /// for good).
-    pub fn finish(&self, upto: u64, outcome: Result<(), String>) {
-        if let Err(e) = outcome {
-            let _ = self.failure.set(e);
-        }
-        self.finished.send_modify(|f| *f = (*f).max(upto));
+    /// A commit failed: calls are refused until [`CommitLog::resume`]. Call
+    /// before answering the failed commit.
+    pub fn fail(&self, why: String) {
+        lock(&self.outage).get_or_insert(why);
     }
 
-    /// `Unavailable` once a commit failed.
+    /// The table holds what the disk holds again (call under the table
+    /// lock): calls are served, and no earlier commit matters to a barrier.
+    pub fn resume(&self) {
+        *lock(&self.outage) = None;
+        *lock(&self.last) = None;
+    }
+
+    /// `Unavailable` while a failed commit is not recovered from.
     pub fn check(&self) -> Result<(), StoreError> {
-        match self.failure.get() {
+        match &*lock(&self.outage) {
             Some(e) => Err(StoreError::Unavailable(format!(
-                "{}: a commit failed ({e}); restart the broker",
+                "{}: a commit failed ({e}); refusing calls until the disk takes writes again",
                 self.what
             ))),
             None => Ok(()),
         }
     }
 
-    /// Resolves once commit `seq` and every one before it finished.
-    pub fn wait(self: &Arc<Self>, seq: u64) -> Durable {
-        let log = self.clone();
-        let mut finished = self.finished.subscribe();
-        Box::pin(async move {
-            if finished.wait_for(|f| *f >= seq).await.is_err() {
-                return Err(StoreError::Unavailable(format!("{}: the store closed", log.what)));
-            }
-            log.check()
-        })
-    }
-
     /// [`Persist::barrier`]: waits for the last commit submitted so far.
-    pub fn barrier(self: &Arc<Self>) -> Result<Option<Durable>, StoreError> {
+    pub fn barrier(&self) -> Result<Option<Durable>, StoreError> {
         self.check()?;
-        let last = self.submitted.load(Ordering::Acquire);
-        if *self.finished.borrow() >= last {
-            return Ok(None);
+        match &*lock(&self.last) {
+            Some(last) if last.peek().is_none() => Ok(Some(Box::pin(last.clone()))),
+            _ => Ok(None),
         }
-        Ok(Some(self.wait(last)))
     }
 
     pub fn healthy(&self) -> bool {
-        self.failure.get().is_none()
+        lock(&self.outage).is_none()
     }
+}
+
+/// Locks `m`, whatever a panic left in it (a plain value, always whole).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The in-memory store: the reference backend, no persistence.
 
 use super::local::{Durable, Persist, TableStore};
-use super::table::Changes;
+use super::table::{Changes, Table};
 use super::StoreError;
 use crate::core::queue::QueueRegistry;
 
@@ -21,7 +21,7 @@ impl MemoryStore {
 impl Persist for Volatile {
     const TRACKS_CHANGES: bool = false;
 
-    fn check(&self) -> Result<(), StoreError> {
+    fn check(&self, _table: &mut Table) -> Result<(), StoreError> {
         Ok(())
     }
 
@@ -31,10 +31,6 @@ impl Persist for Volatile {
 
     fn barrier(&self) -> Result<Option<Durable>, StoreError> {
         Ok(None)
-    }
-
-    fn healthy(&self) -> bool {
-        true
     }
 
     fn commits(&self) -> Option<u64> {

@@ -452,6 +452,9 @@ impl Table {
                 self.removed.push(*id);
             }
         }
+        if !due.is_empty() {
+            self.shrink_maps();
+        }
         Swept { count: due.len(), ..Swept::default() }
     }
 

@@ -203,6 +203,21 @@ impl Monitor {
         }
     }
 
+    /// The commands before the first one containing `needle` (which must
+    /// come within `within`): what a call sent before a marker command.
+    pub async fn until(&mut self, needle: &str, within: Duration) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.line(left).await {
+                Some(line) if line.contains(needle) => return seen,
+                Some(line) => seen.push(line),
+                None => panic!("no command with {needle:?} reached Redis within {within:?}; saw {seen:?}"),
+            }
+        }
+    }
+
     async fn line(&mut self, within: Duration) -> Option<String> {
         tokio::time::timeout(within, self.lines.next_line()).await.ok()?.ok()?
     }

@@ -83,6 +83,16 @@ impl ServeProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The (lazily connected) channel every client of this process shares.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     pub fn producer(&self) -> ProducerServiceClient<Channel> {
         ProducerServiceClient::new(self.channel.clone())
     }

@@ -11,21 +11,36 @@
 //! An operation that changes nothing still waits for the commits submitted
 //! before it (see [`super::local`]): no answer reveals what is not on disk.
 //!
-//! # Failure
-//! If a commit fails, the table already holds changes that are not on disk;
-//! the store then refuses every further call with `Unavailable` (and reports
-//! unhealthy) rather than serve state it cannot keep. A restart reloads what
-//! is durable.
+//! # Failure, and recovery without a restart
+//! If a commit fails (a full disk: `ENOSPC`, or `EFBIG` past a file-size
+//! limit; any I/O error), the table already holds changes that are not on
+//! disk. The store then refuses every call with `Unavailable` (and reports
+//! unhealthy) rather than serve state it cannot keep, and every commit
+//! already on its way fails too (its changes were made on top of the failed
+//! ones). Nothing answered before is lost: it was durable when answered.
+//!
+//! The store recovers by itself (see [`writer`]): redb cannot be used after
+//! an I/O error, so the writer thread drops the database and, every
+//! [`writer::RETRY_FIRST`] to [`writer::RETRY_MAX`], reopens it (redb
+//! repairs it to its last commit), checks that the disk takes as many bytes
+//! as the failed commit needed (a scratch record, written then removed), and
+//! loads the table from it. The next call (or readiness probe) swaps that
+//! table in under the table lock ([`super::local::Persist::check`]), and the
+//! store serves again: from the state the disk has, which is everything that
+//! was answered. While recovering, the old and the new table are both in
+//! memory.
 
 mod stored;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use redb::{Database, ReadableTable, TableDefinition};
 
+use self::writer::Msg;
 use super::local::{CommitLog, Durable, Persist, TableStore};
 use super::table::{Changes, Table};
 use super::StoreError;
@@ -37,8 +52,6 @@ const TASKS: TableDefinition<u128, &[u8]> = TableDefinition::new("tasks");
 /// Broker-wide counters; `next_lease` keeps lease ids unique across restarts.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NEXT_LEASE: &str = "next_lease";
-/// Most changes folded into one transaction.
-const MAX_GROUP: usize = 4096;
 
 /// Why the embedded store could not open.
 #[derive(Debug, thiserror::Error)]
@@ -51,28 +64,25 @@ pub enum OpenError {
     Corrupt { path: PathBuf, reason: String },
 }
 
-/// One operation's changes on their way to disk.
-struct Commit {
-    /// Its number in the [`CommitLog`].
-    seq: u64,
-    changes: Changes,
-}
-
 /// The [`Table`] in memory, every change made durable in redb by [`Redb`].
 pub type EmbeddedStore = TableStore<Redb>;
 
 /// Group commit into a redb database on a writer thread.
 pub struct Redb {
     /// To the writer thread; sent to under the table lock. `None` only in `drop`.
-    writer: Option<mpsc::Sender<Commit>>,
+    writer: Option<mpsc::Sender<Msg>>,
     /// Joined on drop, so the database is closed when the store is gone.
     thread: Option<std::thread::JoinHandle<()>>,
-    /// Commits submitted and finished; holds the failure once one failed
-    /// (the table is then ahead of the disk).
+    /// Commits on their way; holds the outage while a failed commit is not
+    /// recovered from (the table is then ahead of the disk).
     log: Arc<CommitLog>,
     /// Transactions committed (each one fsync): what group commit saves is
     /// visible as commits per task.
     commits: Arc<AtomicU64>,
+    /// The table as the disk has it, loaded by the writer thread after a
+    /// failed commit once the disk takes writes again; swapped in by the
+    /// next call.
+    recovered: Arc<Mutex<Option<Table>>>,
 }
 
 impl EmbeddedStore {
@@ -91,14 +101,19 @@ impl EmbeddedStore {
         tracing::info!(path = %path.display(), tasks = table.len(), "embedded store opened");
         let (writer, rx) = mpsc::channel();
         let log = CommitLog::new("embedded store");
-        let finished = log.clone();
         let commits = Arc::new(AtomicU64::new(0));
-        let counter = commits.clone();
-        let thread = std::thread::Builder::new()
-            .name("tb-writer".into())
-            .spawn(move || write_loop(db, rx, finished, counter))
-            .map_err(|source| OpenError::Dir { path: dir.to_owned(), source })?;
-        let redb = Redb { writer: Some(writer), thread: Some(thread), log, commits };
+        let recovered = Arc::new(Mutex::new(None));
+        let thread = writer::Writer {
+            rx,
+            log: log.clone(),
+            commits: commits.clone(),
+            path: path.clone(),
+            queues: queues.clone(),
+            recovered: recovered.clone(),
+        }
+        .spawn(db)
+        .map_err(|source| OpenError::Dir { path: dir.to_owned(), source })?;
+        let redb = Redb { writer: Some(writer), thread: Some(thread), log, commits, recovered };
         Ok(TableStore::with(queues, table, redb))
     }
 }
@@ -106,26 +121,34 @@ impl EmbeddedStore {
 impl Persist for Redb {
     const TRACKS_CHANGES: bool = true;
 
-    fn check(&self) -> Result<(), StoreError> {
-        self.log.check()
+    fn check(&self, table: &mut Table) -> Result<(), StoreError> {
+        if self.log.healthy() {
+            return Ok(());
+        }
+        let Some(fresh) = lock(&self.recovered).take() else { return self.log.check() };
+        let stale = std::mem::replace(table, fresh);
+        table.carry_over(&stale);
+        // After the swap in the writer's queue: every commit before it was
+        // made on the stale table and fails; every one after it is written.
+        let writer = self.writer.as_ref().ok_or_else(|| unavailable("the store is closing"))?;
+        writer.send(Msg::Resume).map_err(|_| unavailable("the writer thread stopped"))?;
+        self.log.resume();
+        tracing::info!(tasks = table.len(), "embedded store recovered: serving again from what is on disk");
+        Ok(())
     }
 
     fn submit(&self, changes: Changes) -> Result<Durable, StoreError> {
         let writer = self.writer.as_ref().ok_or_else(|| unavailable("the store is closing"))?;
-        let seq = self.log.submit();
-        if writer.send(Commit { seq, changes }).is_err() {
-            self.log.finish(seq, Err("the writer thread stopped".into()));
+        let (outcome, durable) = self.log.submit();
+        if writer.send(Msg::Commit(writer::Commit { changes, outcome })).is_err() {
+            self.log.fail("the writer thread stopped".into());
             return Err(unavailable("the writer thread stopped"));
         }
-        Ok(self.log.wait(seq))
+        Ok(durable)
     }
 
     fn barrier(&self) -> Result<Option<Durable>, StoreError> {
         self.log.barrier()
-    }
-
-    fn healthy(&self) -> bool {
-        self.log.healthy()
     }
 
     fn commits(&self) -> Option<u64> {
@@ -147,8 +170,16 @@ fn unavailable(why: &str) -> StoreError {
     StoreError::Unavailable(format!("embedded store: {why}"))
 }
 
+/// Locks `m`, whatever a panic left in it.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(Debug, thiserror::Error)]
 enum LoadError {
+    #[error(transparent)]
     Db(Box<redb::Error>),
+    #[error("corrupt task record: {0}")]
     Corrupt(String),
 }
 
@@ -170,60 +201,5 @@ fn load(db: &Database, table: &mut Table) -> Result<(), LoadError> {
             .map_err(|reason| LoadError::Corrupt(format!("task {}: {reason}", TaskId(key.value()))))?;
         table.restore(stored.task, stored.ready_seq);
     }
-    Ok(())
-}
-
-/// Marks the store failed if the writer thread panics, so no caller waits
-/// for a commit that will never finish.
-struct FailOnPanic(Arc<CommitLog>);
-
-impl Drop for FailOnPanic {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.0.finish(u64::MAX, Err("the writer thread panicked".into()));
-        }
-    }
-}
-
-/// The writer thread: one transaction and one fsync for everything queued.
-fn write_loop(db: Database, rx: mpsc::Receiver<Commit>, log: Arc<CommitLog>, commits: Arc<AtomicU64>) {
-    let _guard = FailOnPanic(log.clone());
-    while let Ok(first) = rx.recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(c) => group.push(c),
-                Err(_) => break,
-            }
-        }
-        let outcome = write_group(&db, &group).map_err(|e| e.to_string());
-        commits.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = &outcome {
-            tracing::error!(error = %e, "embedded store commit failed; refusing further writes");
-        }
-        // Commits arrive in sequence order: the last one is the highest.
-        let upto = group.last().map_or(0, |c| c.seq);
-        log.finish(upto, outcome);
-    }
-}
-
-fn write_group(db: &Database, group: &[Commit]) -> Result<(), Box<redb::Error>> {
-    let txn = db.begin_write().map_err(|e| Box::new(e.into()))?;
-    {
-        let mut tasks = txn.open_table(TASKS).map_err(|e| Box::new(e.into()))?;
-        for commit in group {
-            for (task, ready_seq) in &commit.changes.put {
-                let value = stored::encode(task, *ready_seq);
-                tasks.insert(task.id.0, value.as_slice()).map_err(|e| Box::new(e.into()))?;
-            }
-            for id in &commit.changes.removed {
-                tasks.remove(id.0).map_err(|e| Box::new(e.into()))?;
-            }
-        }
-        let next_lease = group.iter().map(|c| c.changes.next_lease).max().unwrap_or(0);
-        let mut meta = txn.open_table(META).map_err(|e| Box::new(e.into()))?;
-        meta.insert(NEXT_LEASE, next_lease).map_err(|e| Box::new(e.into()))?;
-    }
-    txn.commit().map_err(|e| Box::new(e.into()))?;
     Ok(())
 }

@@ -15,29 +15,41 @@ use crate::core::task::NewTask;
 /// Commits that finish only when the test says so.
 struct Held {
     log: Arc<CommitLog>,
-    /// Sequence numbers of the commits submitted so far.
-    submitted: Mutex<Vec<u64>>,
+    /// How many commits were submitted so far.
+    submitted: Mutex<usize>,
+    /// The outcomes of the commits not finished yet, in order.
+    pending: Mutex<Vec<Outcome>>,
+}
+
+impl Held {
+    /// Finishes every pending commit with `outcome` (a failure, as a real
+    /// store does, puts the store out first).
+    fn finish(&self, outcome: Result<(), String>) {
+        if let Err(e) = &outcome {
+            self.log.fail(e.clone());
+        }
+        for tx in self.pending.lock().unwrap().drain(..) {
+            let _ = tx.send(outcome.clone());
+        }
+    }
 }
 
 impl Persist for Held {
     const TRACKS_CHANGES: bool = true;
 
-    fn check(&self) -> Result<(), StoreError> {
+    fn check(&self, _table: &mut Table) -> Result<(), StoreError> {
         self.log.check()
     }
 
     fn submit(&self, _changes: Changes) -> Result<Durable, StoreError> {
-        let seq = self.log.submit();
-        self.submitted.lock().unwrap().push(seq);
-        Ok(self.log.wait(seq))
+        let (tx, durable) = self.log.submit();
+        *self.submitted.lock().unwrap() += 1;
+        self.pending.lock().unwrap().push(tx);
+        Ok(durable)
     }
 
     fn barrier(&self) -> Result<Option<Durable>, StoreError> {
         self.log.barrier()
-    }
-
-    fn healthy(&self) -> bool {
-        self.log.healthy()
     }
 
     fn commits(&self) -> Option<u64> {
@@ -45,12 +57,12 @@ impl Persist for Held {
     }
 }
 
-fn held_store() -> (Arc<TableStore<Held>>, Arc<CommitLog>) {
+fn held_store() -> Arc<TableStore<Held>> {
     let log = CommitLog::new("test store");
     let queues: QueueRegistry = Arc::new(Policies::new(BTreeMap::new(), QueuePolicy::default())).into();
     let table = TableStore::<Held>::table_for(&queues);
-    let persist = Held { log: log.clone(), submitted: Mutex::new(Vec::new()) };
-    (Arc::new(TableStore::with(queues, table, persist)), log)
+    let persist = Held { log, submitted: Mutex::new(0), pending: Mutex::new(Vec::new()) };
+    Arc::new(TableStore::with(queues, table, persist))
 }
 
 fn replayable() -> NewTask {
@@ -77,7 +89,7 @@ async fn first_enqueue_held(
     let s = store.clone();
     let first = tokio::spawn(async move { s.enqueue(vec![replayable()], 1).await });
     for _ in 0..1000 {
-        if !store.persist.submitted.lock().unwrap().is_empty() {
+        if *store.persist.submitted.lock().unwrap() > 0 {
             return first;
         }
         tokio::task::yield_now().await;
@@ -87,7 +99,7 @@ async fn first_enqueue_held(
 
 #[tokio::test]
 async fn a_replay_is_not_answered_before_the_first_commit_is_durable() {
-    let (store, log) = held_store();
+    let store = held_store();
     let first = first_enqueue_held(&store).await;
     let mut replay = Box::pin(store.enqueue(vec![replayable()], 2));
     assert!((&mut replay).now_or_never().is_none(), "the replay answered while the first commit was pending");
@@ -95,23 +107,23 @@ async fn a_replay_is_not_answered_before_the_first_commit_is_durable() {
     let mut read = Box::pin(store.get(id));
     assert!((&mut read).now_or_never().is_none(), "get answered while the task's commit was pending");
 
-    log.finish(1, Ok(()));
+    store.persist.finish(Ok(()));
     let replayed = tokio::time::timeout(Duration::from_secs(5), replay).await.unwrap().unwrap();
     assert!(replayed[0].deduplicated);
     let got = tokio::time::timeout(Duration::from_secs(5), read).await.unwrap().unwrap();
     assert_eq!(got.id, replayed[0].task.id);
     assert!(!first.await.unwrap().unwrap()[0].deduplicated);
-    assert_eq!(store.persist.submitted.lock().unwrap().len(), 1, "the replay committed nothing");
+    assert_eq!(*store.persist.submitted.lock().unwrap(), 1, "the replay committed nothing");
 }
 
 #[tokio::test]
 async fn after_a_failed_commit_a_replay_and_a_get_are_unavailable() {
-    let (store, log) = held_store();
+    let store = held_store();
     let first = first_enqueue_held(&store).await;
     let replay = store.enqueue(vec![replayable()], 2);
     let id = store.table().request("q", "r").expect("the first task is in the table");
     let read = store.get(id);
-    log.finish(1, Err("disk on fire".into()));
+    store.persist.finish(Err("disk on fire".into()));
     assert!(matches!(first.await.unwrap(), Err(StoreError::Unavailable(_))));
     assert!(matches!(replay.await, Err(StoreError::Unavailable(_))), "the replay saw undurable state");
     assert!(matches!(read.await, Err(StoreError::Unavailable(_))), "get saw undurable state");
@@ -123,10 +135,23 @@ async fn after_a_failed_commit_a_replay_and_a_get_are_unavailable() {
 
 #[tokio::test]
 async fn with_nothing_pending_a_no_change_answer_does_not_wait() {
-    let (store, log) = held_store();
+    let store = held_store();
     let first = first_enqueue_held(&store).await;
-    log.finish(1, Ok(()));
+    store.persist.finish(Ok(()));
     first.await.unwrap().unwrap();
     let replay = store.enqueue(vec![replayable()], 2).now_or_never().expect("nothing to wait for");
     assert!(replay.unwrap()[0].deduplicated);
+}
+
+#[tokio::test]
+async fn once_recovered_the_store_serves_and_a_barrier_does_not_wait_for_the_failed_commit() {
+    let store = held_store();
+    let first = first_enqueue_held(&store).await;
+    store.persist.finish(Err("disk full".into()));
+    assert!(matches!(first.await.unwrap(), Err(StoreError::Unavailable(_))));
+    assert!(matches!(store.get(TaskId(42)).await, Err(StoreError::Unavailable(_))), "out until recovered");
+    // What the embedded store does once its table is reloaded from disk.
+    store.persist.log.resume();
+    let got = store.get(TaskId(42)).now_or_never().expect("nothing pending since the recovery");
+    assert!(matches!(got, Err(StoreError::TaskNotFound(_))), "{got:?}");
 }

@@ -2,8 +2,12 @@
 //!
 //! Task ids carry their queue's tag ([`super::queues`]); the queue is
 //! registered in `tb:queues` (within `max_queues`) before its first task is
-//! created, and again after it when the queue was empty. A (vanishingly
-//! unlikely) id collision is refused by the script, and retried with new ids.
+//! created. A queue this replica registered earlier may have been forgotten
+//! since (emptied, by any replica's sweep): the script refuses to create the
+//! first task of an empty queue unless told the queue was registered just
+//! now (`empty`), and the queue is then registered again, within the bound,
+//! first. A (vanishingly unlikely) id collision is refused by the script,
+//! and retried with new ids.
 
 use futures_util::future::join_all;
 
@@ -37,12 +41,14 @@ impl RedisStore {
         }
         // Every queue registered (within max_queues) before any task is
         // created: a batch refused for a new queue creates nothing.
+        let mut just_registered = Vec::with_capacity(groups.len());
         for registered in join_all(groups.iter().map(|(queue, _, _)| self.register(queue))).await {
-            registered?;
+            just_registered.push(registered?);
         }
         let total = groups.iter().map(|(_, p, _)| p.len()).sum();
-        let calls =
-            groups.iter_mut().map(|(queue, _, tasks)| self.enqueue_queue(queue, std::mem::take(tasks), now));
+        let calls = groups.iter_mut().zip(just_registered).map(|((queue, _, tasks), registered)| {
+            self.enqueue_queue(queue, std::mem::take(tasks), registered, now)
+        });
         let results = join_all(calls).await;
         let mut out: Vec<Option<Enqueued>> = (0..total).map(|_| None).collect();
         for ((_, positions, _), result) in groups.into_iter().zip(results) {
@@ -53,17 +59,20 @@ impl RedisStore {
         out.into_iter().map(|e| e.ok_or_else(|| unexpected("a short enqueue reply"))).collect()
     }
 
-    /// Enqueues `tasks` (all of one queue) with one script call.
+    /// Enqueues `tasks` (all of one queue) with one script call (two when
+    /// the queue turns out to need registering again; `registered`: it was
+    /// registered by this call already).
     async fn enqueue_queue(
         &self,
         queue: &str,
         mut tasks: Vec<Task>,
+        mut registered: bool,
         now: Millis,
     ) -> Result<Vec<Enqueued>, StoreError> {
         let window = self.queues.current().get(queue).dedup_window.as_millis() as u64;
-        for _ in 0..3 {
+        for _ in 0..4 {
             let mut inv = self.invocation(&scripts::ENQUEUE, queue, now);
-            inv.arg(window);
+            inv.arg(window).arg(if registered { "1" } else { "0" });
             for t in &tasks {
                 inv.arg(t.id.to_string())
                     .arg(record::encode_body(t))
@@ -79,9 +88,17 @@ impl RedisStore {
             let items = array(self.run(&inv).await?)?;
             match items.first().map(reply::text).transpose()? {
                 Some("ok") => {}
-                // A sweep may have taken the empty queue out of `tb:queues`
-                // since it was registered: register it again, now that it
-                // holds a task (see `forget_empty`).
+                // Empty, so possibly forgotten since this replica registered
+                // it: register it (within max_queues) before its first task.
+                Some("empty") if !registered => {
+                    self.register_now(queue).await?;
+                    registered = true;
+                    continue;
+                }
+                // A sweep took the empty queue out of `tb:queues` between its
+                // registration and this call: put it back, now that it holds
+                // a task (see `forget_empty`); it was within max_queues a
+                // moment ago.
                 Some("first") => self.reregister(queue).await?,
                 Some("collision") => {
                     renew_ids(&mut tasks, queue);

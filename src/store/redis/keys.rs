@@ -2,12 +2,21 @@
 //!
 //! A queue's keys share the hash tag `{<queue>}`, so in Redis Cluster they sit
 //! in one slot and one Lua script can change them atomically. The global keys
-//! ([`QUEUES`], [`LAYOUT`]) are never touched by a script, and only read or
-//! written once per queue or per connection, so they are never hot.
+//! ([`QUEUES`], [`tag_set`], [`LAYOUT`]) are never touched by a script but
+//! `REGISTER`'s single-key check-and-add, and only written once per queue or
+//! read once per connection, sweep or unknown tag, so they are never hot.
 
-/// SET of every queue that ever had a task: what the timer sweeps walk, and
-/// how a task id's queue tag ([`super::queues`]) is resolved.
+/// SET of every queue that holds tasks (a queue left empty past its
+/// retention is taken out): what the timer sweeps walk, and what
+/// `max_queues` counts.
 pub const QUEUES: &str = "tb:queues";
+
+/// SET of the queues in [`QUEUES`] whose task ids carry `tag` (see
+/// [`super::queues`]): how a task id unknown to a replica finds its queue
+/// without reading every queue.
+pub fn tag_set(tag: u32) -> String {
+    format!("tb:tag:{tag:08x}")
+}
 
 /// STRING: the version of this key layout; a Redis written by another layout
 /// is refused at start-up rather than misread.

@@ -168,7 +168,7 @@ impl RedisStore {
         let first = bounded(events::subscribe(&conn)).await?;
         let (tx, _) = broadcast::channel(EVENT_BUFFER);
         let listener = events::Listener::spawn(first, conn.clone(), tx.clone());
-        Ok(Self {
+        let store = Self {
             conn,
             queues,
             server_time,
@@ -176,7 +176,9 @@ impl RedisStore {
             _listener: listener,
             known: queues::KnownQueues::default(),
             limits: Limits::UNLIMITED,
-        })
+        };
+        store.index_tags().await?;
+        Ok(store)
     }
 
     /// Puts `limits` in force (Redis: `max_queues`; see [`Limits`]).

@@ -4,10 +4,29 @@
 //!
 //! The Redis store makes task ids whose low 32 bits (part of the ULID's random
 //! part; 48 random bits remain per millisecond) are a tag of the queue's name
-//! ([`tag`], FNV-1a). Every queue is registered in `tb:queues` before its
-//! first task is created; a replica resolves a tag against the queues it
-//! knows and re-reads `tb:queues` when it knows none with that tag. Two
-//! queues with the same tag are possible and handled (each is tried).
+//! ([`tag`], FNV-1a). Every queue is registered in `tb:queues`, and in the set
+//! of its tag ([`keys::tag_set`]), before its first task is created; a
+//! replica resolves a tag against the queues it knows and reads that tag's
+//! set when it knows none: an unknown (or made-up) id costs one small read,
+//! never a read of every queue. Two queues with the same tag are possible and
+//! handled (each is tried).
+//!
+//! # Forgetting, and `max_queues`
+//! A queue left without tasks (past its retention) leaves `tb:queues` and its
+//! tag set, and its keys are deleted, counters included ([`FORGET`]). Each
+//! sweep reads `tb:queues` and replaces what the replica knows with it, so a
+//! queue forgotten by any replica leaves every replica's cache within a
+//! sweep. Registration is one atomic check-and-add (`max_queues` is never
+//! passed by queues registering at once); a replica that still believes a
+//! forgotten queue registered learns otherwise from `enqueue.lua` (`empty`)
+//! and registers it again, within the bound, before creating anything. One
+//! race remains: a sweep that forgets a queue between an enqueue's
+//! registration and its script (one round trip) has the enqueue put the
+//! queue back without the check (`first`, [`RedisStore::reregister`]); the
+//! count then passes `max_queues` by the queues re-created that way, which
+//! needs one to be forgotten in that instant.
+//!
+//! [`FORGET`]: super::scripts::FORGET
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{LazyLock, RwLock};
@@ -16,7 +35,8 @@ use futures_util::future::join_all;
 use redis::{AsyncCommands, Script};
 
 use super::keys::{self, QueueKeys};
-use super::reply::bounded;
+use super::reply::{bounded, uint};
+use super::scripts::FORGET;
 use super::RedisStore;
 use crate::core::task::TaskId;
 use crate::core::Millis;
@@ -57,10 +77,30 @@ impl KnownQueues {
         self.0.read().unwrap_or_else(|e| e.into_inner()).registered.contains(queue)
     }
 
-    /// `queue` left `tb:queues`: register it again before its next task.
-    /// (Its tag stays known: resolving a stale id only costs a lookup.)
+    /// `queue` left `tb:queues`: register it again before its next task, and
+    /// resolve its tag from Redis again.
     fn forget(&self, queue: &str) {
-        self.0.write().unwrap_or_else(|e| e.into_inner()).registered.remove(queue);
+        let mut known = self.0.write().unwrap_or_else(|e| e.into_inner());
+        known.registered.remove(queue);
+        let tag = tag(queue);
+        if let Some(named) = known.by_tag.get_mut(&tag) {
+            named.retain(|q| q != queue);
+            if named.is_empty() {
+                known.by_tag.remove(&tag);
+            }
+        }
+    }
+
+    /// What a full read of `tb:queues` found replaces what was known: queues
+    /// forgotten by any replica are forgotten here too.
+    fn replace(&self, queues: &[String]) {
+        let mut fresh = Known::default();
+        for q in queues {
+            if fresh.registered.insert(q.clone()) {
+                fresh.by_tag.entry(tag(q)).or_default().push(q.clone());
+            }
+        }
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = fresh;
     }
 
     fn learn(&self, queues: impl IntoIterator<Item = String>) {
@@ -85,13 +125,19 @@ static REGISTER: LazyLock<Script> = LazyLock::new(|| {
 });
 
 impl RedisStore {
-    /// Adds `queue` to `tb:queues` (once per queue and replica), refusing a
-    /// queue beyond `max_queues`; called before the queue's first task is
-    /// created.
-    pub(super) async fn register(&self, queue: &str) -> Result<(), StoreError> {
+    /// Adds `queue` to `tb:queues` unless this replica knows it there
+    /// already; whether it did.
+    pub(super) async fn register(&self, queue: &str) -> Result<bool, StoreError> {
         if self.known.is_registered(queue) {
-            return Ok(());
+            return Ok(false);
         }
+        self.register_now(queue).await?;
+        Ok(true)
+    }
+
+    /// Adds `queue` to `tb:queues`, refusing a queue beyond `max_queues`, and
+    /// to its tag set; called before the queue's first task is created.
+    pub(super) async fn register_now(&self, queue: &str) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         let max = self.limits.max_queues.min(i64::MAX as usize);
         let mut inv = REGISTER.prepare_invoke();
@@ -100,37 +146,48 @@ impl RedisStore {
         if added == 0 {
             return Err(StoreError::QueueLimit(queue.to_owned()));
         }
+        bounded(conn.sadd::<_, _, ()>(keys::tag_set(tag(queue)), queue)).await?;
         self.known.learn([queue.to_owned()]);
         Ok(())
     }
 
-    /// Puts `queue` back in `tb:queues` after its first task was created (a
-    /// sweep may have removed it while it was empty); not bounded: the queue
-    /// was within `max_queues` when this replica registered it.
+    /// Puts `queue` back in `tb:queues` and its tag set after its first task
+    /// was created (a sweep removed it in the instant since it was
+    /// registered); not bounded: it was within `max_queues` a moment ago.
     pub(super) async fn reregister(&self, queue: &str) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         bounded(conn.sadd::<_, _, ()>(keys::QUEUES, queue)).await?;
+        bounded(conn.sadd::<_, _, ()>(keys::tag_set(tag(queue)), queue)).await?;
         self.known.learn([queue.to_owned()]);
         Ok(())
     }
 
-    /// Takes the queues that hold no task out of `tb:queues`, so sweeps cost
-    /// in proportion to queues with work and `max_queues` counts live queues.
+    /// Takes the queues that hold no task out of `tb:queues` and their tag
+    /// sets and deletes their keys, so sweeps cost in proportion to queues
+    /// with work, `max_queues` counts live queues, and nothing is left of a
+    /// forgotten queue.
     ///
-    /// Safe against an enqueue racing it: the queue leaves the set first and
-    /// comes back if it holds a task by then; an enqueue whose task lands
-    /// after that look found the queue empty and registers it again itself
-    /// (`enqueue.lua` answers `first`).
-    pub(super) async fn forget_empty(&self, queues: &[String]) -> Result<usize, StoreError> {
+    /// Safe against an enqueue racing it: the queue leaves the sets first,
+    /// then [`FORGET`] deletes its keys only if it still holds no task (in
+    /// one script, so atomically with any enqueue), else it goes back into
+    /// the sets; an enqueue whose task lands after that finds the queue
+    /// empty and registers it again itself (`enqueue.lua`: `empty`, `first`).
+    ///
+    /// [`FORGET`]: super::scripts::FORGET
+    pub(super) async fn forget_empty(&self, queues: &[String], now: Millis) -> Result<usize, StoreError> {
         let checks = queues.iter().map(|queue| async move {
             let mut conn = self.conn.clone();
             let meta = QueueKeys::new(queue).meta().to_owned();
             if bounded(conn.exists::<_, bool>(&meta)).await? {
                 return Ok::<_, StoreError>(false);
             }
+            let tags = keys::tag_set(tag(queue));
             bounded(conn.srem::<_, _, ()>(keys::QUEUES, queue)).await?;
-            if bounded(conn.exists::<_, bool>(&meta)).await? {
+            bounded(conn.srem::<_, _, ()>(&tags, queue)).await?;
+            let forgotten = uint(&self.run(&self.invocation(&FORGET, queue, now)).await?)? == 1;
+            if !forgotten {
                 bounded(conn.sadd::<_, _, ()>(keys::QUEUES, queue)).await?;
+                bounded(conn.sadd::<_, _, ()>(&tags, queue)).await?;
                 return Ok(false);
             }
             Ok(true)
@@ -145,23 +202,36 @@ impl RedisStore {
         Ok(forgotten)
     }
 
-    /// Every queue in `tb:queues`.
+    /// Every queue in `tb:queues`; what this replica knows becomes that.
     pub(super) async fn queues(&self) -> Result<Vec<String>, StoreError> {
         let mut conn = self.conn.clone();
         let queues: Vec<String> = bounded(conn.smembers(keys::QUEUES)).await?;
-        self.known.learn(queues.iter().cloned());
+        self.known.replace(&queues);
         Ok(queues)
     }
 
-    /// The queues task `id` may be in: those with its tag, re-reading
-    /// `tb:queues` when none is known here.
+    /// Puts every queue of `tb:queues` in its tag set (idempotent): a Redis
+    /// written by a build without tag sets gets them. Run once at connect.
+    pub(super) async fn index_tags(&self) -> Result<(), StoreError> {
+        let queues = self.queues().await?;
+        let adds = queues.iter().map(|queue| async move {
+            let mut conn = self.conn.clone();
+            bounded(conn.sadd::<_, _, ()>(keys::tag_set(tag(queue)), queue)).await
+        });
+        join_all(adds).await.into_iter().collect()
+    }
+
+    /// The queues task `id` may be in: those with its tag, read from the
+    /// tag's set when none is known here.
     async fn candidates(&self, id: TaskId) -> Result<Vec<String>, StoreError> {
         let known = self.known.candidates(id);
         if !known.is_empty() {
             return Ok(known);
         }
-        self.queues().await?;
-        Ok(self.known.candidates(id))
+        let mut conn = self.conn.clone();
+        let tagged: Vec<String> = bounded(conn.smembers(keys::tag_set(tag_of(id)))).await?;
+        self.known.learn(tagged.iter().cloned());
+        Ok(tagged)
     }
 
     /// The queue holding task `id`: when several queues share its tag, the

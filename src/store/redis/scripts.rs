@@ -81,6 +81,11 @@ script!(
     PURGE,
     "lua/purge.lua"
 );
+script!(
+    /// Deletes the keys of a queue that holds no task.
+    FORGET,
+    "lua/forget.lua"
+);
 
 /// Most tasks one sweep script handles, so no call blocks Redis for long; the
 /// caller runs it again while it comes back full.

@@ -63,7 +63,7 @@ impl RedisStore {
         let swept = self.sweep(purge, now, |_| Vec::new()).await?;
         let count = swept.iter().map(|(_, items)| items.len()).sum();
         let queues: Vec<String> = swept.into_iter().map(|(q, _)| q).collect();
-        self.forget_empty(&queues).await?;
+        self.forget_empty(&queues, now).await?;
         Ok(Swept { count, ..Swept::default() })
     }
 

@@ -2,6 +2,9 @@
 //! tasks, refusing a batch that would go over a bound before anything
 //! changes, and forgetting a queue with its last task.
 
+use std::collections::HashMap;
+use std::hash::Hash;
+
 use super::names::Sym;
 use super::Table;
 use crate::core::task::NewTask;
@@ -14,9 +17,29 @@ impl Table {
         self.limits = limits;
     }
 
+    /// Takes over what a table keeps only in memory from `stale`, which this
+    /// one (loaded from disk after a failed commit) replaces: the limits in
+    /// force, and the lease counter (no lease id handed out comes back).
+    pub fn carry_over(&mut self, stale: &Table) {
+        self.limits = stale.limits;
+        self.next_lease = self.next_lease.max(stale.next_lease);
+    }
+
     /// How many queues hold tasks.
     pub fn queue_count(&self) -> usize {
         self.queue_tasks.len()
+    }
+
+    /// Gives back the slack a burst left in the lookup maps (a `HashMap`
+    /// keeps its capacity when emptied); called after a purge, where a large
+    /// drain ends. The slab gives back its own ([`super::slab`]).
+    pub(super) fn shrink_maps(&mut self) {
+        shrink(&mut self.dedup);
+        shrink(&mut self.requests);
+        shrink(&mut self.queue_tasks);
+        shrink(&mut self.idx.ready);
+        shrink(&mut self.idx.last_purge);
+        self.names.shrink();
     }
 
     /// One task of `queue` is gone; with its last, the queue's index entries.
@@ -62,5 +85,64 @@ impl Table {
             }
         }
         Ok(())
+    }
+}
+
+/// Shrinks `map` to what it holds once it is four times larger (and not
+/// small): a map grown back pays at most one rehash per such shrink.
+fn shrink<K: Eq + Hash, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 1024 && map.len() * 4 < map.capacity() {
+        map.shrink_to_fit();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use super::super::Table;
+    use crate::core::queue::{Policies, QueuePolicy};
+    use crate::core::task::NewTask;
+
+    fn task(i: usize) -> NewTask {
+        NewTask {
+            queue: format!("q{}", i % 50),
+            kind: format!("kind-{i}"),
+            payload: vec![],
+            content_type: String::new(),
+            priority: 0,
+            headers: BTreeMap::new(),
+            max_attempts: 1,
+            scheduled_time: 0,
+            dedup_key: format!("d{i}"),
+            request_id: format!("r{i}"),
+            concurrency_key: String::new(),
+            semaphores: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_purge_after_a_large_burst_gives_the_maps_memory_back() {
+        let policies = Arc::new(Policies::new(BTreeMap::new(), QueuePolicy::default()));
+        let mut table = Table::new(policies, false);
+        let ids: Vec<_> = (0..20_000).map(|i| table.enqueue(vec![task(i)], 1).unwrap()[0].task.id).collect();
+        let before = (table.requests.capacity(), table.dedup.capacity(), table.names.capacity());
+        for id in &ids[100..] {
+            table.cancel(*id, 2).unwrap();
+        }
+        let day = 24 * 3600 * 1000;
+        table.purge_finished(2 + 2 * day);
+        assert_eq!(table.len(), 100);
+        let after = (table.requests.capacity(), table.dedup.capacity(), table.names.capacity());
+        assert!(
+            after.0 * 8 < before.0 && after.1 * 8 < before.1 && after.2 * 8 < before.2,
+            "capacities (requests, dedup, names) {after:?}, before the drain {before:?}"
+        );
+        // What is left is still found.
+        for (i, id) in ids[..100].iter().enumerate() {
+            assert_eq!(table.get(*id).unwrap().kind, format!("kind-{i}"));
+            assert_eq!(table.requests.get(&(format!("q{}", i % 50), format!("r{i}"))), Some(id));
+        }
     }
 }

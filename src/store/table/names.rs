@@ -95,6 +95,28 @@ impl Names {
         self.slots.get(sym.0 as usize).and_then(Option::as_ref).map_or("", |(name, _)| name)
     }
 
+    /// Gives back what a burst of names left: the map's slack once it is
+    /// four times larger than what it holds, and the free slots at the end.
+    /// (Slots in the middle stay: records refer to their neighbours.)
+    pub fn shrink(&mut self) {
+        if self.ids.capacity() > 1024 && self.ids.len() * 4 < self.ids.capacity() {
+            self.ids.shrink_to_fit();
+        }
+        let keep = self.slots.iter().rposition(Option::is_some).map_or(0, |i| i + 1);
+        if self.slots.len() > 1024 && keep * 4 < self.slots.len() {
+            self.slots.truncate(keep);
+            self.slots.shrink_to_fit();
+            self.free.retain(|&i| (i as usize) < keep);
+            self.free.shrink_to_fit();
+        }
+    }
+
+    /// Capacity of the name map (tests of [`Names::shrink`]).
+    #[cfg(test)]
+    pub fn capacity(&self) -> usize {
+        self.ids.capacity().max(self.slots.capacity())
+    }
+
     /// How many distinct names are held.
     #[cfg(test)]
     pub fn len(&self) -> usize {

@@ -6,6 +6,12 @@
 //! buckets) carries that slack, and the records take one slot each. Records
 //! live in fixed-size chunks, so growing never moves them: a million-task
 //! table grows without a stall while it holds the lock. Freed slots are reused.
+//!
+//! After a large drain the slab gives memory back: once fewer than a
+//! quarter of the slots it ever used hold a record, a removal compacts it
+//! (records moved to the lowest slots, the id map rebuilt at its size). That
+//! costs one pass over the records left, at most once per three quarters of
+//! the slots freed, so removal stays O(1) amortized.
 
 use std::collections::HashMap;
 use std::ops::Index;
@@ -87,7 +93,32 @@ impl Slab {
     pub fn remove(&mut self, id: &TaskId) -> Option<Record> {
         let slot = self.slots.remove(&key(*id))?;
         self.free.push(slot);
-        self.at_mut(slot).take()
+        let record = self.at_mut(slot).take();
+        if self.used as usize > CHUNK && self.len() * 4 < self.used as usize {
+            self.compact();
+        }
+        record
+    }
+
+    /// Moves every record to the lowest slots and drops the chunks, the free
+    /// list and the map slack left over.
+    fn compact(&mut self) {
+        let old_slots = std::mem::take(&mut self.slots);
+        let mut old_chunks = std::mem::take(&mut self.chunks);
+        self.free = Vec::new();
+        self.used = 0;
+        self.slots = HashMap::with_capacity(old_slots.len());
+        for (key, slot) in old_slots {
+            let slot = slot as usize;
+            let Some(record) = old_chunks[slot / CHUNK][slot % CHUNK].take() else { continue };
+            let new = self.used;
+            self.used += 1;
+            if new as usize % CHUNK == 0 {
+                self.chunks.push(Vec::with_capacity(CHUNK));
+            }
+            self.chunks.last_mut().expect("a chunk with room").push(Some(record));
+            self.slots.insert(key, new);
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -145,6 +176,35 @@ mod tests {
         assert!(slab.remove(&a).is_none() && !slab.contains_key(&a) && slab.get(&c).is_none());
         slab.insert(c, record(&mut names, 5));
         assert_eq!((slab.used, slab[&c].priority, slab.len()), (2, 5, 2), "slot reused");
+    }
+
+    #[test]
+    fn a_large_drain_gives_the_memory_back() {
+        let mut names = Names::default();
+        let mut slab = Slab::default();
+        let n = 8 * CHUNK as u128;
+        for i in 0..n {
+            slab.insert(TaskId(i), record(&mut names, (i % 10) as u8));
+        }
+        let (chunks, map) = (slab.chunks.len(), slab.slots.capacity());
+        assert_eq!(chunks, 8);
+        // Keep every 100th task.
+        for i in (0..n).filter(|i| i % 100 != 0) {
+            slab.remove(&TaskId(i));
+        }
+        assert_eq!(slab.len(), (n as usize).div_ceil(100));
+        assert_eq!(slab.chunks.len(), 1, "chunks after the drain (from {chunks})");
+        assert!(slab.slots.capacity() * 8 < map, "id map capacity {} (from {map})", slab.slots.capacity());
+        assert!(slab.free.capacity() < CHUNK, "free list capacity {}", slab.free.capacity());
+        for i in (0..n).step_by(100) {
+            assert_eq!(slab[&TaskId(i)].priority, (i % 10) as u8, "task {i} kept");
+        }
+        assert!(slab.get(&TaskId(1)).is_none());
+        // And it fills again as before.
+        for i in n..n + 2 * CHUNK as u128 {
+            slab.insert(TaskId(i), record(&mut names, 1));
+        }
+        assert_eq!(slab.len(), (n as usize).div_ceil(100) + 2 * CHUNK);
     }
 
     #[test]

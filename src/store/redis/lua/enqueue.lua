@@ -2,7 +2,9 @@
 -- KEYS: the queue's keys (lib.lua); writes meta, body, ready, scheduled, seq,
 --       dedup, requests.
 -- ARGV[4]: the queue's dedup window (ms)
--- ARGV[5..]: nine per new task: id, body (record.rs), priority,
+-- ARGV[5]: '1' when the caller registered the queue in tb:queues just before
+--          this call, '0' when it only believes it registered
+-- ARGV[6..]: ten per new task: id, body (record.rs), priority,
 --            max_attempts, scheduled time (ms; due at once if not after now),
 --            response bytes (core::budget::task_bytes), dedup key, request
 --            id, concurrency key ('' for none), semaphore names (comma-separated,
@@ -14,15 +16,23 @@
 --          status is 'first' when the queue held no task before (the caller
 --          then registers it in tb:queues again: a sweep may have removed it)
 --          and 'ok' otherwise;
---          or {'collision', id} when a new task's id is taken (nothing written).
+--          or {'collision', id} when a new task's id is taken (nothing written);
+--          or {'empty'} when the queue holds no task and ARGV[5] is '0'
+--          (nothing written): a sweep may have forgotten it, so the caller
+--          registers it (within max_queues) and calls again with '1'.
 -- Publishes: `ready <queue> <n>` once if n tasks became READY.
 
 local now = clock()
 local window = tonumber(ARGV[4])
 local PER = 10
+local TASKS_AT = 6
+
+if ARGV[5] ~= '1' and redis.call('EXISTS', K_META) == 0 then
+  return {'empty'}
+end
 
 local ids = {}
-for i = 5, #ARGV, PER do
+for i = TASKS_AT, #ARGV, PER do
   ids[#ids + 1] = ARGV[i]
 end
 for i, taken in ipairs(hmget(K_META, ids)) do
@@ -59,7 +69,7 @@ end
 -- First pass: for each argument group (its first index `i`), the existing
 -- task's id, or `true` for a new task; and how many new tasks are READY now.
 local found, readies = {}, 0
-for i = 5, #ARGV, PER do
+for i = TASKS_AT, #ARGV, PER do
   local request_id, dedup_key = ARGV[i + 7], ARGV[i + 6]
   local old = existing(request_id, dedup_key)
   if old then
@@ -87,7 +97,7 @@ local metas, bodies, scheduled = {}, {}, {}
 local ready = {} -- priority -> ids
 local out = {redis.call('EXISTS', K_META) == 0 and 'first' or 'ok'}
 for n, f in ipairs(found) do
-  local i = 5 + (n - 1) * PER
+  local i = TASKS_AT + (n - 1) * PER
   if f == true then
     local id, priority, due, size = ARGV[i], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])
     local dedup_key, request_id = ARGV[i + 6], ARGV[i + 7]
