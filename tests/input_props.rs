@@ -161,6 +161,7 @@ proptest! {
                 prop_assert!(!t.kind.is_empty() && t.kind.len() <= MAX_NAME);
                 prop_assert!(t.content_type.len() <= MAX_NAME);
                 prop_assert!(t.priority <= 9 && t.max_attempts >= 1 && t.payload.len() <= 32);
+                prop_assert!(t.concurrency_key.len() <= 128 && t.semaphores.len() <= 8);
                 if had_time {
                     prop_assert!(t.scheduled_time < MAX_TIME);
                 }

@@ -877,6 +877,21 @@ async fn a_shared_semaphore_caps_the_sum_of_its_queues(b: &Backend) {
     assert_eq!(again.iter().filter(|t| !t.semaphores.is_empty()).count(), 2, "expiry gave both permits back");
 }
 
+/// A task needing a semaphore with a permit free keeps its place in the
+/// order: tasks behind it that need none do not go first.
+async fn tasks_needing_a_semaphore_keep_their_place(b: &Backend) {
+    let s = &*b.store;
+    let first = put(s, needs("s1", &["sel"])).await;
+    let second = put(s, new_task("s1", 0)).await;
+    put(s, new_task("s1", 0)).await;
+    let got = lease_n(s, &["s1"], 2, NOW).await;
+    let mut ids: Vec<_> = got.iter().map(|t| t.id).collect();
+    ids.sort();
+    let mut want = vec![first.id, second.id];
+    want.sort();
+    assert_eq!(ids, want, "FIFO: the task needing the semaphore, then the next");
+}
+
 /// Extending a lease keeps its semaphore permit as long as the lease (on
 /// Redis the holder's lapse time moves with the deadline).
 async fn an_extended_lease_keeps_its_semaphore_permits(b: &Backend) {
@@ -1003,6 +1018,7 @@ conformance_flow!(
     per_key_permits_come_back_on_every_path,
     a_shared_semaphore_caps_the_sum_of_its_queues,
     an_extended_lease_keeps_its_semaphore_permits,
+    tasks_needing_a_semaphore_keep_their_place,
 );
 
 /// Flow control on the table stores only: round-robin across keys is not yet

@@ -352,6 +352,11 @@ impl Table {
                 "flow control"
             );
         }
+        if !policies.semaphores().is_empty() && tracing::enabled!(tracing::Level::DEBUG) {
+            for (name, limit) in policies.semaphores() {
+                tracing::debug!(semaphore = %name, held = self.idx.permits.held(name), limit, "flow control");
+            }
+        }
     }
 
     /// When `queue`'s next delivery is held back only by its rate limit
@@ -362,12 +367,6 @@ impl Table {
             self.names.get(queue).and_then(|q| self.idx.ready.get(&q)).is_some_and(|r| !r.is_empty());
         let bucket = self.buckets.get_mut(queue)?;
         (waiting && bucket.available(&limit, now) == 0).then(|| bucket.next_token(&limit, now))
-    }
-
-    /// How many permits are held now: `(in_flight of queue, semaphore held)`.
-    pub fn usage(&self, queue: &str, semaphore: &str) -> (u32, u32) {
-        let in_flight = self.names.get(queue).map_or(0, |q| self.idx.permits.in_flight(q));
-        (in_flight, self.idx.permits.held(semaphore))
     }
 
     pub fn ack_many(&mut self, items: Vec<AckItem>, now: Millis) -> Vec<Result<Task, StoreError>> {

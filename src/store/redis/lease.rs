@@ -18,6 +18,9 @@ use crate::store::{LeaseSpec, StoreError};
 /// Lease ids carry a random number below this in their low bits (lease.lua).
 const LEASE_RANDOM: u32 = 1 << 21;
 
+/// Most rounds of reserving semaphore permits in one queue's lease.
+const MAX_SEMAPHORE_ROUNDS: usize = 4;
+
 /// How long a semaphore permit reserved for a lease call is held if the
 /// broker never hands it to a task nor gives it back (it crashed between).
 const RESERVATION_MS: Millis = 10_000;
@@ -50,7 +53,7 @@ impl RedisStore {
 
     /// Leases up to `take` tasks from `queue` into `out`; returns how many.
     ///
-    /// A task that needs shared semaphores is passed over by the first call
+    /// The first call stops at the first task that needs shared semaphores
     /// (it holds no permits); when that left the lease short, permits of the
     /// semaphores it named are reserved in their own slots
     /// ([`Self::reserve_permits`]) and a second call takes tasks within them.
@@ -65,28 +68,53 @@ impl RedisStore {
         out: &mut Vec<Task>,
         bytes: &mut usize,
     ) -> Result<usize, StoreError> {
-        let (got, blocked) = self.lease_call(queue, take, spec, now, out, bytes, "").await?;
-        if got >= take || blocked.is_empty() {
-            return Ok(got);
-        }
-        let want = take - got;
-        let mut reserved = self.reserve_permits(&blocked, want, now).await?;
-        let rooms: Vec<String> = reserved.iter().map(|(name, m)| format!("{name}={}", m.len())).collect();
-        let before = out.len();
-        let second = self.lease_call(queue, want, spec, now, out, bytes, &rooms.join(",")).await;
-        for t in &out[before..] {
-            let Some(lease) = &t.lease else { continue };
-            for name in &t.semaphores {
-                let Some((_, members)) = reserved.iter_mut().find(|(n, _)| n == name) else { continue };
-                if let Some(reservation) = members.pop() {
-                    self.hand_permit(name, &reservation, &holder(t.id, lease.id), lease.expire_time).await;
+        let (mut got, mut blocked) = self.lease_call(queue, take, spec, now, out, bytes, "", true).await?;
+        // Permits reserved for this lease, per semaphore, not yet handed out.
+        let mut reserved: Vec<(String, Vec<String>)> = Vec::new();
+        let mut outcome = Ok(());
+        // Each round reserves the semaphores the last call named that have
+        // no reservation yet (a task needing another one was passed over).
+        for _ in 0..MAX_SEMAPHORE_ROUNDS {
+            let new: Vec<&str> = blocked
+                .split(',')
+                .filter(|n| !n.is_empty() && !reserved.iter().any(|(r, _)| r == n))
+                .collect();
+            if got >= take || new.is_empty() {
+                break;
+            }
+            match self.reserve_permits(&new.join(","), take - got, now).await {
+                Ok(more) => reserved.extend(more),
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+            let rooms: Vec<String> = reserved.iter().map(|(name, m)| format!("{name}={}", m.len())).collect();
+            let before = out.len();
+            let call =
+                self.lease_call(queue, take - got, spec, now, out, bytes, &rooms.join(","), false).await;
+            for t in &out[before..] {
+                let Some(lease) = &t.lease else { continue };
+                for name in &t.semaphores {
+                    let Some((_, members)) = reserved.iter_mut().find(|(n, _)| n == name) else { continue };
+                    if let Some(reservation) = members.pop() {
+                        self.hand_permit(name, &reservation, &holder(t.id, lease.id), lease.expire_time)
+                            .await;
+                    }
+                }
+            }
+            match call {
+                Ok((n, names)) => (got, blocked) = (got + n, names),
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
                 }
             }
         }
         for (name, members) in reserved {
             self.give_permits(&name, &members).await;
         }
-        Ok(got + second?.0)
+        outcome.map(|()| got)
     }
 
     /// Reserves up to `want` permits of each semaphore in `names`
@@ -122,7 +150,8 @@ impl RedisStore {
 
     /// One `lease.lua` call: leases up to `take` tasks of `queue` into `out`
     /// within the semaphore permits `rooms` ('name=n,...'); returns how many,
-    /// and the semaphores a passed-over task needed.
+    /// and the semaphores a passed-over task needed. `probe`: stop at the
+    /// first task needing a semaphore without a permit (see lease.lua).
     #[allow(clippy::too_many_arguments)]
     async fn lease_call(
         &self,
@@ -133,6 +162,7 @@ impl RedisStore {
         out: &mut Vec<Task>,
         bytes: &mut usize,
         rooms: &str,
+        probe: bool,
     ) -> Result<(usize, String), StoreError> {
         let policies = self.queues.current();
         let policy = policies.get(queue);
@@ -147,7 +177,7 @@ impl RedisStore {
             Some(limit) => inv.arg(format!("{:e}", limit.rate.per_ms())).arg(limit.burst),
             None => inv.arg("").arg(0),
         };
-        inv.arg(policy.per_key_max_in_flight).arg(rooms);
+        inv.arg(policy.per_key_max_in_flight).arg(rooms).arg(if probe { "1" } else { "0" });
         let items = array(self.run(&inv).await?)?;
         let [total, _full, blocked, records @ ..] = items.as_slice() else {
             return Err(unexpected("a short lease reply"));

@@ -46,13 +46,15 @@
 //! member `<task>:<lease>`, score = when the permit lapses); holders past
 //! their score do not count and are removed by the next take, so no permit
 //! can leak beyond the lease that held it. A lease ([`lease`]):
-//! 1. `lease.lua` with no permits: tasks needing a semaphore are passed over
-//!    (left READY), and their semaphores named in the reply;
+//! 1. `lease.lua` with no permits: it takes tasks in order up to the first
+//!    that needs a semaphore, and names that task's semaphores in the reply
+//!    (so such tasks keep their place in the order);
 //! 2. if that left the lease short, permits are reserved in each named
 //!    semaphore's slot (`semaphore_take.lua`: members `r:<random>:<n>`
 //!    lapsing in 10 s), at most the semaphore's limit minus its live holders;
-//! 3. `lease.lua` again, told how many permits of each it may use: it takes
-//!    tasks within them;
+//! 3. `lease.lua` again, told how many permits of each it may use: it goes on
+//!    in order within them, passing over (and naming) tasks whose semaphores
+//!    have no permit left, so nothing saturated blocks what can go;
 //! 4. each leased task's reservations become its lease's holders (added, then
 //!    the reservation removed: the count errs high, never low), lapsing at
 //!    the lease's deadline; unused reservations are removed at once.

@@ -28,6 +28,10 @@
 --           one left is passed over like a saturated key, and its semaphores
 --           are named in the reply so the caller can take permits and call
 --           again (semaphores live in their own slots: see mod.rs)
+-- ARGV[17]: '1' to stop at the first task needing a semaphore without a
+--           permit instead of passing it over (the caller's first call, so
+--           its second, with permits, goes on in order: tasks needing
+--           semaphores do not wait behind a stream of tasks that need none)
 -- Returns: {bytes, full, blocked, meta_1, body_1, result_1, meta_2, ...}:
 --          bytes in the response now, 1 if a task was left for lack of budget
 --          (else 0), the semaphores a passed-over task needed (comma-separated,
@@ -66,6 +70,8 @@ local per_key = tonumber(ARGV[15])
 local counting = keyed()
 local by_key = counting and per_key > 0
 local by_semaphore = needs_semaphores()
+local probe = ARGV[17] == '1'
+local stopped = false
 local skipping = by_key or by_semaphore
 local SKIP_SCAN = 256
 -- Permits held for this call per semaphore, and what passed-over tasks needed.
@@ -111,7 +117,7 @@ local out = {0, 0, ''}
 local ids, raws = {}, {}
 local full = false
 for p = MAX_PRIORITY, 0, -1 do
-  if #ids >= want or full then
+  if #ids >= want or full or stopped then
     break
   end
   local key = k_ready(p)
@@ -133,6 +139,10 @@ for p = MAX_PRIORITY, 0, -1 do
     end
     for i, raw in ipairs(hmget(K_META, listed)) do
       if #ids >= want then
+        break
+      end
+      if raw and probe and by_semaphore and not (by_key and not room_for(keys[i])) and not sems_free(sems[i]) then
+        stopped = true
         break
       end
       if raw and ((by_key and not room_for(keys[i])) or (by_semaphore and not sems_free(sems[i]))) then
