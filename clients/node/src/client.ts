@@ -52,10 +52,16 @@ export interface EnqueueOptions {
   /** Idempotency key; default: a fresh UUID per call (kept across its retries). */
   requestId?: string;
   /**
-   * Only with a broker whose API has EnqueueRequest.concurrency_key (per-key
-   * concurrency caps); with the current proto, passing it throws.
+   * Groups the task for its queue's per_key_max_in_flight and fair turns
+   * (a tenant, a customer). Throws with a broker API whose EnqueueRequest has
+   * no concurrency_key field.
    */
   concurrencyKey?: string;
+  /**
+   * Shared semaphores (the broker's [semaphores]) the task needs a permit of
+   * while leased; an unknown name is INVALID_ARGUMENT on `semaphores`.
+   */
+  semaphores?: string[];
 }
 
 /** One task of enqueueMany. */
@@ -216,6 +222,14 @@ export class Client {
         );
       }
       req.concurrencyKey = o.concurrencyKey;
+    }
+    if (o.semaphores !== undefined && o.semaphores.length > 0) {
+      if (!this.api.enqueueFields.has("semaphores")) {
+        throw new TypeError(
+          `semaphores: this broker API (EnqueueRequest in ${this.api.protoDir}) has no semaphores field`,
+        );
+      }
+      req.semaphores = o.semaphores;
     }
     return req;
   }

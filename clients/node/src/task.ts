@@ -38,6 +38,10 @@ export class Task {
   readonly attempt: number;
   readonly maxAttempts: number;
   readonly dedupKey: string;
+  /** The group of the queue's per-key caps and fair turns ("" for none). */
+  readonly concurrencyKey: string;
+  /** Shared semaphores the task needs a permit of while leased. */
+  readonly semaphores: string[];
   readonly createTime: Date | null;
   readonly updateTime: Date | null;
   /** When the task becomes (or became) ready to run. */
@@ -60,6 +64,8 @@ export class Task {
     this.attempt = m.attempt ?? 0;
     this.maxAttempts = m.maxAttempts ?? 0;
     this.dedupKey = m.dedupKey ?? "";
+    this.concurrencyKey = m.concurrencyKey ?? "";
+    this.semaphores = [...(m.semaphores ?? [])];
     this.createTime = toDate(m.createTime);
     this.updateTime = toDate(m.updateTime);
     this.scheduledTime = toDate(m.scheduledTime);

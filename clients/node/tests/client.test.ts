@@ -286,6 +286,23 @@ describe("Client", () => {
     }
   });
 
+  it("sends concurrencyKey and semaphores, and reads them back on the task", async () => {
+    const b = await startBroker({ config: "[semaphores.selenium]\nlimit = 1\n" });
+    const c = new Client(b.addr);
+    try {
+      const t = await c.enqueue("k", null, { queue: "browsers", concurrencyKey: "tenant-1", semaphores: ["selenium"] });
+      const got = await c.get(t.id);
+      assert.deepEqual([got.concurrencyKey, got.semaphores], ["tenant-1", ["selenium"]]);
+      await assert.rejects(c.enqueue("k", null, { queue: "browsers", semaphores: ["nope"] }), (e: any) => {
+        assert.deepEqual(e.fieldViolations.map((v: any) => v.field), ["semaphores"]);
+        return true;
+      });
+    } finally {
+      c.close();
+      await b.stop();
+    }
+  });
+
   it("accepts concurrencyKey only when the API has EnqueueRequest.concurrency_key", async () => {
     const supported = loadApi().enqueueFields.has("concurrencyKey");
     const attempt = client.enqueue("k", null, { queue: uniqueQueue("ck"), concurrencyKey: "tenant-1" });

@@ -162,6 +162,17 @@ def test_concurrency_key_needs_an_api_that_has_it(broker):
                 client.enqueue("k", queue="ck", concurrency_key="tenant-1")
 
 
+def test_concurrency_key_and_semaphores_reach_the_broker_and_come_back(make_broker):
+    b = make_broker(config="[semaphores.selenium]\nlimit = 1\n").start()
+    with Client(b.addr) as client:
+        t = client.enqueue("k", queue="browsers", concurrency_key="tenant-1", semaphores=["selenium"])
+        got = client.get(t.id)
+        assert (got.concurrency_key, list(got.semaphores)) == ("tenant-1", ["selenium"])
+        with pytest.raises(InvalidArgument) as e:
+            client.enqueue("k", queue="browsers", semaphores=["nope"])
+        assert [v.field for v in e.value.field_violations] == ["semaphores"]
+
+
 def test_unavailable_is_retried_until_the_broker_is_up(make_broker):
     b = make_broker().start()
     port = b.port

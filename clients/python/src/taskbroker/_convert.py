@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import uuid
-from typing import Any, Mapping, Optional, Tuple, Union
+from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
@@ -22,6 +22,8 @@ TEXT = "text/plain; charset=utf-8"
 
 #: True when the API's EnqueueRequest has a ``concurrency_key`` field (a newer proto).
 HAS_CONCURRENCY_KEY = "concurrency_key" in producer_pb2.EnqueueRequest.DESCRIPTOR.fields_by_name
+#: True when the API's EnqueueRequest has a ``semaphores`` field.
+HAS_SEMAPHORES = "semaphores" in producer_pb2.EnqueueRequest.DESCRIPTOR.fields_by_name
 
 
 def encode_payload(payload: Any, content_type: Optional[str]) -> Tuple[bytes, str]:
@@ -75,6 +77,7 @@ def enqueue_request(
     headers: Optional[Mapping[str, str]] = None,
     dedup_key: Optional[str] = None,
     concurrency_key: Optional[str] = None,
+    semaphores: Optional[Sequence[str]] = None,
     max_attempts: Optional[int] = None,
     content_type: Optional[str] = None,
     request_id: Optional[str] = None,
@@ -112,6 +115,13 @@ def enqueue_request(
                 "has no concurrency_key field yet"
             )
         setattr(req, "concurrency_key", concurrency_key)
+    if semaphores:
+        if not HAS_SEMAPHORES:
+            raise Unsupported(
+                "semaphores is not supported: this taskbroker API (taskbroker.v1.EnqueueRequest) "
+                "has no semaphores field yet"
+            )
+        getattr(req, "semaphores").extend(str(s) for s in semaphores)
     return req
 
 

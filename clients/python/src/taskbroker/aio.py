@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Iterable, List, Mapping, Optional
+from typing import Any, Iterable, List, Mapping, Optional, Sequence
 
 import grpc
 import grpc.aio
@@ -74,6 +74,7 @@ class AsyncClient(_ProducerBase):
         headers: Optional[Mapping[str, str]] = None,
         dedup_key: Optional[str] = None,
         concurrency_key: Optional[str] = None,
+        semaphores: Optional[Sequence[str]] = None,
         max_attempts: Optional[int] = None,
         content_type: Optional[str] = None,
         request_id: Optional[str] = None,
@@ -82,7 +83,8 @@ class AsyncClient(_ProducerBase):
         """See :meth:`taskbroker.Client.enqueue`."""
         req = _convert.enqueue_request(
             kind, payload, queue=queue, priority=priority, delay=delay, run_at=run_at, headers=headers,
-            dedup_key=dedup_key, concurrency_key=concurrency_key, max_attempts=max_attempts,
+            dedup_key=dedup_key, concurrency_key=concurrency_key, semaphores=semaphores,
+            max_attempts=max_attempts,
             content_type=content_type, request_id=request_id,
         )
         return (await self._unary("Enqueue", req, timeout)).task

@@ -140,6 +140,7 @@ class Client(_ProducerBase):
         headers: Optional[Mapping[str, str]] = None,
         dedup_key: Optional[str] = None,
         concurrency_key: Optional[str] = None,
+        semaphores: Optional[Sequence[str]] = None,
         max_attempts: Optional[int] = None,
         content_type: Optional[str] = None,
         request_id: Optional[str] = None,
@@ -149,12 +150,17 @@ class Client(_ProducerBase):
 
         ``payload``: bytes as they are, str as UTF-8 text, anything else as JSON.
         ``delay`` (seconds or timedelta) or ``run_at`` (datetime or Unix seconds)
-        schedule it. ``concurrency_key`` raises :class:`~taskbroker.errors.Unsupported`
-        while the broker's API has no such field.
+        schedule it. ``concurrency_key`` groups tasks for the queue's per-key cap and
+        fair turns; ``semaphores`` names shared semaphores the task needs a permit
+        of while leased (the broker's ``[semaphores]``; an unknown name is
+        :class:`~taskbroker.errors.InvalidArgument` on ``semaphores``). Either
+        raises :class:`~taskbroker.errors.Unsupported` with a broker API that has
+        no such field.
         """
         req = _convert.enqueue_request(
             kind, payload, queue=queue, priority=priority, delay=delay, run_at=run_at, headers=headers,
-            dedup_key=dedup_key, concurrency_key=concurrency_key, max_attempts=max_attempts,
+            dedup_key=dedup_key, concurrency_key=concurrency_key, semaphores=semaphores,
+            max_attempts=max_attempts,
             content_type=content_type, request_id=request_id,
         )
         return self._unary(self._stub.Enqueue, req, timeout).task
