@@ -41,13 +41,16 @@ QUEUES = {
         "maxAttempts": 5,
         "retryBackoff": {"initial": "1s", "max": "10m", "multiplier": 2.0, "jitter": 0.2},
     },
-    "emails": {"defaultPriority": 3, "retention": "72h", "dedupWindow": "10m"},
+    "emails": {"defaultPriority": 3, "retention": "72h", "dedupWindow": "10m", "maxInFlight": 20,
+               "perKeyMaxInFlight": 2, "rateLimit": "50/s", "rateBurst": 10},
+    "browsers": {"maxInFlight": 5, "semaphores": ["selenium"]},
     "reports.daily": {"maxAttempts": 1, "leaseDuration": "1h", "retryBackoff": {
         "initial": "500ms", "max": "1m", "multiplier": 1.5, "jitter": 0.0}},
 }
 ROUTES = [
     {"kind": "email.*", "headers": {"tenant": "acme", "tier": "gold"}, "queue": "emails", "priority": 7},
     {"kind": "report.daily", "queue": "reports.daily"},
+    {"kind": "browse.*", "queue": "browsers", "semaphores": ["selenium"]},
 ]
 
 # The value sets every check runs on.
@@ -67,6 +70,7 @@ VALUE_SETS = {
         "terminationGracePeriodSeconds": 40,
         "queues": QUEUES,
         "routes": ROUTES,
+        "semaphores": {"selenium": {"limit": 5}},
         "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6},
         "networkPolicy": {"enabled": True,
                           "from": [{"namespaceSelector": {"matchLabels": {"team": "producers"}}}]},

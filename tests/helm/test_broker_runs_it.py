@@ -41,11 +41,17 @@ def test_structured_values_become_the_brokers_toml():
         "lease_duration": "30s", "max_attempts": 5,
         "retry_backoff": {"initial": "1s", "max": "10m", "multiplier": 2, "jitter": 0.2},
     }
-    assert config["queues"]["emails"] == {"default_priority": 3, "retention": "72h", "dedup_window": "10m"}
+    assert config["queues"]["emails"] == {
+        "default_priority": 3, "retention": "72h", "dedup_window": "10m",
+        "max_in_flight": 20, "per_key_max_in_flight": 2, "rate_limit": "50/s", "rate_burst": 10,
+    }
+    assert config["queues"]["browsers"] == {"max_in_flight": 5, "semaphores": ["selenium"]}
+    assert config["semaphores"] == {"selenium": {"limit": 5}}
     assert config["queues"]["reports.daily"]["retry_backoff"]["multiplier"] == 1.5
     assert config["routes"] == [
         {"kind": "email.*", "queue": "emails", "priority": 7, "headers": {"tenant": "acme", "tier": "gold"}},
         {"kind": "report.daily", "queue": "reports.daily"},
+        {"kind": "browse.*", "queue": "browsers", "semaphores": ["selenium"]},
     ]
     assert ROUTES[0]["headers"] == config["routes"][0]["headers"]
 
