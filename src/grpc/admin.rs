@@ -12,6 +12,9 @@ use crate::core::task::{TaskId, TaskState};
 use crate::pb;
 use crate::pb::admin_service_server::AdminService;
 
+/// Most `task_ids` one RedriveTasks may name.
+const MAX_REDRIVE_IDS: usize = 10_000;
+
 pub struct Admin {
     broker: Broker,
     /// What ReloadConfig re-reads; `None`: reload is refused.
@@ -140,8 +143,9 @@ impl AdminService for Admin {
         req: Request<pb::RedriveTasksRequest>,
     ) -> Result<Response<pb::RedriveTasksResponse>, Status> {
         let pb::RedriveTasksRequest { queue, task_ids, limit } = req.into_inner();
-        if task_ids.len() > crate::broker::admin::MAX_PAGE * 10 {
-            return Err(BrokerError::invalid("task_ids", "at most 10000 ids per call").into());
+        if task_ids.len() > MAX_REDRIVE_IDS {
+            let why = format!("at most {MAX_REDRIVE_IDS} ids per call");
+            return Err(BrokerError::invalid("task_ids", why).into());
         }
         let ids = task_ids
             .iter()
