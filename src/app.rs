@@ -35,6 +35,7 @@ use crate::config::{Config, StorageKind, DEFAULT_ADMIN_LISTEN};
 use crate::core::clock::Clock;
 use crate::core::queue::QueueRegistry;
 use crate::grpc::server::{self, ServerOptions, Serving};
+use crate::security::{self, Alpn, Authenticator, ServerTls, TlsFiles};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::{redact, RedisStore};
@@ -118,32 +119,76 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Run
     let addr: SocketAddr =
         config.listen.parse().map_err(|_| anyhow::anyhow!("listen: not an address: {}", config.listen))?;
     let (stop_background, stop) = watch::channel(false);
-    let reloader = Arc::new(Reloader::new(config.clone(), broker.queues().clone()));
+    let auth = Arc::new(Authenticator::new(&config.auth));
+    warn_if_open(config, addr);
+    let (tls, admin_tls) = load_tls(config)?;
+    let reloader = Arc::new(Reloader::new(config.clone(), broker.queues().clone()).with_auth(auth.clone()));
+    let health_listen = (!config.health_listen.is_empty())
+        .then(|| config.health_listen.parse())
+        .transpose()
+        .map_err(|_| anyhow::anyhow!("health_listen: not an address: {}", config.health_listen))?;
     let opts = ServerOptions {
         max_message_bytes: config.max_message_bytes,
         max_concurrent_streams: config.max_concurrent_streams,
         reloader: Some(reloader.clone()),
+        auth: auth.clone(),
+        tls: tls.clone(),
+        health_listen,
     };
     let grpc = Box::pin(server::serve(broker.clone(), addr, opts)).await?;
     let health = grpc.health.clone();
     let readiness = tokio::spawn(follow_storage_health(broker.clone(), health.clone(), stop.clone()));
     let timers = tokio::spawn(background::timer_loop(broker.clone(), stop.clone()));
-    let reloads = tokio::spawn(reload_on_sighup(reloader, stop));
+    let reloads = tokio::spawn(reload_on_sighup(reloader, stop.clone()));
+    let watched_tls = tls.into_iter().chain(admin_tls.clone()).collect();
+    let files = tokio::spawn(security::follow_files(watched_tls, auth.clone(), stop));
     let admin = match admin_listener {
-        Some(listener) => Some(AdminServer::start(listener, broker.clone()).await?),
+        Some(listener) => Some(AdminServer::start(listener, broker.clone(), admin_tls, auth).await?),
         None => None,
     };
     Ok(Running {
         addr: grpc.addr,
+        health_addr: grpc.health_addr,
         admin_addr: admin.as_ref().map(|a| a.addr),
         admin,
         broker,
         grpc,
         health,
         stop_background,
-        background: vec![timers, readiness, reloads],
+        background: vec![timers, readiness, reloads, files],
         grace: config.shutdown_grace,
     })
+}
+
+/// The gRPC port's TLS and, with `admin_tls`, the admin port's (same
+/// certificate, no client certificates: browsers).
+/// The TLS of the gRPC port and of the admin port (each `None`: plaintext).
+type PortsTls = (Option<Arc<ServerTls>>, Option<Arc<ServerTls>>);
+
+fn load_tls(config: &Config) -> anyhow::Result<PortsTls> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok((None, None));
+    };
+    let files = TlsFiles { cert: cert.clone(), key: key.clone(), client_ca: config.tls_client_ca.clone() };
+    let grpc = ServerTls::load(files.clone(), Alpn::Grpc)?;
+    let admin = if config.admin_tls {
+        Some(ServerTls::load(TlsFiles { client_ca: None, ..files }, Alpn::Http1)?)
+    } else {
+        None
+    };
+    Ok((Some(grpc), admin))
+}
+
+/// Says loudly that anyone who reaches the port may do anything, when the
+/// port is reachable from beyond this machine.
+fn warn_if_open(config: &Config, addr: SocketAddr) {
+    if !config.auth.enabled && !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "AUTHENTICATION IS OFF and the gRPC port listens beyond loopback: anyone who can reach it \
+             can read, settle, cancel and purge every task. Turn on [auth] (see the README's Security section)."
+        );
+    }
 }
 
 /// A running broker.
@@ -153,6 +198,8 @@ pub struct Running {
     /// The admin HTTP port's address; `None` when it is off or its default
     /// address was taken.
     pub admin_addr: Option<SocketAddr>,
+    /// The plaintext health port's address (`health_listen`).
+    pub health_addr: Option<SocketAddr>,
     /// The dashboard, `/healthz`, `/readyz`: stopped last, so `/readyz`
     /// answers 503 through the drain.
     admin: Option<AdminServer>,

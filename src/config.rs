@@ -21,8 +21,10 @@ use crate::store::redis::{redact, Target};
 use crate::store::Limits;
 
 pub mod reload;
+pub mod security;
 mod telemetry;
 
+pub use security::AuthConfig;
 pub use telemetry::TelemetryConfig;
 
 /// A value as an error message may show it: a URL with credentials put in
@@ -117,6 +119,22 @@ pub struct Config {
     /// `[telemetry]`: trace export, for when the standard `OTEL_*`
     /// variables are not set (they win).
     pub telemetry: TelemetryConfig,
+    /// PEM certificate chain of the gRPC port; with `tls_key`, the port
+    /// speaks only TLS. Re-read when the file changes.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: client certificates become required and are verified
+    /// against it (mTLS).
+    pub tls_client_ca: Option<PathBuf>,
+    /// The admin HTTP port (dashboard, `/metrics`) serves HTTPS with the
+    /// gRPC port's certificate.
+    pub admin_tls: bool,
+    /// A plaintext port serving only `grpc.health.v1` (Kubernetes probes
+    /// cannot speak TLS); empty: off.
+    pub health_listen: String,
+    /// `[auth]`: tokens, client certificates, per-queue grants.
+    pub auth: AuthConfig,
     /// The file this config was read from (set by the CLI, not a setting):
     /// what a reload re-reads.
     #[serde(skip)]
@@ -157,6 +175,12 @@ impl Default for Config {
             file: None,
             semaphores: BTreeMap::new(),
             telemetry: TelemetryConfig::default(),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            admin_tls: false,
+            health_listen: String::new(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -328,6 +352,7 @@ impl Config {
                 }
             }
         }
+        security::validate(self, &mut errors);
         if errors.is_empty() {
             Ok(())
         } else {

@@ -21,6 +21,9 @@
 //!   operations API.
 //! - [`grpc`]: the thin gRPC layer: the one middleware stack
 //!   ([`grpc::caller`]), conversions, error mapping, services, the server.
+//! - [`security`]: TLS on the ports (certificates that follow their
+//!   files), the accept loop, authentication (tokens, client certificates);
+//!   what a principal may do is [`core::access`]'s.
 //! - [`config`]: the TOML config and its validation.
 //! - [`cli`]: the `taskbroker` subcommands (`bench` behind the feature of that name).
 //!
@@ -36,6 +39,7 @@ pub mod cli;
 pub mod config;
 pub mod core;
 pub mod grpc;
+pub mod security;
 pub mod store;
 pub mod telemetry;
 

@@ -211,7 +211,7 @@ proptest! {
         let rules = rules(&p, &r, strict, Duration::from_secs(60));
         let allowed = ["queues", "lease_duration", "worker_id", "max_in_flight", "weights", "max_tasks", "wait"];
         let sub = convert::duration_field("lease_duration", lease_duration).and_then(|lease_duration| {
-            rules.subscribe(SubscribeInput { queues, weighted, weights, max_in_flight, lease_duration, worker_id })
+            rules.subscribe(SubscribeInput { queues, weighted, weights, max_in_flight, lease_duration, worker_id, access: Default::default() })
         });
         match sub {
             Ok(s) => {

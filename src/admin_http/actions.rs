@@ -10,8 +10,10 @@ use axum::response::Redirect;
 use axum::Form;
 use serde::Deserialize;
 
+use super::login::Viewer;
 use super::view::{parse_state, state_name, Problem};
 use super::Dashboard;
+use crate::core::access::Operation;
 use crate::core::task::{TaskId, TaskState};
 
 /// The fields the dashboard's forms send.
@@ -29,6 +31,7 @@ pub struct ActionForm {
 /// `POST /queues/NAME/ACTION`.
 pub async fn act(
     State(d): State<Dashboard>,
+    Viewer(access): Viewer,
     Path((name, action)): Path<(String, String)>,
     headers: HeaderMap,
     form: Result<Form<ActionForm>, FormRejection>,
@@ -38,6 +41,8 @@ pub async fn act(
     let given = form.as_ref().map(|f| f.csrf.as_str()).unwrap_or("");
     d.csrf.check(&headers, given).map_err(|r| Problem::new(StatusCode::FORBIDDEN, r.to_string()))?;
     let Form(form) = form.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    // Every action changes the queue: `admin` on it.
+    d.broker.authorize_queue(&access, Operation::PauseQueue, &name)?;
     let back = |state: TaskState, done: &str, n: Option<u64>| {
         let n = n.map(|n| format!("&n={n}")).unwrap_or_default();
         Redirect::to(&format!("/queues/{name}?state={}&done={done}{n}", state_name(state)))

@@ -8,6 +8,8 @@
 //!   queue name, kind, header, error and payload is escaped).
 //! - [`actions`]: pause, resume, purge, redrive (POST forms), behind
 //!   [`guard`] (same-origin check and a per-process form token).
+//! - [`login`]: who is looking (a bearer token or the sign-in cookie) when
+//!   authentication is on; pages show only what the viewer may inspect.
 //! - [`health`]: liveness and readiness.
 //! - [`metrics`]: `/metrics` for Prometheus.
 //! - [`throughput`]: the sampler behind the enqueued/acked rates.
@@ -20,6 +22,7 @@
 pub mod actions;
 pub mod guard;
 pub mod health;
+pub mod login;
 pub mod metrics;
 pub mod pages;
 pub mod server;
@@ -34,7 +37,10 @@ use axum::Router;
 
 pub use server::AdminServer;
 
+use std::sync::Arc;
+
 use crate::broker::Broker;
+use crate::security::Authenticator;
 use guard::CsrfToken;
 use throughput::Throughput;
 
@@ -42,6 +48,10 @@ use throughput::Throughput;
 #[derive(Clone)]
 pub struct Dashboard {
     broker: Broker,
+    /// Who may look and act (authentication off: everyone).
+    auth: Arc<Authenticator>,
+    /// Served over TLS (cookies are then `Secure`).
+    tls: bool,
     /// Put into every form; required by every action.
     csrf: CsrfToken,
     throughput: Throughput,
@@ -57,6 +67,8 @@ pub fn router(dashboard: Dashboard) -> Router {
         .route("/queues/{name}", get(pages::queue))
         .route("/queues/{name}/{action}", post(actions::act))
         .route("/tasks/{id}", get(pages::task))
+        .route("/login", get(login::form).post(login::sign_in))
+        .route("/logout", post(login::sign_out))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics))

@@ -7,10 +7,12 @@ use axum::extract::{Path, Query, State};
 use axum::response::Html;
 use serde::Deserialize;
 
+use super::login::Viewer;
 use super::throughput::WINDOW;
 use super::view::{self, age, page, per_minute, state_name, time, Preview, Problem, PREVIEW_BYTES};
 use super::Dashboard;
 use crate::broker::{BrokerError, QueueInfo};
+use crate::core::access::Operation;
 use crate::core::stats::{purgeable, STATES};
 use crate::core::task::{Task, TaskId, TaskState};
 
@@ -50,8 +52,8 @@ struct QueuesPage {
 }
 
 /// `/`: every queue with its counts, oldest ready age and throughput.
-pub async fn queues(State(d): State<Dashboard>) -> Result<Html<String>, Problem> {
-    let queues = d.broker.list_queues().await?;
+pub async fn queues(State(d): State<Dashboard>, Viewer(access): Viewer) -> Result<Html<String>, Problem> {
+    let queues = d.broker.list_queues(&access).await?;
     let now = d.broker.now();
     let rows = queues
         .iter()
@@ -132,9 +134,11 @@ struct QueuePage {
 /// the buttons that steer it.
 pub async fn queue(
     State(d): State<Dashboard>,
+    Viewer(access): Viewer,
     Path(name): Path<String>,
     Query(query): Query<QueueQuery>,
 ) -> Result<Html<String>, Problem> {
+    d.broker.authorize_queue(&access, Operation::GetQueue, &name)?;
     let info = d.broker.queue_info(&name).await.map_err(|e| queue_problem(&name, e))?;
     let state = match query.state.as_deref() {
         None | Some("") => TaskState::Ready,
@@ -257,12 +261,17 @@ struct TaskPage {
 }
 
 /// `/tasks/ID`: everything the broker knows about one task.
-pub async fn task(State(d): State<Dashboard>, Path(id): Path<String>) -> Result<Html<String>, Problem> {
+pub async fn task(
+    State(d): State<Dashboard>,
+    Viewer(access): Viewer,
+    Path(id): Path<String>,
+) -> Result<Html<String>, Problem> {
     let not_found = || Problem::not_found(format!("There is no task {id:?}."));
     let task_id = id.parse::<TaskId>().map_err(|_| not_found())?;
-    let t = match d.broker.get(task_id).await {
+    // Unknown and forbidden look alike: other queues' ids cannot be probed.
+    let t = match d.broker.task_for(&access, Operation::GetTask, task_id).await {
         Ok(t) => t,
-        Err(BrokerError::TaskNotFound(_)) => return Err(not_found()),
+        Err(BrokerError::TaskNotFound(_) | BrokerError::PermissionDenied(_)) => return Err(not_found()),
         Err(e) => return Err(e.into()),
     };
     let lease = t.lease.as_ref().filter(|_| t.state == TaskState::Leased).map(|l| {

@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::broker::Broker;
+use crate::core::access::Access;
 use crate::core::stats::QueueTotals;
 use crate::core::Millis;
 
@@ -94,7 +95,7 @@ impl Throughput {
 
     /// Reads every queue's totals once.
     pub async fn sample(&self, broker: &Broker) {
-        match broker.list_queues().await {
+        match broker.list_queues(&Access::Open).await {
             Ok(queues) => {
                 let now = broker.now();
                 for q in &queues {

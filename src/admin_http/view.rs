@@ -133,6 +133,7 @@ impl From<BrokerError> for Problem {
             BrokerError::QueueNotFound(_) | BrokerError::TaskNotFound(_) => StatusCode::NOT_FOUND,
             BrokerError::Invalid(_) => StatusCode::BAD_REQUEST,
             BrokerError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            BrokerError::PermissionDenied(_) => StatusCode::FORBIDDEN,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Problem::new(status, e.to_string())

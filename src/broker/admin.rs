@@ -3,6 +3,7 @@
 //! numbers come from the store, so over a shared store every replica
 //! answers the same.
 
+use crate::core::access::{Access, Operation};
 use std::collections::BTreeMap;
 
 use super::{Broker, BrokerError, Violation};
@@ -37,11 +38,13 @@ pub struct TaskPage {
 }
 
 impl Broker {
-    /// Every queue that exists (declared, holding tasks, or paused), by name.
-    pub async fn list_queues(&self) -> Result<Vec<QueueInfo>, BrokerError> {
+    /// Every queue that exists (declared, holding tasks, or paused) and
+    /// that `access` may inspect, by name.
+    pub async fn list_queues(&self, access: &Access) -> Result<Vec<QueueInfo>, BrokerError> {
         let policies = self.inner.settings.queues.current();
         let mut names = self.store().queue_names().await?;
         names.extend(policies.declared().map(str::to_owned));
+        names.retain(|q| access.allows(Operation::ListQueues, q));
         names.sort_unstable();
         names.dedup();
         let mut out = Vec::with_capacity(names.len());

@@ -1,6 +1,7 @@
 //! The broker's errors: a short list, mapped to gRPC codes in one place
 //! (`grpc/status.rs`).
 
+use crate::core::access::Denied;
 use crate::core::lease::LeaseError;
 use crate::store::StoreError;
 
@@ -54,6 +55,9 @@ pub enum BrokerError {
     /// (`stream_stall_timeout`); its tasks went back.
     #[error("{0}")]
     StreamStalled(String),
+    /// The caller's grants do not allow this.
+    #[error("{0}")]
+    PermissionDenied(Denied),
     /// Storage read something it cannot understand (corruption, a bug); the
     /// detail is for the broker's log, not for clients.
     #[error("{0}")]

@@ -11,6 +11,7 @@
 //! for), `watch.rs` (task watchers), `waiters.rs` (per-queue wake-ups),
 //! `validate.rs`, `error.rs`.
 
+mod access;
 mod activity;
 pub mod admin;
 mod drain;
@@ -38,6 +39,7 @@ pub use error::{BrokerError, Violation};
 pub use produce::Watch;
 pub use validate::{EnqueueInput, LeaseInput};
 
+use crate::core::access::Access;
 use crate::core::clock::Clock;
 use crate::core::queue::QueueRegistry;
 use crate::core::task::{Task, TaskId, TaskState};
@@ -194,7 +196,7 @@ impl Broker {
     /// The Prometheus text exposition: this process's counters and the
     /// queue gauges read from the store now.
     pub async fn encode_metrics(&self) -> Result<String, BrokerError> {
-        let queues = self.list_queues().await?;
+        let queues = self.list_queues(&Access::Open).await?;
         let snapshot = Snapshot {
             streams_open: self.open_streams(),
             commits: self.store().commits(),

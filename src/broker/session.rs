@@ -21,11 +21,12 @@ use tokio::sync::watch;
 
 mod settle;
 
-use self::settle::settle_all;
+use self::settle::{authorize, settle_all};
 use super::outbound;
 pub use super::outbound::{channel as outbound, Outbound, Pending, StreamLimits};
 use super::validate::{Subscription, MAX_BATCH, MAX_IN_FLIGHT};
 use super::{Broker, BrokerError, LostLease, LostReason, Phase};
+use crate::core::access::Access;
 use crate::core::lease::LeaseId;
 use crate::core::select::Selector;
 use crate::core::task::{Task, TaskId, TaskState};
@@ -105,6 +106,8 @@ struct Session {
     selector: Selector,
     lease_duration: Option<Millis>,
     worker_id: String,
+    /// What the stream's caller may do.
+    access: Access,
     /// Most unsettled tasks this stream may hold.
     window: usize,
     /// Task -> lease id of every task pushed and not yet settled or lost.
@@ -149,6 +152,7 @@ pub async fn run(
         selector: Selector::new(sub.queues, sub.mode),
         lease_duration: sub.lease_duration,
         worker_id: sub.worker_id,
+        access: sub.access,
         window: sub.max_in_flight,
         held: HashMap::new(),
         draining: false,
@@ -362,6 +366,7 @@ impl Session {
                 Command::Settle(s) => settlements.push(s),
             }
         }
+        let settlements = authorize(&self.broker, &self.access, &self.held, settlements).await;
         let settled = settle_all(&self.broker, settlements).await;
         for (task_id, lease_id, op, outcome) in settled {
             self.forget_if_settled(&task_id, &lease_id, op, &outcome);

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::error::{BrokerError, Violation};
+use crate::core::access::{Access, Operation};
 use crate::core::flow::{self, MAX_CONCURRENCY_KEY, MAX_TASK_SEMAPHORES};
 use crate::core::queue::{valid_queue_name, Policies, DEFAULT_QUEUE};
 use crate::core::routing::{self, Route};
@@ -49,6 +50,8 @@ pub struct EnqueueInput {
     pub semaphores: Vec<String>,
     /// The producer's trace context, kept with the task (see [`TraceContext`]).
     pub trace: TraceContext,
+    /// What the producer may do (checked against the routed queue).
+    pub access: Access,
 }
 
 /// A Lease request, as the client sent it.
@@ -61,6 +64,8 @@ pub struct LeaseInput {
     pub worker_id: String,
     /// How long the client waits for the answer (its gRPC deadline).
     pub deadline: Option<Duration>,
+    /// What the worker may do (`consume` on every named queue).
+    pub access: Access,
 }
 
 /// A stream's Subscribe message, as the client sent it.
@@ -72,6 +77,7 @@ pub struct SubscribeInput {
     pub max_in_flight: u32,
     pub lease_duration: Option<Duration>,
     pub worker_id: String,
+    pub access: Access,
 }
 
 /// A validated subscription.
@@ -83,6 +89,8 @@ pub struct Subscription {
     pub max_in_flight: usize,
     pub lease_duration: Option<Millis>,
     pub worker_id: String,
+    /// What the stream's caller may do (its settlements are checked too).
+    pub access: Access,
 }
 
 /// Largest in-flight window a stream may ask for.
@@ -116,6 +124,7 @@ impl Rules<'_> {
             concurrency_key,
             semaphores,
             trace,
+            access,
         } = input;
         let mut v = Vec::new();
         if kind.is_empty() {
@@ -187,6 +196,9 @@ impl Rules<'_> {
             (true, Some(r)) => r.queue.clone(),
             (true, None) => DEFAULT_QUEUE.to_owned(),
         };
+        // The queue the task goes to, routed or named; before `known`, so a
+        // refusal does not tell which queues exist.
+        access.check(Operation::Enqueue, &queue).map_err(BrokerError::PermissionDenied)?;
         self.known(&queue)?;
         let policy = self.policies.get(&queue);
         let priority =
@@ -248,6 +260,7 @@ impl Rules<'_> {
             return Err(BrokerError::Invalid(v));
         }
         for q in &input.queues {
+            input.access.check(Operation::Lease, q).map_err(BrokerError::PermissionDenied)?;
             self.known(q)?;
         }
         Ok(input.max_tasks.max(1) as usize)
@@ -255,15 +268,23 @@ impl Rules<'_> {
 
     /// Validates a stream subscription.
     pub fn subscribe(&self, input: SubscribeInput) -> Result<Subscription, BrokerError> {
-        let SubscribeInput { queues, weighted, weights, max_in_flight, lease_duration, worker_id } = input;
-        let as_lease =
-            LeaseInput { queues, max_tasks: 1, lease_duration, wait: None, worker_id, deadline: None };
+        let SubscribeInput { queues, weighted, weights, max_in_flight, lease_duration, worker_id, access } =
+            input;
+        let as_lease = LeaseInput {
+            queues,
+            max_tasks: 1,
+            lease_duration,
+            wait: None,
+            worker_id,
+            deadline: None,
+            access,
+        };
         let mut v = match self.lease(&as_lease) {
             Ok(_) => Vec::new(),
             Err(BrokerError::Invalid(v)) => v,
             Err(other) => return Err(other),
         };
-        let LeaseInput { queues, lease_duration, worker_id, .. } = as_lease;
+        let LeaseInput { queues, lease_duration, worker_id, access, .. } = as_lease;
         if max_in_flight as usize > MAX_IN_FLIGHT {
             v.push(Violation::new("max_in_flight", format!("must be at most {MAX_IN_FLIGHT}")));
         }
@@ -284,6 +305,7 @@ impl Rules<'_> {
             max_in_flight: (max_in_flight as usize).max(1),
             lease_duration: lease_duration.map(millis),
             worker_id,
+            access,
         })
     }
 

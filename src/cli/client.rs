@@ -1,30 +1,114 @@
-//! What client subcommands share: the server address and task printing.
+//! What client subcommands share: the server address, TLS and credentials,
+//! and task printing.
+
+use std::path::PathBuf;
 
 use clap::Args;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::pb;
 use crate::pb::admin_service_client::AdminServiceClient;
 use crate::pb::producer_service_client::ProducerServiceClient;
+use crate::pb::worker_service_client::WorkerServiceClient;
 
 #[derive(Debug, Clone, Args)]
 pub struct ServerArg {
-    /// Broker address.
+    /// Broker address; `https://` speaks TLS.
     #[arg(long, env = "TASKBROKER_SERVER", default_value = "http://127.0.0.1:50051")]
     pub server: String,
+    /// PEM CA bundle that verifies the broker's certificate (implies TLS;
+    /// default: the system's roots are not used, so give it for https://).
+    #[arg(long, env = "TASKBROKER_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for a broker that requires mTLS.
+    #[arg(long, env = "TASKBROKER_CLIENT_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "TASKBROKER_CLIENT_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Bearer token, for a broker with [auth] on (its value is never shown
+    /// in --help).
+    #[arg(long, env = "TASKBROKER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<AsciiMetadataValue>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A channel with the caller's credentials.
+pub type Authed = InterceptedService<Channel, Bearer>;
+
 impl ServerArg {
-    pub async fn producer(&self) -> anyhow::Result<ProducerServiceClient<tonic::transport::Channel>> {
-        ProducerServiceClient::connect(self.server.clone())
+    /// A connected channel, over TLS for `https://` or when a TLS file is given.
+    pub async fn channel(&self) -> anyhow::Result<Channel> {
+        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()));
+        let tls_wanted =
+            self.server.starts_with("https://") || self.tls_ca.is_some() || self.tls_cert.is_some();
+        let mut endpoint = Endpoint::from_shared(self.server.clone())
+            .map_err(|e| anyhow::anyhow!("--server {}: {e}", self.server))?;
+        if tls_wanted {
+            let mut tls = ClientTlsConfig::new();
+            if let Some(ca) = &self.tls_ca {
+                tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+            }
+            if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+                tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+            }
+            endpoint = endpoint.tls_config(tls).map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
+        }
+        endpoint
+            .connect()
             .await
-            .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", self.server))
+            .map_err(|e| anyhow::anyhow!("cannot connect to {}: {}", self.server, chain(&e)))
     }
 
-    pub async fn admin(&self) -> anyhow::Result<AdminServiceClient<tonic::transport::Channel>> {
-        AdminServiceClient::connect(self.server.clone())
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", self.server))
+    fn bearer(&self) -> anyhow::Result<Bearer> {
+        let value = match &self.token {
+            None => None,
+            Some(t) => Some(
+                format!("Bearer {}", t.trim())
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("--token: not a valid header value"))?,
+            ),
+        };
+        Ok(Bearer(value))
     }
+
+    pub async fn producer(&self) -> anyhow::Result<ProducerServiceClient<Authed>> {
+        Ok(ProducerServiceClient::with_interceptor(self.channel().await?, self.bearer()?))
+    }
+
+    pub async fn admin(&self) -> anyhow::Result<AdminServiceClient<Authed>> {
+        Ok(AdminServiceClient::with_interceptor(self.channel().await?, self.bearer()?))
+    }
+
+    pub async fn worker(&self) -> anyhow::Result<WorkerServiceClient<Authed>> {
+        Ok(WorkerServiceClient::with_interceptor(self.channel().await?, self.bearer()?))
+    }
+}
+
+/// An error with its causes, one line (a TLS failure hides in the sources).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 /// A gRPC error as one readable line.

@@ -9,6 +9,7 @@ mod get;
 mod queues;
 mod route;
 pub mod serve;
+pub mod token;
 mod watch;
 mod work;
 
@@ -59,6 +60,9 @@ pub enum Command {
     /// Configuration helpers.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
+    /// Make access tokens (for [auth]).
+    #[command(subcommand)]
+    Token(token::TokenCommand),
     /// Load-test a broker (in-process by default) against a same-run gRPC echo baseline.
     #[cfg(feature = "bench")]
     Bench(bench::BenchArgs),
@@ -102,6 +106,7 @@ pub fn main() -> ExitCode {
             Command::Route(args) => route::route(args).await.map_err(CliError::Other),
             Command::Reload(server) => route::reload(server).await.map_err(CliError::Other),
             Command::Config(cmd) => config_cmd::run(cmd),
+            Command::Token(cmd) => token::run(cmd).map_err(CliError::Other),
             #[cfg(feature = "bench")]
             Command::Bench(args) => bench::run(args).await,
         }

@@ -35,6 +35,19 @@ pub struct ServeArgs {
     /// never shown in `--help`.
     #[arg(long, env = "TASKBROKER_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// PEM certificate chain: the gRPC port speaks TLS (with --tls-key).
+    #[arg(long, env = "TASKBROKER_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "TASKBROKER_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: client certificates are required and verified (mTLS).
+    #[arg(long, env = "TASKBROKER_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Plaintext address serving only grpc.health.v1 (for Kubernetes probes
+    /// when the main port speaks TLS), e.g. 0.0.0.0:50052.
+    #[arg(long, env = "TASKBROKER_HEALTH_LISTEN")]
+    pub health_listen: Option<String>,
     /// --redis-url names Redis Cluster nodes.
     #[arg(long, env = "TASKBROKER_REDIS_CLUSTER")]
     pub redis_cluster: bool,
@@ -72,6 +85,18 @@ pub fn load_config(args: &ServeArgs) -> Result<Config, CliError> {
         config.redis_url = url.clone();
     }
     config.redis_cluster |= args.redis_cluster;
+    if let Some(p) = &args.tls_cert {
+        config.tls_cert = Some(p.clone());
+    }
+    if let Some(p) = &args.tls_key {
+        config.tls_key = Some(p.clone());
+    }
+    if let Some(p) = &args.tls_client_ca {
+        config.tls_client_ca = Some(p.clone());
+    }
+    if let Some(a) = &args.health_listen {
+        config.health_listen = a.clone();
+    }
     if let Some(master) = &args.redis_sentinel {
         config.redis_sentinel = master.clone();
     }
@@ -107,7 +132,11 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         tracing::info!(%admin, "dashboard, /healthz and /readyz served");
         // Not println!: a supervisor may read the first line only and close
         // the pipe, and a failed write must not end the broker.
-        let _ = writeln!(std::io::stdout(), "dashboard at http://{admin}/");
+        let scheme = if config.admin_tls { "https" } else { "http" };
+        let _ = writeln!(std::io::stdout(), "dashboard at {scheme}://{admin}/");
+    }
+    if let Some(health) = running.health_addr {
+        let _ = writeln!(std::io::stdout(), "health at {health}");
     }
     signal.await;
     tracing::info!("shutting down");

@@ -22,7 +22,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
 
 /// Follows a task until a final state; prints every state (or only the last).
 pub async fn watch(
-    client: &mut pb::producer_service_client::ProducerServiceClient<tonic::transport::Channel>,
+    client: &mut pb::producer_service_client::ProducerServiceClient<super::client::Authed>,
     task_id: String,
     print_each: bool,
 ) -> anyhow::Result<pb::Task> {

@@ -28,7 +28,6 @@ use super::client::ServerArg;
 use crate::pb;
 use crate::pb::stream_request::Msg;
 use crate::pb::stream_response::Msg as Pushed;
-use crate::pb::worker_service_client::WorkerServiceClient;
 
 /// Most bytes of stderr kept as a failed task's error.
 const ERROR_TAIL: usize = 4096;
@@ -84,11 +83,7 @@ pub async fn run(args: WorkArgs) -> anyhow::Result<()> {
     if args.lease < Duration::from_secs(1) {
         bail!("--lease must be at least 1s");
     }
-    let channel = tonic::transport::Endpoint::from_shared(args.server.server.clone())?
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to {}", args.server.server))?;
-    let mut client = WorkerServiceClient::new(channel);
+    let mut client = args.server.worker().await?;
     let (tx, rx) = mpsc::channel::<pb::StreamRequest>(1024);
     let send = |msg: Msg| pb::StreamRequest { msg: Some(msg) };
     let worker_id = if args.worker_id.is_empty() {

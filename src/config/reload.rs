@@ -1,7 +1,8 @@
 //! Config reload (AdminService.ReloadConfig, SIGHUP): re-read the file,
 //! validate it whole, and put what may change while running into force.
 //!
-//! What a reload applies: `[queues.*]`, `[[routes]]` (and every other
+//! What a reload applies: `[queues.*]`, `[[routes]]`, `[semaphores.*]`
+//! and `[auth]` (principals, grants, the tokens file; and every other
 //! setting that [`Config::policies`] resolves), swapped at once through the
 //! shared [`QueueRegistry`], so connections, streams and leases carry on.
 //! Everything else (listen address, storage, store budgets, transport and
@@ -10,19 +11,22 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::Config;
 use crate::core::queue::QueueRegistry;
+use crate::security::Authenticator;
 
 /// Top-level settings a reload applies.
-const RELOADABLE: &[&str] = &["queues", "routes", "semaphores"];
+const RELOADABLE: &[&str] = &["queues", "routes", "semaphores", "auth"];
 
 /// Re-reads one config file into one registry.
 pub struct Reloader {
     /// The file the broker started with; `None`: started without one.
     path: Option<PathBuf>,
     registry: QueueRegistry,
+    /// Where `[auth]` changes go (`None`: not applied).
+    auth: Option<Arc<Authenticator>>,
     /// The config in force and the file's text as last applied.
     running: Mutex<(Config, toml::Value)>,
 }
@@ -34,7 +38,13 @@ impl Reloader {
         let path = running.file.clone();
         let text = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default();
         let value = text.parse::<toml::Value>().unwrap_or_else(|_| toml::Value::Table(Default::default()));
-        Self { path, registry, running: Mutex::new((running, value)) }
+        Self { path, registry, auth: None, running: Mutex::new((running, value)) }
+    }
+
+    /// Reloads apply `[auth]` to `auth` too.
+    pub fn with_auth(mut self, auth: Arc<Authenticator>) -> Self {
+        self.auth = Some(auth);
+        self
     }
 
     /// Reloads; returns what changed (one line each), or every problem.
@@ -52,9 +62,13 @@ impl Reloader {
         next.queues = file.queues;
         next.routes = file.routes;
         next.semaphores = file.semaphores;
+        next.auth = file.auth;
         next.validate()?;
         let changes = describe(&running.1, &value);
         self.registry.replace(next.policies());
+        if let Some(auth) = &self.auth {
+            auth.replace(&next.auth);
+        }
         *running = (next, value);
         tracing::info!(path = %path.display(), changes = changes.len(), "config reloaded");
         for c in &changes {

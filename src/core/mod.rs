@@ -5,6 +5,7 @@
 //! every function that depends on time takes `now` (milliseconds since the Unix
 //! epoch) as a parameter, so it is tested directly and deterministically.
 
+pub mod access;
 pub mod budget;
 pub mod clock;
 pub mod flow;

@@ -4,9 +4,11 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::caller::Caller;
 use super::convert;
 use crate::broker::{Broker, BrokerError, QueueInfo};
 use crate::config::reload::Reloader;
+use crate::core::access::Operation;
 use crate::core::stats::STATES;
 use crate::core::task::{TaskId, TaskState};
 use crate::pb;
@@ -80,14 +82,16 @@ pub fn queue_info(q: QueueInfo) -> pb::QueueInfo {
 impl AdminService for Admin {
     async fn list_queues(
         &self,
-        _req: Request<pb::ListQueuesRequest>,
+        req: Request<pb::ListQueuesRequest>,
     ) -> Result<Response<pb::ListQueuesResponse>, Status> {
-        let queues = self.broker.list_queues().await?;
+        let queues = self.broker.list_queues(&Caller::of(&req).access).await?;
         Ok(Response::new(pb::ListQueuesResponse { queues: queues.into_iter().map(queue_info).collect() }))
     }
 
     async fn get_queue(&self, req: Request<pb::GetQueueRequest>) -> Result<Response<pb::QueueInfo>, Status> {
+        let caller = Caller::of(&req);
         let pb::GetQueueRequest { queue } = req.into_inner();
+        self.broker.authorize_queue(&caller.access, Operation::GetQueue, &queue)?;
         Ok(Response::new(queue_info(self.broker.queue_info(&queue).await?)))
     }
 
@@ -95,7 +99,9 @@ impl AdminService for Admin {
         &self,
         req: Request<pb::PauseQueueRequest>,
     ) -> Result<Response<pb::QueueInfo>, Status> {
+        let caller = Caller::of(&req);
         let pb::PauseQueueRequest { queue } = req.into_inner();
+        self.broker.authorize_queue(&caller.access, Operation::PauseQueue, &queue)?;
         Ok(Response::new(queue_info(self.broker.set_paused(&queue, true).await?)))
     }
 
@@ -103,7 +109,9 @@ impl AdminService for Admin {
         &self,
         req: Request<pb::ResumeQueueRequest>,
     ) -> Result<Response<pb::QueueInfo>, Status> {
+        let caller = Caller::of(&req);
         let pb::ResumeQueueRequest { queue } = req.into_inner();
+        self.broker.authorize_queue(&caller.access, Operation::ResumeQueue, &queue)?;
         Ok(Response::new(queue_info(self.broker.set_paused(&queue, false).await?)))
     }
 
@@ -111,7 +119,9 @@ impl AdminService for Admin {
         &self,
         req: Request<pb::PurgeQueueRequest>,
     ) -> Result<Response<pb::PurgeQueueResponse>, Status> {
+        let caller = Caller::of(&req);
         let pb::PurgeQueueRequest { queue, states } = req.into_inner();
+        self.broker.authorize_queue(&caller.access, Operation::PurgeQueue, &queue)?;
         let states = states.into_iter().map(|s| state("states", s)).collect::<Result<Vec<_>, _>>()?;
         let purged = self.broker.purge_queue(&queue, &states).await?;
         Ok(Response::new(pb::PurgeQueueResponse { purged }))
@@ -121,7 +131,9 @@ impl AdminService for Admin {
         &self,
         req: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let caller = Caller::of(&req);
         let pb::ListTasksRequest { queue, state: s, page_size, page_token } = req.into_inner();
+        self.broker.authorize_queue(&caller.access, Operation::ListTasks, &queue)?;
         let s = state("state", s)?;
         let after = match page_token.as_str() {
             "" => None,
@@ -142,7 +154,9 @@ impl AdminService for Admin {
         &self,
         req: Request<pb::RedriveTasksRequest>,
     ) -> Result<Response<pb::RedriveTasksResponse>, Status> {
+        let caller = Caller::of(&req);
         let pb::RedriveTasksRequest { queue, task_ids, limit } = req.into_inner();
+        self.broker.authorize_queue(&caller.access, Operation::RedriveTasks, &queue)?;
         if task_ids.len() > MAX_REDRIVE_IDS {
             let why = format!("at most {MAX_REDRIVE_IDS} ids per call");
             return Err(BrokerError::invalid("task_ids", why).into());
@@ -163,8 +177,10 @@ impl AdminService for Admin {
         &self,
         req: Request<pb::ExplainRouteRequest>,
     ) -> Result<Response<pb::ExplainRouteResponse>, Status> {
+        let caller = Caller::of(&req);
         let pb::ExplainRouteRequest { queue, kind, headers } = req.into_inner();
         let e = self.broker.explain_route(&queue, &kind, &headers.into_iter().collect())?;
+        self.broker.authorize_queue(&caller.access, Operation::ExplainRoute, &e.queue)?;
         Ok(Response::new(pb::ExplainRouteResponse {
             queue: e.queue,
             priority: e.priority as u32,
@@ -175,8 +191,12 @@ impl AdminService for Admin {
 
     async fn reload_config(
         &self,
-        _req: Request<pb::ReloadConfigRequest>,
+        req: Request<pb::ReloadConfigRequest>,
     ) -> Result<Response<pb::ReloadConfigResponse>, Status> {
+        Caller::of(&req)
+            .access
+            .check_everywhere(Operation::ReloadConfig)
+            .map_err(BrokerError::PermissionDenied)?;
         let Some(reloader) = &self.reloader else {
             return Err(
                 BrokerError::ConfigInvalid(vec!["this broker cannot reload its config".into()]).into()

@@ -135,6 +135,7 @@ pub fn enqueue_input(req: pb::EnqueueRequest, caller: &Caller) -> Result<Enqueue
         concurrency_key,
         semaphores,
         trace: caller.trace.clone(),
+        access: caller.access.clone(),
     })
 }
 
@@ -151,6 +152,7 @@ pub fn lease_input(req: pb::LeaseRequest, caller: &Caller) -> Result<LeaseInput,
         wait,
         worker_id,
         deadline: caller.deadline,
+        access: caller.access.clone(),
     })
 }
 

@@ -12,7 +12,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::caller::Caller;
 use crate::broker::{Broker, BrokerError, Phase};
+use crate::core::access::{Access, Operation};
 use crate::core::scaler::ScalerSpec;
 use crate::keda as pb;
 use crate::keda::external_scaler_server::ExternalScaler;
@@ -31,9 +33,14 @@ impl Keda {
     }
 }
 
-fn spec(r: &pb::ScaledObjectRef) -> Result<ScalerSpec, Status> {
-    ScalerSpec::parse(&r.scaler_metadata)
-        .map_err(|(key, why)| BrokerError::invalid(format!("scalerMetadata.{key}"), why).into())
+/// The trigger's spec, if the caller may inspect every queue it names.
+fn spec(r: &pb::ScaledObjectRef, access: &Access) -> Result<ScalerSpec, Status> {
+    let s = ScalerSpec::parse(&r.scaler_metadata)
+        .map_err(|(key, why)| Status::from(BrokerError::invalid(format!("scalerMetadata.{key}"), why)))?;
+    for q in &s.queues {
+        access.check(Operation::Scaler, q).map_err(BrokerError::PermissionDenied)?;
+    }
+    Ok(s)
 }
 
 type ActiveStream = Pin<Box<dyn Stream<Item = Result<pb::IsActiveResponse, Status>> + Send>>;
@@ -55,7 +62,7 @@ impl ExternalScaler for Keda {
         &self,
         req: Request<pb::ScaledObjectRef>,
     ) -> Result<Response<pb::IsActiveResponse>, Status> {
-        let s = spec(req.get_ref())?;
+        let s = spec(req.get_ref(), &Caller::of(&req).access)?;
         let value = self.broker.scaler_value(&s).await?;
         Ok(Response::new(pb::IsActiveResponse { result: s.is_active(value) }))
     }
@@ -68,7 +75,7 @@ impl ExternalScaler for Keda {
         &self,
         req: Request<pb::ScaledObjectRef>,
     ) -> Result<Response<Self::StreamIsActiveStream>, Status> {
-        let s = spec(req.get_ref())?;
+        let s = spec(req.get_ref(), &Caller::of(&req).access)?;
         let broker = self.broker.clone();
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
@@ -108,7 +115,7 @@ impl ExternalScaler for Keda {
         &self,
         req: Request<pb::ScaledObjectRef>,
     ) -> Result<Response<pb::GetMetricSpecResponse>, Status> {
-        Ok(Response::new(metric_spec(&spec(req.get_ref())?)))
+        Ok(Response::new(metric_spec(&spec(req.get_ref(), &Caller::of(&req).access)?)))
     }
 
     type StreamMetricSpecStream = SpecStream;
@@ -119,7 +126,7 @@ impl ExternalScaler for Keda {
         &self,
         req: Request<pb::ScaledObjectRef>,
     ) -> Result<Response<Self::StreamMetricSpecStream>, Status> {
-        let first = metric_spec(&spec(req.get_ref())?);
+        let first = metric_spec(&spec(req.get_ref(), &Caller::of(&req).access)?);
         let stream =
             futures_util::stream::once(async move { Ok(first) }).chain(futures_util::stream::pending());
         Ok(Response::new(Box::pin(stream)))
@@ -129,10 +136,11 @@ impl ExternalScaler for Keda {
         &self,
         req: Request<pb::GetMetricsRequest>,
     ) -> Result<Response<pb::GetMetricsResponse>, Status> {
+        let caller = Caller::of(&req);
         let pb::GetMetricsRequest { scaled_object_ref, metric_name: _ } = req.into_inner();
         let r = scaled_object_ref
             .ok_or_else(|| Status::from(BrokerError::invalid("scaledObjectRef", "required")))?;
-        let s = spec(&r)?;
+        let s = spec(&r, &caller.access)?;
         let value = self.broker.scaler_value(&s).await?;
         Ok(Response::new(pb::GetMetricsResponse {
             metric_values: vec![pb::MetricValue {

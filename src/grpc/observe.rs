@@ -86,9 +86,17 @@ where
 /// The span of one call. With trace export on: an OpenTelemetry server span,
 /// the child of the caller's W3C `traceparent`/`tracestate` metadata, whose
 /// ids JSON logs carry; otherwise a debug span (off at the default level).
-pub fn call_span<B>(req: &http::Request<B>) -> tracing::Span {
+///
+/// With authentication on, the span is enabled at `info` even without trace
+/// export, so that log lines of the call carry its `principal` (recorded by
+/// [`super::caller`]); off, it is a `debug` span that costs nothing unless
+/// asked for.
+pub fn call_span<B>(req: &http::Request<B>, auth: bool) -> tracing::Span {
     let path = req.uri().path();
     if !trace::enabled() {
+        if auth {
+            return tracing::info_span!("grpc", path = %path, principal = tracing::field::Empty);
+        }
         return tracing::debug_span!("grpc", path = %path);
     }
     let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or(("", path));
@@ -101,6 +109,7 @@ pub fn call_span<B>(req: &http::Request<B>) -> tracing::Span {
         rpc.service = service,
         rpc.method = method,
         messaging.batch.message_count = tracing::field::Empty,
+        principal = tracing::field::Empty,
         trace_id = tracing::field::Empty,
         span_id = tracing::field::Empty,
     );

@@ -11,6 +11,7 @@ use super::caller::Caller;
 use super::convert;
 use super::status::to_rpc_status;
 use crate::broker::{Broker, BrokerError, Enqueued, Watch};
+use crate::core::access::Operation;
 use crate::core::task::{Task, TaskId};
 use crate::pb;
 use crate::pb::producer_service_server::ProducerService;
@@ -177,8 +178,10 @@ impl ProducerService for Producer {
         &self,
         req: Request<pb::WatchTaskRequest>,
     ) -> Result<Response<Self::WatchTaskStream>, Status> {
+        let caller = Caller::of(&req);
         let pb::WatchTaskRequest { task_id } = req.into_inner();
         let task_id = convert::task_id(&task_id)?;
+        self.broker.authorize_task(&caller.access, Operation::WatchTask, task_id).await?;
         let (task, changes) = self.broker.watch(task_id).await?;
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(pump_watch(self.broker.clone(), task_id, task, changes, tx));
@@ -213,8 +216,10 @@ impl ProducerService for Producer {
         &self,
         req: Request<pb::GetTaskRequest>,
     ) -> Result<Response<pb::GetTaskResponse>, Status> {
+        let caller = Caller::of(&req);
         let pb::GetTaskRequest { task_id } = req.into_inner();
-        let task = self.broker.get(convert::task_id(&task_id)?).await?;
+        let task =
+            self.broker.task_for(&caller.access, Operation::GetTask, convert::task_id(&task_id)?).await?;
         Ok(Response::new(pb::GetTaskResponse { task: Some(convert::task(task)) }))
     }
 
@@ -222,8 +227,11 @@ impl ProducerService for Producer {
         &self,
         req: Request<pb::CancelTaskRequest>,
     ) -> Result<Response<pb::CancelTaskResponse>, Status> {
+        let caller = Caller::of(&req);
         let pb::CancelTaskRequest { task_id } = req.into_inner();
-        let task = self.broker.cancel(convert::task_id(&task_id)?).await?;
+        let task_id = convert::task_id(&task_id)?;
+        self.broker.authorize_task(&caller.access, Operation::CancelTask, task_id).await?;
+        let task = self.broker.cancel(task_id).await?;
         Ok(Response::new(pb::CancelTaskResponse { task: Some(convert::task(task)) }))
     }
 }

@@ -5,11 +5,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
@@ -27,6 +25,7 @@ use crate::pb;
 use crate::pb::admin_service_server::AdminServiceServer;
 use crate::pb::producer_service_server::ProducerServiceServer;
 use crate::pb::worker_service_server::WorkerServiceServer;
+use crate::security::{conn, Authenticator, ServerTls};
 
 /// Transport settings and what the services need beyond the broker.
 #[derive(Clone)]
@@ -37,11 +36,24 @@ pub struct ServerOptions {
     pub max_concurrent_streams: u32,
     /// What AdminService.ReloadConfig re-reads (`None`: it is refused).
     pub reloader: Option<Arc<Reloader>>,
+    /// Who may call (authentication off: everyone, everything).
+    pub auth: Arc<Authenticator>,
+    /// TLS on the port (`None`: plaintext).
+    pub tls: Option<Arc<ServerTls>>,
+    /// A plaintext listener serving only `grpc.health.v1`.
+    pub health_listen: Option<SocketAddr>,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        Self { max_message_bytes: 64 << 20, max_concurrent_streams: 1024, reloader: None }
+        Self {
+            max_message_bytes: 64 << 20,
+            max_concurrent_streams: 1024,
+            reloader: None,
+            auth: Arc::new(Authenticator::disabled()),
+            tls: None,
+            health_listen: None,
+        }
     }
 }
 
@@ -49,11 +61,14 @@ impl Default for ServerOptions {
 pub struct Serving {
     /// The address it listens on (useful with port 0).
     pub addr: SocketAddr,
+    /// The plaintext health port's address, if one was asked for.
+    pub health_addr: Option<SocketAddr>,
     /// Readiness and per-service health.
     pub health: HealthReporter,
     stop_accepting: watch::Sender<bool>,
     close: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
+    health_server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
 }
 
 impl Serving {
@@ -68,6 +83,9 @@ impl Serving {
     pub fn close(&self) {
         let _ = self.stop_accepting.send(true);
         let _ = self.close.send(true);
+        if let Some(h) = &self.health_server {
+            h.abort();
+        }
     }
 
     pub fn is_finished(&self) -> bool {
@@ -86,6 +104,9 @@ impl Serving {
     /// Ends every open call at once.
     pub fn abort(&self) {
         self.server.abort();
+        if let Some(h) = &self.health_server {
+            h.abort();
+        }
     }
 }
 
@@ -95,7 +116,15 @@ pub async fn serve(broker: Broker, addr: SocketAddr, opts: ServerOptions) -> any
     let listener =
         TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let addr = listener.local_addr()?;
-    let (stop_accepting, mut accepting) = watch::channel(false);
+    let health_listener = match opts.health_listen {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .map_err(|e| anyhow::anyhow!("health_listen: cannot listen on {a}: {e}"))?,
+        ),
+        None => None,
+    };
+    let (stop_accepting, accepting) = watch::channel(false);
     let (close, mut closing) = watch::channel(false);
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -129,16 +158,16 @@ pub async fn serve(broker: Broker, addr: SocketAddr, opts: ServerOptions) -> any
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
 
+    let auth_on = opts.auth.enabled();
     let router = Server::builder()
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_connection_age(Duration::from_secs(30 * 60))
         .max_concurrent_streams(opts.max_concurrent_streams)
-        .trace_fn(super::observe::call_span)
+        .trace_fn(move |req| super::observe::call_span(req, auth_on))
         // The one middleware stack: every layer a call passes before its handler.
-        .layer(tower::ServiceBuilder::new().layer(observe).layer(CallerLayer))
-        .add_service(health_service)
+        .layer(tower::ServiceBuilder::new().layer(observe).layer(CallerLayer::new(opts.auth.clone())))
+        .add_service(health_service.clone())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(producer)
@@ -146,21 +175,25 @@ pub async fn serve(broker: Broker, addr: SocketAddr, opts: ServerOptions) -> any
         .add_service(admin)
         .add_service(keda);
 
-    // Builder::tcp_nodelay does not apply to a listener we pass in: without
-    // TCP_NODELAY small replies wait ~40 ms for the peer's delayed ACK.
-    // Once told to stop accepting, the listener is dropped (closed) but the
-    // stream of connections stays open: its end would make the server send
-    // GOAWAY at once, which only `close` should.
-    let stopped = async move {
-        let _ = accepting.wait_for(|s| *s).await;
-    };
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .take_until(Box::pin(stopped))
-        .chain(futures_util::stream::pending());
+    // Once told to stop accepting, the listener is closed but the stream of
+    // connections stays open: its end would make the server send GOAWAY at
+    // once, which only `close` should.
+    let incoming = conn::accept(listener, opts.tls.clone(), accepting.clone());
+    let mut closing_health = closing.clone();
     let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         let _ = closing.wait_for(|s| *s).await;
     }));
-    tracing::info!(%addr, "taskbroker serving");
-    Ok(Serving { addr, health, stop_accepting, close, server })
+    let mut health_addr = None;
+    let health_server = health_listener.map(|l| {
+        health_addr = l.local_addr().ok();
+        let incoming = conn::accept(l, None, accepting);
+        tokio::spawn(Server::builder().add_service(health_service).serve_with_incoming_shutdown(
+            incoming,
+            async move {
+                let _ = closing_health.wait_for(|s| *s).await;
+            },
+        ))
+    });
+    tracing::info!(%addr, tls = opts.tls.is_some(), auth = auth_on, "taskbroker serving");
+    Ok(Serving { addr, health_addr, health, stop_accepting, close, server, health_server })
 }

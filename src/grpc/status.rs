@@ -33,6 +33,7 @@ pub fn code_and_reason(e: &BrokerError) -> (Code, &'static str) {
         BrokerError::QueueLimit(_) => (Code::ResourceExhausted, "QUEUE_LIMIT"),
         BrokerError::Internal(_) => (Code::Internal, "INTERNAL"),
         BrokerError::StreamStalled(_) => (Code::Unavailable, "STREAM_STALLED"),
+        BrokerError::PermissionDenied(_) => (Code::PermissionDenied, "PERMISSION_DENIED"),
     }
 }
 
@@ -72,6 +73,15 @@ pub fn to_status(e: BrokerError) -> Status {
         }
         BrokerError::TaskNotFound(id) | BrokerError::TaskFinished(id) => {
             metadata.insert("task_id".to_owned(), id.clone());
+        }
+        BrokerError::PermissionDenied(d) => {
+            metadata.insert("action".to_owned(), d.action.as_str().to_owned());
+            if let Some(q) = &d.queue {
+                metadata.insert("queue".to_owned(), q.clone());
+            }
+            if let Some(id) = &d.task_id {
+                metadata.insert("task_id".to_owned(), id.clone());
+            }
         }
         // Both say: come back later (a stalled stream's worker reconnects).
         BrokerError::Unavailable(_) | BrokerError::StreamStalled(_) => {

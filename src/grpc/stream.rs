@@ -7,11 +7,13 @@ use std::pin::Pin;
 use futures_util::{Stream, StreamExt};
 use tonic::{Status, Streaming};
 
+use super::caller::Caller;
 use super::convert;
 use super::status::{to_rpc_status, to_status};
 use crate::broker::session::{self, Command, Event, SettleOp, Settlement};
 use crate::broker::validate::SubscribeInput;
 use crate::broker::{Broker, BrokerError};
+use crate::core::access::Access;
 use crate::pb;
 use crate::pb::stream_request::Msg;
 
@@ -20,13 +22,14 @@ pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::StreamResponse, S
 /// Reads the subscription, then starts the session.
 pub async fn open(
     broker: Broker,
+    caller: Caller,
     mut inbound: Streaming<pb::StreamRequest>,
 ) -> Result<ResponseStream, Status> {
     let first = inbound.message().await?.and_then(|m| m.msg);
     let Some(Msg::Subscribe(sub)) = first else {
         return Err(to_status(BrokerError::invalid("msg", "the first message must be subscribe")));
     };
-    let sub = broker.validate_subscription(subscribe_input(sub)?)?;
+    let sub = broker.validate_subscription(subscribe_input(sub, caller.access)?)?;
     let commands = inbound.map(|m| match m {
         Ok(m) => command(m),
         Err(status) => Command::Violation(BrokerError::invalid("stream", status.message().to_owned())),
@@ -37,7 +40,7 @@ pub async fn open(
     Ok(Box::pin(rx.map(|ev| ev.map(response).map_err(to_status))))
 }
 
-fn subscribe_input(s: pb::Subscribe) -> Result<SubscribeInput, BrokerError> {
+fn subscribe_input(s: pb::Subscribe, access: Access) -> Result<SubscribeInput, BrokerError> {
     let pb::Subscribe { queues, mode, weights, max_in_flight, lease_duration, worker_id } = s;
     let weighted = match pb::SubscribeMode::try_from(mode) {
         Ok(pb::SubscribeMode::Weighted) => true,
@@ -51,6 +54,7 @@ fn subscribe_input(s: pb::Subscribe) -> Result<SubscribeInput, BrokerError> {
         max_in_flight,
         lease_duration: convert::duration_field("lease_duration", lease_duration)?,
         worker_id,
+        access,
     })
 }
 

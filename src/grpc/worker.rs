@@ -5,6 +5,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::caller::Caller;
 use super::convert;
 use crate::broker::Broker;
+use crate::core::access::Operation;
 use crate::pb;
 use crate::pb::worker_service_server::WorkerService;
 
@@ -26,7 +27,8 @@ impl WorkerService for Worker {
         &self,
         req: Request<Streaming<pb::StreamRequest>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        Ok(Response::new(super::stream::open(self.broker.clone(), req.into_inner()).await?))
+        let caller = Caller::of(&req);
+        Ok(Response::new(super::stream::open(self.broker.clone(), caller, req.into_inner()).await?))
     }
 
     async fn lease(&self, req: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
@@ -37,16 +39,20 @@ impl WorkerService for Worker {
     }
 
     async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
+        let caller = Caller::of(&req);
         let pb::AckRequest { task_id, lease_id, result } = req.into_inner();
         let (id, lease) = convert::held(&task_id, &lease_id)?;
+        self.broker.authorize_task(&caller.access, Operation::Settle, id).await?;
         self.broker.ack(id, lease, result).await?;
         Ok(Response::new(pb::AckResponse {}))
     }
 
     async fn nack(&self, req: Request<pb::NackRequest>) -> Result<Response<pb::NackResponse>, Status> {
+        let caller = Caller::of(&req);
         let pb::NackRequest { task_id, lease_id, error, retry_after, no_retry } = req.into_inner();
         let retry_after = convert::duration_field("retry_after", retry_after)?;
         let (id, lease) = convert::held(&task_id, &lease_id)?;
+        self.broker.authorize_task(&caller.access, Operation::Settle, id).await?;
         let task = self.broker.nack(id, lease, error, retry_after, no_retry).await?;
         Ok(Response::new(pb::NackResponse { task: Some(convert::task(task)) }))
     }
@@ -55,9 +61,11 @@ impl WorkerService for Worker {
         &self,
         req: Request<pb::ExtendLeaseRequest>,
     ) -> Result<Response<pb::ExtendLeaseResponse>, Status> {
+        let caller = Caller::of(&req);
         let pb::ExtendLeaseRequest { task_id, lease_id, extend_by } = req.into_inner();
         let extend_by = convert::duration_field("extend_by", extend_by)?;
         let (id, lease) = convert::held(&task_id, &lease_id)?;
+        self.broker.authorize_task(&caller.access, Operation::Settle, id).await?;
         let expire = self.broker.extend(id, lease, extend_by).await?;
         Ok(Response::new(pb::ExtendLeaseResponse { lease_expire_time: Some(convert::timestamp(expire)) }))
     }

@@ -1,8 +1,10 @@
 //! Test harness: a real broker served over gRPC on `127.0.0.1:0`, with real
 //! clients, an injectable clock and a shutdown handle.
 #![allow(dead_code)]
+pub mod certs;
 pub mod http;
 pub mod redis;
+pub mod secure;
 
 use std::sync::Arc;
 use std::time::Duration;

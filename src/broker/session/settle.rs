@@ -1,6 +1,7 @@
 //! A session's settlements: a batch of acks, nacks and extends from one
 //! worker, settled in arrival order with all acks in one store operation.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 
@@ -8,12 +9,55 @@ use futures_util::future::join_all;
 
 use super::{SettleOp, Settlement};
 use crate::broker::{Broker, BrokerError};
+use crate::core::access::{Access, Operation};
+use crate::core::task::TaskId;
 use crate::core::Millis;
 
 /// What a settlement came to: `(task, lease, operation, outcome)`.
 pub(super) type Settled = (String, String, SettleOp, Result<Option<Millis>, BrokerError>);
 /// Settlements under way, each answering for its arrival slots.
 type SettleWork = Pin<Box<dyn Future<Output = Vec<(usize, Settled)>> + Send>>;
+
+/// Checks settlements against the caller's grants: those of tasks this
+/// stream holds under the named lease pass (the subscription was checked),
+/// others are looked up unless the caller may consume every queue; a refused
+/// one is answered with its PERMISSION_DENIED and settles nothing.
+pub(super) async fn authorize(
+    broker: &Broker,
+    access: &Access,
+    held: &HashMap<TaskId, u64>,
+    settlements: Vec<Settlement>,
+) -> Vec<Settlement> {
+    if access.allows_everywhere(Operation::Settle) {
+        return settlements;
+    }
+    let mut out = Vec::with_capacity(settlements.len());
+    for s in settlements {
+        let (id, lease, op) = match &s {
+            Settlement::Ack { id, lease, .. } => (*id, *lease, SettleOp::Ack),
+            Settlement::Nack { id, lease, .. } => (*id, *lease, SettleOp::Nack),
+            Settlement::Extend { id, lease, .. } => (*id, *lease, SettleOp::Extend),
+            Settlement::Invalid { .. } => {
+                out.push(s);
+                continue;
+            }
+        };
+        if held.get(&id) == Some(&lease.0) {
+            out.push(s);
+            continue;
+        }
+        match broker.authorize_task(access, Operation::Settle, id).await {
+            Ok(()) => out.push(s),
+            Err(error) => out.push(Settlement::Invalid {
+                task_id: id.to_string(),
+                lease_id: lease.to_string(),
+                op,
+                error,
+            }),
+        }
+    }
+    out
+}
 
 /// Settles a batch in arrival order: all acks in one store operation (one
 /// commit, one script per queue), the rest concurrently, so a durable store

@@ -122,6 +122,7 @@ fn lease_limits() {
         wait: Some(Duration::from_secs(61)),
         worker_id: String::new(),
         deadline: None,
+        access: Default::default(),
     };
     assert_eq!(fields(rules.lease(&bad).unwrap_err()), ["queues[1]", "max_tasks", "lease_duration", "wait"]);
     let none = LeaseInput::default();

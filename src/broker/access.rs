@@ -1,0 +1,43 @@
+//! Permission checks that need the store: a call naming a task id is
+//! checked against the task's queue ([`crate::core::access`] decides).
+
+use super::{Broker, BrokerError};
+use crate::core::access::{Access, Operation};
+use crate::core::task::{Task, TaskId};
+
+impl Broker {
+    /// The task `id`, if `access` may do `op` on it. An unknown task and a
+    /// forbidden one are refused alike (PERMISSION_DENIED), unless the caller
+    /// may do `op` on every queue (then an unknown task is NOT_FOUND).
+    pub async fn task_for(&self, access: &Access, op: Operation, id: TaskId) -> Result<Task, BrokerError> {
+        let found = match self.get(id).await {
+            Ok(task) => Some(task),
+            Err(BrokerError::TaskNotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
+        let id_text = id.to_string();
+        match access.check_task(op, &id_text, found.as_ref().map(|t| t.queue.as_str())) {
+            Ok(_) => found.ok_or(BrokerError::TaskNotFound(id_text)),
+            Err(denied) => Err(BrokerError::PermissionDenied(denied)),
+        }
+    }
+
+    /// Checks that `access` may do `op` on the task `id`; reads the task
+    /// only when the caller's grant does not cover every queue.
+    pub async fn authorize_task(
+        &self,
+        access: &Access,
+        op: Operation,
+        id: TaskId,
+    ) -> Result<(), BrokerError> {
+        if access.allows_everywhere(op) {
+            return Ok(());
+        }
+        self.task_for(access, op, id).await.map(|_| ())
+    }
+
+    /// Checks that `access` may do `op` on `queue`.
+    pub fn authorize_queue(&self, access: &Access, op: Operation, queue: &str) -> Result<(), BrokerError> {
+        access.check(op, queue).map_err(BrokerError::PermissionDenied)
+    }
+}
