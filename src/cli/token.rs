@@ -46,3 +46,17 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::security::parse_sha256;
+
+    #[test]
+    fn new_tokens_are_random_prefixed_and_hash_to_a_valid_config_value() {
+        let (a, b) = (generate(), generate());
+        assert_ne!(a, b);
+        assert!(a.starts_with("tbk_") && a.len() == 4 + 64, "{a}");
+        assert!(parse_sha256(&hex(&token_hash(&a))).is_some());
+    }
+}

@@ -259,3 +259,48 @@ fn telemetry_settings_stand_in_for_unset_otel_variables() {
         Config::from_toml("[telemetry]\notlp_endpoint = \"collector:4317\"\nsample_ratio = 2.0\n").unwrap();
     assert_eq!(bad.validate().unwrap_err().len(), 2);
 }
+
+#[test]
+fn security_settings_are_checked_with_their_paths() {
+    let bad = Config::from_toml(
+        r#"
+tls_cert = "/nonexistent/cert.pem"
+health_listen = "nowhere"
+admin_tls = true
+[auth]
+enabled = true
+[[auth.principals]]
+name = "a"
+token_sha256 = "abc"
+mtls_subject = "CN=x"
+grants = [ { actions = ["write"], queues = [] } ]
+[[auth.principals]]
+name = "a"
+"#,
+    )
+    .unwrap();
+    let errors = bad.validate().unwrap_err().join("\n");
+    for needle in [
+        "tls_cert, tls_key: give both or neither",
+        "tls_cert: cannot read /nonexistent/cert.pem",
+        "health_listen: \"nowhere\" is not an address",
+        "auth.principals[0].token_sha256: must be 64 hex digits",
+        "auth.principals[0]: mtls_subject and mtls_san need tls_client_ca",
+        "auth.principals[0].grants[0].actions: \"write\" is not an action",
+        "auth.principals[0].grants[0].queues: must not be empty",
+        "auth.principals[1].name: \"a\" is declared twice",
+    ] {
+        assert!(errors.contains(needle), "{needle:?} not in\n{errors}");
+    }
+    let nobody = Config::from_toml("[auth]\nenabled = true\n").unwrap();
+    assert!(nobody.validate().unwrap_err()[0].contains("no principal is declared"));
+    let good = Config::from_toml(&format!(
+        "[auth]\nenabled = true\n[[auth.principals]]\nname = \"api\"\ntoken_sha256 = \"{}\"\n\
+         grants = [{{ actions = [\"enqueue\", \"inspect\"], queues = [\"billing.*\"] }}]\n",
+        "ab".repeat(32)
+    ))
+    .unwrap();
+    good.validate().unwrap();
+    let p = good.auth.principals[0].principal();
+    assert!(p.allows(crate::core::access::Action::Enqueue, "billing.eu"));
+}
