@@ -80,6 +80,12 @@ pub async fn open_broker(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Resu
     Ok(Broker::new(store, clock, settings))
 }
 
+/// A file the config names (certificates, keys, the tokens file) that
+/// cannot be used: a configuration error (`serve` exits 64).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigFileError(pub String);
+
 /// An `admin_listen` given explicitly that cannot be bound: a configuration
 /// error (`serve` exits 64).
 #[derive(Debug, thiserror::Error)]
@@ -119,9 +125,12 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Run
     let addr: SocketAddr =
         config.listen.parse().map_err(|_| anyhow::anyhow!("listen: not an address: {}", config.listen))?;
     let (stop_background, stop) = watch::channel(false);
+    if let Some(f) = &config.auth.tokens_file {
+        std::fs::read(f).map_err(|e| ConfigFileError(format!("auth.tokens_file: {}: {e}", f.display())))?;
+    }
     let auth = Arc::new(Authenticator::new(&config.auth));
     warn_if_open(config, addr);
-    let (tls, admin_tls) = load_tls(config)?;
+    let (tls, admin_tls) = load_tls(config).map_err(|e| ConfigFileError(format!("TLS: {e:#}")))?;
     let reloader = Arc::new(Reloader::new(config.clone(), broker.queues().clone()).with_auth(auth.clone()));
     let health_listen = (!config.health_listen.is_empty())
         .then(|| config.health_listen.parse())

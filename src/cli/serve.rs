@@ -119,11 +119,14 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     let config = load_config(&args)?;
     // Handlers first: a SIGTERM right after the "listening" line must shut down cleanly.
     let signal = shutdown_signal()?;
-    let running = app::start(&config, Arc::new(SystemClock)).await.map_err(|e| match e
-        .downcast::<app::AdminBindError>()
-    {
-        Ok(taken) => CliError::Config(vec![taken.to_string()]),
-        Err(e) => CliError::Other(e),
+    let running = app::start(&config, Arc::new(SystemClock)).await.map_err(|e| {
+        if let Some(taken) = e.downcast_ref::<app::AdminBindError>() {
+            return CliError::Config(vec![taken.to_string()]);
+        }
+        match e.downcast::<app::ConfigFileError>() {
+            Ok(bad) => CliError::Config(vec![bad.0]),
+            Err(e) => CliError::Other(e),
+        }
     })?;
     tracing::info!(storage = ?config.storage, data_dir = %config.data_dir.display(), "ready");
     // Tests and supervisors read this line to learn the port (useful with :0).

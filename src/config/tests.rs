@@ -282,7 +282,6 @@ name = "a"
     let errors = bad.validate().unwrap_err().join("\n");
     for needle in [
         "tls_cert, tls_key: give both or neither",
-        "tls_cert: cannot read /nonexistent/cert.pem",
         "health_listen: \"nowhere\" is not an address",
         "auth.principals[0].token_sha256: must be 64 hex digits",
         "auth.principals[0]: mtls_subject and mtls_san need tls_client_ca",
