@@ -38,6 +38,20 @@ pub struct ServerArg {
 #[derive(Clone)]
 pub struct Bearer(Option<AsciiMetadataValue>);
 
+impl Bearer {
+    pub fn new(token: Option<&str>) -> anyhow::Result<Self> {
+        let value = match token {
+            None => None,
+            Some(t) => Some(
+                format!("Bearer {}", t.trim())
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("token: not a valid header value"))?,
+            ),
+        };
+        Ok(Self(value))
+    }
+}
+
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(v) = &self.0 {
@@ -75,15 +89,7 @@ impl ServerArg {
     }
 
     fn bearer(&self) -> anyhow::Result<Bearer> {
-        let value = match &self.token {
-            None => None,
-            Some(t) => Some(
-                format!("Bearer {}", t.trim())
-                    .parse()
-                    .map_err(|_| anyhow::anyhow!("--token: not a valid header value"))?,
-            ),
-        };
-        Ok(Bearer(value))
+        Bearer::new(self.token.as_deref()).map_err(|e| anyhow::anyhow!("--{e}"))
     }
 
     pub async fn producer(&self) -> anyhow::Result<ProducerServiceClient<Authed>> {

@@ -2,7 +2,7 @@
 
 #[cfg(feature = "bench")]
 pub mod bench;
-mod client;
+pub(crate) mod client;
 mod config_cmd;
 mod enqueue;
 mod get;

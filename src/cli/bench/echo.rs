@@ -69,7 +69,7 @@ pub async fn measure(opts: &Opts, probes: Probes) -> anyhow::Result<Baseline> {
             anyhow::Ok((addr, server))
         })
         .await??;
-    let pool = Pool::connect(&format!("http://{addr}"), opts.connections).await?;
+    let pool = Pool::connect(&format!("http://{addr}"), opts.connections, &Default::default()).await?;
     // Echo CPU is read from the same `tb-` threads; the broker is idle meanwhile.
     let unary = unary(&pool, opts, probes.clone()).await;
     let stream = stream(&pool, opts, probes).await;

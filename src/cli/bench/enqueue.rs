@@ -4,15 +4,12 @@
 
 use std::sync::Arc;
 
-use tonic::transport::Channel;
-
 use super::load::{self, closed_loop, Tally};
 use super::meter::Meter;
 use super::report::{Row, ScenarioReport, Transport};
 use super::Ctx;
 use crate::pb;
 use crate::pb::enqueue_stream_response::Result as Outcome;
-use crate::pb::producer_service_client::ProducerServiceClient;
 
 /// How tasks are sent; a new way is a variant here and an arm in [`run_mode`].
 #[derive(Clone, Copy, Debug)]
@@ -102,7 +99,7 @@ async fn run_mode(ctx: &Ctx, mode: Mode) -> Row {
 
 /// Sends `requests` on one EnqueueStream and counts the answers.
 async fn stream(
-    mut client: ProducerServiceClient<Channel>,
+    mut client: super::load::Producer,
     requests: impl Iterator<Item = pb::EnqueueRequest> + Send + 'static,
     tally: Arc<Tally>,
 ) {

@@ -11,9 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use super::meter::Progress;
+use crate::cli::client::Bearer;
 use crate::pb;
 use crate::pb::producer_service_client::ProducerServiceClient;
 use crate::pb::worker_service_client::WorkerServiceClient;
@@ -25,18 +27,39 @@ const PREFILL_BATCH: u64 = 1000;
 /// Task kind of every bench task.
 pub const KIND: &str = "bench";
 
+/// A channel that sends the bench's token (if any) with every call.
+pub type Authed = InterceptedService<Channel, Bearer>;
+pub type Producer = ProducerServiceClient<Authed>;
+pub type Worker = WorkerServiceClient<Authed>;
+
+/// How the bench's clients reach a broker with TLS or authentication on.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    /// The CA (PEM) that signed the broker's certificate: TLS.
+    pub ca_pem: Option<String>,
+    /// A bearer token.
+    pub token: Option<String>,
+}
+
 /// K HTTP/2 connections; caller `i` uses connection `i % K`.
 #[derive(Clone)]
 pub struct Pool {
     channels: Vec<Channel>,
+    bearer: Bearer,
 }
 
 impl Pool {
-    pub async fn connect(url: &str, connections: usize) -> anyhow::Result<Self> {
-        let endpoint = Endpoint::from_shared(url.to_owned())
+    pub async fn connect(url: &str, connections: usize, credentials: &Credentials) -> anyhow::Result<Self> {
+        let mut endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|e| anyhow::anyhow!("bad URL {url}: {e}"))?
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(5));
+        if let Some(ca) = &credentials.ca_pem {
+            let tls =
+                ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).domain_name("localhost");
+            endpoint = endpoint.tls_config(tls)?;
+        }
+        let bearer = Bearer::new(credentials.token.as_deref())?;
         let mut channels = Vec::with_capacity(connections);
         for _ in 0..connections {
             // `connect` opens a connection of its own each time.
@@ -44,21 +67,21 @@ impl Pool {
                 endpoint.connect().await.map_err(|e| anyhow::anyhow!("cannot connect to {url}: {e}"))?;
             channels.push(channel);
         }
-        Ok(Self { channels })
+        Ok(Self { channels, bearer })
     }
 
     pub fn channel(&self, caller: usize) -> Channel {
         self.channels[caller % self.channels.len()].clone()
     }
 
-    pub fn producer(&self, caller: usize) -> ProducerServiceClient<Channel> {
-        ProducerServiceClient::new(self.channel(caller))
+    pub fn producer(&self, caller: usize) -> Producer {
+        ProducerServiceClient::with_interceptor(self.channel(caller), self.bearer.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
-    pub fn worker(&self, caller: usize) -> WorkerServiceClient<Channel> {
-        WorkerServiceClient::new(self.channel(caller))
+    pub fn worker(&self, caller: usize) -> Worker {
+        WorkerServiceClient::with_interceptor(self.channel(caller), self.bearer.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }

@@ -114,7 +114,7 @@ async fn run_mode(ctx: &Ctx, transport: Transport) -> (Row, String) {
 
 /// Enqueues until stopped, pausing while the backlog is over its bound.
 struct Producer {
-    client: pb::producer_service_client::ProducerServiceClient<tonic::transport::Channel>,
+    client: super::load::Producer,
     queue: String,
     payload: Vec<u8>,
     /// Tasks enqueued by every producer.

@@ -35,6 +35,7 @@ mod mixed_rate;
 mod procfs;
 mod redis_raw;
 mod report;
+mod security;
 mod under_test;
 mod work;
 
@@ -91,6 +92,20 @@ pub struct BenchArgs {
     /// config file, e.g. a `max_in_flight` to measure flow control's cost.
     #[arg(long, conflicts_with = "server")]
     pub config: Option<std::path::PathBuf>,
+    /// The in-process broker runs with `[auth]` on and the bench's calls
+    /// carry a bearer token (the cost of authentication).
+    #[arg(long, conflicts_with = "server")]
+    pub auth: bool,
+    /// The in-process broker serves TLS with a fresh self-signed
+    /// certificate (the cost of TLS; the echo baseline stays plaintext).
+    #[arg(long, conflicts_with = "server")]
+    pub tls: bool,
+    /// With --server: a bearer token for a broker with auth on.
+    #[arg(long, env = "TASKBROKER_TOKEN", hide_env_values = true, requires = "server")]
+    pub token: Option<String>,
+    /// With --server https://...: the CA that signed its certificate.
+    #[arg(long, requires = "server")]
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 /// A `--scenario` value.
@@ -161,9 +176,10 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         }
         None => crate::config::Config::default(),
     };
-    let target = UnderTest::start(args.server.clone(), storage, &opts.redis_url, base).await?;
+    let secured = security::secure(base, &args).map_err(CliError::Other)?;
+    let target = UnderTest::start(args.server.clone(), storage, &opts.redis_url, secured.config).await?;
     let probes = target.probes();
-    let pool = Pool::connect(target.url(), opts.connections).await?;
+    let pool = Pool::connect(target.url(), opts.connections, &secured.credentials).await?;
     let run_id = format!("{:08x}", rand::random::<u32>());
     // First, while the process is fresh: later runs leave freed memory behind
     // that a pre-fill would reuse, hiding its cost.

@@ -88,10 +88,12 @@ impl UnderTest {
             ..base
         };
         config.validate().map_err(|problems| anyhow::anyhow!("bench config: {}", problems.join("; ")))?;
+        let tls = config.tls_cert.is_some();
         let runtime = server_runtime()?;
         let running =
             runtime.spawn(async move { app::start(&config, Arc::new(SystemClock)).await }).await??;
-        let url = format!("http://{}", running.addr);
+        let scheme = if tls { "https" } else { "http" };
+        let url = format!("{scheme}://{}", running.addr);
         Ok(Self { url, local: Some(Local { storage, runtime, running, dir }) })
     }
 

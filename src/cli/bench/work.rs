@@ -8,17 +8,15 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 
 use super::load::{Stop, Tally};
 use crate::pb;
 use crate::pb::stream_request::Msg;
 use crate::pb::stream_response::Msg as Pushed;
-use crate::pb::worker_service_client::WorkerServiceClient;
 
 /// A unary worker: Lease, then Ack every delivered task concurrently.
 pub struct Worker {
-    pub client: WorkerServiceClient<Channel>,
+    pub client: super::load::Worker,
     /// In strict preference order.
     pub queues: Vec<String>,
     pub max_tasks: u32,
@@ -101,7 +99,7 @@ impl Worker {
 /// A streaming worker: subscribes with a window of `max_in_flight`, acks
 /// every pushed task on the stream, counts a task when its ack is confirmed.
 pub struct StreamWorker {
-    pub client: WorkerServiceClient<Channel>,
+    pub client: super::load::Worker,
     pub queues: Vec<String>,
     pub max_in_flight: u32,
 }
