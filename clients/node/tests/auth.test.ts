@@ -18,7 +18,9 @@ describe("auth in the secure pass", () => {
   before(async () => {
     if (skip) return;
     broker = await startBroker({
-      principals: [{ name: "producer", token: producerToken, grants: '[{ actions = ["enqueue"], queues = ["granted"] }]' }],
+      principals: [
+        { name: "producer", token: producerToken, grants: '[{ actions = ["enqueue"], queues = ["granted"] }]' },
+      ],
     });
   });
 

@@ -156,7 +156,12 @@ describe("Client", () => {
     });
 
     const done = await client.enqueue("k", null, { queue: uniqueQueue("finished") });
-    const worker = new Worker(broker.addr, { ...broker.conn, queues: [done.queue], handleSignals: false, logger: null });
+    const worker = new Worker(broker.addr, {
+      ...broker.conn,
+      queues: [done.queue],
+      handleSignals: false,
+      logger: null,
+    });
     worker.task("k", () => "ok");
     const run = worker.run();
     await client.wait(done.id, { timeoutMs: 10_000 });
@@ -280,7 +285,7 @@ describe("Client", () => {
     }
   });
 
-  it("speaks TLS when asked: a plaintext broker (secure pass: one with an untrusted CA) fails the handshake", async () => {
+  it("speaks TLS when asked: a plaintext broker (secure pass: an untrusted CA) fails the handshake", async () => {
     // By name, so that Node does not warn about an IP address as the TLS server name.
     const c = new Client(`localhost:${broker.port}`, { tls: true, retry: { maxAttempts: 1 }, deadlineMs: 5_000 });
     try {

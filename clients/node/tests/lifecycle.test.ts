@@ -15,7 +15,8 @@ describe("worker lifecycle", () => {
     const broker = await startBroker();
     const client = new Client(broker.addr, broker.conn);
     const queue = uniqueQueue("sigterm");
-    const proc = spawn(process.execPath, [path.join(__dirname, "fixtures", "sigterm-worker.js"), broker.addr, queue, ...broker.scriptArgs], {
+    const script = path.join(__dirname, "fixtures", "sigterm-worker.js");
+    const proc = spawn(process.execPath, [script, broker.addr, queue, ...broker.scriptArgs], {
       stdio: ["pipe", "pipe", "pipe"],
     });
     const exited = new Promise<number | null>((resolve) => proc.on("exit", (code) => resolve(code)));

@@ -261,7 +261,12 @@ describe("Worker", () => {
   });
 
   it("run() rejects on a subscription the broker refuses", async () => {
-    const worker = new Worker(broker.addr, { ...broker.conn, queues: ["not a valid queue!"], handleSignals: false, logger: null });
+    const worker = new Worker(broker.addr, {
+      ...broker.conn,
+      queues: ["not a valid queue!"],
+      handleSignals: false,
+      logger: null,
+    });
     worker.task("k", () => "ok");
     await assert.rejects(within(worker.run(), WAIT_MS, "run() to reject"), (e: unknown) => {
       assert.ok(e instanceof InvalidArgument, String(e));

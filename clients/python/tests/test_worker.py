@@ -252,7 +252,8 @@ def test_weighted_mode_serves_every_queue(broker):
 def test_sigterm_drains_the_running_task_and_exits(broker, tmp_path):
     client = Client(broker.addr, **broker.conn)
     log = open(tmp_path / "worker.log", "wb")
-    proc = python_script(HERE / "drain_worker.py", broker.addr, "drain", *broker.script_args(), stdout=subprocess.PIPE, stderr=log)
+    proc = python_script(HERE / "drain_worker.py", broker.addr, "drain", *broker.script_args(),
+                         stdout=subprocess.PIPE, stderr=log)
     lines: "queue.Queue[str]" = queue.Queue()
     threading.Thread(target=lambda: [lines.put(x.decode().strip()) for x in proc.stdout], daemon=True).start()
     try:
