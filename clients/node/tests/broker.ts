@@ -1,11 +1,19 @@
 // Test helpers: a real `taskbroker serve` on 127.0.0.1 (the binary from
 // TASKBROKER_BIN, else the repository's target/debug/taskbroker), read its
 // address from the `listening on ADDR` line, and small awaitable signals.
+//
+// TASKBROKER_TEST_SECURE=1 is the secure pass: every broker serves TLS with a
+// certificate from a test CA (made once per test file) and has auth on with
+// one token, and every client connects with `broker.conn` (that CA and token;
+// empty in the plain pass). scripts/test runs the suite once each way.
 
 import { ChildProcess, spawn } from "node:child_process";
+import { createHash, randomBytes } from "node:crypto";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import type { ConnectionOptions } from "../src/index";
+import { Certs, makeCerts } from "./certs";
 
 /** The repository root, from dist/tests/. */
 export const REPO_ROOT = path.resolve(__dirname, "..", "..", "..", "..");
@@ -26,6 +34,56 @@ export function brokerBin(): string {
   return bin;
 }
 
+function securePass(): boolean {
+  const value = process.env.TASKBROKER_TEST_SECURE ?? "";
+  if (!["", "0", "1"].includes(value)) {
+    throw new Error(`TASKBROKER_TEST_SECURE must be 1 (secure pass), 0 or unset, not ${JSON.stringify(value)}`);
+  }
+  return value === "1";
+}
+
+/** True in the secure pass (TASKBROKER_TEST_SECURE=1): TLS and auth on every broker. */
+export const SECURE = securePass();
+
+/** An `[[auth.principals]]` entry; `grants` is the TOML of its grants array. */
+export interface Principal {
+  name: string;
+  token: string;
+  grants: string;
+}
+
+function principalToml(p: Principal): string {
+  const digest = createHash("sha256").update(p.token).digest("hex");
+  return `[[auth.principals]]\nname = "${p.name}"\ntoken_sha256 = "${digest}"\ngrants = ${p.grants}\n`;
+}
+
+/** A random bearer token. */
+export function newToken(): string {
+  return randomBytes(32).toString("hex");
+}
+
+/** The secure pass's certificates and the suite's principal (may do everything everywhere). */
+interface Security {
+  certs: Certs;
+  tests: Principal;
+}
+
+let security: Security | undefined;
+
+/** The secure pass's certificates and token, made on first use; undefined in the plain pass. */
+function secure(): Security | undefined {
+  if (!SECURE) return undefined;
+  security ??= {
+    certs: makeCerts(tempDir("certs")),
+    tests: {
+      name: "tests",
+      token: newToken(),
+      grants: '[{ actions = ["enqueue", "consume", "inspect", "admin"], queues = ["*"] }]',
+    },
+  };
+  return security;
+}
+
 export interface BrokerOptions {
   /** "memory" (default) or "embedded" (needs dataDir). */
   storage?: "memory" | "embedded";
@@ -34,12 +92,18 @@ export interface BrokerOptions {
   listen?: string;
   /** Config file contents (TOML), written to a temp file and passed with --config. */
   config?: string;
+  /** Principals besides the suite's own (secure pass only: the plain pass has auth off). */
+  principals?: Principal[];
 }
 
 export interface Broker {
   /** host:port it serves on. */
   addr: string;
   port: number;
+  /** Client and Worker options: the test CA and the suite's token in the secure pass, else none. */
+  conn: ConnectionOptions;
+  /** The same as command-line arguments for a test's client script (`--ca PEM --token TOKEN`). */
+  scriptArgs: string[];
   proc: ChildProcess;
   /** Everything it printed so far. */
   output(): string;
@@ -64,9 +128,20 @@ export async function startBroker(opts: BrokerOptions = {}): Promise<Broker> {
   const args = ["serve", "--storage", opts.storage ?? "memory", "--listen", opts.listen ?? "127.0.0.1:0"];
   if (opts.dataDir) args.push("--data-dir", opts.dataDir);
   else if ((opts.storage ?? "memory") === "embedded") args.push("--data-dir", tempDir("data"));
-  if (opts.config !== undefined) {
+  const sec = secure();
+  let config = opts.config;
+  if (sec) {
+    // Top-level keys before the test's tables, [auth] after them.
+    config =
+      `tls_cert = "${sec.certs.serverCert}"\ntls_key = "${sec.certs.serverKey}"\n${config ?? ""}\n` +
+      "[auth]\nenabled = true\n" +
+      [sec.tests, ...(opts.principals ?? [])].map(principalToml).join("");
+  } else if (opts.principals?.length) {
+    throw new Error("principals need the secure pass (a broker with auth on)");
+  }
+  if (config !== undefined) {
     const file = path.join(tempDir("config"), "taskbroker.toml");
-    fs.writeFileSync(file, opts.config);
+    fs.writeFileSync(file, config);
     args.push("--config", file);
   }
   const proc = spawn(brokerBin(), args, {
@@ -104,6 +179,9 @@ export async function startBroker(opts: BrokerOptions = {}): Promise<Broker> {
   return {
     addr,
     port: Number(addr.slice(addr.lastIndexOf(":") + 1)),
+    // serverName: by name, so that Node does not warn about an IP address as the TLS server name.
+    conn: sec ? { token: sec.tests.token, tls: { ca: sec.certs.ca, serverName: "localhost" } } : {},
+    scriptArgs: sec ? ["--ca", sec.certs.ca, "--token", sec.tests.token] : [],
     proc,
     output: () => out,
     async stop(signal: NodeJS.Signals = "SIGTERM") {

@@ -26,7 +26,7 @@ let client: Client;
 
 before(async () => {
   broker = await startBroker();
-  client = new Client(broker.addr);
+  client = new Client(broker.addr, broker.conn);
 });
 
 after(async () => {
@@ -110,7 +110,7 @@ describe("Client", () => {
     const queue = uniqueQueue("wait");
     const t = await client.enqueue("sum", { a: 2, b: 3 }, { queue });
     const waiting = client.wait(t.id, { timeoutMs: 15_000 });
-    const worker = new Worker(broker.addr, { queues: [queue], handleSignals: false, logger: null });
+    const worker = new Worker(broker.addr, { ...broker.conn, queues: [queue], handleSignals: false, logger: null });
     worker.task("sum", (job) => {
       const { a, b } = job.json();
       return { sum: a + b };
@@ -156,7 +156,12 @@ describe("Client", () => {
     });
 
     const done = await client.enqueue("k", null, { queue: uniqueQueue("finished") });
-    const worker = new Worker(broker.addr, { queues: [done.queue], handleSignals: false, logger: null });
+    const worker = new Worker(broker.addr, {
+      ...broker.conn,
+      queues: [done.queue],
+      handleSignals: false,
+      logger: null,
+    });
     worker.task("k", () => "ok");
     const run = worker.run();
     await client.wait(done.id, { timeoutMs: 10_000 });
@@ -219,7 +224,7 @@ describe("Client", () => {
 
   it("maps an undeclared queue under strict_queues to QueueNotFound", async () => {
     const strict = await startBroker({ config: 'strict_queues = true\n[queues.declared]\n' });
-    const c = new Client(strict.addr);
+    const c = new Client(strict.addr, strict.conn);
     try {
       assert.equal((await c.enqueue("k", null, { queue: "declared" })).queue, "declared");
       await assert.rejects(c.enqueue("k", null, { queue: "undeclared" }), (e: unknown) => {
@@ -238,6 +243,7 @@ describe("Client", () => {
     const retried = new Signal<number>();
     let retries = 0;
     const c = new Client(`127.0.0.1:${port}`, {
+      ...broker.conn, // the late broker is made like this one
       retry: {
         maxAttempts: 50,
         initialMs: 50,
@@ -267,7 +273,10 @@ describe("Client", () => {
   it("gives up with Unavailable after maxAttempts", async () => {
     const port = await freePort();
     let retries = 0;
-    const c = new Client(`127.0.0.1:${port}`, { retry: { maxAttempts: 3, initialMs: 10, onRetry: () => retries++ } });
+    const c = new Client(`127.0.0.1:${port}`, {
+      ...broker.conn,
+      retry: { maxAttempts: 3, initialMs: 10, onRetry: () => retries++ },
+    });
     try {
       await assert.rejects(c.enqueue("k", null), Unavailable);
       assert.equal(retries, 2);
@@ -276,7 +285,7 @@ describe("Client", () => {
     }
   });
 
-  it("speaks TLS when asked: a plaintext broker fails the handshake", async () => {
+  it("speaks TLS when asked: a plaintext broker (secure pass: an untrusted CA) fails the handshake", async () => {
     // By name, so that Node does not warn about an IP address as the TLS server name.
     const c = new Client(`localhost:${broker.port}`, { tls: true, retry: { maxAttempts: 1 }, deadlineMs: 5_000 });
     try {
@@ -288,7 +297,7 @@ describe("Client", () => {
 
   it("sends concurrencyKey and semaphores, and reads them back on the task", async () => {
     const b = await startBroker({ config: "[semaphores.selenium]\nlimit = 1\n" });
-    const c = new Client(b.addr);
+    const c = new Client(b.addr, b.conn);
     try {
       const t = await c.enqueue("k", null, { queue: "browsers", concurrencyKey: "tenant-1", semaphores: ["selenium"] });
       const got = await c.get(t.id);

@@ -6,7 +6,7 @@ import * as assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { Output, REPO_ROOT, startBroker, within } from "./broker";
+import { Output, REPO_ROOT, SECURE, startBroker, within } from "./broker";
 
 const EXAMPLES = path.join(REPO_ROOT, "examples", "node");
 const PACKAGE_ROOT = path.resolve(__dirname, "..", "..");
@@ -20,8 +20,10 @@ function linkPackage(): void {
   fs.symlinkSync(path.relative(path.dirname(link), PACKAGE_ROOT), link, "dir");
 }
 
+const skip = SECURE && "plain pass only: examples/node/*.mjs take only TASKBROKER_ADDR (no CA or token options)";
+
 describe("examples/node", () => {
-  it("producer.mjs and worker.mjs run end to end", async () => {
+  it("producer.mjs and worker.mjs run end to end", { skip }, async () => {
     linkPackage();
     const broker = await startBroker();
     const env = { ...process.env, TASKBROKER_ADDR: broker.addr };

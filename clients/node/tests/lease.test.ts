@@ -12,7 +12,7 @@ let client: Client;
 
 before(async () => {
   broker = await startBroker({ config: '[queues.default]\nlease_duration = "1s"\n' });
-  client = new Client(broker.addr);
+  client = new Client(broker.addr, broker.conn);
 });
 
 after(async () => {
@@ -26,7 +26,7 @@ describe("leases", () => {
     let calls = 0;
     let aborted = false;
     const expiries: number[] = [];
-    const worker = new Worker(broker.addr, { queues: [queue], handleSignals: false, logger: null });
+    const worker = new Worker(broker.addr, { ...broker.conn, queues: [queue], handleSignals: false, logger: null });
     worker.task("long", async (job, signal) => {
       calls++;
       signal.addEventListener("abort", () => (aborted = true));
@@ -59,7 +59,7 @@ describe("leases", () => {
     const started = new Signal<string>();
     const abortedWith = new Signal<unknown>();
     const testOver = new Signal(); // a handler must not outlive a failed test
-    const worker = new Worker(broker.addr, { queues: [queue], handleSignals: false, logger: null });
+    const worker = new Worker(broker.addr, { ...broker.conn, queues: [queue], handleSignals: false, logger: null });
     worker.task("cancel-me", async (job, signal) => {
       if (job.payload.toString() === "after") return "next task ran";
       started.resolve(job.id);

@@ -13,9 +13,10 @@ import { Output, Signal, startBroker, tempDir, uniqueQueue, within } from "./bro
 describe("worker lifecycle", () => {
   it("SIGTERM to a worker process: the running task is acked, not redelivered, and it exits 0", async () => {
     const broker = await startBroker();
-    const client = new Client(broker.addr);
+    const client = new Client(broker.addr, broker.conn);
     const queue = uniqueQueue("sigterm");
-    const proc = spawn(process.execPath, [path.join(__dirname, "fixtures", "sigterm-worker.js"), broker.addr, queue], {
+    const script = path.join(__dirname, "fixtures", "sigterm-worker.js");
+    const proc = spawn(process.execPath, [script, broker.addr, queue, ...broker.scriptArgs], {
       stdio: ["pipe", "pipe", "pipe"],
     });
     const exited = new Promise<number | null>((resolve) => proc.on("exit", (code) => resolve(code)));
@@ -44,12 +45,13 @@ describe("worker lifecycle", () => {
     const dataDir = tempDir("restart");
     const config = 'shutdown_grace = "5s"\n';
     const first = await startBroker({ storage: "embedded", dataDir, config });
-    const client = new Client(first.addr);
+    const client = new Client(first.addr, first.conn);
     const queue = uniqueQueue("restart");
     const started = new Signal<string>();
     const gate = new Signal();
     const ran: string[] = [];
     const worker = new Worker(first.addr, {
+      ...first.conn,
       queues: [queue],
       handleSignals: false,
       logger: null,
@@ -100,13 +102,14 @@ describe("worker lifecycle", () => {
     const dataDir = tempDir("kill");
     const config = '[queues.default]\nlease_duration = "1s"\n';
     const first = await startBroker({ storage: "embedded", dataDir, config });
-    const client = new Client(first.addr);
+    const client = new Client(first.addr, first.conn);
     const queue = uniqueQueue("kill");
     const started = new Signal<string>();
     const aborted = new Signal<unknown>();
     const testOver = new Signal(); // a handler must not outlive a failed test
     const attempts: number[] = [];
     const worker = new Worker(first.addr, {
+      ...first.conn,
       queues: [queue],
       handleSignals: false,
       logger: null,

@@ -12,7 +12,7 @@ let client: Client;
 
 before(async () => {
   broker = await startBroker();
-  client = new Client(broker.addr);
+  client = new Client(broker.addr, broker.conn);
 });
 
 after(async () => {
@@ -26,7 +26,7 @@ async function withWorker(
   register: (w: Worker) => void,
   body: (w: Worker) => Promise<void>,
 ): Promise<void> {
-  const worker = new Worker(broker.addr, { handleSignals: false, logger: null, ...opts });
+  const worker = new Worker(broker.addr, { ...broker.conn, handleSignals: false, logger: null, ...opts });
   register(worker);
   const run = worker.run();
   try {
@@ -231,7 +231,7 @@ describe("Worker", () => {
     const queue = uniqueQueue("stop");
     const started = new Signal<string>();
     const gate = new Signal();
-    const worker = new Worker(broker.addr, { queues: [queue], handleSignals: false, logger: null });
+    const worker = new Worker(broker.addr, { ...broker.conn, queues: [queue], handleSignals: false, logger: null });
     worker.task("slow", async (job) => {
       started.resolve(job.id);
       await gate.promise;
@@ -261,7 +261,12 @@ describe("Worker", () => {
   });
 
   it("run() rejects on a subscription the broker refuses", async () => {
-    const worker = new Worker(broker.addr, { queues: ["not a valid queue!"], handleSignals: false, logger: null });
+    const worker = new Worker(broker.addr, {
+      ...broker.conn,
+      queues: ["not a valid queue!"],
+      handleSignals: false,
+      logger: null,
+    });
     worker.task("k", () => "ok");
     await assert.rejects(within(worker.run(), WAIT_MS, "run() to reject"), (e: unknown) => {
       assert.ok(e instanceof InvalidArgument, String(e));

@@ -27,8 +27,8 @@ S = taskbroker.TaskState
 
 
 def test_enqueue_and_wait_returns_the_finished_task(broker):
-    client = Client(broker.addr)
-    worker = Worker(broker.addr, queues=["emails"], concurrency=2)
+    client = Client(broker.addr, **broker.conn)
+    worker = Worker(broker.addr, **broker.conn, queues=["emails"], concurrency=2)
 
     @worker.task("email.send")
     def send(job):
@@ -48,7 +48,7 @@ def test_enqueue_and_wait_returns_the_finished_task(broker):
 
 
 def test_enqueue_sets_every_field(broker):
-    with Client(broker.addr) as client:
+    with Client(broker.addr, **broker.conn) as client:
         t = client.enqueue(
             "k", {"a": [1, 2]}, queue="fields", priority=7, headers={"tenant": "acme"},
             dedup_key="d-1", max_attempts=3,
@@ -68,7 +68,7 @@ def test_enqueue_sets_every_field(broker):
 
 
 def test_delay_and_run_at_schedule_the_task(broker):
-    with Client(broker.addr) as client:
+    with Client(broker.addr, **broker.conn) as client:
         now = time.time()
         delayed = client.enqueue("k", queue="later", delay=dt.timedelta(seconds=60))
         assert delayed.state == S.Value("TASK_STATE_SCHEDULED")
@@ -80,7 +80,7 @@ def test_delay_and_run_at_schedule_the_task(broker):
 
 
 def test_a_repeated_request_id_returns_the_first_task(broker):
-    with Client(broker.addr) as client:
+    with Client(broker.addr, **broker.conn) as client:
         rid = uuid.uuid4().hex
         first = client.enqueue("k", b"1", queue="idem", request_id=rid)
         second = client.enqueue("k", b"2", queue="idem", request_id=rid)
@@ -88,7 +88,7 @@ def test_a_repeated_request_id_returns_the_first_task(broker):
 
 
 def test_enqueue_many_keeps_order_across_batches_and_reports_bad_items(broker):
-    with Client(broker.addr) as client:
+    with Client(broker.addr, **broker.conn) as client:
         items = [{"kind": "k", "payload": {"i": i}} for i in range(1500)]
         tasks = client.enqueue_many(items, queue="many")
         assert len(tasks) == 1500
@@ -104,7 +104,7 @@ def test_enqueue_many_keeps_order_across_batches_and_reports_bad_items(broker):
 
 
 def test_get_cancel_and_their_errors(broker):
-    with Client(broker.addr) as client:
+    with Client(broker.addr, **broker.conn) as client:
         t = client.enqueue("k", queue="c")
         assert client.get(t.id).state == S.Value("TASK_STATE_READY")
         assert client.cancel(t).state == S.Value("TASK_STATE_CANCELED")
@@ -117,8 +117,8 @@ def test_get_cancel_and_their_errors(broker):
 
 
 def test_cancel_of_a_finished_task_is_task_finished(broker):
-    with Client(broker.addr) as client:
-        worker = Worker(broker.addr, queues=["fin"])
+    with Client(broker.addr, **broker.conn) as client:
+        worker = Worker(broker.addr, **broker.conn, queues=["fin"])
         worker.register("k", lambda job: None)
         t = client.enqueue("k", queue="fin")
         with running(worker):
@@ -129,7 +129,7 @@ def test_cancel_of_a_finished_task_is_task_finished(broker):
 
 
 def test_bad_input_is_invalid_argument_naming_the_field(broker):
-    with Client(broker.addr) as client:
+    with Client(broker.addr, **broker.conn) as client:
         with pytest.raises(InvalidArgument) as e:
             client.enqueue("k", queue="q", priority=10)
         err = e.value
@@ -142,7 +142,7 @@ def test_bad_input_is_invalid_argument_naming_the_field(broker):
 
 
 def test_wait_times_out(broker):
-    with Client(broker.addr) as client:
+    with Client(broker.addr, **broker.conn) as client:
         t = client.enqueue("k", queue="nobody")
         started = time.monotonic()
         with pytest.raises(Timeout) as e:
@@ -153,7 +153,7 @@ def test_wait_times_out(broker):
 
 def test_concurrency_key_needs_an_api_that_has_it(broker):
     has_field = "concurrency_key" in producer_pb2.EnqueueRequest.DESCRIPTOR.fields_by_name
-    with Client(broker.addr) as client:
+    with Client(broker.addr, **broker.conn) as client:
         if has_field:  # the proto grew the field: it must reach the broker
             t = client.enqueue("k", queue="ck", concurrency_key="tenant-1")
             assert t.id
@@ -164,7 +164,7 @@ def test_concurrency_key_needs_an_api_that_has_it(broker):
 
 def test_concurrency_key_and_semaphores_reach_the_broker_and_come_back(make_broker):
     b = make_broker(config="[semaphores.selenium]\nlimit = 1\n").start()
-    with Client(b.addr) as client:
+    with Client(b.addr, **b.conn) as client:
         t = client.enqueue("k", queue="browsers", concurrency_key="tenant-1", semaphores=["selenium"])
         got = client.get(t.id)
         assert (got.concurrency_key, list(got.semaphores)) == ("tenant-1", ["selenium"])
@@ -177,14 +177,14 @@ def test_unavailable_is_retried_until_the_broker_is_up(make_broker):
     b = make_broker().start()
     port = b.port
     b.stop()
-    with Client(f"127.0.0.1:{port}", retry_for=0) as client:
+    with Client(f"127.0.0.1:{port}", **b.conn, retry_for=0) as client:
         with pytest.raises(Unavailable):
             client.get("01ARZ3NDEKTSV4RRFFQ69G5FAV")
     late = make_broker()
     starter = threading.Timer(0.5, late.start, kwargs={"listen": f"127.0.0.1:{port}"})
     starter.start()
     try:
-        with Client(f"http://127.0.0.1:{port}", retry_for=20) as client:
+        with Client(f"http://127.0.0.1:{port}", **late.conn, retry_for=20) as client:
             t = client.enqueue("k", queue="retried")
             assert client.get(t.id).queue == "retried"
     finally:
@@ -193,8 +193,8 @@ def test_unavailable_is_retried_until_the_broker_is_up(make_broker):
 
 def test_async_client(broker):
     async def main():
-        async with AsyncClient(broker.addr) as client:
-            worker = Worker(broker.addr, queues=["aq"], concurrency=4, handle_signals=False)
+        async with AsyncClient(broker.addr, **broker.conn) as client:
+            worker = Worker(broker.addr, **broker.conn, queues=["aq"], concurrency=4, handle_signals=False)
 
             @worker.task("double")
             async def double(job):

@@ -23,8 +23,8 @@ def test_process_span_is_a_child_of_the_producers_span(broker):
     trace.set_tracer_provider(provider)
     tracer = trace.get_tracer("test")
 
-    client = Client(broker.addr)
-    worker = Worker(broker.addr, queues=["traced"])
+    client = Client(broker.addr, **broker.conn)
+    worker = Worker(broker.addr, **broker.conn, queues=["traced"])
     seen = {}
 
     @worker.task("k")

@@ -1,8 +1,9 @@
 """TLS and bearer tokens reach the server.
 
-The broker does not terminate TLS or check tokens yet, so these tests stand up
-a real gRPC server (grpcio, over loopback TLS with a throwaway certificate from
-the openssl CLI) that implements GetTask and records the call's metadata.
+These tests stand up their own gRPC server (grpcio, over loopback TLS with a
+throwaway certificate from the openssl CLI) that implements GetTask and records
+each call's metadata, so they see exactly what the client sends. The real
+broker with TLS and auth on is the secure pass (see conftest.py, test_auth.py).
 """
 
 from __future__ import annotations
@@ -14,9 +15,14 @@ from concurrent import futures
 
 import grpc
 import pytest
+from conftest import SECURE
 
 from taskbroker import TLS, AsyncClient, Client, Unavailable
 from taskbroker.v1 import producer_pb2, task_pb2
+
+pytestmark = pytest.mark.skipif(
+    SECURE, reason="plain pass only: these tests use their own gRPC server (TLS and tokens under test), no broker"
+)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import FAST_RETRIES, python_script, running
+from conftest import FAST_RETRIES, Broker, python_script, running
 
 import taskbroker
 from taskbroker import Client, NoRetry, Retry, Worker
@@ -23,8 +23,8 @@ HERE = Path(__file__).resolve().parent
 
 
 def test_return_values_become_ack_results(broker):
-    client = Client(broker.addr)
-    worker = Worker(broker.addr, queues=["results"], concurrency=4)
+    client = Client(broker.addr, **broker.conn)
+    worker = Worker(broker.addr, **broker.conn, queues=["results"], concurrency=4)
     worker.register("bytes", lambda job: b"\x00raw")
     worker.register("str", lambda job: "text")
     worker.register("none", lambda job: None)
@@ -59,8 +59,8 @@ def test_return_values_become_ack_results(broker):
 
 
 def test_an_exception_nacks_with_the_traceback_tail_and_is_retried(broker):
-    client = Client(broker.addr)
-    worker = Worker(broker.addr, queues=["fail"], concurrency=2)
+    client = Client(broker.addr, **broker.conn)
+    worker = Worker(broker.addr, **broker.conn, queues=["fail"], concurrency=2)
 
     @worker.task("always")
     def always(job):
@@ -93,8 +93,8 @@ def test_an_exception_nacks_with_the_traceback_tail_and_is_retried(broker):
 
 
 def test_retry_after_and_no_retry(broker):
-    client = Client(broker.addr)
-    worker = Worker(broker.addr, queues=["ctl"], concurrency=2)
+    client = Client(broker.addr, **broker.conn)
+    worker = Worker(broker.addr, **broker.conn, queues=["ctl"], concurrency=2)
     seen = []
 
     @worker.task("later")
@@ -121,8 +121,8 @@ def test_retry_after_and_no_retry(broker):
 
 
 def test_an_unknown_kind_is_nacked_without_retry(broker):
-    client = Client(broker.addr)
-    worker = Worker(broker.addr, queues=["mixed"])
+    client = Client(broker.addr, **broker.conn)
+    worker = Worker(broker.addr, **broker.conn, queues=["mixed"])
     worker.register("known", lambda job: "ok")
     t = client.enqueue("unknown.kind", queue="mixed", max_attempts=5)
     with running(worker):
@@ -133,9 +133,9 @@ def test_an_unknown_kind_is_nacked_without_retry(broker):
 
 def test_a_3s_handler_keeps_its_1s_lease(make_broker):
     b = make_broker(config=FAST_RETRIES + 'lease_duration = "1s"\n').start()
-    client = Client(b.addr)
+    client = Client(b.addr, **b.conn)
     calls = []
-    worker = Worker(b.addr, queues=["long"], concurrency=2)
+    worker = Worker(b.addr, **b.conn, queues=["long"], concurrency=2)
 
     @worker.task("sync-slow")
     def sync_slow(job):
@@ -162,8 +162,8 @@ def test_a_3s_handler_keeps_its_1s_lease(make_broker):
 
 
 def test_lease_lost_cancels_the_handler(broker):
-    client = Client(broker.addr)
-    worker = Worker(broker.addr, queues=["lost"], concurrency=1)
+    client = Client(broker.addr, **broker.conn)
+    worker = Worker(broker.addr, **broker.conn, queues=["lost"], concurrency=1)
     started: "queue.Queue[str]" = queue.Queue()
     cancelled: "queue.Queue[tuple]" = queue.Queue()
 
@@ -198,9 +198,9 @@ def test_lease_lost_cancels_the_handler(broker):
         assert client.wait(after, timeout=10).state == SUCCEEDED
 
 
-def _peak(handler_kind: str, broker_addr: str) -> int:
-    client = Client(broker_addr)
-    worker = Worker(broker_addr, queues=[f"cap-{handler_kind}"], concurrency=3)
+def _peak(handler_kind: str, broker: Broker) -> int:
+    client = Client(broker.addr, **broker.conn)
+    worker = Worker(broker.addr, **broker.conn, queues=[f"cap-{handler_kind}"], concurrency=3)
     lock = threading.Lock()
     now = [0]
     peak = [0]
@@ -234,13 +234,13 @@ def _peak(handler_kind: str, broker_addr: str) -> int:
 
 
 def test_concurrency_cap_is_honoured(broker):
-    assert _peak("async", broker.addr) == 3
-    assert _peak("sync", broker.addr) == 3
+    assert _peak("async", broker) == 3
+    assert _peak("sync", broker) == 3
 
 
 def test_weighted_mode_serves_every_queue(broker):
-    client = Client(broker.addr)
-    worker = Worker(broker.addr, queues=["heavy", "light"], concurrency=2, mode="weighted",
+    client = Client(broker.addr, **broker.conn)
+    worker = Worker(broker.addr, **broker.conn, queues=["heavy", "light"], concurrency=2, mode="weighted",
                     weights={"heavy": 3, "light": 1})
     worker.register("k", lambda job: job.queue)
     tasks = client.enqueue_many(["k"] * 6, queue="heavy") + client.enqueue_many(["k"] * 2, queue="light")
@@ -250,9 +250,10 @@ def test_weighted_mode_serves_every_queue(broker):
 
 
 def test_sigterm_drains_the_running_task_and_exits(broker, tmp_path):
-    client = Client(broker.addr)
+    client = Client(broker.addr, **broker.conn)
     log = open(tmp_path / "worker.log", "wb")
-    proc = python_script(HERE / "drain_worker.py", broker.addr, "drain", stdout=subprocess.PIPE, stderr=log)
+    proc = python_script(HERE / "drain_worker.py", broker.addr, "drain", *broker.script_args(),
+                         stdout=subprocess.PIPE, stderr=log)
     lines: "queue.Queue[str]" = queue.Queue()
     threading.Thread(target=lambda: [lines.put(x.decode().strip()) for x in proc.stdout], daemon=True).start()
     try:
@@ -279,8 +280,8 @@ def test_the_worker_reconnects_after_a_broker_restart(make_broker, tmp_path):
     data = tmp_path / "data"
     first = make_broker(storage="embedded", data_dir=data).start()
     port = first.port
-    client = Client(first.addr)
-    worker = Worker(first.addr, queues=["rc"], concurrency=2, max_reconnect_delay=0.5)
+    client = Client(first.addr, **first.conn)
+    worker = Worker(first.addr, **first.conn, queues=["rc"], concurrency=2, max_reconnect_delay=0.5)
     worker.register("echo", lambda job: job.payload)
     with running(worker):
         assert client.wait(client.enqueue("echo", b"before", queue="rc"), timeout=10).result == b"before"
@@ -293,8 +294,8 @@ def test_the_worker_reconnects_after_a_broker_restart(make_broker, tmp_path):
 
 
 def test_drain_timeout_gives_running_tasks_back(broker):
-    client = Client(broker.addr)
-    worker = Worker(broker.addr, queues=["stuck"], drain_timeout=0.5)
+    client = Client(broker.addr, **broker.conn)
+    worker = Worker(broker.addr, **broker.conn, queues=["stuck"], drain_timeout=0.5)
     started = threading.Event()
     lost = []
 
@@ -318,7 +319,7 @@ def test_drain_timeout_gives_running_tasks_back(broker):
 
 
 def test_a_refused_subscription_is_raised_not_retried(broker):
-    worker = Worker(broker.addr, queues=["not a queue name!"])
+    worker = Worker(broker.addr, **broker.conn, queues=["not a queue name!"])
     worker.register("k", lambda job: None)
     started = time.monotonic()
     try:
