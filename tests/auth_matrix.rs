@@ -389,3 +389,32 @@ async fn a_stream_may_not_settle_tasks_of_queues_it_may_not_consume() {
     assert_eq!(task.state, pb::TaskState::Leased as i32, "the foreign ack settled nothing");
     running.shutdown().await.unwrap();
 }
+
+/// A ListServices call over reflection v1 with `token`.
+async fn reflect(channel: Channel, token: Option<&str>) -> Result<(), Status> {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut client = ServerReflectionClient::with_interceptor(channel, common::secure::Bearer::new(token));
+    let mut stream = client.server_reflection_info(tokio_stream::iter([req])).await?.into_inner();
+    stream.message().await.map(drop)
+}
+
+#[tokio::test]
+async fn reflection_is_open_unless_protected() {
+    let running = secure::start(&config()).await;
+    let channel = secure::connect(running.addr, None).await.unwrap();
+    let refused = reflect(channel.clone(), None).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "protect_reflection = true");
+    reflect(channel, Some("t-inspector")).await.expect("any principal may reflect");
+    running.shutdown().await.unwrap();
+
+    let open =
+        secure::start(&config().replace("protect_reflection = true", "protect_reflection = false")).await;
+    reflect(secure::connect(open.addr, None).await.unwrap(), None).await.expect("open by default");
+    open.shutdown().await.unwrap();
+}

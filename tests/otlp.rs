@@ -164,3 +164,50 @@ async fn one_trace_runs_from_the_producer_through_the_broker_to_the_worker() {
     assert_eq!(attr(&process, "messaging.message.id").as_deref(), Some(task.id.as_str()));
     drop(broker);
 }
+
+#[tokio::test]
+async fn the_call_span_names_the_principal_and_never_the_token() {
+    let received = Received::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let server = tonic::transport::Server::builder()
+        .add_service(TraceServiceServer::new(received.clone()))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+    tokio::spawn(server);
+
+    let dir = tempfile::tempdir().unwrap();
+    let token = "tbk_span-test-token";
+    let hash = taskbroker::security::authn::hex(&taskbroker::security::authn::token_hash(token));
+    let config = dir.path().join("taskbroker.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[auth]\nenabled = true\n[[auth.principals]]\nname = \"billing-api\"\ntoken_sha256 = \"{hash}\"\n\
+             grants = [{{ actions = [\"enqueue\"], queues = [\"*\"] }}]\n"
+        ),
+    )
+    .unwrap();
+    let mut cmd = serve::command(&["--storage", "memory", "--config", config.to_str().unwrap()]);
+    otel_env(&mut cmd, &endpoint);
+    let broker = ServeProcess::spawn("broker", cmd, &dir.path().join("broker.log")).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", broker.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let bearer: tonic::metadata::AsciiMetadataValue = format!("Bearer {token}").parse().unwrap();
+    let mut producer = pb::producer_service_client::ProducerServiceClient::with_interceptor(
+        channel,
+        move |mut req: tonic::Request<()>| {
+            req.metadata_mut().insert("authorization", bearer.clone());
+            Ok(req)
+        },
+    );
+    let req = pb::EnqueueRequest { queue: "q".into(), kind: "k".into(), ..Default::default() };
+    producer.enqueue(req).await.unwrap();
+    let (_, enqueue) = span_named(&received, "taskbroker.v1.ProducerService/Enqueue").await;
+    assert_eq!(attr(&enqueue, "principal").as_deref(), Some("billing-api"));
+    let everything = format!("{:?}", received.spans.lock().unwrap());
+    assert!(!everything.contains(token), "the token is in no span");
+    drop(broker);
+}
