@@ -7,6 +7,7 @@ worker run with the credentials the chart gives them."""
 
 from __future__ import annotations
 
+import re
 import ssl
 import tomllib
 import urllib.error
@@ -15,10 +16,12 @@ import urllib.request
 import grpc
 import helm_python
 import pytest
+import yaml
 from helm_python import Chart
 
-from conftest import CHART, NAMESPACE, RELEASE, TOKENS, VALUE_SETS, Kubelet, broker_toml, find, one, render, sha256
-from test_broker_runs_it import on_path, run_pod
+from conftest import (CHART, NAMESPACE, RELEASE, ROOT, TOKENS, VALUE_SETS, Kubelet, broker_toml, find, one, render,
+                      sha256)
+from test_broker_runs_it import config_check, on_path, run_pod
 from test_objects import broker_container, broker_workload, env_of
 
 FULLNAME = f"{RELEASE}-taskbroker"
@@ -333,3 +336,19 @@ def test_metrics_are_https_and_need_the_service_monitors_token(secure_broker, cl
     assert status == 200 and "taskbroker_" in body
     assert scrape(url, ca, None)[0] == 401
     assert scrape(url, ca, TOKENS["mailer"])[0] == 403, "a token without inspect on * is refused"
+
+
+def test_the_readmes_tls_and_tokens_example_installs_and_passes_the_config_check(taskbroker_bin, tmp_path):
+    """The values of README's "Kubernetes with TLS and tokens" render, lint and configure a valid broker."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("#### Kubernetes with TLS and tokens"):readme.index("### Upgrades and rollbacks")]
+    (values_text,) = [b for b in re.findall(r"```yaml\n(.*?)```", section, re.S) if b.startswith("tls:")]
+    values = yaml.safe_load(values_text)
+    docs = render(values)
+    report = helm_python.lint(CHART, values=values, strict=True)
+    assert not report["errors"] and not [m for m in report["messages"] if m["severity"] >= 2], report
+    run = config_check(taskbroker_bin, broker_toml(docs), tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    mailer = one(docs, "Deployment", f"{FULLNAME}-worker-mailer")["spec"]["template"]["spec"]["containers"][0]
+    assert env_of(mailer)["TASKBROKER_TOKEN"] == {"secretKeyRef": {"name": "tb-mailer-token", "key": "token"}}
+    assert broker_container(docs)["readinessProbe"]["grpc"]["port"] == 50052
