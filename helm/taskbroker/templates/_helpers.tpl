@@ -235,8 +235,9 @@ fix, so a setting that would leave the broker or its clients refused fails
 {{- if and (or $tls.clientAuth $tls.admin) (not $tls.enabled) -}}
 {{- fail "tls.clientAuth and tls.admin need tls.enabled" -}}
 {{- end -}}
-{{- if and $tls.enabled (or (eq (int $tls.healthPort) (int .Values.service.port)) (and .Values.metrics.enabled (eq (int $tls.healthPort) (int .Values.metrics.port)))) -}}
-{{- fail (printf "tls.healthPort (%d) must differ from service.port and metrics.port" (int $tls.healthPort)) -}}
+{{- $adminPort := ternary .Values.metrics.port 9090 .Values.metrics.enabled -}}
+{{- if and $tls.enabled (or (eq (int $tls.healthPort) (int .Values.service.port)) (eq (int $tls.healthPort) (int $adminPort))) -}}
+{{- fail (printf "tls.healthPort (%d) must differ from service.port and the admin port (metrics.port, or 9090 on loopback)" (int $tls.healthPort)) -}}
 {{- end -}}
 {{- if and $auth.enabled (not $auth.principals) -}}
 {{- fail "auth.principals: auth.enabled but no principal is declared (nobody could call)" -}}
