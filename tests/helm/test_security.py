@@ -19,8 +19,8 @@ import pytest
 import yaml
 from helm_python import Chart
 
-from conftest import (CHART, NAMESPACE, RELEASE, ROOT, TOKENS, VALUE_SETS, Kubelet, broker_toml, find, one, render,
-                      sha256)
+from conftest import (CHART, NAMESPACE, RELEASE, ROOT, TOKENS, VALUE_SETS, Kubelet, broker_toml, find, notes, one,
+                      render, sha256)
 from test_broker_runs_it import config_check, on_path, run_pod
 from test_objects import broker_container, broker_workload, env_of
 
@@ -143,6 +143,10 @@ def test_keda_connects_over_tls_with_its_own_client_certificate():
         assert trigger["authenticationRef"] == {"name": f"{FULLNAME}-keda"}
         assert trigger["metadata"]["scalerAddress"] == f"{SERVICE}:50051", "the name the certificate carries"
     assert not find(render(VALUE_SETS["workers-keda"]), "TriggerAuthentication"), "none without TLS"
+    # TLS without mTLS: the CA alone.
+    plain_tls = {**VALUE_SETS["workers-keda"], "tls": {"enabled": True, "secretName": "tb-tls"}}
+    (auth,) = find(render(plain_tls), "TriggerAuthentication")
+    assert auth["spec"]["secretTargetRef"] == [{"parameter": "caCert", "name": "tb-tls", "key": "ca.crt"}]
 
 
 def test_the_service_monitor_scrapes_https_with_a_token():
@@ -355,3 +359,11 @@ def test_the_readmes_tls_and_tokens_example_installs_and_passes_the_config_check
     mailer = one(docs, "Deployment", f"{FULLNAME}-worker-mailer")["spec"]["template"]["spec"]["containers"][0]
     assert env_of(mailer)["TASKBROKER_TOKEN"] == {"secretKeyRef": {"name": "tb-mailer-token", "key": "token"}}
     assert broker_container(docs)["readinessProbe"]["grpc"]["port"] == 50052
+
+
+def test_notes_give_the_https_address_and_the_ca():
+    text = notes(VALUES)
+    assert f"https://{SERVICE}:50051" in text
+    assert "CA of Secret tb-tls" in text and "port 50053 for probes" in text
+    assert "--tls-ca ca.crt --tls-cert client.crt --tls-key client.key --token" in text
+    assert "asks for a token" in text and "has no login" not in text
