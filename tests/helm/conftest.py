@@ -8,9 +8,13 @@ tests/helm/requirements.txt, the broker from $TASKBROKER_BIN).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import queue
+import re
+import shutil
 import subprocess
+import tempfile
 import threading
 from pathlib import Path
 
@@ -33,7 +37,7 @@ NAMESPACE = "jobs"
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and a recent one.
 KUBE_VERSIONS = ["1.30.0", "1.33.0"]
 # Kinds from CRDs; kubernetes-validate has no schema for them.
-CRD_KINDS = {"ServiceMonitor", "ScaledObject"}
+CRD_KINDS = {"ServiceMonitor", "ScaledObject", "TriggerAuthentication"}
 
 QUEUES = {
     "default": {
@@ -52,6 +56,32 @@ ROUTES = [
     {"kind": "report.daily", "queue": "reports.daily"},
     {"kind": "browse.*", "queue": "browsers", "semaphores": ["selenium"]},
 ]
+
+
+def sha256(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+# Bearer tokens of the tls-auth value set, as `taskbroker token new` makes
+# them; the chart only ever sees their hashes (values or the tokens Secret).
+TOKENS = {
+    "mailer": "tbk_6d61696c6572d1f0c6e5b3a4a2f0e9d8c7b6a5f4e3d2c1b0a9f8e7d6c5b4a3f2",
+    "producer": "tbk_70726f6475636572a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718",
+    "helm-test": "tbk_68656c6d2d74657374f0e1d2c3b4a5968778695a4b3c2d1e0f1e2d3c4b5a6978",
+    "prometheus": "tbk_70726f6d65746865757309f8e7d6c5b4a392817f6e5d4c3b2a1908f7e6d5c4b3",
+}
+# The tls-auth set's Secrets that hold tokens (the test and the worker pods'
+# tokenSecret, the ServiceMonitor's bearerTokenSecret, the broker's tokens
+# file); the certificate Secrets are made by the `cluster_secrets` fixture.
+TOKEN_SECRETS = {
+    "tb-mailer-token": {"token": TOKENS["mailer"]},
+    "tb-helm-test-token": {"token": TOKENS["helm-test"]},
+    "tb-prometheus-token": {"token": TOKENS["prometheus"]},
+    "tb-producer-token": {"token": TOKENS["producer"]},
+    # Only helm-test's hash lives here: a token can be added or rotated
+    # without a new release.
+    "tb-tokens": {"tokens": f"# SHA256HEX NAME\n{sha256(TOKENS['helm-test'])} helm-test\n"},
+}
 
 # The value sets every check runs on.
 VALUE_SETS = {
@@ -89,6 +119,40 @@ VALUE_SETS = {
              "command": ["python", "-m", "reports.worker"],
              "env": [{"name": "LOG_LEVEL", "value": "debug"}],
              "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}},
+        ],
+    },
+    "tls-auth": {
+        # TLS from a cert-manager Secret, mTLS against a separate client CA,
+        # HTTPS admin port, [auth] with token and certificate principals, a
+        # tokens Secret, and every client of the release given its credentials.
+        "storage": "redis",
+        "redis": {"existingSecret": "redis-credentials", "existingSecretKey": "url"},
+        "tls": {"enabled": True, "secretName": "tb-tls", "clientAuth": True, "clientCaSecretName": "tb-client-ca",
+                "admin": True, "healthPort": 50053, "kedaClientCertSecret": "tb-keda-client"},
+        "auth": {"enabled": True, "tokensSecret": "tb-tokens", "principals": [
+            {"name": "mailer", "tokenSha256": sha256(TOKENS["mailer"]),
+             "grants": [{"actions": ["consume"], "queues": ["emails", "emails.*"]}]},
+            {"name": "producer", "tokenSha256": sha256(TOKENS["producer"]),
+             "grants": [{"actions": ["enqueue", "inspect"], "queues": ["emails", "emails.*"]}]},
+            {"name": "helm-test",  # its hash is in the tokens Secret
+             "grants": [{"actions": ["enqueue", "consume"], "queues": ["taskbroker-helm-test"]}]},
+            {"name": "prometheus", "tokenSha256": sha256(TOKENS["prometheus"]),
+             "grants": [{"actions": ["inspect"], "queues": ["*"]}]},
+            {"name": "keda", "mtlsSubject": "CN=keda",
+             "grants": [{"actions": ["inspect"], "queues": ["*"]}]},
+            {"name": "reports", "mtlsSan": "spiffe://cluster.local/ns/jobs/sa/reports",
+             "grants": [{"actions": ["consume"], "queues": ["reports"]}]},
+        ]},
+        "metrics": {"enabled": True, "serviceMonitor": {
+            "enabled": True, "bearerTokenSecret": {"name": "tb-prometheus-token", "key": "token"}}},
+        "tests": {"tokenSecret": {"name": "tb-helm-test-token", "key": "token"}, "clientCertSecret": "tb-client"},
+        "workers": [
+            {"name": "mailer", "queues": ["emails", "emails.bulk"], "command": ["sh", "-c", 'echo "sent $(cat)"'],
+             "tokenSecret": {"name": "tb-mailer-token", "key": "token"}, "clientCertSecret": "tb-client",
+             "keda": {"enabled": True, "maxReplicaCount": 5}},
+            # A client-library worker identified by its certificate alone.
+            {"name": "reports", "wrap": False, "queues": ["reports"], "command": ["python", "-m", "reports.worker"],
+             "clientCertSecret": "tb-reports-client"},
         ],
     },
     "raw-config": {
@@ -151,28 +215,52 @@ def taskbroker_bin() -> Path:
 
 
 class Broker:
-    """A real `taskbroker serve --storage memory` on 127.0.0.1:0, with `config` if given."""
+    """A real `taskbroker serve --storage memory` on 127.0.0.1:0, with `config` if given.
 
-    def __init__(self, binary: Path, config: Path | None = None):
+    With `tls`, the config's TLS is on: the URL is https://, and the plaintext
+    health port and the admin port (moved to 127.0.0.1:0) are read from the
+    broker's start-up lines into `health` and `admin` (HOST:PORT)."""
+
+    def __init__(self, binary: Path, config: Path | None = None, *, tls: bool = False):
         env = {k: v for k, v in os.environ.items() if not k.startswith("TASKBROKER_")}
         args = [str(binary), "serve", "--storage", "memory", "--listen", "127.0.0.1:0"]
         if config is not None:
             args += ["--config", str(config)]
+        expected = {"listening on "}
+        if tls:
+            args += ["--health-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]
+            expected |= {"health at ", "dashboard at "}
+        printed = {}
+        self.stderr = tempfile.TemporaryFile("w+")
         self.proc = subprocess.Popen(
             args,
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True, env=env,
+            stdout=subprocess.PIPE, stderr=self.stderr, stdin=subprocess.DEVNULL, text=True, env=env,
         )
-        lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=lambda: [lines.put(line) for line in self.proc.stdout], daemon=True).start()
+        lines: queue.Queue[str | None] = queue.Queue()
+
+        def read() -> None:
+            for line in self.proc.stdout:
+                lines.put(line)
+            lines.put(None)
+
+        threading.Thread(target=read, daemon=True).start()
         while True:
             try:
                 line = lines.get(timeout=30)
             except queue.Empty:
+                line = None
+            if line is None:  # exited (a bad config, a missing file) or silent for 30 s
                 self.stop()
-                pytest.fail("the broker did not print `listening on ADDR` within 30 s")
-            if line.startswith("listening on "):
-                self.url = "http://" + line.removeprefix("listening on ").strip()
-                return
+                self.stderr.seek(0)
+                pytest.fail(f"the broker did not print {sorted(expected - set(printed))}: {self.stderr.read()[-3000:]}")
+            for prefix in expected:
+                if line.startswith(prefix):
+                    printed[prefix] = line.removeprefix(prefix).strip()
+            if set(printed) == expected:
+                break
+        self.url = ("https://" if tls else "http://") + printed["listening on "]
+        self.health = printed.get("health at ")
+        self.admin = printed.get("dashboard at ")
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -188,8 +276,8 @@ def start_broker(taskbroker_bin: Path):
     """Starts brokers (`start_broker(config=None)`) and stops them after the test."""
     started = []
 
-    def start(config: Path | None = None) -> Broker:
-        started.append(Broker(taskbroker_bin, config))
+    def start(config: Path | None = None, *, tls: bool = False) -> Broker:
+        started.append(Broker(taskbroker_bin, config, tls=tls))
         return started[-1]
 
     yield start
@@ -200,3 +288,96 @@ def start_broker(taskbroker_bin: Path):
 @pytest.fixture(scope="session")
 def helm_version() -> str:
     return helm_python.helm_sdk_version()
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    run = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, f"openssl {' '.join(args)}: {run.stderr}"
+
+
+@pytest.fixture(scope="session")
+def cluster_secrets(tmp_path_factory) -> dict[str, dict[str, str]]:
+    """The Secrets the tls-auth value set names, as the cluster would hold
+    them: a server certificate from one CA (what cert-manager puts in tb-tls:
+    tls.crt, tls.key, ca.crt) naming the Service and 127.0.0.1, client
+    certificates from a second CA (tb-client-ca), and the token Secrets."""
+    if shutil.which("openssl") is None:
+        pytest.fail("the TLS checks make certificates with openssl: apt-get install openssl (./scripts/test does)")
+    d = tmp_path_factory.mktemp("pki")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+
+    def ca(name: str) -> None:
+        openssl("req", "-x509", *ec, "-keyout", f"{name}.key", "-out", f"{name}.crt", "-days", "2",
+                "-subj", f"/CN={name}", cwd=d)
+
+    def leaf(name: str, issuer: str, subject: str, ext: str) -> dict[str, str]:
+        openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject, cwd=d)
+        (d / f"{name}.ext").write_text(f"basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n{ext}\n")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{issuer}.crt", "-CAkey", f"{issuer}.key",
+                "-CAcreateserial", "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext", cwd=d)
+        return {"tls.crt": (d / f"{name}.crt").read_text(), "tls.key": (d / f"{name}.key").read_text()}
+
+    ca("server-ca")
+    ca("client-ca")
+    server = leaf("server", "server-ca", "/CN=tb-taskbroker",
+                  "extendedKeyUsage=serverAuth\nsubjectAltName=DNS:tb-taskbroker.jobs.svc,IP:127.0.0.1")
+    client = "extendedKeyUsage=clientAuth"
+    return {
+        "tb-tls": {**server, "ca.crt": (d / "server-ca.crt").read_text()},
+        "tb-client-ca": {"ca.crt": (d / "client-ca.crt").read_text()},
+        "tb-client": leaf("client", "client-ca", "/CN=helm-worker", client),
+        "tb-keda-client": leaf("keda", "client-ca", "/CN=keda", client),
+        "tb-reports-client": leaf("reports", "client-ca", "/CN=reports",
+                                  client + "\nsubjectAltName=URI:spiffe://cluster.local/ns/jobs/sa/reports"),
+        **TOKEN_SECRETS,
+    }
+
+
+class Kubelet:
+    """Does for a process on this machine what the kubelet does for a
+    container: materializes its Secret, ConfigMap and emptyDir volumes at their
+    mountPath under `root` (only the listed `items` when given; a missing key
+    fails, as it fails the pod), resolves its env (value and secretKeyRef), and
+    maps absolute paths inside those mounts to where they are under `root`.
+    Paths outside every mount are left alone, so a path the chart names but
+    does not mount is missing for the broker as it would be in the pod."""
+
+    def __init__(self, root: Path, secrets: dict[str, dict[str, str]], configmaps: dict[str, dict[str, str]]):
+        self.root, self.secrets, self.configmaps = root, secrets, configmaps
+        self.mounts: list[str] = []
+
+    def mount(self, pod: dict, container: dict) -> None:
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        for m in container.get("volumeMounts", []):
+            volume = volumes[m["name"]]
+            target = self.root / m["mountPath"].lstrip("/")
+            target.mkdir(parents=True, exist_ok=True)
+            self.mounts.append(m["mountPath"])
+            if "secret" in volume:
+                source, data = volume["secret"], self.secrets[volume["secret"]["secretName"]]
+            elif "configMap" in volume:
+                source, data = volume["configMap"], self.configmaps[volume["configMap"]["name"]]
+            else:
+                assert "emptyDir" in volume, volume
+                continue
+            files = {i["path"]: data[i["key"]] for i in source["items"]} if "items" in source else data
+            for name, content in files.items():
+                (target / name).write_text(content)
+
+    def path(self, path: str) -> str:
+        if any(path == mp or path.startswith(mp.rstrip("/") + "/") for mp in self.mounts):
+            return str(self.root / path.lstrip("/"))
+        return path
+
+    def paths_in_toml(self, text: str) -> str:
+        return re.sub(r'"(/[^"]*)"', lambda m: f'"{self.path(m[1])}"', text)
+
+    def env(self, container: dict) -> dict[str, str]:
+        env = {}
+        for e in container.get("env", []):
+            if "value" in e:
+                env[e["name"]] = self.path(e["value"]) if e["value"].startswith("/") else e["value"]
+            else:
+                ref = e["valueFrom"]["secretKeyRef"]
+                env[e["name"]] = self.secrets[ref["name"]][ref["key"]]
+        return env

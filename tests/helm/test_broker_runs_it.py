@@ -90,15 +90,22 @@ def container_command(c: dict) -> list[str]:
     return c.get("command", ["taskbroker"]) + c.get("args", [])
 
 
-def run_pod(spec: dict, server: str, env: dict) -> subprocess.CompletedProcess:
-    """Runs the Pod's sidecars in the background and its container to the end."""
-    env = {**env, "TASKBROKER_SERVER": server}
-    sidecars = [subprocess.Popen(container_command(c), env=env, stdin=subprocess.DEVNULL,
+def run_pod(spec: dict, server: str, env: dict, container_env=None) -> subprocess.CompletedProcess:
+    """Runs the Pod's sidecars in the background and its container to the end.
+
+    `container_env(container)`, if given, adds that container's own env (as
+    the kubelet resolves it); TASKBROKER_SERVER always points at `server`."""
+
+    def env_of(c: dict) -> dict:
+        return {**env, **(container_env(c) if container_env else {}), "TASKBROKER_SERVER": server}
+
+    sidecars = [subprocess.Popen(container_command(c), env=env_of(c), stdin=subprocess.DEVNULL,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 for c in spec.get("initContainers", []) if c.get("restartPolicy") == "Always"]
     try:
         (main,) = spec["containers"]
-        return subprocess.run(container_command(main), env=env, capture_output=True, text=True, timeout=TIMEOUT)
+        return subprocess.run(container_command(main), env=env_of(main), capture_output=True, text=True,
+                              timeout=TIMEOUT)
     finally:
         for p in sidecars:
             p.terminate()

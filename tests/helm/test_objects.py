@@ -82,7 +82,10 @@ def test_probes_check_the_grpc_port(values):
     assert port["containerPort"] == 50051
     assert env_of(container)["TASKBROKER_LISTEN"] == "0.0.0.0:50051"
     readiness = container["readinessProbe"]
-    assert readiness["grpc"] == {"port": 50051, "service": ""}, "native gRPC health of the whole server"
+    tls = values.get("tls", {})
+    # With TLS the kubelet (no TLS client) asks the plaintext health port.
+    health = tls.get("healthPort", 50052) if tls.get("enabled") else 50051
+    assert readiness["grpc"] == {"port": health, "service": ""}, "native gRPC health of the whole server"
     assert container["livenessProbe"]["tcpSocket"] == {"port": "grpc"}, "liveness must not depend on storage"
     assert container["startupProbe"]["tcpSocket"] == {"port": "grpc"}
     service = one(docs, "Service", FULLNAME)
