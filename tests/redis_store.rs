@@ -526,8 +526,15 @@ async fn a_redis_written_in_another_key_layout_is_refused_at_connect() {
     let _: () = redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
     drop(connect(&server).await);
     let layout: String = redis::cmd("GET").arg("tb:layout").query_async(&mut raw).await.unwrap();
-    assert_eq!(layout, "2");
+    assert_eq!(layout, "3");
     drop(connect(&server).await);
+
+    // Layout 2 (no key groups) is read as it is, and marked 3 so that builds
+    // of layout 2 refuse it from then on.
+    let _: () = redis::cmd("SET").arg("tb:layout").arg("2").query_async(&mut raw).await.unwrap();
+    drop(connect(&server).await);
+    let layout: String = redis::cmd("GET").arg("tb:layout").query_async(&mut raw).await.unwrap();
+    assert_eq!(layout, "3");
 }
 
 #[tokio::test]
@@ -681,4 +688,41 @@ async fn a_rolled_back_lease_counter_does_not_hand_a_lease_id_out_twice() {
         assert!(seen.insert(lease_id(&first)) && seen.insert(lease_id(&second)), "lease ids never repeat");
         assert!(lease_id(&second) < 1 << 53, "exact as an f64 (the meta record) and a Lua number");
     }
+}
+
+/// Layout 2 (before round-robin) kept every READY task of a priority in one
+/// list, keyed or not. Such tasks are still delivered, as the no-key group:
+/// it takes its turn with the key groups enqueued since, first as it waited
+/// longest; FIFO within it. A cancel finds a keyed task there too.
+#[tokio::test]
+async fn tasks_an_older_layout_left_in_one_ready_list_are_delivered_as_the_no_key_group() {
+    let server = RedisServer::start();
+    let s = connect(&server).await;
+    let keyed = |key: &str| NewTask { concurrency_key: key.into(), ..new_task("q", b"p".to_vec()) };
+    let mut old = Vec::new();
+    for key in ["a", "a", "", "a"] {
+        old.push(s.enqueue(vec![keyed(key)], NOW).await.unwrap().remove(0).task.id);
+    }
+    // What layout 2 held: one list per priority in READY order, no turns.
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let ids: Vec<String> = old.iter().map(|id| id.to_string()).collect();
+    redis::pipe()
+        .cmd("DEL")
+        .arg("tb:{q}:ready:0")
+        .arg("tb:{q}:ready:0:k:a")
+        .arg("tb:{q}:turn:0")
+        .cmd("RPUSH")
+        .arg("tb:{q}:ready:0")
+        .arg(&ids)
+        .query::<()>(&mut conn)
+        .unwrap();
+
+    let b = s.enqueue(vec![keyed("b"), keyed("b")], NOW).await.unwrap();
+    s.cancel(old[1], NOW).await.unwrap();
+    let got: Vec<TaskId> = s.lease(spec("q", 10), NOW).await.unwrap().iter().map(|t| t.id).collect();
+    assert_eq!(got, [old[0], b[0].task.id, old[2], b[1].task.id, old[3]], "the old list takes turns with b");
+    let ready: u64 =
+        redis::cmd("EXISTS").arg("tb:{q}:ready:0").arg("tb:{q}:turn:0").query(&mut conn).unwrap();
+    assert_eq!(ready, 0, "emptied lists leave nothing behind");
 }
