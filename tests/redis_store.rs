@@ -44,7 +44,8 @@ fn policies() -> Arc<Policies> {
         rate_limit: None,
         semaphores: Vec::new(),
     };
-    Arc::new(Policies::new(BTreeMap::new(), policy))
+    let semaphores = BTreeMap::from([("sel".to_owned(), 2)]);
+    Arc::new(Policies::new(BTreeMap::new(), policy).with_semaphores(semaphores))
 }
 
 async fn connect(server: &RedisServer) -> RedisStore {
@@ -725,4 +726,35 @@ async fn tasks_an_older_layout_left_in_one_ready_list_are_delivered_as_the_no_ke
     let ready: u64 =
         redis::cmd("EXISTS").arg("tb:{q}:ready:0").arg("tb:{q}:turn:0").query(&mut conn).unwrap();
     assert_eq!(ready, 0, "emptied lists leave nothing behind");
+}
+
+/// ExtendLease moves the lease in the queue's slot, then its semaphore
+/// permits in the semaphore's slot. When the second step fails (here the
+/// holders' key is made unusable; in production, a connection cut between
+/// the two), the permit would lapse at the old deadline while the worker
+/// runs on: the call fails, and extending again moves the permit too.
+#[tokio::test]
+async fn an_extension_whose_permits_could_not_follow_fails_and_can_be_repeated() {
+    let server = RedisServer::start();
+    let s = connect(&server).await;
+    let task = NewTask { semaphores: vec!["sel".into()], ..new_task("q", b"p".to_vec()) };
+    s.enqueue(vec![task], NOW).await.unwrap();
+    let held = s.lease(spec("q", 1), NOW).await.unwrap().remove(0);
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let holders = "tb:{sem:sel}:holders";
+    let before: Vec<(String, u64)> =
+        redis::cmd("ZRANGE").arg(holders).arg(0).arg(-1).arg("WITHSCORES").query(&mut conn).unwrap();
+    assert_eq!(before.len(), 1, "the lease holds one permit");
+    redis::cmd("RENAME").arg(holders).arg("kept").query::<()>(&mut conn).unwrap();
+    redis::cmd("SET").arg(holders).arg("not a sorted set").query::<()>(&mut conn).unwrap();
+
+    let failed = s.extend(held.id, lease_id(&held), 60 * SEC, NOW + SEC).await;
+    assert!(matches!(failed, Err(StoreError::Unavailable(_))), "{failed:?}");
+
+    redis::cmd("RENAME").arg("kept").arg(holders).query::<()>(&mut conn).unwrap();
+    let deadline = s.extend(held.id, lease_id(&held), 60 * SEC, NOW + 2 * SEC).await.unwrap();
+    let after: Vec<(String, u64)> =
+        redis::cmd("ZRANGE").arg(holders).arg(0).arg(-1).arg("WITHSCORES").query(&mut conn).unwrap();
+    assert_eq!(after, [(before[0].0.clone(), deadline)], "the permit lapses with the extended lease");
 }

@@ -94,9 +94,12 @@
 //! ExtendLease moves them with the deadline (`extend.lua` returns the task's
 //! semaphores). An expired lease's holders lapse with it. A crash between
 //! steps leaves at most a reservation that lapses in 10 s, or a holder whose
-//! lease is LEASED anyway. The one window: a holder whose extension was lost
-//! (connection cut after `extend.lua`) lapses at the old deadline while the
-//! worker still runs.
+//! lease is LEASED anyway. A holder whose extension was lost (connection cut
+//! after `extend.lua`) would lapse at the old deadline while the worker
+//! still runs: ExtendLease then fails (`UNAVAILABLE`) although the lease
+//! moved, so the worker extends again rather than trust a permit that
+//! lapses under it; a worker that stops extending keeps its permit until
+//! the old deadline only.
 //!
 //! # Time
 //! Scripts take `now` from the caller, or with `server_time` read Redis's own
@@ -314,7 +317,7 @@ impl Store for RedisStore {
         let rest = settled(self.run(&inv).await?, id)?;
         let deadline = uint(rest.first().ok_or_else(|| unexpected("no deadline"))?)?;
         if let Some(semaphores) = rest.get(1) {
-            self.extend_permits(id, lease_id, reply::text(semaphores)?, deadline).await;
+            self.extend_permits(id, lease_id, reply::text(semaphores)?, deadline).await?;
         }
         Ok(deadline)
     }
