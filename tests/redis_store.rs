@@ -758,3 +758,25 @@ async fn an_extension_whose_permits_could_not_follow_fails_and_can_be_repeated()
         redis::cmd("ZRANGE").arg(holders).arg(0).arg(-1).arg("WITHSCORES").query(&mut conn).unwrap();
     assert_eq!(after, [(before[0].0.clone(), deadline)], "the permit lapses with the extended lease");
 }
+
+/// A ready list holding a task that is not READY (a replica of layout 2,
+/// still running during an upgrade, cancels a keyed task without finding it
+/// in its key's list): the lease drops the entry instead of delivering a
+/// canceled task.
+#[tokio::test]
+async fn a_listed_task_that_is_not_ready_is_dropped_not_delivered() {
+    let server = RedisServer::start();
+    let s = connect(&server).await;
+    let canceled = s.enqueue(vec![new_task("q", b"p".to_vec())], NOW).await.unwrap().remove(0).task.id;
+    let ready = s.enqueue(vec![new_task("q", b"p".to_vec())], NOW).await.unwrap().remove(0).task.id;
+    s.cancel(canceled, NOW).await.unwrap();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    redis::cmd("LPUSH").arg("tb:{q}:ready:0").arg(canceled.to_string()).query::<()>(&mut conn).unwrap();
+
+    let got: Vec<TaskId> = s.lease(spec("q", 10), NOW).await.unwrap().iter().map(|t| t.id).collect();
+    assert_eq!(got, [ready], "only the READY task");
+    assert_eq!(s.get(canceled).await.unwrap().state, TaskState::Canceled);
+    let left: u64 = redis::cmd("LLEN").arg("tb:{q}:ready:0").query(&mut conn).unwrap();
+    assert_eq!(left, 0, "the stale entry is gone");
+}

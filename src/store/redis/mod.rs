@@ -30,7 +30,11 @@
 //! key's `per_key_max_in_flight` as usual; a cancel looks for a task in its
 //! key's list, then in `ready:<p>`. Connecting marks a layout-2 Redis as
 //! layout 3, so builds of layout 2 refuse it from then on (they would not
-//! see the key groups).
+//! see the key groups). During a rolling upgrade, replicas of layout 2
+//! still running deliver only the no-key lists (the new replicas deliver
+//! the key groups), and a keyed task they cancel stays listed in its key's
+//! list until a lease drops it (a lease drops any listed task that is not
+//! READY).
 //!
 //! The operations API's keys (pause, totals, per-state id indexes) are
 //! described in [`admin`].

@@ -136,11 +136,13 @@ end
 
 -- Decides on the READY task `id` (meta `raw`, concurrency key `key` when
 -- counted, semaphores `sems`): 'take' (added to the lease), 'pass' (left
--- READY in place: its key or a semaphore has no room), 'drop' (no record:
--- cannot happen through these scripts, but is dropped rather than block the
+-- READY in place: its key or a semaphore has no room), 'drop' (no record, or
+-- not READY: cannot happen through these scripts, but a replica of layout 2
+-- still running during an upgrade cancels a keyed task without finding it
+-- in its key's list; dropped rather than delivered or left to block the
 -- queue), or 'stop' (probing) and 'full' (the byte budget), which end the call.
 local function consider(id, raw, key, sems)
-  if not raw then
+  if not raw or string.byte(raw, 1) ~= READY then
     return 'drop'
   end
   local key_room = not by_key or room_for(key)
