@@ -1,8 +1,9 @@
 //! What only the Redis store has to show: it survives a Redis restart, fails
 //! fast while Redis is away and comes back by itself, reports a full Redis,
 //! tells other replicas what happened, lets several replicas sweep at once,
-//! and can run on Redis's clock. The shared behaviour is in
-//! `store_conformance.rs`.
+//! can run on Redis's clock, reads the key layout before round-robin, and
+//! serves many keys in turn without reading them all. The shared behaviour
+//! is in `store_conformance.rs`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -779,4 +780,41 @@ async fn a_listed_task_that_is_not_ready_is_dropped_not_delivered() {
     assert_eq!(s.get(canceled).await.unwrap().state, TaskState::Canceled);
     let left: u64 = redis::cmd("LLEN").arg("tb:{q}:ready:0").query(&mut conn).unwrap();
     assert_eq!(left, 0, "the stale entry is gone");
+}
+
+/// Calls of Redis command `name` since the last `CONFIG RESETSTAT` (commands
+/// run by scripts included).
+fn calls(conn: &mut redis::Connection, name: &str) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(conn).unwrap();
+    let prefix = format!("cmdstat_{name}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// 10,000 keys with two READY tasks each, enqueued key by key: a lease of
+/// 10 takes the first task of the first 10 keys (round-robin, not FIFO), and
+/// reads only what it serves: one turn read and a list read per group
+/// served, never every key's list.
+#[tokio::test]
+async fn a_lease_over_10000_keys_serves_them_in_turn_without_reading_them_all() {
+    let server = RedisServer::start();
+    let s = connect(&server).await;
+    let keyed = |k: usize| NewTask { concurrency_key: format!("k{k}"), ..new_task("q", b"p".to_vec()) };
+    for batch in 0..20 {
+        let tasks = (batch * 500..(batch + 1) * 500).flat_map(|k| [keyed(k), keyed(k)]).collect();
+        s.enqueue(tasks, NOW).await.unwrap();
+    }
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    redis::cmd("CONFIG").arg("RESETSTAT").query::<()>(&mut conn).unwrap();
+
+    let got = s.lease(spec("q", 10), NOW).await.unwrap();
+    let keys: Vec<String> = got.iter().map(|t| t.concurrency_key.clone()).collect();
+    assert_eq!(keys, (0..10).map(|k| format!("k{k}")).collect::<Vec<_>>(), "one task of each key in turn");
+    let (lists, turns) = (calls(&mut conn, "lrange"), calls(&mut conn, "zrange"));
+    println!("a lease of 10 over 10,000 keys: {lists} LRANGE, {turns} ZRANGE");
+    assert!(lists <= 10, "a list read per group served, not per key: {lists}");
+    assert!(turns <= 10, "one turn read per priority level at most: {turns}");
 }
