@@ -236,6 +236,10 @@ local function lease_rotation(p)
     joins = true
   end
   local groups, served, serves, skips = {}, {}, 0, 0
+  -- Whether this call took every task group `g` held.
+  local function drained(g)
+    return g.exhausted and not g.passed and g.at > #g.ids
+  end
   -- The next task group `name` can give: 'take', or why not: 'closed'
   -- (nothing it holds can go now), 'empty', 'scanned' (SKIP_SCAN passed
   -- over: the level is done), 'stop' or 'full'.
@@ -325,7 +329,7 @@ local function lease_rotation(p)
     for _, id in ipairs(g.later) do
       redis.call('LREM', g.list, 1, id)
     end
-    if (g.exhausted and not g.passed and g.at > #g.ids) or (g.consumed > 0 and redis.call('EXISTS', g.list) == 0) then
+    if drained(g) or (g.consumed > 0 and redis.call('EXISTS', g.list) == 0) then
       left[#left + 1] = name
     elseif served[name] then
       moved[#moved + 1] = name
@@ -343,8 +347,7 @@ local function lease_rotation(p)
     end
     variadic('ZADD', turn, scored)
   end
-  if joins and not served[''] and not (groups[''] and groups[''].exhausted and not groups[''].passed
-      and groups[''].at > #groups[''].ids) then
+  if joins and not served[''] and not (groups[''] and drained(groups[''])) then
     redis.call('ZADD', turn, 0, '')
   end
 end
