@@ -11,14 +11,16 @@
 --   KEYS[5] scheduled  ZSET  SCHEDULED tasks by due time (ms)
 --   KEYS[6] finished   LIST  SUCCEEDED/DEAD/CANCELED tasks as '<purge time>:<id>',
 --                            in the order they finished (so by purge time)
---   KEYS[7] seq        counter: ready_seq of the last task made READY
+--   KEYS[7] seq        counter: ready_seq of the last task made READY; also
+--                            the places in the turns (KEYS[30..39])
 --   KEYS[8] lease      counter: the high part of the lease ids (lease.lua)
 --   KEYS[9] dedup      HASH  dedup_key -> task id
 --   KEYS[10] requests  HASH  request_id -> task id
 --   KEYS[11] watched   HASH  task id -> number of WatchTask calls on it
 --   KEYS[12] flow      HASH  flow control: the rate limit's token bucket
 --                            (`tokens`, `at`: core::flow::Bucket); `keyed`
---                            once a task with a concurrency key was enqueued;
+--                            once a task with a concurrency key was enqueued
+--                            (from then on the groups take turns, KEYS[30..39]);
 --                            then `t:<id>` -> the task's concurrency key and
 --                            `k:<key>` -> LEASED tasks with that key; `sems`
 --                            once a task needing semaphores was enqueued, then
