@@ -870,6 +870,24 @@ async fn a_flood_of_one_key_does_not_delay_the_next_key(b: &Backend) {
     assert_eq!(rest, a_ids[1..101], "then A's flood, FIFO");
 }
 
+/// A key's tasks left READY when a lease stops short (a semaphore without
+/// permits yet, the response's byte budget) keep their group's turn and are
+/// delivered by the next lease.
+async fn a_keyed_group_cut_short_keeps_its_turn(b: &Backend) {
+    let s = &*b.store;
+    let sel = put(s, NewTask { concurrency_key: "a".into(), ..needs("s1", &["sel"]) }).await;
+    let got = lease_n(s, &["s1"], 10, NOW).await;
+    assert_eq!(got.iter().map(|t| t.id).collect::<Vec<_>>(), [sel.id], "permits taken, then the task");
+    let big = NewTask { payload: vec![7; 1 << 20], ..keyed("q", "a") };
+    let bigs: Vec<_> = s.enqueue(vec![big; 2], NOW).await.unwrap().into_iter().map(|e| e.task.id).collect();
+    let mut tiny = spec(&["q"], 10);
+    tiny.max_bytes = 1;
+    let first: Vec<_> = s.lease(tiny.clone(), NOW).await.unwrap().iter().map(|t| t.id).collect();
+    assert_eq!(first, [bigs[0]], "the budget holds one");
+    let second: Vec<_> = s.lease(tiny, NOW).await.unwrap().iter().map(|t| t.id).collect();
+    assert_eq!(second, [bigs[1]], "the other is still in turn");
+}
+
 /// A semaphore with limit 2 shared by two queues caps their sum; a task
 /// needing it waits while tasks behind it that do not need it flow.
 async fn a_shared_semaphore_caps_the_sum_of_its_queues(b: &Backend) {
@@ -1039,4 +1057,5 @@ conformance_flow!(
     tasks_needing_a_semaphore_keep_their_place,
     round_robin_across_keys_fifo_within_a_key,
     a_flood_of_one_key_does_not_delay_the_next_key,
+    a_keyed_group_cut_short_keeps_its_turn,
 );

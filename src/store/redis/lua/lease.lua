@@ -252,10 +252,12 @@ local function lease_rotation(p)
         if g.exhausted then
           return g.passed and 'closed' or 'empty'
         end
-        -- Fetch this group's share of what is wanted, and more when asked again.
+        -- Fetch this group's share of what is wanted, and more when asked
+        -- again; one more than the share, so that a group this call drains
+        -- is known to be empty without reading it again.
         local share = math.ceil((want - #ids) / math.max(#order - g.turn_at + 1, 1)) + (g.passed and SKIP_SCAN or 0)
-        local listed = redis.call('LRANGE', g.list, #g.ids, #g.ids + share - 1)
-        g.exhausted = #listed < share
+        local listed = redis.call('LRANGE', g.list, #g.ids, #g.ids + share)
+        g.exhausted = #listed <= share
         if #listed == 0 then
           return g.passed and 'closed' or 'empty'
         end
@@ -287,6 +289,8 @@ local function lease_rotation(p)
           return 'scanned'
         end
       else
+        -- 'stop' or 'full': the task stays where it is, and its group with it.
+        g.at = i
         return what
       end
     end
@@ -329,7 +333,8 @@ local function lease_rotation(p)
     for _, id in ipairs(g.later) do
       redis.call('LREM', g.list, 1, id)
     end
-    if drained(g) or (g.consumed > 0 and redis.call('EXISTS', g.list) == 0) then
+    local unsure = g.consumed > 0 and not g.exhausted and g.at > #g.ids
+    if drained(g) or (unsure and redis.call('EXISTS', g.list) == 0) then
       left[#left + 1] = name
     elseif served[name] then
       moved[#moved + 1] = name
