@@ -6,6 +6,9 @@
 //!
 //! The task state machine is decided once, in `core::transition`, but the
 //! Redis store re-states it in Lua; this test is what keeps the copies equal.
+//! Tasks carry no key, key "a" or key "b", so the delivery order compared
+//! includes the keys' turns (`core::flow::Rotation`, which `lease.lua`
+//! re-states).
 //! Time is injected (`now` is an argument and the Redis store runs without its
 //! server clock), so nothing sleeps and a failing case replays exactly.
 //!
@@ -77,6 +80,8 @@ enum Op {
         delay: Option<u64>,
         dedup: Option<u8>,
         max_attempts: u32,
+        /// The task's `concurrency_key`: none, "a" or "b" (keys take turns).
+        key: u8,
     },
     /// `first` is the preferred queue; `both` adds the other one after it.
     Lease {
@@ -140,8 +145,8 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (0..2usize, 0..3u8, prop::option::weighted(0.3, 1..8_000u64), prop::option::weighted(0.3, 0..3u8), 1..4u32)
-            .prop_map(|(queue, priority, delay, dedup, max_attempts)| Op::Enqueue { queue, priority, delay, dedup, max_attempts }),
+        4 => (0..2usize, 0..3u8, prop::option::weighted(0.3, 1..8_000u64), prop::option::weighted(0.3, 0..3u8), 1..4u32, 0..3u8)
+            .prop_map(|(queue, priority, delay, dedup, max_attempts, key)| Op::Enqueue { queue, priority, delay, dedup, max_attempts, key }),
         3 => (0..2usize, any::<bool>(), 1..4usize, prop::option::weighted(0.3, 1_000..9_000u64))
             .prop_map(|(first, both, max, duration)| Op::Lease { first, both, max, duration }),
         2 => (0..12usize).prop_map(|lease| Op::Ack { lease }),
@@ -264,7 +269,7 @@ impl Run {
     async fn apply(&mut self, op: &Op, now: u64) -> Outcome {
         let store = self.store.clone();
         match op {
-            Op::Enqueue { queue, priority, delay, dedup, max_attempts } => {
+            Op::Enqueue { queue, priority, delay, dedup, max_attempts, key } => {
                 let new = NewTask {
                     queue: QUEUES[*queue].into(),
                     kind: "k".into(),
@@ -276,7 +281,7 @@ impl Run {
                     scheduled_time: delay.map_or(0, |d| now + d),
                     dedup_key: dedup.map_or(String::new(), |d| format!("d{d}")),
                     request_id: String::new(),
-                    concurrency_key: String::new(),
+                    concurrency_key: ["", "a", "b"][*key as usize].into(),
                     semaphores: Vec::new(),
                 };
                 match store.enqueue(vec![new], now).await {

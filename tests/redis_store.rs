@@ -1,8 +1,9 @@
 //! What only the Redis store has to show: it survives a Redis restart, fails
 //! fast while Redis is away and comes back by itself, reports a full Redis,
 //! tells other replicas what happened, lets several replicas sweep at once,
-//! and can run on Redis's clock. The shared behaviour is in
-//! `store_conformance.rs`.
+//! can run on Redis's clock, reads the key layout before round-robin, and
+//! serves many keys in turn without reading them all. The shared behaviour
+//! is in `store_conformance.rs`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -44,7 +45,8 @@ fn policies() -> Arc<Policies> {
         rate_limit: None,
         semaphores: Vec::new(),
     };
-    Arc::new(Policies::new(BTreeMap::new(), policy))
+    let semaphores = BTreeMap::from([("sel".to_owned(), 2)]);
+    Arc::new(Policies::new(BTreeMap::new(), policy).with_semaphores(semaphores))
 }
 
 async fn connect(server: &RedisServer) -> RedisStore {
@@ -526,8 +528,15 @@ async fn a_redis_written_in_another_key_layout_is_refused_at_connect() {
     let _: () = redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
     drop(connect(&server).await);
     let layout: String = redis::cmd("GET").arg("tb:layout").query_async(&mut raw).await.unwrap();
-    assert_eq!(layout, "2");
+    assert_eq!(layout, "3");
     drop(connect(&server).await);
+
+    // Layout 2 (no key groups) is read as it is, and marked 3 so that builds
+    // of layout 2 refuse it from then on.
+    let _: () = redis::cmd("SET").arg("tb:layout").arg("2").query_async(&mut raw).await.unwrap();
+    drop(connect(&server).await);
+    let layout: String = redis::cmd("GET").arg("tb:layout").query_async(&mut raw).await.unwrap();
+    assert_eq!(layout, "3");
 }
 
 #[tokio::test]
@@ -681,4 +690,131 @@ async fn a_rolled_back_lease_counter_does_not_hand_a_lease_id_out_twice() {
         assert!(seen.insert(lease_id(&first)) && seen.insert(lease_id(&second)), "lease ids never repeat");
         assert!(lease_id(&second) < 1 << 53, "exact as an f64 (the meta record) and a Lua number");
     }
+}
+
+/// Layout 2 (before round-robin) kept every READY task of a priority in one
+/// list, keyed or not. Such tasks are still delivered, as the no-key group:
+/// it takes its turn with the key groups enqueued since, first as it waited
+/// longest; FIFO within it. A cancel finds a keyed task there too.
+#[tokio::test]
+async fn tasks_an_older_layout_left_in_one_ready_list_are_delivered_as_the_no_key_group() {
+    let server = RedisServer::start();
+    let s = connect(&server).await;
+    let keyed = |key: &str| NewTask { concurrency_key: key.into(), ..new_task("q", b"p".to_vec()) };
+    let mut old = Vec::new();
+    for key in ["a", "a", "", "a"] {
+        old.push(s.enqueue(vec![keyed(key)], NOW).await.unwrap().remove(0).task.id);
+    }
+    // What layout 2 held: one list per priority in READY order, no turns.
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let ids: Vec<String> = old.iter().map(|id| id.to_string()).collect();
+    redis::pipe()
+        .cmd("DEL")
+        .arg("tb:{q}:ready:0")
+        .arg("tb:{q}:ready:0:k:a")
+        .arg("tb:{q}:turn:0")
+        .cmd("RPUSH")
+        .arg("tb:{q}:ready:0")
+        .arg(&ids)
+        .query::<()>(&mut conn)
+        .unwrap();
+
+    let b = s.enqueue(vec![keyed("b"), keyed("b")], NOW).await.unwrap();
+    s.cancel(old[1], NOW).await.unwrap();
+    let got: Vec<TaskId> = s.lease(spec("q", 10), NOW).await.unwrap().iter().map(|t| t.id).collect();
+    assert_eq!(got, [old[0], b[0].task.id, old[2], b[1].task.id, old[3]], "the old list takes turns with b");
+    let ready: u64 =
+        redis::cmd("EXISTS").arg("tb:{q}:ready:0").arg("tb:{q}:turn:0").query(&mut conn).unwrap();
+    assert_eq!(ready, 0, "emptied lists leave nothing behind");
+}
+
+/// ExtendLease moves the lease in the queue's slot, then its semaphore
+/// permits in the semaphore's slot. When the second step fails (here the
+/// holders' key is made unusable; in production, a connection cut between
+/// the two), the permit would lapse at the old deadline while the worker
+/// runs on: the call fails, and extending again moves the permit too.
+#[tokio::test]
+async fn an_extension_whose_permits_could_not_follow_fails_and_can_be_repeated() {
+    let server = RedisServer::start();
+    let s = connect(&server).await;
+    let task = NewTask { semaphores: vec!["sel".into()], ..new_task("q", b"p".to_vec()) };
+    s.enqueue(vec![task], NOW).await.unwrap();
+    let held = s.lease(spec("q", 1), NOW).await.unwrap().remove(0);
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let holders = "tb:{sem:sel}:holders";
+    let before: Vec<(String, u64)> =
+        redis::cmd("ZRANGE").arg(holders).arg(0).arg(-1).arg("WITHSCORES").query(&mut conn).unwrap();
+    assert_eq!(before.len(), 1, "the lease holds one permit");
+    redis::cmd("RENAME").arg(holders).arg("kept").query::<()>(&mut conn).unwrap();
+    redis::cmd("SET").arg(holders).arg("not a sorted set").query::<()>(&mut conn).unwrap();
+
+    let failed = s.extend(held.id, lease_id(&held), 60 * SEC, NOW + SEC).await;
+    assert!(matches!(failed, Err(StoreError::Unavailable(_))), "{failed:?}");
+
+    redis::cmd("RENAME").arg("kept").arg(holders).query::<()>(&mut conn).unwrap();
+    let deadline = s.extend(held.id, lease_id(&held), 60 * SEC, NOW + 2 * SEC).await.unwrap();
+    let after: Vec<(String, u64)> =
+        redis::cmd("ZRANGE").arg(holders).arg(0).arg(-1).arg("WITHSCORES").query(&mut conn).unwrap();
+    assert_eq!(after, [(before[0].0.clone(), deadline)], "the permit lapses with the extended lease");
+}
+
+/// A ready list holding a task that is not READY (a replica of layout 2,
+/// still running during an upgrade, cancels a keyed task without finding it
+/// in its key's list): the lease drops the entry instead of delivering a
+/// canceled task.
+#[tokio::test]
+async fn a_listed_task_that_is_not_ready_is_dropped_not_delivered() {
+    let server = RedisServer::start();
+    let s = connect(&server).await;
+    let canceled = s.enqueue(vec![new_task("q", b"p".to_vec())], NOW).await.unwrap().remove(0).task.id;
+    let ready = s.enqueue(vec![new_task("q", b"p".to_vec())], NOW).await.unwrap().remove(0).task.id;
+    s.cancel(canceled, NOW).await.unwrap();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    redis::cmd("LPUSH").arg("tb:{q}:ready:0").arg(canceled.to_string()).query::<()>(&mut conn).unwrap();
+
+    let got: Vec<TaskId> = s.lease(spec("q", 10), NOW).await.unwrap().iter().map(|t| t.id).collect();
+    assert_eq!(got, [ready], "only the READY task");
+    assert_eq!(s.get(canceled).await.unwrap().state, TaskState::Canceled);
+    let left: u64 = redis::cmd("LLEN").arg("tb:{q}:ready:0").query(&mut conn).unwrap();
+    assert_eq!(left, 0, "the stale entry is gone");
+}
+
+/// Calls of Redis command `name` since the last `CONFIG RESETSTAT` (commands
+/// run by scripts included).
+fn calls(conn: &mut redis::Connection, name: &str) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(conn).unwrap();
+    let prefix = format!("cmdstat_{name}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// 10,000 keys with two READY tasks each, enqueued key by key: a lease of
+/// 10 takes the first task of the first 10 keys (round-robin, not FIFO), and
+/// reads only what it serves: one turn read and a list read per group
+/// served, never every key's list.
+#[tokio::test]
+async fn a_lease_over_10000_keys_serves_them_in_turn_without_reading_them_all() {
+    let server = RedisServer::start();
+    let s = connect(&server).await;
+    let keyed = |k: usize| NewTask { concurrency_key: format!("k{k}"), ..new_task("q", b"p".to_vec()) };
+    for batch in 0..20 {
+        let tasks = (batch * 500..(batch + 1) * 500).flat_map(|k| [keyed(k), keyed(k)]).collect();
+        s.enqueue(tasks, NOW).await.unwrap();
+    }
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    redis::cmd("CONFIG").arg("RESETSTAT").query::<()>(&mut conn).unwrap();
+
+    let got = s.lease(spec("q", 10), NOW).await.unwrap();
+    let keys: Vec<String> = got.iter().map(|t| t.concurrency_key.clone()).collect();
+    assert_eq!(keys, (0..10).map(|k| format!("k{k}")).collect::<Vec<_>>(), "one task of each key in turn");
+    let (lists, turns) = (calls(&mut conn, "lrange"), calls(&mut conn, "zrange"));
+    println!("a lease of 10 over 10,000 keys: {lists} LRANGE, {turns} ZRANGE");
+    assert!(lists <= 10, "a list read per group served, not per key: {lists}");
+    assert!(turns <= 10, "one turn read per priority level at most: {turns}");
 }

@@ -853,6 +853,41 @@ async fn round_robin_across_keys_fifo_within_a_key(b: &Backend) {
     assert_eq!(a_order, a_ids, "FIFO within a key");
 }
 
+/// 10,000 READY tasks of key A, then one of key B (no caps): B's task is in
+/// the first round, so among the first two deliveries.
+async fn a_flood_of_one_key_does_not_delay_the_next_key(b: &Backend) {
+    let s = &*b.store;
+    let mut a_ids = Vec::new();
+    for _ in 0..10 {
+        let batch = (0..1_000).map(|_| keyed("q", "a")).collect();
+        a_ids.extend(s.enqueue(batch, NOW).await.unwrap().into_iter().map(|e| e.task.id));
+    }
+    let b_task = put(s, keyed("q", "b")).await;
+    let got = lease_n(s, &["q"], 2, NOW).await;
+    let ids: Vec<_> = got.iter().map(|t| t.id).collect();
+    assert_eq!(ids, [a_ids[0], b_task.id], "A's oldest task, then B's: one round");
+    let rest: Vec<_> = lease_n(s, &["q"], 100, NOW).await.iter().map(|t| t.id).collect();
+    assert_eq!(rest, a_ids[1..101], "then A's flood, FIFO");
+}
+
+/// A key's tasks left READY when a lease stops short (a semaphore without
+/// permits yet, the response's byte budget) keep their group's turn and are
+/// delivered by the next lease.
+async fn a_keyed_group_cut_short_keeps_its_turn(b: &Backend) {
+    let s = &*b.store;
+    let sel = put(s, NewTask { concurrency_key: "a".into(), ..needs("s1", &["sel"]) }).await;
+    let got = lease_n(s, &["s1"], 10, NOW).await;
+    assert_eq!(got.iter().map(|t| t.id).collect::<Vec<_>>(), [sel.id], "permits taken, then the task");
+    let big = NewTask { payload: vec![7; 1 << 20], ..keyed("q", "a") };
+    let bigs: Vec<_> = s.enqueue(vec![big; 2], NOW).await.unwrap().into_iter().map(|e| e.task.id).collect();
+    let mut tiny = spec(&["q"], 10);
+    tiny.max_bytes = 1;
+    let first: Vec<_> = s.lease(tiny.clone(), NOW).await.unwrap().iter().map(|t| t.id).collect();
+    assert_eq!(first, [bigs[0]], "the budget holds one");
+    let second: Vec<_> = s.lease(tiny, NOW).await.unwrap().iter().map(|t| t.id).collect();
+    assert_eq!(second, [bigs[1]], "the other is still in turn");
+}
+
 /// A semaphore with limit 2 shared by two queues caps their sum; a task
 /// needing it waits while tasks behind it that do not need it flow.
 async fn a_shared_semaphore_caps_the_sum_of_its_queues(b: &Backend) {
@@ -1008,7 +1043,8 @@ conformance!(
     admin_queue_names,
 );
 
-// Flow control on every store: queue caps and rate limits.
+// Flow control on every store: queue caps, rate limits, semaphores, per-key
+// caps and round-robin across keys.
 conformance_flow!(
     max_in_flight_caps_leases_and_every_end_frees_the_permit,
     a_capped_queue_lets_the_next_queue_fill_the_lease,
@@ -1019,19 +1055,7 @@ conformance_flow!(
     a_shared_semaphore_caps_the_sum_of_its_queues,
     an_extended_lease_keeps_its_semaphore_permits,
     tasks_needing_a_semaphore_keep_their_place,
+    round_robin_across_keys_fifo_within_a_key,
+    a_flood_of_one_key_does_not_delay_the_next_key,
+    a_keyed_group_cut_short_keeps_its_turn,
 );
-
-/// Flow control on the table stores only: round-robin across keys is not yet
-/// in the Redis scripts (Redis delivers keys FIFO, passing saturated ones).
-macro_rules! flow_conformance_local {
-    ($($case:ident),* $(,)?) => {
-        mod flow_memory {
-            $(#[tokio::test] async fn $case() { super::$case(&super::Backend::memory()).await })*
-        }
-        mod flow_embedded {
-            $(#[tokio::test] async fn $case() { super::$case(&super::Backend::embedded()).await })*
-        }
-    };
-}
-
-flow_conformance_local!(round_robin_across_keys_fifo_within_a_key);

@@ -23,8 +23,13 @@ pub fn tag_set(tag: u32) -> String {
 /// is refused at start-up rather than misread.
 pub const LAYOUT: &str = "tb:layout";
 
-/// The layout this build reads and writes.
-pub const LAYOUT_VERSION: &str = "2";
+/// The layout this build reads and writes: 3 added the key groups' lists
+/// and turns (round-robin across `concurrency_key`s).
+pub const LAYOUT_VERSION: &str = "3";
+
+/// The older layout this build reads too (its ready lists are the no-key
+/// groups), marking the Redis with [`LAYOUT_VERSION`] when it connects.
+pub const UPGRADES_FROM: &str = "2";
 
 /// SET of the queues paused now (or lately: see [`super::admin`]), so
 /// `queue_names` lists a paused queue that holds no task. Written beside the
@@ -43,13 +48,21 @@ pub fn semaphore(name: &str) -> String {
 
 /// The keys of one queue, in the order every script receives them as `KEYS`
 /// (see `lua/lib.lua`).
+///
+/// Besides these, a keyed queue's READY tasks with a `concurrency_key` wait
+/// in one list per (priority, key): `tb:{<queue>}:ready:<p>:k:<key>`, built
+/// by the scripts from the `ready:<p>` key they are given (`k_group` in
+/// `lua/lib.lua`), so under the same hash tag and in the same slot. They
+/// are not passed as `KEYS` because their names depend on the data; the
+/// `turn:<p>` sorted sets list the ones that hold tasks.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QueueKeys([String; 29]);
+pub struct QueueKeys([String; 39]);
 
 /// The role of each key, in `KEYS` order: eleven, the flow-control state,
-/// one ready list per priority, then what the operations API keeps (see
-/// [`super::admin`]).
-const ROLES: [&str; 29] = [
+/// one ready list per priority, what the operations API keeps (see
+/// [`super::admin`]), then the turn of the concurrency-key groups per
+/// priority.
+const ROLES: [&str; 39] = [
     "meta",
     "body",
     "results",
@@ -79,6 +92,16 @@ const ROLES: [&str; 29] = [
     "ids_succeeded",
     "ids_dead",
     "ids_canceled",
+    "turn:0",
+    "turn:1",
+    "turn:2",
+    "turn:3",
+    "turn:4",
+    "turn:5",
+    "turn:6",
+    "turn:7",
+    "turn:8",
+    "turn:9",
 ];
 
 impl QueueKeys {
@@ -163,14 +186,19 @@ mod tests {
                 named += 1;
             }
         }
-        // Every role but the ready lists is named once.
-        assert_eq!(named, ROLES.iter().filter(|r| !r.starts_with("ready:")).count());
-        // `return KEYS[13 + ...p...]`: the ready list of priority p.
-        let ready =
-            lib.lines().find_map(|l| l.trim().strip_prefix("return KEYS[")).expect("k_ready in lib.lua");
-        let first: usize = ready.split(" + ").next().and_then(|n| n.parse().ok()).expect("KEYS[n + p]");
-        for p in 0..=crate::core::MAX_PRIORITY as usize {
-            assert_eq!(k.all()[first - 1 + p], format!("tb:{{emails}}:ready:{p}"));
+        // Every role but the per-priority ones is named once.
+        let per_priority = |r: &&str| r.starts_with("ready:") || r.starts_with("turn:");
+        assert_eq!(named, ROLES.iter().filter(|r| !per_priority(r)).count());
+        // `local function k_ready(p)` then `return KEYS[13 + ...p...]`: the
+        // ready list of priority p; k_turn likewise.
+        for (function, role) in [("k_ready", "ready"), ("k_turn", "turn")] {
+            let mut lines = lib.lines().skip_while(|l| *l != format!("local function {function}(p)"));
+            let body = lines.nth(1).unwrap_or_else(|| panic!("{function} in lib.lua"));
+            let index = body.trim().strip_prefix("return KEYS[").expect("return KEYS[n + p]");
+            let first: usize = index.split(" + ").next().and_then(|n| n.parse().ok()).expect("KEYS[n + p]");
+            for p in 0..=crate::core::MAX_PRIORITY as usize {
+                assert_eq!(k.all()[first - 1 + p], format!("tb:{{emails}}:{role}:{p}"));
+            }
         }
     }
 }

@@ -4,14 +4,37 @@
 //! # Layout in Redis
 //! Each queue has its own keys under one hash tag, `tb:{<queue>}:...` (see
 //! [`keys`]): the task records in two parts (see [`record`]: a small meta
-//! record the scripts change, and a body they never decode), results, one
-//! list of ready tasks per priority (FIFO), sorted sets of leased tasks (by
+//! record the scripts change, and a body they never decode), results, the
+//! ready tasks (below), sorted sets of leased tasks (by
 //! deadline) and scheduled tasks (by due time), a list of finished tasks in
 //! purge order, counters for the ready order and for lease ids, and the
 //! dedup-key and request-id lookups. A task
 //! id carries a tag of its queue's name ([`queues`]), so no global index is
 //! written per task; the one global set, `tb:queues`, lists the queues (what
 //! the sweeps walk), written once per queue.
+//!
+//! Ready tasks: per priority, one FIFO list of the tasks without a
+//! `concurrency_key` (`ready:<p>`) and, in a queue that has seen a key, one
+//! FIFO list per key (`ready:<p>:k:<key>`) and the turn of the keys that
+//! have READY tasks (`turn:<p>`, a sorted set; the no-key group is the
+//! member `''`). A lease serves a level's groups in turn order, moving each
+//! served group to the back, as the table stores' `Rotation` does; see
+//! *Flow control*. A queue that never saw a key keeps no turn and reads its
+//! lists directly, as before.
+//!
+//! Key layout 2 (before key groups) kept every READY task of a priority in
+//! `ready:<p>`, keyed or not. This layout reads that list as the no-key
+//! group, so such tasks are delivered without a migration: the first lease
+//! of a keyed queue that finds the list outside the turn puts it at the
+//! front (it waited longest), and the keyed tasks in it count against their
+//! key's `per_key_max_in_flight` as usual; a cancel looks for a task in its
+//! key's list, then in `ready:<p>`. Connecting marks a layout-2 Redis as
+//! layout 3, so builds of layout 2 refuse it from then on (they would not
+//! see the key groups). During a rolling upgrade, replicas of layout 2
+//! still running deliver only the no-key lists (the new replicas deliver
+//! the key groups), and a keyed task they cancel stays listed in its key's
+//! list until a lease drops it (a lease drops any listed task that is not
+//! READY).
 //!
 //! The operations API's keys (pause, totals, per-state id indexes) are
 //! described in [`admin`].
@@ -37,8 +60,23 @@
 //!   and each key's LEASED count (`k:<key>`), counted up by `lease.lua` and
 //!   down by every script that takes a task out of the leased set
 //!   (`release_keys` in `lib.lua`); a saturated key's tasks are passed over
-//!   and stay READY in place. Keys are served FIFO within a priority (the
-//!   table stores' round-robin across keys is not in the scripts yet).
+//!   and stay READY in place (a keyed group keeps its place in the turn);
+//! - round-robin: within a priority, the groups of `turn:<p>` take turns,
+//!   FIFO within each: `lease.lua` reads the first `want + 256` groups of
+//!   the turn, a share of each group's list at a time, and passes over at
+//!   most 256 saturated groups or tasks per level (the bound the FIFO path
+//!   has), so a lease of N tasks never walks every key. A group that gets
+//!   its first READY task joins the back of the turn (`push_ready` in
+//!   `lib.lua`, from enqueue, promote, nack, reap, redrive); a served group
+//!   goes to the back; a group left empty leaves (lease, cancel,
+//!   purge_queue). A flood of one key therefore delays another key's next
+//!   task by at most one round. Stats and pause read every group's list
+//!   (O(keys)); listing READY tasks reads them up to its scan bound. The
+//!   price: a lease spread over many keys reads, checks and trims a list per
+//!   group it serves instead of one per level (roughly 2.5x the script time
+//!   of a lease of 100 over 100 keys, measured with `INFO commandstats` on a
+//!   busy machine); a queue that never saw a key runs the FIFO path as
+//!   before.
 //!
 //! Shared semaphores span queues, and so Redis Cluster slots: one script
 //! cannot touch a queue and a semaphore atomically. Each semaphore's holders
@@ -65,9 +103,12 @@
 //! ExtendLease moves them with the deadline (`extend.lua` returns the task's
 //! semaphores). An expired lease's holders lapse with it. A crash between
 //! steps leaves at most a reservation that lapses in 10 s, or a holder whose
-//! lease is LEASED anyway. The one window: a holder whose extension was lost
-//! (connection cut after `extend.lua`) lapses at the old deadline while the
-//! worker still runs.
+//! lease is LEASED anyway. A holder whose extension was lost (connection cut
+//! after `extend.lua`) would lapse at the old deadline while the worker
+//! still runs: ExtendLease then fails (`UNAVAILABLE`) although the lease
+//! moved, so the worker extends again rather than trust a permit that
+//! lapses under it; a worker that stops extending keeps its permit until
+//! the old deadline only.
 //!
 //! # Time
 //! Scripts take `now` from the caller, or with `server_time` read Redis's own
@@ -285,7 +326,7 @@ impl Store for RedisStore {
         let rest = settled(self.run(&inv).await?, id)?;
         let deadline = uint(rest.first().ok_or_else(|| unexpected("no deadline"))?)?;
         if let Some(semaphores) = rest.get(1) {
-            self.extend_permits(id, lease_id, reply::text(semaphores)?, deadline).await;
+            self.extend_permits(id, lease_id, reply::text(semaphores)?, deadline).await?;
         }
         Ok(deadline)
     }

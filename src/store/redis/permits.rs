@@ -12,6 +12,7 @@ use super::reply::bounded;
 use super::{keys, RedisStore};
 use crate::core::task::{Task, TaskId};
 use crate::core::Millis;
+use crate::store::StoreError;
 
 impl RedisStore {
     /// Renames a reservation of semaphore `name` to the lease `holder`,
@@ -61,15 +62,30 @@ impl RedisStore {
     }
 
     /// The lease `lease_id` of `id` now ends at `deadline`: so do its
-    /// permits of `semaphores` (comma-separated).
-    pub(super) async fn extend_permits(&self, id: TaskId, lease_id: u64, semaphores: &str, deadline: Millis) {
+    /// permits of `semaphores` (comma-separated). An error means a permit
+    /// may still lapse at the old deadline: the caller fails the extension,
+    /// so the worker extends again (the lease's script and this are both
+    /// safe to repeat) instead of running on a permit that lapses under it.
+    pub(super) async fn extend_permits(
+        &self,
+        id: TaskId,
+        lease_id: u64,
+        semaphores: &str,
+        deadline: Millis,
+    ) -> Result<(), StoreError> {
+        let mut failed = None;
         for name in semaphores.split(',').filter(|n| !n.is_empty()) {
             let mut cmd = redis::cmd("ZADD");
             cmd.arg(keys::semaphore(name)).arg("XX").arg(deadline).arg(holder(id, lease_id));
             let mut conn = self.conn.clone();
             if let Err(e) = bounded(cmd.query_async::<i64>(&mut conn)).await {
                 tracing::warn!(error = %e, semaphore = name, "could not extend a permit with its lease");
+                failed.get_or_insert(StoreError::Unavailable(format!(
+                    "the lease was extended but its permit of semaphore {name} may lapse at the old deadline \
+                     ({e}); extend again"
+                )));
             }
         }
+        failed.map_or(Ok(()), Err)
     }
 }

@@ -1,6 +1,7 @@
 -- enqueue: creates tasks in one queue, honouring request ids and dedup keys.
--- KEYS: the queue's keys (lib.lua); writes meta, body, ready, scheduled, seq,
---       dedup, requests, totals, ids_scheduled.
+-- KEYS: the queue's keys (lib.lua); writes meta, body, ready (and key
+--       groups' lists), turn, scheduled, seq, dedup, requests, flow, totals,
+--       ids_scheduled.
 -- ARGV[4]: the queue's dedup window (ms)
 -- ARGV[5]: '1' when the caller registered the queue in tb:queues just before
 --          this call, '0' when it only believes it registered
@@ -94,7 +95,8 @@ if readies > 0 then
   seq = redis.call('INCRBY', K_SEQ, readies) - readies
 end
 local metas, bodies, scheduled = {}, {}, {}
-local ready = {} -- priority -> ids
+-- READY tasks by group: {priority, key, ids, first ready_seq}, in order.
+local ready, groups = {}, {}
 local out = {redis.call('EXISTS', K_META) == 0 and 'first' or 'ok'}
 for n, f in ipairs(found) do
   local i = TASKS_AT + (n - 1) * PER
@@ -106,12 +108,13 @@ for n, f in ipairs(found) do
       state, due = READY, now
       seq = seq + 1
       ready_seq = seq
-      local level = ready[priority]
-      if not level then
-        level = {}
-        ready[priority] = level
+      local group = priority .. ':' .. ARGV[i + 8]
+      if not groups[group] then
+        groups[group] = {priority, ARGV[i + 8], {}, ready_seq}
+        ready[#ready + 1] = groups[group]
       end
-      level[#level + 1] = id
+      local ids = groups[group][3]
+      ids[#ids + 1] = id
     else
       scheduled[#scheduled + 1] = due
       scheduled[#scheduled + 1] = id
@@ -149,8 +152,8 @@ if #metas > 0 then
   variadic('HSET', K_META, metas)
   variadic('HSET', K_BODY, bodies)
 end
-for priority, ids in pairs(ready) do
-  variadic('RPUSH', k_ready(priority), ids)
+for _, group in ipairs(ready) do
+  push_ready(group[1], group[2], group[3], group[4])
 end
 if #scheduled > 0 then
   variadic('ZADD', K_SCHEDULED, scheduled)

@@ -1,7 +1,7 @@
 -- lib.lua: helpers shared by every script; scripts.rs puts this file in
 -- front of each script, so these locals are in scope there.
 --
--- Every script receives the keys of ONE queue, always all twenty-nine, in
+-- Every script receives the keys of ONE queue, always all thirty-nine, in
 -- this order (built by keys.rs):
 --   KEYS[1] meta       HASH  task id -> the task's changing fields, packed (HEAD, TAIL)
 --   KEYS[2] body       HASH  task id -> the task's fixed fields (written by
@@ -11,21 +11,27 @@
 --   KEYS[5] scheduled  ZSET  SCHEDULED tasks by due time (ms)
 --   KEYS[6] finished   LIST  SUCCEEDED/DEAD/CANCELED tasks as '<purge time>:<id>',
 --                            in the order they finished (so by purge time)
---   KEYS[7] seq        counter: ready_seq of the last task made READY
+--   KEYS[7] seq        counter: ready_seq of the last task made READY; also
+--                            the places in the turns (KEYS[30..39])
 --   KEYS[8] lease      counter: the high part of the lease ids (lease.lua)
 --   KEYS[9] dedup      HASH  dedup_key -> task id
 --   KEYS[10] requests  HASH  request_id -> task id
 --   KEYS[11] watched   HASH  task id -> number of WatchTask calls on it
 --   KEYS[12] flow      HASH  flow control: the rate limit's token bucket
 --                            (`tokens`, `at`: core::flow::Bucket); `keyed`
---                            once a task with a concurrency key was enqueued;
+--                            once a task with a concurrency key was enqueued
+--                            (from then on the groups take turns, KEYS[30..39]);
 --                            then `t:<id>` -> the task's concurrency key and
 --                            `k:<key>` -> LEASED tasks with that key; `sems`
 --                            once a task needing semaphores was enqueued, then
 --                            `s:<id>` -> its semaphore names, comma-separated
---   KEYS[13..22] ready LIST  READY tasks of priority 0..9, oldest first: a
---                            lease takes from the highest non-empty list, so
---                            priority first, FIFO within it, in O(1) per task
+--   KEYS[13..22] ready LIST  READY tasks of priority 0..9 without a concurrency
+--                            key (the no-key group), oldest first; also any
+--                            task an older build put there, keyed or not
+--                            (delivered as part of the no-key group). A
+--                            keyed task waits in its group's list instead,
+--                            `<ready list of its priority>:k:<key>` (same
+--                            slot: k_group), FIFO too
 -- and what the operations API keeps (admin.rs):
 --   KEYS[23] paused    STRING present while the queue is paused (lease.lua
 --                            then takes nothing)
@@ -36,6 +42,16 @@
 --   KEYS[26..29] ids   ZSET  SCHEDULED, SUCCEEDED, DEAD, CANCELED task ids,
 --                            score 0, so in id (creation) order: listing,
 --                            counting, purging and redriving by state
+-- and the turn of the concurrency-key groups (core::flow::Rotation):
+--   KEYS[30..39] turn  ZSET  per priority 0..9 of a keyed queue, the groups
+--                            with READY tasks (member: the key, '' for the
+--                            no-key group) by their place in the turn (a
+--                            value of the seq counter: a group joins the
+--                            back with its first task's ready_seq, and a
+--                            served group goes to the back with a fresh
+--                            one); lease.lua serves them round-robin, FIFO
+--                            within a group. A queue that never saw a key
+--                            keeps no turn: its lists are read directly
 -- and three common arguments:
 --   ARGV[1] now in ms since the Unix epoch, or '' to use Redis's clock (TIME)
 --   ARGV[2] the pub/sub channel for events ("ready <queue> <n>",
@@ -66,9 +82,23 @@ local MAX_PRIORITY = 9
 local K_PAUSED, K_TOTALS, K_REDRIVEN = KEYS[23], KEYS[24], KEYS[25]
 local K_IDS_SCHEDULED, K_IDS_SUCCEEDED, K_IDS_DEAD, K_IDS_CANCELED = KEYS[26], KEYS[27], KEYS[28], KEYS[29]
 
--- The ready list of priority `p` (clamped to 0..9).
+-- The ready list of priority `p` (clamped to 0..9): the no-key group's.
 local function k_ready(p)
   return KEYS[13 + math.min(math.max(p, 0), MAX_PRIORITY)]
+end
+
+-- The turn of the key groups of priority `p` (clamped to 0..9).
+local function k_turn(p)
+  return KEYS[30 + math.min(math.max(p, 0), MAX_PRIORITY)]
+end
+
+-- The ready list of the group `key` ('' or nil: no key) at priority `p`;
+-- under the queue's hash tag, so in its slot (keys.rs documents the name).
+local function k_group(p, key)
+  if not key or key == '' then
+    return k_ready(p)
+  end
+  return k_ready(p) .. ':k:' .. key
 end
 local CHANNEL, QUEUE = ARGV[2], ARGV[3]
 
@@ -228,12 +258,65 @@ local function clear_lease(t)
   t.lease_worker = ''
 end
 
+-- Whether tasks of this queue carry concurrency keys (then LEASED ones are
+-- counted per key, `k:<key>` in K_FLOW, and READY ones wait in key groups
+-- that take turns, KEYS[30..39]).
+local function keyed()
+  return redis.call('HEXISTS', K_FLOW, 'keyed') == 1
+end
+
+-- The concurrency key of task `id`, or nil.
+local function task_key(id)
+  if not keyed() then
+    return nil
+  end
+  return redis.call('HGET', K_FLOW, 't:' .. id) or nil
+end
+
+-- Appends `ids` (READY, of the group `key` at priority `p`) to their group's
+-- list; a group that had no READY task joins the back of the turn with
+-- `score` (the first one's ready_seq). A queue without keys keeps no turn.
+local function push_ready(p, key, ids, score)
+  if key == '' then
+    key = nil
+  end
+  local list = k_group(p, key)
+  local n = 0
+  for i = 1, #ids, 4000 do
+    n = redis.call('RPUSH', list, unpack(ids, i, math.min(i + 3999, #ids)))
+  end
+  if n == #ids and (key or keyed()) then
+    redis.call('ZADD', k_turn(p), 'NX', score, key or '')
+  end
+end
+
+-- The ready lists of priority `p`, the no-key group's first, then the key
+-- groups' in turn order; at most `limit` (all when nil).
+local function ready_lists(p, limit)
+  local lists = {k_ready(p)}
+  for _, key in ipairs(redis.call('ZRANGE', k_turn(p), 0, (limit or 0) - 1)) do
+    if key ~= '' then
+      lists[#lists + 1] = k_group(p, key)
+    end
+  end
+  return lists
+end
+
 -- Takes a task that has not finished out of the index of its state (a
 -- finished task changes state only by redrive.lua). Out of a ready list is O(n): only
--- cancel takes a READY task out of turn.
+-- cancel takes a READY task out of turn. A group left empty leaves the turn.
 local function unindex(t)
   if t.state == READY then
-    redis.call('LREM', k_ready(t.priority), 1, t.id)
+    local key = task_key(t.id)
+    local list = k_group(t.priority, key)
+    if redis.call('LREM', list, 1, t.id) == 0 and key then
+      -- Put in the no-key list by an older build.
+      key, list = nil, k_ready(t.priority)
+      redis.call('LREM', list, 1, t.id)
+    end
+    if keyed() and redis.call('EXISTS', list) == 0 then
+      redis.call('ZREM', k_turn(t.priority), key or '')
+    end
   elseif t.state == LEASED then
     redis.call('ZREM', K_LEASED, t.id)
   elseif t.state == SCHEDULED then
@@ -242,13 +325,13 @@ local function unindex(t)
   end
 end
 
--- READY at the back of its priority level. (Numbers passed to redis.call
--- keep every digit, Redis formats them with %.17g, so times go to Redis as
--- numbers, unformatted.)
+-- READY at the back of its group at its priority level. (Numbers passed to
+-- redis.call keep every digit, Redis formats them with %.17g, so times go to
+-- Redis as numbers, unformatted.)
 local function make_ready(t)
   t.state = READY
   t.ready_seq = redis.call('INCR', K_SEQ)
-  redis.call('RPUSH', k_ready(t.priority), t.id)
+  push_ready(t.priority, task_key(t.id), {t.id}, t.ready_seq)
 end
 
 local function make_scheduled(t, due)
@@ -375,12 +458,6 @@ local function bucket_tokens(now, per_ms, burst)
   end
   local elapsed = math.max(now - at, 0)
   return math.min(tokens + elapsed * per_ms, burst), math.max(at, now)
-end
-
--- Whether tasks of this queue carry concurrency keys (then LEASED ones are
--- counted per key, `k:<key>` in K_FLOW).
-local function keyed()
-  return redis.call('HEXISTS', K_FLOW, 'keyed') == 1
 end
 
 -- The concurrency key of each of `ids` (false for none), in order.

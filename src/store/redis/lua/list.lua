@@ -10,7 +10,8 @@
 -- SCHEDULED and the finished states have an index by id (score 0, so
 -- ZRANGEBYLEX walks it in id order). READY and LEASED have none, to keep
 -- enqueue and lease from writing one more index per task: their list and set
--- are read (the ready lists best first, the leased set by deadline), at most
+-- are read (the ready lists best first, the no-key group's then each key
+-- group's in turn order; the leased set by deadline), at most
 -- ARGV[7] ids, and those sorted. So a queue holding more READY (or LEASED)
 -- tasks than that lists the ones delivered next (expiring first), in id
 -- order. Ids are ULIDs of one length in [0-9A-Z], so Lua's comparison of
@@ -26,9 +27,11 @@ else
   local seen = {}
   if state == READY then
     for p = MAX_PRIORITY, 0, -1 do
-      if #seen < scan then
-        for _, id in ipairs(redis.call('LRANGE', k_ready(p), 0, scan - #seen - 1)) do
-          seen[#seen + 1] = id
+      for _, list in ipairs(ready_lists(p, scan)) do
+        if #seen < scan then
+          for _, id in ipairs(redis.call('LRANGE', list, 0, scan - #seen - 1)) do
+            seen[#seen + 1] = id
+          end
         end
       end
     end

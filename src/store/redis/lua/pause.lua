@@ -14,7 +14,9 @@ if redis.call('DEL', K_PAUSED) == 0 then
 end
 local ready = 0
 for p = 0, MAX_PRIORITY do
-  ready = ready + redis.call('LLEN', k_ready(p))
+  for _, list in ipairs(ready_lists(p)) do
+    ready = ready + redis.call('LLEN', list)
+  end
 end
 if ready > 0 then
   publish_ready(ready)

@@ -2,7 +2,8 @@
 -- request id and dedup key entries when those still point to them (as
 -- purge.lua does). LEASED tasks are never removed (a worker holds them).
 -- KEYS: the queue's keys (lib.lua); writes meta, body, results, watched,
---       dedup, requests, redriven, ready, scheduled, the ids indexes;
+--       dedup, requests, redriven, ready (and the key groups' lists), turn,
+--       scheduled, the ids indexes;
 --       finished and totals when nothing is left of them.
 -- ARGV[4]: at most this many tasks per call (the caller calls again while
 --          the reply says more)
@@ -36,12 +37,26 @@ for i = 5, #ARGV do
   local state = tonumber(ARGV[i])
   if state == READY then
     for p = MAX_PRIORITY, 0, -1 do
-      if taken < limit then
-        local ids = redis.call('LRANGE', k_ready(p), 0, limit - taken - 1)
-        if #ids > 0 then
-          redis.call('LTRIM', k_ready(p), #ids, -1)
+      for _, list in ipairs(taken < limit and ready_lists(p, limit) or {}) do
+        if taken < limit then
+          local ids = redis.call('LRANGE', list, 0, limit - taken - 1)
+          if #ids > 0 then
+            redis.call('LTRIM', list, #ids, -1)
+          end
+          drop(ids)
         end
-        drop(ids)
+      end
+      -- Emptied groups leave the turn.
+      if keyed() then
+        local gone = {}
+        for _, key in ipairs(redis.call('ZRANGE', k_turn(p), 0, limit - 1)) do
+          if redis.call('EXISTS', k_group(p, key)) == 0 then
+            gone[#gone + 1] = key
+          end
+        end
+        if #gone > 0 then
+          variadic('ZREM', k_turn(p), gone)
+        end
       end
     end
   elseif k_ids(state) and taken < limit then

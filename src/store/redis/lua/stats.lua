@@ -7,12 +7,15 @@
 
 -- The READY task waiting longest is the head of one of the ready lists
 -- (each is FIFO): the earliest update_time (when it became READY) of those.
+-- A keyed queue has a list per key group: this reads each (O(groups)).
 local ready, heads = 0, {}
 for p = 0, MAX_PRIORITY do
-  local n = redis.call('LLEN', k_ready(p))
-  if n > 0 then
-    ready = ready + n
-    heads[#heads + 1] = redis.call('LINDEX', k_ready(p), 0)
+  for _, list in ipairs(ready_lists(p)) do
+    local n = redis.call('LLEN', list)
+    if n > 0 then
+      ready = ready + n
+      heads[#heads + 1] = redis.call('LINDEX', list, 0)
+    end
   end
 end
 local oldest = nil

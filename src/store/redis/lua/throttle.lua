@@ -1,6 +1,6 @@
 -- throttle: how long until the queue's next delivery may go, when only its
 -- rate limit holds it back (core::flow::Bucket::next_token).
--- KEYS: the queue's keys (lib.lua); reads ready, flow; writes nothing.
+-- KEYS: the queue's keys (lib.lua); reads ready, turn, flow; writes nothing.
 -- ARGV[4]: the rate limit in tokens per ms
 -- ARGV[5]: the rate limit's burst
 -- Returns: milliseconds until the bucket has a token, or -1 when tasks are
@@ -9,7 +9,7 @@
 local now = clock()
 local waiting = false
 for p = 0, MAX_PRIORITY do
-  if redis.call('LLEN', k_ready(p)) > 0 then
+  if redis.call('LLEN', k_ready(p)) > 0 or redis.call('ZCARD', k_turn(p)) > 0 then
     waiting = true
     break
   end
