@@ -36,6 +36,22 @@ impl Broker {
         self.task_for(access, op, id).await.map(|_| ())
     }
 
+    /// Checks that `access` may settle (Ack, Nack, ExtendLease) the task
+    /// `id` under `lease`: without a store read when this broker handed that
+    /// lease out (it knows the task's queue), else as [`Self::authorize_task`].
+    pub async fn authorize_settle(&self, access: &Access, id: TaskId, lease: u64) -> Result<(), BrokerError> {
+        if access.allows_everywhere(Operation::Settle) {
+            return Ok(());
+        }
+        match self.inner.drain.queue_of(id, lease) {
+            Some(queue) => access
+                .check_task(Operation::Settle, &id.to_string(), Some(&queue))
+                .map(drop)
+                .map_err(BrokerError::PermissionDenied),
+            None => self.authorize_task(access, Operation::Settle, id).await,
+        }
+    }
+
     /// Checks that `access` may do `op` on `queue`.
     pub fn authorize_queue(&self, access: &Access, op: Operation, queue: &str) -> Result<(), BrokerError> {
         access.check(op, queue).map_err(BrokerError::PermissionDenied)

@@ -21,10 +21,11 @@ use crate::core::Millis;
 #[derive(Default)]
 pub(super) struct Drain {
     /// Leases handed out by unary Lease calls and not yet settled through
-    /// this broker: task -> (lease id, deadline). An entry whose deadline
-    /// passed is dropped (the lease is gone anyway); one settled through
-    /// another replica stays until then.
-    held: Mutex<HashMap<TaskId, (u64, Millis)>>,
+    /// this broker: task -> (lease id, deadline, queue). An entry whose
+    /// deadline passed is dropped (the lease is gone anyway); one settled
+    /// through another replica stays until then. The queue lets a
+    /// settlement's permission check skip a store read.
+    held: Mutex<HashMap<TaskId, Held>>,
     /// Open worker streams.
     sessions: AtomicUsize,
     /// Wakes [`Broker::drained`] when either goes down.
@@ -41,25 +42,41 @@ impl Drop for OpenSession {
     }
 }
 
+/// A lease held by a unary worker: (lease id, deadline, the task's queue).
+type Held = (u64, Millis, Arc<str>);
+
 impl Drain {
-    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, (u64, Millis)>> {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, Held>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Records leases a unary Lease handed out.
     pub(super) fn hold(&self, tasks: &[Task]) {
+        if tasks.is_empty() {
+            return;
+        }
         let mut held = self.held();
+        let mut queue: Option<Arc<str>> = None;
         for t in tasks {
             if let Some(lease) = &t.lease {
-                held.insert(t.id, (lease.id, lease.expire_time));
+                let q = match &queue {
+                    Some(q) if **q == *t.queue => q.clone(),
+                    _ => queue.insert(Arc::from(t.queue.as_str())).clone(),
+                };
+                held.insert(t.id, (lease.id, lease.expire_time, q));
             }
         }
+    }
+
+    /// The queue of the task `id` if this broker handed out `lease` on it.
+    pub(super) fn queue_of(&self, id: TaskId, lease: u64) -> Option<Arc<str>> {
+        self.held().get(&id).filter(|(l, _, _)| *l == lease).map(|(_, _, q)| q.clone())
     }
 
     /// The lease `(id, lease)` ended (settled, or found not held).
     pub(super) fn ended(&self, id: TaskId, lease: u64) {
         let mut held = self.held();
-        if held.get(&id).is_some_and(|(l, _)| *l == lease) {
+        if held.get(&id).is_some_and(|(l, _, _)| *l == lease) {
             held.remove(&id);
             if held.is_empty() {
                 self.changed.notify_waiters();
@@ -69,7 +86,7 @@ impl Drain {
 
     /// The lease `(id, lease)` now runs until `deadline`.
     pub(super) fn extended(&self, id: TaskId, lease: u64, deadline: Millis) {
-        if let Some(entry) = self.held().get_mut(&id).filter(|(l, _)| *l == lease) {
+        if let Some(entry) = self.held().get_mut(&id).filter(|(l, _, _)| *l == lease) {
             entry.1 = deadline;
         }
     }
@@ -78,7 +95,7 @@ impl Drain {
     pub(super) fn expire(&self, now: Millis) {
         let mut held = self.held();
         let before = held.len();
-        held.retain(|_, (_, deadline)| *deadline > now);
+        held.retain(|_, (_, deadline, _)| *deadline > now);
         if before > 0 && held.is_empty() {
             self.changed.notify_waiters();
         }
@@ -112,7 +129,7 @@ impl Broker {
             if self.inner.drain.idle(self.now()) {
                 return;
             }
-            let next = self.inner.drain.held().values().map(|(_, d)| *d).min();
+            let next = self.inner.drain.held().values().map(|(_, d, _)| *d).min();
             let expiry = async {
                 match next {
                     Some(deadline) => {
@@ -133,7 +150,7 @@ impl Broker {
     /// (a durable store commits them in one go); returns how many went back.
     pub async fn release_held(&self) -> usize {
         let held: Vec<_> = self.inner.drain.held().drain().collect();
-        let released = join_all(held.into_iter().map(|(id, (lease, _))| async move {
+        let released = join_all(held.into_iter().map(|(id, (lease, _, _))| async move {
             self.release(id, lease, "the broker shut down before the worker settled").await.is_ok()
         }))
         .await;

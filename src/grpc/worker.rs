@@ -5,7 +5,6 @@ use tonic::{Request, Response, Status, Streaming};
 use super::caller::Caller;
 use super::convert;
 use crate::broker::Broker;
-use crate::core::access::Operation;
 use crate::pb;
 use crate::pb::worker_service_server::WorkerService;
 
@@ -42,7 +41,7 @@ impl WorkerService for Worker {
         let caller = Caller::of(&req);
         let pb::AckRequest { task_id, lease_id, result } = req.into_inner();
         let (id, lease) = convert::held(&task_id, &lease_id)?;
-        self.broker.authorize_task(&caller.access, Operation::Settle, id).await?;
+        self.broker.authorize_settle(&caller.access, id, lease.0).await?;
         self.broker.ack(id, lease, result).await?;
         Ok(Response::new(pb::AckResponse {}))
     }
@@ -52,7 +51,7 @@ impl WorkerService for Worker {
         let pb::NackRequest { task_id, lease_id, error, retry_after, no_retry } = req.into_inner();
         let retry_after = convert::duration_field("retry_after", retry_after)?;
         let (id, lease) = convert::held(&task_id, &lease_id)?;
-        self.broker.authorize_task(&caller.access, Operation::Settle, id).await?;
+        self.broker.authorize_settle(&caller.access, id, lease.0).await?;
         let task = self.broker.nack(id, lease, error, retry_after, no_retry).await?;
         Ok(Response::new(pb::NackResponse { task: Some(convert::task(task)) }))
     }
@@ -65,7 +64,7 @@ impl WorkerService for Worker {
         let pb::ExtendLeaseRequest { task_id, lease_id, extend_by } = req.into_inner();
         let extend_by = convert::duration_field("extend_by", extend_by)?;
         let (id, lease) = convert::held(&task_id, &lease_id)?;
-        self.broker.authorize_task(&caller.access, Operation::Settle, id).await?;
+        self.broker.authorize_settle(&caller.access, id, lease.0).await?;
         let expire = self.broker.extend(id, lease, extend_by).await?;
         Ok(Response::new(pb::ExtendLeaseResponse { lease_expire_time: Some(convert::timestamp(expire)) }))
     }

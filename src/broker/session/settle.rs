@@ -46,7 +46,7 @@ pub(super) async fn authorize(
             out.push(s);
             continue;
         }
-        match broker.authorize_task(access, Operation::Settle, id).await {
+        match broker.authorize_settle(access, id, lease.0).await {
             Ok(()) => out.push(s),
             Err(error) => out.push(Settlement::Invalid {
                 task_id: id.to_string(),
