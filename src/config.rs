@@ -21,8 +21,10 @@ use crate::store::redis::{redact, Target};
 use crate::store::Limits;
 
 pub mod reload;
+mod schedules;
 mod telemetry;
 
+pub use schedules::ScheduleConfig;
 pub use telemetry::TelemetryConfig;
 
 /// A value as an error message may show it: a URL with credentials put in
@@ -114,6 +116,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// `[semaphores.NAME]`: permits shared by every queue's tasks.
     pub semaphores: BTreeMap<String, SemaphoreConfig>,
+    /// `[[schedules]]`: periodic tasks (see [`schedules`]).
+    pub schedules: Vec<ScheduleConfig>,
     /// `[telemetry]`: trace export, for when the standard `OTEL_*`
     /// variables are not set (they win).
     pub telemetry: TelemetryConfig,
@@ -156,6 +160,7 @@ impl Default for Config {
             routes: Vec::new(),
             file: None,
             semaphores: BTreeMap::new(),
+            schedules: Vec::new(),
             telemetry: TelemetryConfig::default(),
         }
     }
@@ -328,6 +333,7 @@ impl Config {
                 }
             }
         }
+        self.validate_schedules(&mut errors);
         if errors.is_empty() {
             Ok(())
         } else {

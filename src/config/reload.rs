@@ -3,7 +3,9 @@
 //!
 //! What a reload applies: `[queues.*]`, `[[routes]]` (and every other
 //! setting that [`Config::policies`] resolves), swapped at once through the
-//! shared [`QueueRegistry`], so connections, streams and leases carry on.
+//! shared [`QueueRegistry`], so connections, streams and leases carry on;
+//! and `[[schedules]]`, handed to the schedule loop
+//! ([`crate::background::schedule_loop`]), which stores them.
 //! Everything else (listen address, storage, store budgets, transport and
 //! stream bounds) is read once at start-up: a change is reported as needing
 //! a restart and not applied. A file with any problem changes nothing.
@@ -12,11 +14,14 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+use tokio::sync::watch;
+
 use super::Config;
 use crate::core::queue::QueueRegistry;
+use crate::core::schedule::Schedule;
 
 /// Top-level settings a reload applies.
-const RELOADABLE: &[&str] = &["queues", "routes", "semaphores"];
+const RELOADABLE: &[&str] = &["queues", "routes", "semaphores", "schedules"];
 
 /// Re-reads one config file into one registry.
 pub struct Reloader {
@@ -25,6 +30,8 @@ pub struct Reloader {
     registry: QueueRegistry,
     /// The config in force and the file's text as last applied.
     running: Mutex<(Config, toml::Value)>,
+    /// The config's schedules, for the schedule loop to declare.
+    schedules: watch::Sender<Vec<Schedule>>,
 }
 
 impl Reloader {
@@ -34,7 +41,13 @@ impl Reloader {
         let path = running.file.clone();
         let text = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default();
         let value = text.parse::<toml::Value>().unwrap_or_else(|_| toml::Value::Table(Default::default()));
-        Self { path, registry, running: Mutex::new((running, value)) }
+        let schedules = watch::Sender::new(running.schedules());
+        Self { path, registry, running: Mutex::new((running, value)), schedules }
+    }
+
+    /// The config's schedules, now and after each reload.
+    pub fn schedules(&self) -> watch::Receiver<Vec<Schedule>> {
+        self.schedules.subscribe()
     }
 
     /// Reloads; returns what changed (one line each), or every problem.
@@ -52,9 +65,16 @@ impl Reloader {
         next.queues = file.queues;
         next.routes = file.routes;
         next.semaphores = file.semaphores;
+        next.schedules = file.schedules;
         next.validate()?;
         let changes = describe(&running.1, &value);
         self.registry.replace(next.policies());
+        self.schedules.send_if_modified(|s| {
+            let new = next.schedules();
+            let changed = *s != new;
+            *s = new;
+            changed
+        });
         *running = (next, value);
         tracing::info!(path = %path.display(), changes = changes.len(), "config reloaded");
         for c in &changes {

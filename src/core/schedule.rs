@@ -131,23 +131,52 @@ pub struct Schedule {
     pub since: Millis,
 }
 
-/// Why a schedule's timing is not valid: the field and what is wrong.
+/// Why a schedule is not valid: the field and what is wrong.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
-pub struct InvalidTiming {
+pub struct InvalidSchedule {
     pub field: &'static str,
     pub message: String,
 }
 
-impl InvalidTiming {
+impl InvalidSchedule {
     fn new(field: &'static str, message: impl Into<String>) -> Self {
         Self { field, message: message.into() }
     }
 }
 
+/// Longest schedule name.
+pub const MAX_NAME: usize = 128;
+
+/// Schedule names: like queue names (they go into dedup keys and paths).
+pub fn valid_name(name: &str) -> bool {
+    (1..=MAX_NAME).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+}
+
 impl Schedule {
+    /// Every problem of the schedule itself (name, timing, queue, kind);
+    /// what its task may carry (payload size, headers) is the broker's
+    /// enqueue validation.
+    pub fn check(&self) -> Vec<InvalidSchedule> {
+        let mut out = Vec::new();
+        if !valid_name(&self.name) {
+            out.push(InvalidSchedule::new("name", "must match [A-Za-z0-9._:-]{1,128}"));
+        }
+        if let Err(e) = self.timing() {
+            out.push(e);
+        }
+        if !super::queue::valid_queue_name(&self.queue) {
+            out.push(InvalidSchedule::new("queue", "must match [A-Za-z0-9._:-]{1,128}"));
+        }
+        if self.kind.is_empty() {
+            out.push(InvalidSchedule::new("kind", "must not be empty"));
+        }
+        out
+    }
+
     /// Its timing, checked.
-    pub fn timing(&self) -> Result<Timing, InvalidTiming> {
+    pub fn timing(&self) -> Result<Timing, InvalidSchedule> {
         Timing::new(&self.cron, self.every, &self.timezone)
     }
 
@@ -177,27 +206,27 @@ pub enum Timing {
 impl Timing {
     /// Exactly one of `cron` (non-empty) and `every`; `timezone` an IANA
     /// name or empty (UTC), and only with `cron`.
-    pub fn new(cron: &str, every: Option<Millis>, timezone: &str) -> Result<Timing, InvalidTiming> {
+    pub fn new(cron: &str, every: Option<Millis>, timezone: &str) -> Result<Timing, InvalidSchedule> {
         let tz = if timezone.is_empty() {
             Tz::UTC
         } else {
             timezone.parse::<Tz>().map_err(|_| {
-                InvalidTiming::new("timezone", format!("{timezone:?} is not an IANA time zone"))
+                InvalidSchedule::new("timezone", format!("{timezone:?} is not an IANA time zone"))
             })?
         };
         match (cron.trim().is_empty(), every) {
-            (true, None) => Err(InvalidTiming::new("cron", "one of cron or every must be set")),
-            (false, Some(_)) => Err(InvalidTiming::new("every", "set cron or every, not both")),
+            (true, None) => Err(InvalidSchedule::new("cron", "one of cron or every must be set")),
+            (false, Some(_)) => Err(InvalidSchedule::new("every", "set cron or every, not both")),
             (true, Some(every)) if every < MIN_EVERY => {
-                Err(InvalidTiming::new("every", "must be at least 1s"))
+                Err(InvalidSchedule::new("every", "must be at least 1s"))
             }
             (true, Some(_)) if tz != Tz::UTC => {
-                Err(InvalidTiming::new("timezone", "only with cron (every counts real time)"))
+                Err(InvalidSchedule::new("timezone", "only with cron (every counts real time)"))
             }
             (true, Some(every)) => Ok(Timing::Every(every)),
             (false, None) => {
                 if cron.split_whitespace().count() != 5 {
-                    return Err(InvalidTiming::new(
+                    return Err(InvalidSchedule::new(
                         "cron",
                         format!("{cron:?} must have 5 fields: minute hour day-of-month month day-of-week"),
                     ));
@@ -207,7 +236,7 @@ impl Timing {
                     .year(Year::Disallowed)
                     .build()
                     .parse(cron)
-                    .map_err(|e| InvalidTiming::new("cron", format!("{cron:?}: {e}")))?;
+                    .map_err(|e| InvalidSchedule::new("cron", format!("{cron:?}: {e}")))?;
                 Ok(Timing::Cron { cron: Box::new(parsed), tz })
             }
         }

@@ -191,3 +191,18 @@ fn catch_up_parses_its_three_names() {
     assert_eq!("all".parse(), Ok(CatchUp::All));
     assert!("some".parse::<CatchUp>().is_err());
 }
+
+#[test]
+fn a_schedule_checks_its_name_queue_and_kind() {
+    let good = Schedule {
+        name: "nightly-report".into(),
+        cron: "0 3 * * *".into(),
+        queue: "reports".into(),
+        kind: "k".into(),
+        ..Schedule::default()
+    };
+    assert_eq!(good.check(), []);
+    let bad = Schedule { name: "a b".into(), queue: String::new(), kind: String::new(), ..good };
+    let fields: Vec<_> = bad.check().into_iter().map(|e| e.field).collect();
+    assert_eq!(fields, ["name", "queue", "kind"]);
+}
