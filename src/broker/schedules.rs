@@ -100,6 +100,7 @@ impl Broker {
     pub async fn declare_schedules(&self, declared: &[Schedule]) -> Result<(), BrokerError> {
         let now = self.now();
         let stored = self.store().list_schedules().await?;
+        let mut changed = false;
         for s in declared {
             let existing = stored.iter().find(|e| e.schedule.name == s.name).map(|e| &e.schedule);
             let mut s = s.clone();
@@ -110,13 +111,18 @@ impl Broker {
                     tracing::warn!(schedule = %s.name, "the config declares a runtime schedule's name: the config's replaces it");
                 }
                 self.store().put_schedule(s).await?;
+                changed = true;
             }
         }
         for gone in stored.iter().filter(|e| e.schedule.source == ScheduleSource::Config) {
             if !declared.iter().any(|d| d.name == gone.schedule.name) {
                 tracing::info!(schedule = %gone.schedule.name, "config schedule no longer declared: deleted");
                 self.store().delete_schedule(&gone.schedule.name).await?;
+                changed = true;
             }
+        }
+        if changed {
+            self.inner.activity.touch();
         }
         Ok(())
     }
