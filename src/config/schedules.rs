@@ -186,4 +186,21 @@ mod tests {
             Config::from_toml("[[schedules]]\nname = \"a\"\nkind = \"k\"\ncorn = \"* * * * *\"\n").is_err()
         );
     }
+
+    /// `taskbroker config example` shows a schedule, commented out; with its
+    /// lines uncommented it is valid.
+    #[test]
+    fn the_examples_commented_schedule_is_valid() {
+        let example = crate::config::EXAMPLE;
+        let start = example.find("# [[schedules]]").expect("the example shows a schedule");
+        let block: Vec<&str> = example[start..]
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| !l.starts_with('#'))
+            .collect();
+        let config = Config::from_toml(&format!("{example}\n{}\n", block.join("\n"))).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.schedules()[0].name, "nightly-report");
+    }
 }
