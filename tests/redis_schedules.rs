@@ -1,27 +1,35 @@
-//! Schedules over one Redis shared by three broker replicas, on an injected
-//! clock: every due time enqueues exactly one task while the replicas race
-//! each pass, while one of them is restarted, and after all of them were
-//! down (catch-up).
+//! Schedules over one Redis shared by three broker replicas: every due time
+//! enqueues exactly one task while the replicas race each pass, while one
+//! of them is restarted, and after all of them were down (catch-up).
 //!
-//! The replicas are in-process brokers, each with its own `RedisStore` (its
-//! own connections), firing concurrently on a multi-threaded runtime; the
-//! test starts its own redis-server.
+//! The first test's replicas are in-process brokers, each with its own
+//! `RedisStore` (its own connections), firing concurrently on a
+//! multi-threaded runtime. The second runs three real `taskbroker serve`
+//! processes on the wall clock (real time is the point there: their own
+//! loops fire) and restarts one of them. Each test starts its own
+//! redis-server.
+#![cfg(unix)]
 
 #[allow(dead_code)]
 #[path = "common/redis.rs"]
 mod redis_server;
+#[allow(dead_code)]
+#[path = "common/serve.rs"]
+mod serve;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis_server::RedisServer;
+use serve::ServeProcess;
 use taskbroker::broker::session::StreamLimits;
 use taskbroker::broker::{Broker, BrokerSettings};
 use taskbroker::config::Config;
 use taskbroker::core::clock::{Clock, ManualClock};
 use taskbroker::core::queue::QueueRegistry;
 use taskbroker::core::task::TaskState;
+use taskbroker::pb;
 use taskbroker::store::redis::RedisStore;
 use taskbroker::store::Store;
 
@@ -134,4 +142,100 @@ async fn three_replicas_fire_each_due_time_once_through_a_restart_and_an_outage(
     let last: Vec<_> =
         listed.iter().map(|s| (s.stored.schedule.name.as_str(), s.stored.last_fired)).collect();
     assert_eq!(last, [("five", Some(T0 + 30 * MIN)), ("tick", Some(T0 + 30 * MIN))]);
+}
+
+/// A `taskbroker serve --storage redis` process with `config`.
+async fn serve(
+    name: &str,
+    redis: &RedisServer,
+    config: &std::path::Path,
+    dir: &tempfile::TempDir,
+) -> ServeProcess {
+    let data = dir.path().join(format!("data-{name}"));
+    let url = redis.url();
+    let args: [&std::ffi::OsStr; 10] = [
+        "--storage".as_ref(),
+        "redis".as_ref(),
+        "--redis-url".as_ref(),
+        url.as_ref(),
+        "--admin-listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--data-dir".as_ref(),
+        data.as_os_str(),
+        "--config".as_ref(),
+        config.as_os_str(),
+    ];
+    ServeProcess::start(name, &args, &dir.path().join(format!("{name}.log"))).await
+}
+
+/// Leases and acks ticks through `replica` until `more` new due times have
+/// been seen; adds each task's due time to `seen`.
+async fn collect(replica: &ServeProcess, seen: &mut Vec<u64>, more: usize) {
+    let mut worker = replica.worker();
+    let target = seen.len() + more;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while seen.len() < target {
+        assert!(tokio::time::Instant::now() < deadline, "ticks stopped coming: {seen:?}");
+        let request = pb::LeaseRequest {
+            queues: vec!["ticks".into()],
+            max_tasks: 100,
+            wait: Some(prost_types::Duration { seconds: 3, nanos: 0 }),
+            worker_id: "collector".into(),
+            ..Default::default()
+        };
+        let leased = worker.lease(request).await.unwrap().into_inner().tasks;
+        for t in leased {
+            let task = t.task.clone().unwrap();
+            seen.push(task.dedup_key.rsplit(':').next().unwrap().parse().unwrap());
+            let ack = pb::AckRequest { task_id: task.id, lease_id: t.lease_id, result: Vec::new() };
+            worker.ack(ack).await.unwrap();
+        }
+    }
+}
+
+/// Ticks are acked as they come, so a due time fired again later would make
+/// a second task (the dedup window is 0: a finished task's dedup key no
+/// longer counts). Replicas racing on one due time are also held back by
+/// the dedup key of its still-ready task; the store conformance suite
+/// (`each_due_time_fires_once`) checks the fired record alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_serve_processes_fire_every_second_once_while_one_restarts() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("taskbroker.toml");
+    std::fs::write(
+        &config,
+        "[[schedules]]\nname = \"tick\"\nevery = \"1s\"\nqueue = \"ticks\"\nkind = \"tick\"\ncatch_up = \"all\"\n",
+    )
+    .unwrap();
+    let a = serve("a", &redis, &config, &dir).await;
+    let mut b = serve("b", &redis, &config, &dir).await;
+    let mut c = serve("c", &redis, &config, &dir).await;
+    let mut seen = Vec::new();
+    collect(&a, &mut seen, 3).await;
+    c.sigterm();
+    c.exits_cleanly(Duration::from_secs(20)).await;
+    collect(&a, &mut seen, 3).await;
+    let mut c = serve("c2", &redis, &config, &dir).await;
+    collect(&a, &mut seen, 3).await;
+    for r in [&mut b, &mut c] {
+        r.sigterm();
+        r.exits_cleanly(Duration::from_secs(20)).await;
+    }
+    let mut a = a;
+    a.sigterm();
+    a.exits_cleanly(Duration::from_secs(20)).await;
+    // What was fired but not leased yet.
+    let probe = RedisStore::connect(&redis.url(), QueueRegistry::new(Config::default().policies()), false)
+        .await
+        .unwrap();
+    for t in probe.list_tasks("ticks", TaskState::Ready, None, 1000).await.unwrap() {
+        seen.push(t.dedup_key.rsplit(':').next().unwrap().parse().unwrap());
+    }
+    let mut sorted = seen.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), seen.len(), "a due time fired twice: {seen:?}");
+    assert!(sorted.len() >= 9, "{sorted:?}");
+    assert!(sorted.windows(2).all(|w| w[1] - w[0] == 1000), "every second once, none missed: {sorted:?}");
 }
