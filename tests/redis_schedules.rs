@@ -13,7 +13,6 @@
 #[allow(dead_code)]
 #[path = "common/redis.rs"]
 mod redis_server;
-#[allow(dead_code)]
 #[path = "common/serve.rs"]
 mod serve;
 
