@@ -30,6 +30,12 @@
 //!   queue beyond [`Limits::max_queues`] (the table stores also enforce
 //!   `max_tasks` and `max_queued_bytes`); no other call checks a limit, so
 //!   workers can always drain. A queue without tasks is forgotten.
+//! - Schedules: `fire_schedule` records a due time as fired and enqueues its
+//!   task in one atomic step, and changes nothing for a due time at or
+//!   before the one recorded, so each due time enqueues at most one task
+//!   whoever fires it; the record outlives the task and its queue, and is
+//!   kept when the schedule is replaced (`put_schedule`), dropped with it
+//!   (`delete_schedule`).
 //!
 //! Backends: [`memory::MemoryStore`] (the reference) and
 //! [`embedded::EmbeddedStore`] (persisted in redb with group commit) are one

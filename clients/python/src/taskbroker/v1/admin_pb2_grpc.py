@@ -197,7 +197,8 @@ class AdminServiceServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def TriggerSchedule(self, request, context):
-        """Enqueues one run of a schedule now; its due times are unaffected.
+        """Enqueues one run of a schedule now (dedup key
+        "schedule:<name>:trigger:<now in ms>"); its due times are unaffected.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
