@@ -116,7 +116,7 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// `[semaphores.NAME]`: permits shared by every queue's tasks.
     pub semaphores: BTreeMap<String, SemaphoreConfig>,
-    /// `[[schedules]]`: periodic tasks (see [`schedules`]).
+    /// `[[schedules]]`: periodic tasks (see `config/schedules.rs`).
     pub schedules: Vec<ScheduleConfig>,
     /// `[telemetry]`: trace export, for when the standard `OTEL_*`
     /// variables are not set (they win).

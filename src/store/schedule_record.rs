@@ -4,8 +4,8 @@
 //!
 //! A value is one format byte and the postcard encoding of that format's
 //! record; the schedule's name is the key it is stored under. A checked-in
-//! record of each format is decoded by a test ([`tests`]), so an accidental
-//! change of a layout fails the tests.
+//! record of each format (`schedule_record/schedule-v1.hex`) is decoded by
+//! a test, so an accidental change of a layout fails the tests.
 
 use std::collections::BTreeMap;
 
