@@ -237,6 +237,12 @@ impl Timing {
                     .build()
                     .parse(cron)
                     .map_err(|e| InvalidSchedule::new("cron", format!("{cron:?}: {e}")))?;
+                // A pattern no date matches (`0 0 31 2 *`) would cost a search
+                // through every year croner knows on each pass: refuse it.
+                let epoch = at(&tz, 0).ok_or_else(|| InvalidSchedule::new("timezone", "unusable"))?;
+                if parsed.find_next_occurrence(&epoch, false).is_err() {
+                    return Err(InvalidSchedule::new("cron", format!("{cron:?} matches no date")));
+                }
                 Ok(Timing::Cron { cron: Box::new(parsed), tz })
             }
         }

@@ -206,3 +206,13 @@ fn a_schedule_checks_its_name_queue_and_kind() {
     let fields: Vec<_> = bad.check().into_iter().map(|e| e.field).collect();
     assert_eq!(fields, ["name", "queue", "kind"]);
 }
+
+#[test]
+fn a_pattern_that_matches_no_date_is_refused() {
+    let err = Timing::new("0 0 31 2 *", None, "").unwrap_err();
+    assert_eq!(err.field, "cron");
+    assert!(err.message.contains("matches no date"), "{err}");
+    // February 29th exists, in leap years only.
+    let leap = cron("0 0 29 2 *", "");
+    assert_eq!(leap.next_after(utc(2026, 1, 1, 0, 0)), Some(utc(2028, 2, 29, 0, 0)));
+}
