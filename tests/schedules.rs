@@ -30,9 +30,18 @@ fn config(toml: &str) -> Config {
 
 /// A broker on `store` (one replica; several share a store).
 fn replica(store: Arc<dyn Store>, registry: &QueueRegistry, clock: Arc<ManualClock>) -> Broker {
+    strict_replica(store, registry, clock, false)
+}
+
+fn strict_replica(
+    store: Arc<dyn Store>,
+    registry: &QueueRegistry,
+    clock: Arc<ManualClock>,
+    strict: bool,
+) -> Broker {
     let settings = BrokerSettings {
         queues: registry.clone(),
-        strict_queues: false,
+        strict_queues: strict,
         max_payload_bytes: 1 << 20,
         max_delay: Duration::from_secs(3600),
         streams: StreamLimits { outbound_bytes: 1 << 20, stall_timeout: Duration::from_secs(60) },

@@ -91,7 +91,7 @@ impl Broker {
         let stored =
             self.find_schedule(name).await?.ok_or_else(|| BrokerError::ScheduleNotFound(name.into()))?;
         let now = self.now();
-        let mut input = input(&stored.schedule, now);
+        let mut input = input(&stored.schedule);
         input.dedup_key = format!("schedule:{name}:trigger:{now}");
         Ok(self.enqueue(input).await?.task)
     }
@@ -167,7 +167,7 @@ impl Broker {
 
     /// Fires `due`: 1 if this call created its task.
     async fn fire_one(&self, s: &Schedule, due: Millis, now: Millis) -> Result<usize, BrokerError> {
-        let mut input = input(s, now);
+        let mut input = input(s);
         input.dedup_key = s.dedup_key(due);
         let task = match self.with_rules(|rules| rules.enqueue(input, now)) {
             Ok(task) => task,
@@ -202,8 +202,11 @@ impl Broker {
             s.check().into_iter().map(|e| super::Violation::new(e.field, e.message)).collect();
         if violations.is_empty() {
             let now = self.now();
-            if let Err(BrokerError::Invalid(v)) = self.with_rules(|rules| rules.enqueue(input(s, now), now)) {
-                violations.extend(v);
+            match self.with_rules(|rules| rules.enqueue(input(s), now)) {
+                Ok(_) => {}
+                Err(BrokerError::Invalid(v)) => violations.extend(v),
+                // An undeclared queue under strict_queues.
+                Err(other) => return Err(other),
             }
         }
         if violations.is_empty() {
@@ -229,7 +232,7 @@ fn since(old: Option<&Schedule>, new: &Schedule, now: Millis) -> Millis {
 }
 
 /// The enqueue a schedule's run makes.
-fn input(s: &Schedule, _now: Millis) -> EnqueueInput {
+fn input(s: &Schedule) -> EnqueueInput {
     EnqueueInput {
         queue: s.queue.clone(),
         kind: s.kind.clone(),
