@@ -191,3 +191,30 @@ async fn a_reload_declares_the_files_schedules_and_keeps_runtime_ones() {
     assert!(e.message().contains("schedules[0].cron"), "{}", e.message());
     s.shutdown().await;
 }
+
+/// The dashboard's `/schedules` lists every schedule, escaping what users
+/// wrote.
+#[tokio::test]
+async fn the_dashboard_lists_the_schedules() {
+    let mut s = server(StorageKind::Memory).await;
+    let tricky = pb::Schedule { kind: "<b>sync</b>".into(), ..runtime("sync") };
+    s.admin.put_schedule(pb::PutScheduleRequest { schedule: Some(tricky) }).await.unwrap();
+    let page = common::http::get(s.admin_addr, "/schedules").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let body = page.body;
+    for expected in [
+        "data-schedule=\"nightly-report\"",
+        "0 3 * * * (Europe/Berlin)",
+        "2026-01-01T02:00:00.000Z",
+        "data-schedule=\"tick\"",
+        "every 1m",
+        "data-source=\"runtime\"",
+        "&#60;b&#62;sync&#60;/b&#62;",
+    ] {
+        assert!(body.contains(expected), "{expected:?} in:\n{body}");
+    }
+    assert!(!body.contains("<b>sync</b>"), "escaped:\n{body}");
+    let home = common::http::get(s.admin_addr, "/").await;
+    assert!(home.body.contains("href=\"/schedules\""), "linked from every page");
+    s.shutdown().await;
+}

@@ -6,6 +6,7 @@
 //! - [`pages`]: the pages (GET), rendered server-side from the askama
 //!   templates in `templates/` (compiled in; auto-escaping on, so every
 //!   queue name, kind, header, error and payload is escaped).
+//! - [`schedules`]: the periodic schedules (read-only).
 //! - [`actions`]: pause, resume, purge, redrive (POST forms), behind
 //!   [`guard`] (same-origin check and a per-process form token).
 //! - [`health`]: liveness and readiness.
@@ -22,6 +23,7 @@ pub mod guard;
 pub mod health;
 pub mod metrics;
 pub mod pages;
+pub mod schedules;
 pub mod server;
 pub mod throughput;
 pub mod view;
@@ -57,6 +59,7 @@ pub fn router(dashboard: Dashboard) -> Router {
         .route("/queues/{name}", get(pages::queue))
         .route("/queues/{name}/{action}", post(actions::act))
         .route("/tasks/{id}", get(pages::task))
+        .route("/schedules", get(schedules::schedules))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics))
