@@ -122,6 +122,11 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Run
     // Boxed: the nested start-up futures are deep enough that computing the
     // layout of a caller's future overflows rustc's query depth (clippy 1.95).
     let broker = Box::pin(open_broker(config, clock)).await?;
+    // The config's schedules are stored before the first call is served.
+    broker
+        .declare_schedules(&config.schedules())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot store the config's schedules: {e}"))?;
     let addr: SocketAddr =
         config.listen.parse().map_err(|_| anyhow::anyhow!("listen: not an address: {}", config.listen))?;
     let (stop_background, stop) = watch::channel(false);
@@ -148,6 +153,8 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Run
     let health = grpc.health.clone();
     let readiness = tokio::spawn(follow_storage_health(broker.clone(), health.clone(), stop.clone()));
     let timers = tokio::spawn(background::timer_loop(broker.clone(), stop.clone()));
+    let schedules =
+        tokio::spawn(background::schedule_loop(broker.clone(), reloader.schedules(), stop.clone()));
     let reloads = tokio::spawn(reload_on_sighup(reloader, stop.clone()));
     let watched_tls = tls.into_iter().chain(admin_tls.clone()).collect();
     let files = tokio::spawn(security::follow_files(watched_tls, auth.clone(), stop));
@@ -164,7 +171,7 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Run
         grpc,
         health,
         stop_background,
-        background: vec![timers, readiness, reloads, files],
+        background: vec![timers, schedules, readiness, reloads, files],
         grace: config.shutdown_grace,
     })
 }
@@ -216,7 +223,7 @@ pub struct Running {
     grpc: Serving,
     /// Readiness (`grpc.health.v1`, service `""`).
     health: HealthReporter,
-    /// Stops the timer loop and the storage health watcher.
+    /// Stops the timer and schedule loops and the storage health watcher.
     stop_background: watch::Sender<bool>,
     background: Vec<JoinHandle<()>>,
     /// How long in-flight calls may finish after shutdown starts.

@@ -21,9 +21,11 @@ use crate::store::redis::{redact, Target};
 use crate::store::Limits;
 
 pub mod reload;
+mod schedules;
 pub mod security;
 mod telemetry;
 
+pub use schedules::ScheduleConfig;
 pub use security::AuthConfig;
 pub use telemetry::TelemetryConfig;
 
@@ -116,6 +118,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// `[semaphores.NAME]`: permits shared by every queue's tasks.
     pub semaphores: BTreeMap<String, SemaphoreConfig>,
+    /// `[[schedules]]`: periodic tasks (see `config/schedules.rs`).
+    pub schedules: Vec<ScheduleConfig>,
     /// `[telemetry]`: trace export, for when the standard `OTEL_*`
     /// variables are not set (they win).
     pub telemetry: TelemetryConfig,
@@ -174,6 +178,7 @@ impl Default for Config {
             routes: Vec::new(),
             file: None,
             semaphores: BTreeMap::new(),
+            schedules: Vec::new(),
             telemetry: TelemetryConfig::default(),
             tls_cert: None,
             tls_key: None,
@@ -353,6 +358,7 @@ impl Config {
             }
         }
         security::validate(self, &mut errors);
+        self.validate_schedules(&mut errors);
         if errors.is_empty() {
             Ok(())
         } else {

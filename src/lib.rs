@@ -5,17 +5,19 @@
 //!
 //! # Layout
 //! - [`app`]: the one place that assembles and stops the program (store,
-//!   broker, timer loop, readiness, gRPC server, admin HTTP port).
+//!   broker, timer and schedule loops, readiness, gRPC server, admin HTTP port).
 //! - [`core`]: the pure domain (tasks, the state machine in
 //!   [`core::transition`], priority order, routing, backoff, lease fencing,
-//!   queue selection and the lease driver, trace context, the clock). No I/O.
+//!   queue selection and the lease driver, schedule due times and catch-up,
+//!   trace context, the clock). No I/O.
 //! - [`store`]: the storage trait in task operations and its backends: memory
 //!   and embedded (redb) share one in-memory table that applies
 //!   `core::transition`; Redis runs one Lua script per operation, each naming
 //!   the core function it mirrors (`tests/differential.rs` keeps them equal).
 //! - [`broker`]: validation, resolution against queue settings and routes,
 //!   one store call per request, wake-ups for waiting workers.
-//! - [`background`]: the timer loop (expired leases, due tasks, retention).
+//! - [`background`]: the timer loop (expired leases, due tasks, retention)
+//!   and the schedule loop (periodic schedules, [`broker::schedules`]).
 //! - [`admin_http`]: the admin HTTP port: the web dashboard (server-rendered,
 //!   assets compiled in), `/healthz`, `/readyz`; calls the broker's
 //!   operations API.

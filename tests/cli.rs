@@ -794,3 +794,66 @@ fn queue_commands_show_pause_purge_and_redrive() {
     assert!(stderr(&missing).contains("NotFound"), "{}", stderr(&missing));
     assert_eq!(serve.terminate().code(), Some(0));
 }
+
+// ---------------------------------------------------------------------------
+// Schedules: schedules, schedules trigger|delete, bad [[schedules]].
+// ---------------------------------------------------------------------------
+
+#[test]
+fn schedules_lists_next_runs_and_triggers_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("taskbroker.toml");
+    std::fs::write(
+        &config,
+        "[[schedules]]\nname = \"nightly-report\"\ncron = \"0 3 * * *\"\ntimezone = \"Europe/Berlin\"\n\
+         queue = \"reports\"\nkind = \"report.build\"\npayload = '{\"scope\":\"all\"}'\n\
+         [[schedules]]\nname = \"tick\"\nevery = \"15m\"\nkind = \"tick\"\ncatch_up = \"none\"\n",
+    )
+    .unwrap();
+    let mut cmd = taskbroker(dir.path());
+    cmd.args(["serve", "--storage", "memory", "--listen", "127.0.0.1:0", "--config"]).arg(&config);
+    let mut serve = Serve::start(cmd, &dir.path().join("serve.log"));
+    let server = serve.server();
+    let client = |args: &[&str]| {
+        let mut cmd = taskbroker(dir.path());
+        cmd.args(args).args(["--server", &server]);
+        run(cmd)
+    };
+
+    let table = ok(&client(&["schedules"]));
+    assert!(table.starts_with("NAME "), "a header: {table}");
+    let row = table.lines().find(|l| l.starts_with("nightly-report ")).unwrap_or_else(|| panic!("{table}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cols[1], "config", "{table}");
+    // 03:00 in Berlin is 01:00 or 02:00 UTC, whatever the date.
+    assert!(cols[2].ends_with("T01:00:00Z") || cols[2].ends_with("T02:00:00Z"), "next run: {table}");
+    let tick = table.lines().find(|l| l.starts_with("tick ")).unwrap_or_else(|| panic!("{table}"));
+    assert!(tick.contains("every_15m") && tick.contains(" none "), "{tick}");
+
+    let json = ok(&client(&["schedules", "--json"]));
+    let nightly: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+    assert_eq!(nightly["name"], "nightly-report");
+    assert_eq!(nightly["timezone"], "Europe/Berlin");
+    assert_eq!(nightly["payload"], "{\"scope\":\"all\"}");
+    assert!(nightly["next_run_time"].is_string() && nightly["last_run_time"].is_null(), "{nightly}");
+
+    let task = ok(&client(&["schedules", "trigger", "nightly-report"]));
+    assert_eq!(json_str(&task, "queue"), "reports");
+    assert_eq!(json_str(&task, "state"), "TASK_STATE_READY");
+    let refused = client(&["schedules", "delete", "nightly-report"]);
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("config file"), "{}", stderr(&refused));
+    let unknown = client(&["schedules", "trigger", "nope"]);
+    assert!(stderr(&unknown).contains("NotFound"), "{}", stderr(&unknown));
+    assert_eq!(serve.terminate().code(), Some(0));
+}
+
+#[test]
+fn serve_exits_64_on_a_bad_schedule() {
+    let err = serve_rejects_config("[[schedules]]\nname = \"x\"\ncron = \"0 3 * *\"\nkind = \"k\"\n");
+    assert!(err.contains("schedules[0].cron"), "stderr names the setting: {err}");
+    let err = serve_rejects_config(
+        "[[schedules]]\nname = \"x\"\nevery = \"1m\"\nkind = \"k\"\ncatch_up = \"twice\"\n",
+    );
+    assert!(err.contains("schedules[0].catch_up"), "stderr names the setting: {err}");
+}

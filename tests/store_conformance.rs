@@ -9,12 +9,13 @@ use taskbroker::core::flow::RateLimit;
 use taskbroker::core::lease::LeaseError;
 use taskbroker::core::queue::{Policies, QueuePolicy};
 use taskbroker::core::retry::Backoff;
+use taskbroker::core::schedule::{CatchUp, Schedule, ScheduleSource};
 use taskbroker::core::stats::{QueueCounts, QueueStats, QueueTotals};
 use taskbroker::core::task::{NewTask, Task, TaskState};
 use taskbroker::store::embedded::EmbeddedStore;
 use taskbroker::store::memory::MemoryStore;
 use taskbroker::store::redis::{RedisStore, Target};
-use taskbroker::store::{AckItem, LeaseSpec, NackSpec, Store, StoreError, Swept};
+use taskbroker::store::{AckItem, Fired, LeaseSpec, NackSpec, Store, StoreError, StoredSchedule, Swept};
 use tempfile::TempDir;
 
 #[allow(dead_code)]
@@ -978,6 +979,129 @@ async fn flow_fields_are_stored_and_returned(b: &Backend) {
     assert_eq!(s.get(plain.id).await.unwrap().concurrency_key, "");
 }
 
+// Periodic schedules: definitions, and the last fired due time that makes
+// each due time enqueue one task.
+
+fn schedule(name: &str) -> Schedule {
+    Schedule {
+        name: name.into(),
+        cron: "0 3 * * *".into(),
+        every: None,
+        timezone: "Europe/Berlin".into(),
+        queue: "reports".into(),
+        kind: "report.build".into(),
+        payload: br#"{"scope":"all"}"#.to_vec(),
+        headers: BTreeMap::from([("source".to_owned(), "cron".to_owned())]),
+        catch_up: CatchUp::All,
+        source: ScheduleSource::Config,
+        since: NOW,
+    }
+}
+
+/// The task a schedule fires for `due`.
+fn fired_task(s: &Schedule, due: u64) -> NewTask {
+    NewTask { kind: s.kind.clone(), dedup_key: s.dedup_key(due), ..new_task(&s.queue, 0) }
+}
+
+async fn fire(st: &dyn Store, s: &Schedule, due: u64, now: u64) -> Fired {
+    st.fire_schedule(&s.name, due, Some(fired_task(s, due)), now).await.unwrap()
+}
+
+async fn schedules_are_put_listed_replaced_and_deleted(b: &Backend) {
+    let st = &*b.store;
+    assert_eq!(st.list_schedules().await.unwrap(), []);
+    let nightly = schedule("nightly");
+    let hourly = Schedule {
+        cron: String::new(),
+        every: Some(3_600_000),
+        timezone: String::new(),
+        ..schedule("hourly")
+    };
+    st.put_schedule(nightly.clone()).await.unwrap();
+    st.put_schedule(hourly.clone()).await.unwrap();
+    let listed = st.list_schedules().await.unwrap();
+    assert_eq!(
+        listed,
+        [
+            StoredSchedule { schedule: hourly.clone(), last_fired: None },
+            StoredSchedule { schedule: nightly.clone(), last_fired: None },
+        ]
+    );
+    let changed =
+        Schedule { kind: "report.other".into(), source: ScheduleSource::Runtime, ..nightly.clone() };
+    st.put_schedule(changed.clone()).await.unwrap();
+    assert_eq!(st.list_schedules().await.unwrap()[1].schedule, changed);
+    assert!(st.delete_schedule("nightly").await.unwrap());
+    assert!(!st.delete_schedule("nightly").await.unwrap());
+    assert_eq!(st.list_schedules().await.unwrap(), [StoredSchedule { schedule: hourly, last_fired: None }]);
+}
+
+async fn each_due_time_fires_once(b: &Backend) {
+    let st = &*b.store;
+    let s = schedule("nightly");
+    st.put_schedule(s.clone()).await.unwrap();
+    let (t1, t2, t3) = (NOW + 10 * SEC, NOW + 20 * SEC, NOW + 30 * SEC);
+    let Fired::Enqueued(first) = fire(st, &s, t1, t1).await else { panic!("the first due time fires") };
+    assert!(!first.deduplicated);
+    assert_eq!((first.task.queue.as_str(), first.task.dedup_key.clone()), ("reports", s.dedup_key(t1)));
+    assert_eq!(fire(st, &s, t1, t1).await, Fired::Already, "the same due time again");
+    assert_eq!(fire(st, &s, t1 - SEC, t1).await, Fired::Already, "an earlier due time");
+    // Many replicas firing one due time at once: one task.
+    let racers = (0..8).map(|_| fire(st, &s, t2, t2));
+    let outcomes = futures_util::future::join_all(racers).await;
+    let enqueued = outcomes.iter().filter(|f| matches!(f, Fired::Enqueued(_))).count();
+    assert_eq!(enqueued, 1, "{outcomes:?}");
+    assert!(outcomes.iter().all(|f| matches!(f, Fired::Enqueued(_) | Fired::Already)));
+    // A skipped run is recorded without a task.
+    assert_eq!(st.fire_schedule("nightly", t3, None, t3).await.unwrap(), Fired::Skipped);
+    assert_eq!(fire(st, &s, t3, t3).await, Fired::Already);
+    assert_eq!(st.list_schedules().await.unwrap()[0].last_fired, Some(t3));
+    assert_eq!(st.queue_stats("reports").await.unwrap().counts.get(TaskState::Ready), 2);
+    // An unknown schedule fires nothing.
+    assert_eq!(fire(st, &schedule("gone"), t3 + SEC, t3).await, Fired::Already);
+    assert_eq!(st.queue_stats("reports").await.unwrap().counts.get(TaskState::Ready), 2);
+}
+
+async fn a_redefined_schedule_keeps_its_last_fired_time(b: &Backend) {
+    let st = &*b.store;
+    let s = schedule("nightly");
+    st.put_schedule(s.clone()).await.unwrap();
+    assert!(matches!(fire(st, &s, NOW + SEC, NOW + SEC).await, Fired::Enqueued(_)));
+    st.put_schedule(Schedule { payload: b"{}".to_vec(), ..s.clone() }).await.unwrap();
+    assert_eq!(st.list_schedules().await.unwrap()[0].last_fired, Some(NOW + SEC));
+    assert_eq!(fire(st, &s, NOW + SEC, NOW + SEC).await, Fired::Already);
+}
+
+/// The fired record is not the task: once the task ran and was purged (and
+/// its queue forgotten), its due time still does not fire again.
+async fn a_fired_due_time_outlives_its_task(b: &Backend) {
+    let st = &*b.store;
+    let s = schedule("nightly");
+    st.put_schedule(s.clone()).await.unwrap();
+    assert!(matches!(fire(st, &s, NOW, NOW).await, Fired::Enqueued(_)));
+    let l = lease_one(st, "reports", NOW).await;
+    st.ack(l.id, lease_id(&l), vec![], NOW).await.unwrap();
+    assert_eq!(st.purge_finished(NOW + 100 * SEC).await.unwrap().count, 1);
+    assert_eq!(st.queue_names().await.unwrap(), Vec::<String>::new());
+    assert_eq!(fire(st, &s, NOW, NOW + 100 * SEC).await, Fired::Already);
+    assert_eq!(st.queue_stats("reports").await.unwrap().counts.get(TaskState::Ready), 0);
+}
+
+/// Definitions and last fired times are durable (the memory store keeps nothing).
+async fn schedules_survive_a_reopen(b: Backend) {
+    let s = schedule("nightly");
+    b.store.put_schedule(s.clone()).await.unwrap();
+    assert!(matches!(fire(&*b.store, &s, NOW + SEC, NOW + SEC).await, Fired::Enqueued(_)));
+    let b = b.reopen().await;
+    let st = &*b.store;
+    assert_eq!(
+        st.list_schedules().await.unwrap(),
+        [StoredSchedule { schedule: s.clone(), last_fired: Some(NOW + SEC) }]
+    );
+    assert_eq!(fire(st, &s, NOW + SEC, NOW + SEC).await, Fired::Already);
+    assert!(matches!(fire(st, &s, NOW + 2 * SEC, NOW + 2 * SEC).await, Fired::Enqueued(_)));
+}
+
 macro_rules! conformance_flow {
     ($($case:ident),* $(,)?) => {
         mod flow_all_memory {
@@ -1005,16 +1129,19 @@ macro_rules! conformance {
             $(#[tokio::test] async fn $case() { super::$case(&super::Backend::embedded()).await })*
             #[tokio::test] async fn state_survives_a_reopen() { super::state_survives_a_reopen(super::Backend::embedded()).await }
             #[tokio::test] async fn admin_state_survives_a_reopen() { super::admin_state_survives_a_reopen(super::Backend::embedded()).await }
+            #[tokio::test] async fn schedules_survive_a_reopen() { super::schedules_survive_a_reopen(super::Backend::embedded()).await }
         }
         mod redis {
             $(#[tokio::test] async fn $case() { super::$case(&super::Backend::redis().await).await })*
             #[tokio::test] async fn state_survives_a_reopen() { super::state_survives_a_reopen(super::Backend::redis().await).await }
             #[tokio::test] async fn admin_state_survives_a_reopen() { super::admin_state_survives_a_reopen(super::Backend::redis().await).await }
+            #[tokio::test] async fn schedules_survive_a_reopen() { super::schedules_survive_a_reopen(super::Backend::redis().await).await }
         }
         mod redis_cluster {
             $(#[tokio::test] async fn $case() { super::$case(&super::Backend::redis_cluster().await).await })*
             #[tokio::test] async fn state_survives_a_reopen() { super::state_survives_a_reopen(super::Backend::redis_cluster().await).await }
             #[tokio::test] async fn admin_state_survives_a_reopen() { super::admin_state_survives_a_reopen(super::Backend::redis_cluster().await).await }
+            #[tokio::test] async fn schedules_survive_a_reopen() { super::schedules_survive_a_reopen(super::Backend::redis_cluster().await).await }
         }
     };
 }
@@ -1041,6 +1168,10 @@ conformance!(
     admin_list_tasks_pages_by_creation,
     admin_redrive_by_ids_and_by_limit,
     admin_queue_names,
+    schedules_are_put_listed_replaced_and_deleted,
+    each_due_time_fires_once,
+    a_redefined_schedule_keeps_its_last_fired_time,
+    a_fired_due_time_outlives_its_task,
 );
 
 // Flow control on every store: queue caps, rate limits, semaphores, per-key

@@ -6,6 +6,7 @@
 //! - [`pages`]: the pages (GET), rendered server-side from the askama
 //!   templates in `templates/` (compiled in; auto-escaping on, so every
 //!   queue name, kind, header, error and payload is escaped).
+//! - [`schedules`]: the periodic schedules (read-only).
 //! - [`actions`]: pause, resume, purge, redrive (POST forms), behind
 //!   [`guard`] (same-origin check and a per-process form token).
 //! - [`login`]: who is looking (a bearer token or the sign-in cookie) when
@@ -25,6 +26,7 @@ pub mod health;
 pub mod login;
 pub mod metrics;
 pub mod pages;
+pub mod schedules;
 pub mod server;
 pub mod throughput;
 pub mod view;
@@ -69,6 +71,7 @@ pub fn router(dashboard: Dashboard) -> Router {
         .route("/tasks/{id}", get(pages::task))
         .route("/login", get(login::form).post(login::sign_in))
         .route("/logout", post(login::sign_out))
+        .route("/schedules", get(schedules::schedules))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics))

@@ -33,6 +33,11 @@ pub enum BrokerError {
     ConfigInvalid(Vec<String>),
     #[error("task {0} not found")]
     TaskNotFound(String),
+    #[error("schedule {0:?} not found")]
+    ScheduleNotFound(String),
+    /// PutSchedule or DeleteSchedule of a schedule the config file declares.
+    #[error("schedule {0:?} is declared in the config file: change it there and reload")]
+    ScheduleFromConfig(String),
     /// A wrong, stale or expired lease id.
     #[error("lease mismatch: the lease expired or the task was delivered again")]
     LeaseMismatch,

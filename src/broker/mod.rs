@@ -20,6 +20,7 @@ mod flow;
 mod lease;
 mod outbound;
 mod produce;
+pub mod schedules;
 pub mod session;
 mod settle;
 mod spans;
@@ -37,6 +38,7 @@ pub use crate::store::Enqueued;
 pub use admin::{QueueInfo, TaskPage};
 pub use error::{BrokerError, Violation};
 pub use produce::Watch;
+pub use schedules::ScheduleInfo;
 pub use validate::{EnqueueInput, LeaseInput};
 
 use crate::core::access::Access;

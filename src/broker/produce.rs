@@ -66,7 +66,7 @@ impl Broker {
             .collect())
     }
 
-    fn after_enqueue(&self, enqueued: &[Enqueued]) {
+    pub(super) fn after_enqueue(&self, enqueued: &[Enqueued]) {
         self.inner.activity.touch();
         // Ready tasks per queue (a batch usually holds one or a few queues).
         let mut ready: Vec<(&str, usize)> = Vec::new();

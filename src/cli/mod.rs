@@ -8,6 +8,7 @@ mod enqueue;
 mod get;
 mod queues;
 mod route;
+mod schedules;
 pub mod serve;
 pub mod token;
 mod watch;
@@ -53,6 +54,9 @@ pub enum Command {
     Queue(queues::QueueCommand),
     /// List a queue's tasks in one state, oldest first.
     Tasks(queues::TasksArgs),
+    /// List periodic schedules with their next runs; `trigger NAME` runs one
+    /// now, `delete NAME` removes a runtime one.
+    Schedules(schedules::SchedulesArgs),
     /// Show which queue and priority an enqueue would get (routing dry-run).
     Route(route::RouteArgs),
     /// Make the broker re-read its config file; prints what changed.
@@ -103,6 +107,7 @@ pub fn main() -> ExitCode {
             Command::Queues(args) => queues::queues(args).await.map_err(CliError::Other),
             Command::Queue(cmd) => queues::queue(cmd).await.map_err(CliError::Other),
             Command::Tasks(args) => queues::tasks(args).await.map_err(CliError::Other),
+            Command::Schedules(args) => schedules::run(args).await.map_err(CliError::Other),
             Command::Route(args) => route::route(args).await.map_err(CliError::Other),
             Command::Reload(server) => route::reload(server).await.map_err(CliError::Other),
             Command::Config(cmd) => config_cmd::run(cmd),

@@ -4,7 +4,9 @@
 //! What a reload applies: `[queues.*]`, `[[routes]]`, `[semaphores.*]`
 //! and `[auth]` (principals, grants, the tokens file; and every other
 //! setting that [`Config::policies`] resolves), swapped at once through the
-//! shared [`QueueRegistry`], so connections, streams and leases carry on.
+//! shared [`QueueRegistry`], so connections, streams and leases carry on;
+//! and `[[schedules]]`, handed to the schedule loop
+//! ([`crate::background::schedule_loop`]), which stores them.
 //! Everything else (listen address, storage, store budgets, transport and
 //! stream bounds) is read once at start-up: a change is reported as needing
 //! a restart and not applied. A file with any problem changes nothing.
@@ -13,12 +15,15 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::watch;
+
 use super::Config;
 use crate::core::queue::QueueRegistry;
+use crate::core::schedule::Schedule;
 use crate::security::Authenticator;
 
 /// Top-level settings a reload applies.
-const RELOADABLE: &[&str] = &["queues", "routes", "semaphores", "auth"];
+const RELOADABLE: &[&str] = &["queues", "routes", "semaphores", "schedules", "auth"];
 
 /// Re-reads one config file into one registry.
 pub struct Reloader {
@@ -29,6 +34,8 @@ pub struct Reloader {
     auth: Option<Arc<Authenticator>>,
     /// The config in force and the file's text as last applied.
     running: Mutex<(Config, toml::Value)>,
+    /// The config's schedules, for the schedule loop to declare.
+    schedules: watch::Sender<Vec<Schedule>>,
 }
 
 impl Reloader {
@@ -38,13 +45,19 @@ impl Reloader {
         let path = running.file.clone();
         let text = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default();
         let value = text.parse::<toml::Value>().unwrap_or_else(|_| toml::Value::Table(Default::default()));
-        Self { path, registry, auth: None, running: Mutex::new((running, value)) }
+        let schedules = watch::Sender::new(running.schedules());
+        Self { path, registry, auth: None, running: Mutex::new((running, value)), schedules }
     }
 
     /// Reloads apply `[auth]` to `auth` too.
     pub fn with_auth(mut self, auth: Arc<Authenticator>) -> Self {
         self.auth = Some(auth);
         self
+    }
+
+    /// The config's schedules, now and after each reload.
+    pub fn schedules(&self) -> watch::Receiver<Vec<Schedule>> {
+        self.schedules.subscribe()
     }
 
     /// Reloads; returns what changed (one line each), or every problem.
@@ -63,12 +76,19 @@ impl Reloader {
         next.routes = file.routes;
         next.semaphores = file.semaphores;
         next.auth = file.auth;
+        next.schedules = file.schedules;
         next.validate()?;
         let changes = describe(&running.1, &value);
         self.registry.replace(next.policies());
         if let Some(auth) = &self.auth {
             auth.replace(&next.auth);
         }
+        self.schedules.send_if_modified(|s| {
+            let new = next.schedules();
+            let changed = *s != new;
+            *s = new;
+            changed
+        });
         *running = (next, value);
         tracing::info!(path = %path.display(), changes = changes.len(), "config reloaded");
         for c in &changes {

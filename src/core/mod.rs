@@ -15,6 +15,7 @@ pub mod queue;
 pub mod retry;
 pub mod routing;
 pub mod scaler;
+pub mod schedule;
 pub mod select;
 pub mod stats;
 pub mod task;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::caller::Caller;
-use super::convert;
+use super::{convert, schedules};
 use crate::broker::{Broker, BrokerError, QueueInfo};
 use crate::config::reload::Reloader;
 use crate::core::access::Operation;
@@ -208,5 +208,55 @@ impl AdminService for Admin {
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(BrokerError::ConfigInvalid)?;
         Ok(Response::new(pb::ReloadConfigResponse { changes }))
+    }
+
+    async fn list_schedules(
+        &self,
+        _req: Request<pb::ListSchedulesRequest>,
+    ) -> Result<Response<pb::ListSchedulesResponse>, Status> {
+        let schedules = self.broker.list_schedules().await?;
+        Ok(Response::new(pb::ListSchedulesResponse {
+            schedules: schedules.into_iter().map(schedules::schedule_pb).collect(),
+        }))
+    }
+
+    async fn put_schedule(
+        &self,
+        req: Request<pb::PutScheduleRequest>,
+    ) -> Result<Response<pb::Schedule>, Status> {
+        let pb::PutScheduleRequest { schedule } = req.into_inner();
+        let schedule = schedule.ok_or_else(|| BrokerError::invalid("schedule", "required"))?;
+        // The broker names the schedule's fields; the request holds them in `schedule`.
+        let put = self.broker.put_schedule(schedule.try_into()?).await.map_err(|e| match e {
+            BrokerError::Invalid(violations) => BrokerError::Invalid(
+                violations
+                    .into_iter()
+                    .map(|v| match v.field.strip_prefix("schedule.") {
+                        Some(_) => v,
+                        None => crate::broker::Violation::new(format!("schedule.{}", v.field), v.description),
+                    })
+                    .collect(),
+            ),
+            other => other,
+        })?;
+        Ok(Response::new(schedules::schedule_pb(put)))
+    }
+
+    async fn delete_schedule(
+        &self,
+        req: Request<pb::DeleteScheduleRequest>,
+    ) -> Result<Response<pb::DeleteScheduleResponse>, Status> {
+        let pb::DeleteScheduleRequest { name } = req.into_inner();
+        self.broker.delete_schedule(&name).await?;
+        Ok(Response::new(pb::DeleteScheduleResponse {}))
+    }
+
+    async fn trigger_schedule(
+        &self,
+        req: Request<pb::TriggerScheduleRequest>,
+    ) -> Result<Response<pb::TriggerScheduleResponse>, Status> {
+        let pb::TriggerScheduleRequest { name } = req.into_inner();
+        let task = self.broker.trigger_schedule(&name).await?;
+        Ok(Response::new(pb::TriggerScheduleResponse { task: Some(convert::task(task)) }))
     }
 }

@@ -9,6 +9,7 @@ pub mod convert;
 pub mod keda;
 pub mod observe;
 pub mod producer;
+pub mod schedules;
 pub mod server;
 pub mod status;
 pub mod stream;

@@ -24,6 +24,8 @@ pub fn code_and_reason(e: &BrokerError) -> (Code, &'static str) {
         BrokerError::Invalid(_) => (Code::InvalidArgument, "INVALID_ARGUMENT"),
         BrokerError::QueueNotFound(_) => (Code::NotFound, "QUEUE_NOT_FOUND"),
         BrokerError::TaskNotFound(_) => (Code::NotFound, "TASK_NOT_FOUND"),
+        BrokerError::ScheduleNotFound(_) => (Code::NotFound, "SCHEDULE_NOT_FOUND"),
+        BrokerError::ScheduleFromConfig(_) => (Code::FailedPrecondition, "SCHEDULE_FROM_CONFIG"),
         BrokerError::LeaseMismatch => (Code::FailedPrecondition, "LEASE_MISMATCH"),
         BrokerError::TaskCanceled => (Code::FailedPrecondition, "TASK_CANCELED"),
         BrokerError::TaskFinished(_) => (Code::FailedPrecondition, "TASK_FINISHED"),
@@ -82,6 +84,9 @@ pub fn to_status(e: BrokerError) -> Status {
             if let Some(id) = &d.task_id {
                 metadata.insert("task_id".to_owned(), id.clone());
             }
+        }
+        BrokerError::ScheduleNotFound(name) | BrokerError::ScheduleFromConfig(name) => {
+            metadata.insert("schedule".to_owned(), name.clone());
         }
         // Both say: come back later (a stalled stream's worker reconnects).
         BrokerError::Unavailable(_) | BrokerError::StreamStalled(_) => {

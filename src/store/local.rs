@@ -23,8 +23,11 @@ use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::oneshot;
 
 use super::table::{Changes, Table};
-use super::{AckItem, Enqueued, LeaseSpec, Limits, NackSpec, Store, StoreError, Swept};
+use super::{
+    AckItem, Enqueued, Fired, LeaseSpec, Limits, NackSpec, Store, StoreError, StoredSchedule, Swept,
+};
 use crate::core::queue::QueueRegistry;
+use crate::core::schedule::Schedule;
 use crate::core::stats::QueueStats;
 use crate::core::task::{NewTask, Task, TaskId, TaskState};
 use crate::core::Millis;
@@ -224,6 +227,28 @@ impl<P: Persist> Store for TableStore<P> {
         now: Millis,
     ) -> Result<Swept, StoreError> {
         self.run(|t| t.redrive(queue, ids, limit, now)).await
+    }
+
+    async fn list_schedules(&self) -> Result<Vec<StoredSchedule>, StoreError> {
+        self.run(|t| t.schedules()).await
+    }
+
+    async fn put_schedule(&self, schedule: Schedule) -> Result<(), StoreError> {
+        self.run(|t| t.put_schedule(schedule)).await
+    }
+
+    async fn delete_schedule(&self, name: &str) -> Result<bool, StoreError> {
+        self.run(|t| t.delete_schedule(name)).await
+    }
+
+    async fn fire_schedule(
+        &self,
+        name: &str,
+        due: Millis,
+        task: Option<NewTask>,
+        now: Millis,
+    ) -> Result<Fired, StoreError> {
+        self.run(|t| t.fire_schedule(name, due, task, now)).await?
     }
 
     fn commits(&self) -> Option<u64> {

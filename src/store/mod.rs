@@ -30,6 +30,12 @@
 //!   queue beyond [`Limits::max_queues`] (the table stores also enforce
 //!   `max_tasks` and `max_queued_bytes`); no other call checks a limit, so
 //!   workers can always drain. A queue without tasks is forgotten.
+//! - Schedules: `fire_schedule` records a due time as fired and enqueues its
+//!   task in one atomic step, and changes nothing for a due time at or
+//!   before the one recorded, so each due time enqueues at most one task
+//!   whoever fires it; the record outlives the task and its queue, and is
+//!   kept when the schedule is replaced (`put_schedule`), dropped with it
+//!   (`delete_schedule`).
 //!
 //! Backends: [`memory::MemoryStore`] (the reference) and
 //! [`embedded::EmbeddedStore`] (persisted in redb with group commit) are one
@@ -42,11 +48,13 @@ pub mod embedded;
 pub mod local;
 pub mod memory;
 pub mod redis;
+pub mod schedule_record;
 pub mod table;
 
 use async_trait::async_trait;
 
 use crate::core::lease::LeaseError;
+use crate::core::schedule::Schedule;
 use crate::core::stats::QueueStats;
 use crate::core::task::{NewTask, Task, TaskId, TaskState};
 use crate::core::Millis;
@@ -98,6 +106,29 @@ pub struct Enqueued {
     pub task: Task,
     /// An existing task was returned (dedup_key or request_id matched).
     pub deduplicated: bool,
+}
+
+/// A schedule as a store keeps it: its definition, and the last due time
+/// fired for it (the state every replica and every restart agrees on).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredSchedule {
+    pub schedule: Schedule,
+    /// The latest due time fired (or skipped by its catch-up policy); `None`
+    /// before the first.
+    pub last_fired: Option<Millis>,
+}
+
+/// What [`Store::fire_schedule`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Fired {
+    /// The due time was recorded as fired and this task enqueued (or an
+    /// existing one with the same dedup key returned).
+    Enqueued(Box<Enqueued>),
+    /// The due time was recorded as fired without a task (skipped).
+    Skipped,
+    /// Nothing done: this due time, or a later one, was fired already (by
+    /// this or another replica), or the schedule is gone.
+    Already,
 }
 
 /// Bounds a store keeps on what it holds (config `max_queues`, `max_tasks`,
@@ -307,6 +338,32 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
         now: Millis,
     ) -> Result<Swept, StoreError>;
+
+    // Periodic schedules (see `crate::core::schedule`). Every replica
+    // runs the firing loop; `fire_schedule` is what makes each due time
+    // enqueue exactly one task.
+
+    /// Every schedule, by name.
+    async fn list_schedules(&self) -> Result<Vec<StoredSchedule>, StoreError>;
+    /// Creates or replaces the schedule of that name; its last fired due
+    /// time is kept.
+    async fn put_schedule(&self, schedule: Schedule) -> Result<(), StoreError>;
+    /// Removes the schedule (and its last fired due time); whether it existed.
+    async fn delete_schedule(&self, name: &str) -> Result<bool, StoreError>;
+    /// In one atomic step: if the schedule `name` exists and its last fired
+    /// due time is before `due`, records `due` as fired and enqueues `task`
+    /// (`None`: records only, a skipped run); otherwise changes nothing
+    /// ([`Fired::Already`]). The task goes to the schedule's queue as
+    /// stored (`task.queue` must be it). So each due time enqueues at
+    /// most one task however many replicas fire it, and once recorded is
+    /// never fired again.
+    async fn fire_schedule(
+        &self,
+        name: &str,
+        due: Millis,
+        task: Option<NewTask>,
+        now: Millis,
+    ) -> Result<Fired, StoreError>;
 
     /// Transactions committed (each one fsync) since the store opened, for
     /// stores that commit to a local disk; `None` for the others.

@@ -18,6 +18,7 @@ mod names;
 mod permits;
 mod ready;
 mod record;
+mod schedules;
 mod slab;
 
 use std::collections::HashMap;
@@ -27,7 +28,7 @@ use self::indexes::{index, pop_due, take_due, unindex, Indexes};
 use self::names::{Names, Sym};
 use self::record::Record;
 use self::slab::Slab;
-use super::{AckItem, Enqueued, Limits, NackSpec, StoreError, Swept};
+use super::{AckItem, Enqueued, Limits, NackSpec, StoreError, StoredSchedule, Swept};
 use crate::core::flow::Bucket;
 use crate::core::lease;
 use crate::core::queue::Policies;
@@ -49,11 +50,17 @@ pub struct Changes {
     pub queues: Vec<(String, Option<QueueTotals>)>,
     /// Queues paused (`true`) or resumed.
     pub paused: Vec<(String, bool)>,
+    /// Schedules created, changed or fired (`Some`), or deleted (`None`).
+    pub schedules: Vec<(String, Option<StoredSchedule>)>,
 }
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        self.put.is_empty() && self.removed.is_empty() && self.queues.is_empty() && self.paused.is_empty()
+        self.put.is_empty()
+            && self.removed.is_empty()
+            && self.queues.is_empty()
+            && self.paused.is_empty()
+            && self.schedules.is_empty()
     }
 }
 
@@ -100,6 +107,10 @@ pub struct Table {
     /// Each rate-limited queue's token bucket (not persisted: a restarted
     /// broker starts with full buckets).
     buckets: HashMap<String, Bucket>,
+    /// Periodic schedules by name, with their last fired due time.
+    schedules: std::collections::BTreeMap<String, StoredSchedule>,
+    /// Schedules changed since the last [`Table::take_changes`].
+    schedule_changes: Vec<String>,
 }
 
 impl Table {
@@ -124,6 +135,8 @@ impl Table {
             paused: Default::default(),
             paused_changes: Vec::new(),
             buckets: HashMap::new(),
+            schedules: Default::default(),
+            schedule_changes: Vec::new(),
         }
     }
 
@@ -200,6 +213,7 @@ impl Table {
             next_lease: self.next_lease,
             queues,
             paused: std::mem::take(&mut self.paused_changes),
+            schedules: self.take_schedule_changes(),
         }
     }
 

@@ -57,6 +57,11 @@ ROUTES = [
     {"kind": "browse.*", "queue": "browsers", "semaphores": ["selenium"]},
 ]
 
+SCHEDULES = [
+    {"name": "nightly-report", "cron": "0 3 * * *", "timezone": "Europe/Berlin", "queue": "reports.daily",
+     "kind": "report.build", "payload": '{"scope":"all"}', "headers": {"source": "cron"}, "catchUp": "all"},
+    {"name": "heartbeat", "every": "15m", "queue": "emails", "kind": "ping"},
+]
 
 def sha256(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
@@ -101,6 +106,7 @@ VALUE_SETS = {
         "queues": QUEUES,
         "routes": ROUTES,
         "semaphores": {"selenium": {"limit": 5}},
+        "schedules": SCHEDULES,
         "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6},
         "networkPolicy": {"enabled": True,
                           "from": [{"namespaceSelector": {"matchLabels": {"team": "producers"}}}]},

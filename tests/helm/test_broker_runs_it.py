@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import QUEUES, ROUTES, VALUE_SETS, broker_toml, one, render
+from conftest import QUEUES, ROUTES, SCHEDULES, VALUE_SETS, broker_toml, one, render
 
 TIMEOUT = 60
 
@@ -54,6 +54,12 @@ def test_structured_values_become_the_brokers_toml():
         {"kind": "browse.*", "queue": "browsers", "semaphores": ["selenium"]},
     ]
     assert ROUTES[0]["headers"] == config["routes"][0]["headers"]
+    assert config["schedules"] == [
+        {"name": "nightly-report", "cron": "0 3 * * *", "timezone": "Europe/Berlin", "queue": "reports.daily",
+         "kind": "report.build", "payload": '{"scope":"all"}', "headers": {"source": "cron"}, "catch_up": "all"},
+        {"name": "heartbeat", "every": "15m", "queue": "emails", "kind": "ping"},
+    ]
+    assert SCHEDULES[0]["payload"] == config["schedules"][0]["payload"]
 
 
 def test_strings_are_escaped_for_toml(taskbroker_bin, tmp_path):

@@ -58,6 +58,8 @@ const NEXT_LEASE: &str = "next_lease";
 pub(super) const TOTALS: TableDefinition<&str, &[u8]> = TableDefinition::new("queue_totals");
 /// Paused queues (the value is unused).
 pub(super) const PAUSED: TableDefinition<&str, u8> = TableDefinition::new("paused");
+/// Schedules by name (a [`crate::store::schedule_record`]).
+pub(super) const SCHEDULES: TableDefinition<&str, &[u8]> = TableDefinition::new("schedules");
 
 /// Why the embedded store could not open.
 #[derive(Debug, thiserror::Error)]
@@ -205,6 +207,7 @@ fn load(db: &Database, table: &mut Table) -> Result<(), LoadError> {
     write.open_table(META).map_err(|e| db_err(e.into()))?;
     write.open_table(TOTALS).map_err(|e| db_err(e.into()))?;
     write.open_table(PAUSED).map_err(|e| db_err(e.into()))?;
+    write.open_table(SCHEDULES).map_err(|e| db_err(e.into()))?;
     write.commit().map_err(|e| db_err(e.into()))?;
     let read = db.begin_read().map_err(|e| db_err(e.into()))?;
     let meta = read.open_table(META).map_err(|e| db_err(e.into()))?;
@@ -229,6 +232,13 @@ fn load(db: &Database, table: &mut Table) -> Result<(), LoadError> {
     for entry in paused.iter().map_err(|e| db_err(e.into()))? {
         let (queue, _) = entry.map_err(|e| db_err(e.into()))?;
         table.set_paused(queue.value(), true);
+    }
+    let schedules = read.open_table(SCHEDULES).map_err(|e| db_err(e.into()))?;
+    for entry in schedules.iter().map_err(|e| db_err(e.into()))? {
+        let (name, value) = entry.map_err(|e| db_err(e.into()))?;
+        let stored = crate::store::schedule_record::decode(name.value(), value.value())
+            .map_err(|reason| LoadError::Corrupt(format!("schedule {}: {reason}", name.value())))?;
+        table.restore_schedule(stored);
     }
     Ok(())
 }

@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 
 use redb::{Database, TableDefinition};
 
-use super::{load, lock, stored, META, NEXT_LEASE, PAUSED, TASKS, TOTALS};
+use super::{load, lock, stored, META, NEXT_LEASE, PAUSED, SCHEDULES, TASKS, TOTALS};
 use crate::core::queue::QueueRegistry;
 use crate::store::local::{CommitLog, Outcome};
+use crate::store::schedule_record;
 use crate::store::table::{Changes, Table};
 use prometheus_client::metrics::histogram::Histogram;
 
@@ -213,6 +214,18 @@ fn write_group(db: &Database, group: &[Commit]) -> Result<(), Box<redb::Error>> 
             for (queue, p) in &commit.changes.paused {
                 if *p { paused.insert(queue.as_str(), 1) } else { paused.remove(queue.as_str()) }
                     .map_err(|e| Box::new(e.into()))?;
+            }
+        }
+        let mut schedules = txn.open_table(SCHEDULES).map_err(|e| Box::new(e.into()))?;
+        for commit in group {
+            for (name, stored) in &commit.changes.schedules {
+                match stored {
+                    Some(s) => {
+                        schedules.insert(name.as_str(), schedule_record::encode(s).as_slice()).map(|_| ())
+                    }
+                    None => schedules.remove(name.as_str()).map(|_| ()),
+                }
+                .map_err(|e| Box::new(e.into()))?;
             }
         }
         let next_lease = group.iter().map(|c| c.changes.next_lease).max().unwrap_or(0);

@@ -12,7 +12,7 @@
 use futures_util::future::join_all;
 
 use super::reply::{self, array, task, uint, unexpected};
-use super::{queues, record, scripts, RedisStore};
+use super::{keys, queues, record, scripts, RedisStore};
 use crate::core::clock::{Clock, SystemClock};
 use crate::core::task::{NewTask, Task};
 use crate::core::Millis;
@@ -46,9 +46,13 @@ impl RedisStore {
             just_registered.push(registered?);
         }
         let total = groups.iter().map(|(_, p, _)| p.len()).sum();
-        let calls = groups.iter_mut().zip(just_registered).map(|((queue, _, tasks), registered)| {
-            self.enqueue_queue(queue, std::mem::take(tasks), registered, now)
-        });
+        let calls =
+            groups.iter_mut().zip(just_registered).map(|((queue, _, tasks), registered)| async move {
+                match self.enqueue_queue(queue, std::mem::take(tasks), registered, now, None).await? {
+                    Created::Tasks(tasks) => Ok(tasks),
+                    Created::Already | Created::Skipped => Err(unexpected("a fire status from enqueue")),
+                }
+            });
         let results = join_all(calls).await;
         let mut out: Vec<Option<Enqueued>> = (0..total).map(|_| None).collect();
         for ((_, positions, _), result) in groups.into_iter().zip(results) {
@@ -61,17 +65,21 @@ impl RedisStore {
 
     /// Enqueues `tasks` (all of one queue) with one script call (two when
     /// the queue turns out to need registering again; `registered`: it was
-    /// registered by this call already).
-    async fn enqueue_queue(
+    /// registered by this call already). With `fire` (a schedule's name and
+    /// due time) through `fire.lua`: only if that due time was not fired,
+    /// and recording it.
+    pub(super) async fn enqueue_queue(
         &self,
         queue: &str,
         mut tasks: Vec<Task>,
         mut registered: bool,
         now: Millis,
-    ) -> Result<Vec<Enqueued>, StoreError> {
+        fire: Option<(&str, Millis)>,
+    ) -> Result<Created, StoreError> {
         let window = self.queues.current().get(queue).dedup_window.as_millis() as u64;
+        let script = if fire.is_some() { &scripts::FIRE } else { &scripts::ENQUEUE };
         for _ in 0..4 {
-            let mut inv = self.invocation(&scripts::ENQUEUE, queue, now);
+            let mut inv = self.invocation(script, queue, now);
             inv.arg(window).arg(if registered { "1" } else { "0" });
             for t in &tasks {
                 inv.arg(t.id.to_string())
@@ -85,9 +93,14 @@ impl RedisStore {
                     .arg(&t.concurrency_key)
                     .arg(t.semaphores.join(","));
             }
+            if let Some((name, due)) = fire {
+                inv.key(keys::fired(queue)).arg(name).arg(due);
+            }
             let items = array(self.run(&inv).await?)?;
             match items.first().map(reply::text).transpose()? {
                 Some("ok") => {}
+                Some("already") if fire.is_some() => return Ok(Created::Already),
+                Some("skipped") if fire.is_some() => return Ok(Created::Skipped),
                 // Empty, so possibly forgotten since this replica registered
                 // it: register it (within max_queues) before its first task.
                 Some("empty") if !registered => {
@@ -124,10 +137,20 @@ impl RedisStore {
                         Ok(Enqueued { task, deduplicated: true })
                     }
                 })
-                .collect();
+                .collect::<Result<_, _>>()
+                .map(Created::Tasks);
         }
         Err(StoreError::Internal("could not find free task ids".into()))
     }
+}
+
+/// What one `enqueue.lua` or `fire.lua` call did.
+pub(super) enum Created {
+    Tasks(Vec<Enqueued>),
+    /// `fire.lua`: the due time (or a later one) was fired already.
+    Already,
+    /// `fire.lua` without a task: the due time is recorded.
+    Skipped,
 }
 
 /// New random ids for tasks whose ids were taken.

@@ -36,6 +36,20 @@ pub const UPGRADES_FROM: &str = "2";
 /// pause script, never by a script; the queue's own `paused` key decides.
 pub const PAUSED: &str = "tb:paused";
 
+/// HASH schedule name -> its definition (a
+/// [`crate::store::schedule_record`], without the last fired due time,
+/// which lives in [`fired`]). Written by Put/DeleteSchedule and config
+/// declarations only, never by a script.
+pub const SCHEDULES: &str = "tb:schedules";
+
+/// HASH schedule name -> the last due time fired (ms) of the schedules
+/// enqueuing into `queue`: in the queue's slot, so `fire.lua` checks and
+/// records it in the step that enqueues; not among [`QueueKeys`], so it
+/// outlives the queue's tasks (`forget.lua` deletes only those).
+pub fn fired(queue: &str) -> String {
+    format!("tb:{{{queue}}}:fired")
+}
+
 /// Pub/sub channel on which the scripts tell every replica what happened.
 pub const EVENTS: &str = "tb:events";
 

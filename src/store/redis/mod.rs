@@ -143,6 +143,7 @@ mod permits;
 mod queues;
 mod record;
 mod reply;
+mod schedules;
 mod scripts;
 mod settings;
 mod sweep;
@@ -157,8 +158,12 @@ use self::conn::Conn;
 pub use self::conn::{redact, Target};
 use self::keys::QueueKeys;
 use self::reply::{bounded, settled, settled_task, uint, unexpected};
-use super::{AckItem, Enqueued, LeaseSpec, Limits, NackSpec, Store, StoreError, StoreEvent, Swept};
+use super::{
+    AckItem, Enqueued, Fired, LeaseSpec, Limits, NackSpec, Store, StoreError, StoreEvent, StoredSchedule,
+    Swept,
+};
 use crate::core::queue::QueueRegistry;
+use crate::core::schedule::Schedule;
 use crate::core::stats::QueueStats;
 use crate::core::task::{NewTask, Task, TaskId, TaskState};
 use crate::core::Millis;
@@ -428,5 +433,27 @@ impl Store for RedisStore {
         let mut inv = self.invocation(&scripts::WATCH, &queue, 0);
         inv.arg(id.to_string()).arg(if watched { 1 } else { -1 });
         self.run(&inv).await.map(|_| ())
+    }
+
+    async fn list_schedules(&self) -> Result<Vec<StoredSchedule>, StoreError> {
+        self.redis_list_schedules().await
+    }
+
+    async fn put_schedule(&self, schedule: Schedule) -> Result<(), StoreError> {
+        self.redis_put_schedule(schedule).await
+    }
+
+    async fn delete_schedule(&self, name: &str) -> Result<bool, StoreError> {
+        self.redis_delete_schedule(name).await
+    }
+
+    async fn fire_schedule(
+        &self,
+        name: &str,
+        due: Millis,
+        task: Option<NewTask>,
+        now: Millis,
+    ) -> Result<Fired, StoreError> {
+        self.redis_fire_schedule(name, due, task, now).await
     }
 }

@@ -22,6 +22,17 @@ script!(
     ENQUEUE,
     "lua/enqueue.lua"
 );
+/// Records a schedule's due time as fired and enqueues its task, in one
+/// step: lib.lua, enqueue.lua as the function `enqueue_main`, fire.lua.
+pub static FIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("lua/lib.lua"),
+        "local function enqueue_main()\n",
+        include_str!("lua/enqueue.lua"),
+        "\nend\n",
+        include_str!("lua/fire.lua")
+    ))
+});
 script!(
     /// Leases up to N ready tasks of one queue.
     LEASE,

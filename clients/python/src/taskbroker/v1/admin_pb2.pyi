@@ -2,11 +2,32 @@ from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from taskbroker.v1 import task_pb2 as _task_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class ScheduleCatchUp(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SCHEDULE_CATCH_UP_UNSPECIFIED: _ClassVar[ScheduleCatchUp]
+    SCHEDULE_CATCH_UP_NONE: _ClassVar[ScheduleCatchUp]
+    SCHEDULE_CATCH_UP_ONE: _ClassVar[ScheduleCatchUp]
+    SCHEDULE_CATCH_UP_ALL: _ClassVar[ScheduleCatchUp]
+
+class ScheduleSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SCHEDULE_SOURCE_UNSPECIFIED: _ClassVar[ScheduleSource]
+    SCHEDULE_SOURCE_CONFIG: _ClassVar[ScheduleSource]
+    SCHEDULE_SOURCE_RUNTIME: _ClassVar[ScheduleSource]
+SCHEDULE_CATCH_UP_UNSPECIFIED: ScheduleCatchUp
+SCHEDULE_CATCH_UP_NONE: ScheduleCatchUp
+SCHEDULE_CATCH_UP_ONE: ScheduleCatchUp
+SCHEDULE_CATCH_UP_ALL: ScheduleCatchUp
+SCHEDULE_SOURCE_UNSPECIFIED: ScheduleSource
+SCHEDULE_SOURCE_CONFIG: ScheduleSource
+SCHEDULE_SOURCE_RUNTIME: ScheduleSource
 
 class ListQueuesRequest(_message.Message):
     __slots__ = ()
@@ -194,3 +215,76 @@ class QueueSettings(_message.Message):
     rate_limit: str
     semaphores: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, lease_duration: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., max_attempts: _Optional[int] = ..., default_priority: _Optional[int] = ..., retention: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., max_in_flight: _Optional[int] = ..., per_key_max_in_flight: _Optional[int] = ..., rate_limit: _Optional[str] = ..., semaphores: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Schedule(_message.Message):
+    __slots__ = ("name", "cron", "every", "timezone", "queue", "kind", "payload", "headers", "catch_up", "source", "last_run_time", "next_run_time")
+    class HeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CRON_FIELD_NUMBER: _ClassVar[int]
+    EVERY_FIELD_NUMBER: _ClassVar[int]
+    TIMEZONE_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    CATCH_UP_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    LAST_RUN_TIME_FIELD_NUMBER: _ClassVar[int]
+    NEXT_RUN_TIME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    cron: str
+    every: _duration_pb2.Duration
+    timezone: str
+    queue: str
+    kind: str
+    payload: bytes
+    headers: _containers.ScalarMap[str, str]
+    catch_up: ScheduleCatchUp
+    source: ScheduleSource
+    last_run_time: _timestamp_pb2.Timestamp
+    next_run_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., cron: _Optional[str] = ..., every: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., timezone: _Optional[str] = ..., queue: _Optional[str] = ..., kind: _Optional[str] = ..., payload: _Optional[bytes] = ..., headers: _Optional[_Mapping[str, str]] = ..., catch_up: _Optional[_Union[ScheduleCatchUp, str]] = ..., source: _Optional[_Union[ScheduleSource, str]] = ..., last_run_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., next_run_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListSchedulesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListSchedulesResponse(_message.Message):
+    __slots__ = ("schedules",)
+    SCHEDULES_FIELD_NUMBER: _ClassVar[int]
+    schedules: _containers.RepeatedCompositeFieldContainer[Schedule]
+    def __init__(self, schedules: _Optional[_Iterable[_Union[Schedule, _Mapping]]] = ...) -> None: ...
+
+class PutScheduleRequest(_message.Message):
+    __slots__ = ("schedule",)
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    schedule: Schedule
+    def __init__(self, schedule: _Optional[_Union[Schedule, _Mapping]] = ...) -> None: ...
+
+class DeleteScheduleRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteScheduleResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class TriggerScheduleRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class TriggerScheduleResponse(_message.Message):
+    __slots__ = ("task",)
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    task: _task_pb2.Task
+    def __init__(self, task: _Optional[_Union[_task_pb2.Task, _Mapping]] = ...) -> None: ...

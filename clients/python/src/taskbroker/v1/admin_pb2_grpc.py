@@ -81,6 +81,26 @@ class AdminServiceStub(object):
                 request_serializer=taskbroker_dot_v1_dot_admin__pb2.ReloadConfigRequest.SerializeToString,
                 response_deserializer=taskbroker_dot_v1_dot_admin__pb2.ReloadConfigResponse.FromString,
                 _registered_method=True)
+        self.ListSchedules = channel.unary_unary(
+                '/taskbroker.v1.AdminService/ListSchedules',
+                request_serializer=taskbroker_dot_v1_dot_admin__pb2.ListSchedulesRequest.SerializeToString,
+                response_deserializer=taskbroker_dot_v1_dot_admin__pb2.ListSchedulesResponse.FromString,
+                _registered_method=True)
+        self.PutSchedule = channel.unary_unary(
+                '/taskbroker.v1.AdminService/PutSchedule',
+                request_serializer=taskbroker_dot_v1_dot_admin__pb2.PutScheduleRequest.SerializeToString,
+                response_deserializer=taskbroker_dot_v1_dot_admin__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.DeleteSchedule = channel.unary_unary(
+                '/taskbroker.v1.AdminService/DeleteSchedule',
+                request_serializer=taskbroker_dot_v1_dot_admin__pb2.DeleteScheduleRequest.SerializeToString,
+                response_deserializer=taskbroker_dot_v1_dot_admin__pb2.DeleteScheduleResponse.FromString,
+                _registered_method=True)
+        self.TriggerSchedule = channel.unary_unary(
+                '/taskbroker.v1.AdminService/TriggerSchedule',
+                request_serializer=taskbroker_dot_v1_dot_admin__pb2.TriggerScheduleRequest.SerializeToString,
+                response_deserializer=taskbroker_dot_v1_dot_admin__pb2.TriggerScheduleResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer(object):
@@ -152,6 +172,38 @@ class AdminServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSchedules(self, request, context):
+        """Every periodic schedule, by name, with its last and next run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutSchedule(self, request, context):
+        """Creates or replaces a runtime schedule, kept in the store until
+        DeleteSchedule. A schedule the config file declares cannot be changed
+        here (FAILED_PRECONDITION, reason SCHEDULE_FROM_CONFIG).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSchedule(self, request, context):
+        """Deletes a runtime schedule (NOT_FOUND, reason SCHEDULE_NOT_FOUND;
+        a config schedule: FAILED_PRECONDITION, SCHEDULE_FROM_CONFIG).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TriggerSchedule(self, request, context):
+        """Enqueues one run of a schedule now (dedup key
+        "schedule:<name>:trigger:<now in ms>"); its due times are unaffected.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -199,6 +251,26 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ReloadConfig,
                     request_deserializer=taskbroker_dot_v1_dot_admin__pb2.ReloadConfigRequest.FromString,
                     response_serializer=taskbroker_dot_v1_dot_admin__pb2.ReloadConfigResponse.SerializeToString,
+            ),
+            'ListSchedules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSchedules,
+                    request_deserializer=taskbroker_dot_v1_dot_admin__pb2.ListSchedulesRequest.FromString,
+                    response_serializer=taskbroker_dot_v1_dot_admin__pb2.ListSchedulesResponse.SerializeToString,
+            ),
+            'PutSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutSchedule,
+                    request_deserializer=taskbroker_dot_v1_dot_admin__pb2.PutScheduleRequest.FromString,
+                    response_serializer=taskbroker_dot_v1_dot_admin__pb2.Schedule.SerializeToString,
+            ),
+            'DeleteSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSchedule,
+                    request_deserializer=taskbroker_dot_v1_dot_admin__pb2.DeleteScheduleRequest.FromString,
+                    response_serializer=taskbroker_dot_v1_dot_admin__pb2.DeleteScheduleResponse.SerializeToString,
+            ),
+            'TriggerSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.TriggerSchedule,
+                    request_deserializer=taskbroker_dot_v1_dot_admin__pb2.TriggerScheduleRequest.FromString,
+                    response_serializer=taskbroker_dot_v1_dot_admin__pb2.TriggerScheduleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -446,6 +518,114 @@ class AdminService(object):
             '/taskbroker.v1.AdminService/ReloadConfig',
             taskbroker_dot_v1_dot_admin__pb2.ReloadConfigRequest.SerializeToString,
             taskbroker_dot_v1_dot_admin__pb2.ReloadConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSchedules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskbroker.v1.AdminService/ListSchedules',
+            taskbroker_dot_v1_dot_admin__pb2.ListSchedulesRequest.SerializeToString,
+            taskbroker_dot_v1_dot_admin__pb2.ListSchedulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskbroker.v1.AdminService/PutSchedule',
+            taskbroker_dot_v1_dot_admin__pb2.PutScheduleRequest.SerializeToString,
+            taskbroker_dot_v1_dot_admin__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskbroker.v1.AdminService/DeleteSchedule',
+            taskbroker_dot_v1_dot_admin__pb2.DeleteScheduleRequest.SerializeToString,
+            taskbroker_dot_v1_dot_admin__pb2.DeleteScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TriggerSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskbroker.v1.AdminService/TriggerSchedule',
+            taskbroker_dot_v1_dot_admin__pb2.TriggerScheduleRequest.SerializeToString,
+            taskbroker_dot_v1_dot_admin__pb2.TriggerScheduleResponse.FromString,
             options,
             channel_credentials,
             insecure,
