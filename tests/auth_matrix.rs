@@ -62,6 +62,14 @@ impl World {
         self.root().producer.enqueue(req).await.unwrap().into_inner().task.unwrap().id
     }
 
+    /// A runtime schedule of queue `q` put by root; its name.
+    async fn schedule(&self) -> String {
+        let name = ulid::Ulid::new().to_string();
+        let req = pb::PutScheduleRequest { schedule: Some(hourly(&name)) };
+        self.root().admin.put_schedule(req).await.unwrap();
+        name
+    }
+
     /// A task of `q` leased by root: (task id, lease id).
     async fn leased(&self) -> (String, String) {
         self.task("q").await;
@@ -81,6 +89,17 @@ fn item(status: tonic_types::Status) -> Status {
 
 fn enqueue(queue: &str) -> pb::EnqueueRequest {
     pb::EnqueueRequest { queue: queue.into(), kind: "k".into(), ..Default::default() }
+}
+
+/// An hourly schedule of queue `q`.
+fn hourly(name: &str) -> pb::Schedule {
+    pb::Schedule {
+        name: name.into(),
+        cron: "0 * * * *".into(),
+        queue: "q".into(),
+        kind: "k".into(),
+        ..Default::default()
+    }
 }
 
 fn scaled(queue: &str) -> keda::ScaledObjectRef {
@@ -228,6 +247,35 @@ fn cases() -> Vec<(&'static str, &'static str, Call)> {
         ("ReloadConfig", "t-admin", |_, mut c| {
             // Started without a file: the granted call fails its precondition, after the check.
             Box::pin(async move { c.admin.reload_config(pb::ReloadConfigRequest {}).await.map(drop) })
+        }),
+        ("ListSchedules", "t-inspector", |w, mut c| {
+            Box::pin(async move {
+                let name = w.schedule().await;
+                let listed =
+                    c.admin.list_schedules(pb::ListSchedulesRequest {}).await?.into_inner().schedules;
+                match listed.iter().any(|s| s.name == name) {
+                    true => Ok(()),
+                    false => Err(Status::permission_denied("the schedule of q is not listed")),
+                }
+            })
+        }),
+        ("PutSchedule", "t-admin", |_, mut c| {
+            Box::pin(async move {
+                let req = pb::PutScheduleRequest { schedule: Some(hourly(&ulid::Ulid::new().to_string())) };
+                c.admin.put_schedule(req).await.map(drop)
+            })
+        }),
+        ("TriggerSchedule", "t-admin", |w, mut c| {
+            Box::pin(async move {
+                let name = w.schedule().await;
+                c.admin.trigger_schedule(pb::TriggerScheduleRequest { name }).await.map(drop)
+            })
+        }),
+        ("DeleteSchedule", "t-admin", |w, mut c| {
+            Box::pin(async move {
+                let name = w.schedule().await;
+                c.admin.delete_schedule(pb::DeleteScheduleRequest { name }).await.map(drop)
+            })
         }),
         ("ExternalScaler.GetMetrics", "t-inspector", |w, _| {
             Box::pin(async move {

@@ -5,9 +5,11 @@ use askama::Template;
 use axum::extract::State;
 use axum::response::Html;
 
+use super::login::Viewer;
 use super::view::{page, time, Problem};
 use super::Dashboard;
 use crate::broker::ScheduleInfo;
+use crate::core::access::Operation;
 use crate::core::schedule::Schedule;
 
 struct ScheduleRow {
@@ -52,7 +54,12 @@ fn row(info: ScheduleInfo) -> ScheduleRow {
     }
 }
 
-pub async fn schedules(State(d): State<Dashboard>) -> Result<Html<String>, Problem> {
-    let schedules = d.broker.list_schedules().await?.into_iter().map(row).collect();
+pub async fn schedules(State(d): State<Dashboard>, Viewer(access): Viewer) -> Result<Html<String>, Problem> {
+    let mut listed = d.broker.list_schedules().await?;
+    listed.retain(|s| {
+        let queue = d.broker.schedule_queue(&s.stored.schedule).unwrap_or_default();
+        access.allows(Operation::ListSchedules, &queue)
+    });
+    let schedules = listed.into_iter().map(row).collect();
     page(&SchedulesPage { schedules, now: time(d.broker.now()) })
 }

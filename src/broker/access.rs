@@ -2,7 +2,8 @@
 //! checked against the task's queue ([`crate::core::access`] decides).
 
 use super::{Broker, BrokerError};
-use crate::core::access::{Access, Operation};
+use crate::core::access::{Access, Denied, Operation};
+use crate::core::schedule::Schedule;
 use crate::core::task::{Task, TaskId};
 
 impl Broker {
@@ -55,5 +56,44 @@ impl Broker {
     /// Checks that `access` may do `op` on `queue`.
     pub fn authorize_queue(&self, access: &Access, op: Operation, queue: &str) -> Result<(), BrokerError> {
         access.check(op, queue).map_err(BrokerError::PermissionDenied)
+    }
+}
+
+impl Broker {
+    /// The queue a schedule's tasks go to: its own, or where its kind and
+    /// headers are routed.
+    pub fn schedule_queue(&self, s: &Schedule) -> Result<String, BrokerError> {
+        Ok(self.explain_route(&s.queue, &s.kind, &s.headers)?.queue)
+    }
+
+    /// Checks that `access` may change or trigger the schedule `name` (on the
+    /// queue its tasks go to). An unknown schedule is refused like a
+    /// forbidden one unless `missing_ok` (PutSchedule creating it) or the
+    /// caller may manage every queue's schedules.
+    pub async fn authorize_schedule(
+        &self,
+        access: &Access,
+        name: &str,
+        missing_ok: bool,
+    ) -> Result<(), BrokerError> {
+        let op = Operation::ManageSchedule;
+        if access.allows_everywhere(op) {
+            return Ok(());
+        }
+        let found = self.list_schedules().await?.into_iter().find(|s| s.stored.schedule.name == name);
+        let allowed = match &found {
+            Some(s) => access.allows(op, &self.schedule_queue(&s.stored.schedule)?),
+            None => missing_ok,
+        };
+        if allowed {
+            return Ok(());
+        }
+        let action = op.actions()[0];
+        Err(BrokerError::PermissionDenied(Denied {
+            action,
+            queue: None,
+            task_id: None,
+            schedule: Some(name.into()),
+        }))
     }
 }

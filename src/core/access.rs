@@ -78,6 +78,11 @@ pub enum Operation {
     RedriveTasks,
     /// Applies to every queue: needs `admin` on `*`.
     ReloadConfig,
+    /// ListSchedules (shows the schedules of these queues).
+    ListSchedules,
+    /// PutSchedule, DeleteSchedule, TriggerSchedule: on the queue the
+    /// schedule's tasks go to.
+    ManageSchedule,
     /// The dashboard's pages.
     Dashboard,
     /// Prometheus' `/metrics` (when protected).
@@ -100,11 +105,13 @@ impl Operation {
             | Operation::ExplainRoute
             | Operation::Scaler
             | Operation::Dashboard
+            | Operation::ListSchedules
             | Operation::Metrics => &[Inspect],
             Operation::PauseQueue
             | Operation::ResumeQueue
             | Operation::PurgeQueue
             | Operation::RedriveTasks
+            | Operation::ManageSchedule
             | Operation::ReloadConfig => &[Admin],
         }
     }
@@ -232,14 +239,17 @@ pub struct Denied {
     pub queue: Option<String>,
     /// The task id the call named, if any.
     pub task_id: Option<String>,
+    /// The schedule the call named, if any (its queue is not told either).
+    pub schedule: Option<String>,
 }
 
 impl fmt::Display for Denied {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (&self.queue, &self.task_id) {
-            (Some(q), _) => write!(f, "permission denied: {} on queue {q:?}", self.action),
-            (None, Some(id)) => write!(f, "permission denied: {} on task {id}", self.action),
-            (None, None) => write!(f, "permission denied: {} on every queue (*)", self.action),
+        match (&self.queue, &self.task_id, &self.schedule) {
+            (Some(q), _, _) => write!(f, "permission denied: {} on queue {q:?}", self.action),
+            (None, Some(id), _) => write!(f, "permission denied: {} on task {id}", self.action),
+            (None, None, Some(s)) => write!(f, "permission denied: {} on schedule {s:?}", self.action),
+            (None, None, None) => write!(f, "permission denied: {} on every queue (*)", self.action),
         }
     }
 }
@@ -275,7 +285,12 @@ impl Access {
         if self.allows(op, queue) {
             Ok(())
         } else {
-            Err(Denied { action: op.actions()[0], queue: Some(queue.to_owned()), task_id: None })
+            Err(Denied {
+                action: op.actions()[0],
+                queue: Some(queue.to_owned()),
+                task_id: None,
+                schedule: None,
+            })
         }
     }
 
@@ -284,7 +299,7 @@ impl Access {
         if self.allows_everywhere(op) {
             Ok(())
         } else {
-            Err(Denied { action: op.actions()[0], queue: None, task_id: None })
+            Err(Denied { action: op.actions()[0], queue: None, task_id: None, schedule: None })
         }
     }
 
@@ -293,7 +308,12 @@ impl Access {
     /// whether an id exists outside its queues; one allowed everywhere gets
     /// `Ok(false)` for an unknown task (the caller answers NOT_FOUND).
     pub fn check_task(&self, op: Operation, task_id: &str, queue: Option<&str>) -> Result<bool, Denied> {
-        let denied = || Denied { action: op.actions()[0], queue: None, task_id: Some(task_id.to_owned()) };
+        let denied = || Denied {
+            action: op.actions()[0],
+            queue: None,
+            task_id: Some(task_id.to_owned()),
+            schedule: None,
+        };
         match queue {
             Some(q) if self.allows(op, q) => Ok(true),
             None if self.allows_everywhere(op) => Ok(false),

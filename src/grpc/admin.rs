@@ -212,9 +212,14 @@ impl AdminService for Admin {
 
     async fn list_schedules(
         &self,
-        _req: Request<pb::ListSchedulesRequest>,
+        req: Request<pb::ListSchedulesRequest>,
     ) -> Result<Response<pb::ListSchedulesResponse>, Status> {
-        let schedules = self.broker.list_schedules().await?;
+        let access = Caller::of(&req).access;
+        let mut schedules = self.broker.list_schedules().await?;
+        schedules.retain(|s| {
+            let queue = self.broker.schedule_queue(&s.stored.schedule).unwrap_or_default();
+            access.allows(Operation::ListSchedules, &queue)
+        });
         Ok(Response::new(pb::ListSchedulesResponse {
             schedules: schedules.into_iter().map(schedules::schedule_pb).collect(),
         }))
@@ -224,10 +229,17 @@ impl AdminService for Admin {
         &self,
         req: Request<pb::PutScheduleRequest>,
     ) -> Result<Response<pb::Schedule>, Status> {
+        let access = Caller::of(&req).access;
         let pb::PutScheduleRequest { schedule } = req.into_inner();
         let schedule = schedule.ok_or_else(|| BrokerError::invalid("schedule", "required"))?;
+        let schedule: crate::core::schedule::Schedule = schedule.try_into()?;
+        // The one it replaces, and the queue its tasks will go to.
+        self.broker.authorize_schedule(&access, &schedule.name, true).await?;
+        if let Ok(queue) = self.broker.schedule_queue(&schedule) {
+            self.broker.authorize_queue(&access, Operation::ManageSchedule, &queue)?;
+        }
         // The broker names the schedule's fields; the request holds them in `schedule`.
-        let put = self.broker.put_schedule(schedule.try_into()?).await.map_err(|e| match e {
+        let put = self.broker.put_schedule(schedule).await.map_err(|e| match e {
             BrokerError::Invalid(violations) => BrokerError::Invalid(
                 violations
                     .into_iter()
@@ -246,7 +258,9 @@ impl AdminService for Admin {
         &self,
         req: Request<pb::DeleteScheduleRequest>,
     ) -> Result<Response<pb::DeleteScheduleResponse>, Status> {
+        let access = Caller::of(&req).access;
         let pb::DeleteScheduleRequest { name } = req.into_inner();
+        self.broker.authorize_schedule(&access, &name, false).await?;
         self.broker.delete_schedule(&name).await?;
         Ok(Response::new(pb::DeleteScheduleResponse {}))
     }
@@ -255,7 +269,9 @@ impl AdminService for Admin {
         &self,
         req: Request<pb::TriggerScheduleRequest>,
     ) -> Result<Response<pb::TriggerScheduleResponse>, Status> {
+        let access = Caller::of(&req).access;
         let pb::TriggerScheduleRequest { name } = req.into_inner();
+        self.broker.authorize_schedule(&access, &name, false).await?;
         let task = self.broker.trigger_schedule(&name).await?;
         Ok(Response::new(pb::TriggerScheduleResponse { task: Some(convert::task(task)) }))
     }

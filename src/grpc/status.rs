@@ -84,6 +84,9 @@ pub fn to_status(e: BrokerError) -> Status {
             if let Some(id) = &d.task_id {
                 metadata.insert("task_id".to_owned(), id.clone());
             }
+            if let Some(name) = &d.schedule {
+                metadata.insert("schedule".to_owned(), name.clone());
+            }
         }
         BrokerError::ScheduleNotFound(name) | BrokerError::ScheduleFromConfig(name) => {
             metadata.insert("schedule".to_owned(), name.clone());
