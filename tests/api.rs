@@ -413,7 +413,11 @@ async fn ack_stores_the_result_and_the_task_is_removed_after_retention() {
     s.advance(Duration::from_secs(59)).await;
     assert_eq!(state(&s.get(&t.id).await), TaskState::Succeeded);
     s.advance(Duration::from_secs(2)).await;
-    let gone = s.producer.get_task(pb::GetTaskRequest { task_id: t.id.clone() }).await.unwrap_err();
+    let gone = s
+        .producer
+        .get_task(pb::GetTaskRequest { task_id: t.id.clone(), include_dependencies: false })
+        .await
+        .unwrap_err();
     assert_eq!((gone.code(), common::reason(&gone).as_str()), (tonic::Code::NotFound, "TASK_NOT_FOUND"));
     s.shutdown().await;
 }

@@ -311,7 +311,10 @@ async fn every_bad_input_is_invalid_argument_naming_its_field_and_the_server_kee
     let held = s.lease(&["q"], 1).await.remove(0);
     let lease_id = held.lease_id.clone();
     for bad_id in ["not-a-task-id", ""] {
-        let get = s.producer.get_task(pb::GetTaskRequest { task_id: bad_id.into() }).await;
+        let get = s
+            .producer
+            .get_task(pb::GetTaskRequest { task_id: bad_id.into(), include_dependencies: false })
+            .await;
         assert_invalid(&err(get), "task_id");
         assert_invalid(&err(cancel(&mut s, bad_id).await), "task_id");
         let watch = s.producer.watch_task(pb::WatchTaskRequest { task_id: bad_id.into() }).await;

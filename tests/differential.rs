@@ -266,6 +266,9 @@ impl Run {
         match op {
             Op::Enqueue { queue, priority, delay, dedup, max_attempts } => {
                 let new = NewTask {
+                    depends_on: Vec::new(),
+                    on_dependency_failure: Default::default(),
+                    expire_time: None,
                     queue: QUEUES[*queue].into(),
                     kind: "k".into(),
                     payload: b"p".to_vec(),

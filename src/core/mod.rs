@@ -7,6 +7,7 @@
 
 pub mod budget;
 pub mod clock;
+pub mod dependency;
 pub mod flow;
 pub mod lease;
 pub mod priority;

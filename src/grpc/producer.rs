@@ -213,9 +213,13 @@ impl ProducerService for Producer {
         &self,
         req: Request<pb::GetTaskRequest>,
     ) -> Result<Response<pb::GetTaskResponse>, Status> {
-        let pb::GetTaskRequest { task_id } = req.into_inner();
-        let task = self.broker.get(convert::task_id(&task_id)?).await?;
-        Ok(Response::new(pb::GetTaskResponse { task: Some(convert::task(task)) }))
+        let pb::GetTaskRequest { task_id, include_dependencies } = req.into_inner();
+        let (task, dependencies) =
+            self.broker.get_with_dependencies(convert::task_id(&task_id)?, include_dependencies).await?;
+        Ok(Response::new(pb::GetTaskResponse {
+            task: Some(convert::task(task)),
+            dependencies: dependencies.into_iter().map(convert::task).collect(),
+        }))
     }
 
     async fn cancel_task(

@@ -58,6 +58,12 @@ pub enum StoreError {
     TaskNotFound(TaskId),
     #[error(transparent)]
     Lease(#[from] LeaseError),
+    /// An enqueue named dependencies that do not exist (unknown, or purged).
+    #[error("dependencies not found: {}", ids_list(.0))]
+    DependencyNotFound(Vec<TaskId>),
+    /// A task field this backend cannot keep yet (the field's name).
+    #[error("{0} is not supported by this store yet")]
+    Unsupported(&'static str),
     /// Cancel of a task that already succeeded or died.
     #[error("task {0} already finished")]
     TaskFinished(TaskId),
@@ -75,6 +81,10 @@ pub enum StoreError {
     /// script reply of the wrong shape, no free id. Retrying will not help.
     #[error("storage internal error: {0}")]
     Internal(String),
+}
+
+fn ids_list(ids: &[TaskId]) -> String {
+    ids.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
 /// What a shared store tells every broker replica attached to it, so that a

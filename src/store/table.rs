@@ -11,6 +11,7 @@
 //! only when one is handed out or persisted.
 
 mod admin;
+mod dependencies;
 mod indexes;
 mod leasing;
 mod limits;
@@ -100,6 +101,8 @@ pub struct Table {
     /// Each rate-limited queue's token bucket (not persisted: a restarted
     /// broker starts with full buckets).
     buckets: HashMap<String, Bucket>,
+    /// Who waits for whom (derived from the records).
+    graph: dependencies::Graph,
 }
 
 impl Table {
@@ -124,6 +127,7 @@ impl Table {
             paused: Default::default(),
             paused_changes: Vec::new(),
             buckets: HashMap::new(),
+            graph: Default::default(),
         }
     }
 
@@ -144,6 +148,7 @@ impl Table {
             self.forget_task_of(old.queue);
             old.release(&mut self.names);
         }
+        self.register(id);
     }
 
     /// Puts `policies` in force for the next operations (see
@@ -213,6 +218,10 @@ impl Table {
 
     pub fn enqueue(&mut self, tasks: Vec<NewTask>, now: Millis) -> Result<Vec<Enqueued>, StoreError> {
         self.check_room(&tasks, now)?;
+        let missing = self.missing_dependencies(&tasks, now);
+        if !missing.is_empty() {
+            return Err(Self::dependency_error(missing));
+        }
         Ok(tasks.into_iter().map(|t| self.enqueue_one(t, now)).collect())
     }
 
@@ -234,7 +243,11 @@ impl Table {
         self.mark(id);
         self.count(record.queue, Event::Enqueued);
         self.tasks.insert(id, record);
-        Enqueued { task, deduplicated: false }
+        if task.state != TaskState::Waiting {
+            return Enqueued { task, deduplicated: false };
+        }
+        self.start_waiting(id, now);
+        Enqueued { task: self.tasks[&id].to_task(id, &self.names), deduplicated: false }
     }
 
     /// The task a request_id or dedup_key points to, if it still counts.
@@ -370,9 +383,14 @@ impl Table {
         swept
     }
 
+    /// Cancels undelivered tasks past their deadline, then makes due
+    /// SCHEDULED tasks READY.
     pub fn promote_due(&mut self, now: Millis) -> Swept {
-        let due = take_due(&self.idx.scheduled, now);
         let mut swept = Swept::default();
+        for id in self.expire_due(now) {
+            self.note(&mut swept, id);
+        }
+        let due = take_due(&self.idx.scheduled, now);
         for id in due {
             self.transition_in_place(id, now, |t| t.state = TaskState::Ready);
             self.note(&mut swept, id);
@@ -381,9 +399,10 @@ impl Table {
     }
 
     pub fn purge_finished(&mut self, now: Millis) -> Swept {
-        let due = pop_due(&mut self.idx.finished, now);
+        let mut due = pop_due(&mut self.idx.finished, now);
+        due.retain(|id| !self.hold(*id));
         for id in &due {
-            self.remove_task(*id);
+            self.remove_task(*id, now);
         }
         if !due.is_empty() {
             self.shrink_maps();
@@ -392,9 +411,14 @@ impl Table {
     }
 
     /// Removes a task and everything that refers to it.
-    fn remove_task(&mut self, id: TaskId) {
+    fn remove_task(&mut self, id: TaskId, now: Millis) {
         let Some(task) = self.tasks.remove(&id) else { return };
         unindex(&mut self.idx, &self.names, id, &task);
+        self.graph_forget(id);
+        if !task.state.is_final() {
+            // Removed unfinished (a purge): its waiters see it CANCELED.
+            self.ended(id, TaskState::Canceled, task.depends_on(), now);
+        }
         let queue = self.names.resolve(task.queue);
         if !task.request_id().is_empty() {
             let key = (queue.to_owned(), task.request_id().to_owned());
@@ -417,7 +441,7 @@ impl Table {
     }
 
     pub fn next_timer(&self) -> Option<Millis> {
-        [&self.idx.leased, &self.idx.scheduled, &self.idx.finished]
+        [&self.idx.leased, &self.idx.scheduled, &self.idx.finished, &self.idx.expiring]
             .into_iter()
             .filter_map(|set| set.first().map(|(at, _)| *at))
             .min()
@@ -458,6 +482,10 @@ impl Table {
         index(&mut self.idx, &self.policies, &self.names, id, task);
         if self.track {
             self.dirty.push(id);
+        }
+        if !before.is_final() && task.state.is_final() {
+            let (state, depends_on) = (task.state, task.depends_on().to_vec());
+            self.ended(id, state, &depends_on, now);
         }
     }
 

@@ -26,6 +26,14 @@ impl RedisStore {
         tasks: Vec<NewTask>,
         now: Millis,
     ) -> Result<Vec<Enqueued>, StoreError> {
+        // Dependencies and deadlines are kept by the table stores only, so far.
+        if let Some(t) = tasks.iter().find(|t| !t.depends_on.is_empty() || t.expire_time.is_some()) {
+            return Err(StoreError::Unsupported(if t.depends_on.is_empty() {
+                "expire_time"
+            } else {
+                "depends_on"
+            }));
+        }
         // Ids and provisional records; the script sets state and times.
         let local_now = if self.server_time { SystemClock.now() } else { now };
         let mut groups: Vec<(String, Vec<usize>, Vec<Task>)> = Vec::new();

@@ -110,6 +110,10 @@ fn decode_body(queue: &str, body: &[u8]) -> Result<Task, Corrupt> {
         lease: None,
         concurrency_key,
         semaphores,
+        depends_on: Vec::new(),
+        pending_dependencies: Vec::new(),
+        on_dependency_failure: Default::default(),
+        expire_time: None,
     })
 }
 
@@ -145,6 +149,7 @@ fn state_of(code: u8) -> Result<TaskState, Corrupt> {
         4 => TaskState::Succeeded,
         5 => TaskState::Dead,
         6 => TaskState::Canceled,
+        7 => TaskState::Waiting,
         _ => return Err(Corrupt("unknown state")),
     })
 }
@@ -159,6 +164,7 @@ pub fn state_code(state: TaskState) -> u8 {
         TaskState::Succeeded => 4,
         TaskState::Dead => 5,
         TaskState::Canceled => 6,
+        TaskState::Waiting => 7,
     }
 }
 
@@ -233,6 +239,10 @@ mod tests {
 
     fn sample() -> Task {
         Task {
+            depends_on: Vec::new(),
+            pending_dependencies: Vec::new(),
+            on_dependency_failure: Default::default(),
+            expire_time: None,
             id: TaskId::generate(1_767_225_600_000),
             queue: "emails".into(),
             kind: "send".into(),
