@@ -1053,6 +1053,14 @@ macro_rules! workflow_conformance {
             $(#[tokio::test] async fn $case() { super::$case(&super::Backend::embedded()).await })*
             #[tokio::test] async fn dependencies_survive_a_reopen() { super::dependencies_survive_a_reopen(super::Backend::embedded()).await }
         }
+        mod workflow_redis {
+            $(#[tokio::test] async fn $case() { super::$case(&super::Backend::redis().await).await })*
+            #[tokio::test] async fn dependencies_survive_a_reopen() { super::dependencies_survive_a_reopen(super::Backend::redis().await).await }
+        }
+        mod workflow_redis_cluster {
+            $(#[tokio::test] async fn $case() { super::$case(&super::Backend::redis_cluster().await).await })*
+            #[tokio::test] async fn dependencies_survive_a_reopen() { super::dependencies_survive_a_reopen(super::Backend::redis_cluster().await).await }
+        }
     };
 }
 

@@ -80,7 +80,6 @@ impl From<StoreError> for BrokerError {
             StoreError::Lease(LeaseError::Mismatch) => BrokerError::LeaseMismatch,
             StoreError::Lease(LeaseError::Canceled) => BrokerError::TaskCanceled,
             StoreError::TaskFinished(id) => BrokerError::TaskFinished(id.to_string()),
-            StoreError::Unsupported(field) => BrokerError::invalid(field, "not supported by this store yet"),
             StoreError::DependencyNotFound(ids) => {
                 BrokerError::DependencyNotFound(ids.iter().map(ToString::to_string).collect())
             }

@@ -61,9 +61,6 @@ pub enum StoreError {
     /// An enqueue named dependencies that do not exist (unknown, or purged).
     #[error("dependencies not found: {}", ids_list(.0))]
     DependencyNotFound(Vec<TaskId>),
-    /// A task field this backend cannot keep yet (the field's name).
-    #[error("{0} is not supported by this store yet")]
-    Unsupported(&'static str),
     /// Cancel of a task that already succeeded or died.
     #[error("task {0} already finished")]
     TaskFinished(TaskId),

@@ -43,6 +43,10 @@ impl RedisStore {
             match result {
                 Ok(tasks) => {
                     self.announce_freed(queue, tasks.iter().filter(|t| t.is_ok()).count()).await;
+                    // Dependents released (or canceled) before the ack returns.
+                    if tasks.iter().any(|t| t.is_ok()) {
+                        self.deliver(queue, now).await?;
+                    }
                     for (item, t) in items.iter().zip(&tasks) {
                         if let Ok(t) = t {
                             self.release_permits(t, item.lease_id).await;

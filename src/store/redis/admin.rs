@@ -165,6 +165,8 @@ impl RedisStore {
                 break;
             }
         }
+        // What waited on purged unfinished tasks sees them CANCELED.
+        self.deliver(queue, now).await?;
         self.forget_empty(&[queue.to_owned()], now).await?;
         Ok(purged)
     }

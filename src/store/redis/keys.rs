@@ -44,12 +44,12 @@ pub fn semaphore(name: &str) -> String {
 /// The keys of one queue, in the order every script receives them as `KEYS`
 /// (see `lua/lib.lua`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QueueKeys([String; 29]);
+pub struct QueueKeys([String; 39]);
 
 /// The role of each key, in `KEYS` order: eleven, the flow-control state,
 /// one ready list per priority, then what the operations API keeps (see
-/// [`super::admin`]).
-const ROLES: [&str; 29] = [
+/// [`super::admin`]), then dependencies and deadlines (see [`super::workflow`]).
+const ROLES: [&str; 39] = [
     "meta",
     "body",
     "results",
@@ -79,6 +79,16 @@ const ROLES: [&str; 29] = [
     "ids_succeeded",
     "ids_dead",
     "ids_canceled",
+    "ids_waiting",
+    "deps",
+    "pending",
+    "dependents",
+    "readers",
+    "held",
+    "outbox",
+    "outbox_seq",
+    "outbox_lock",
+    "expiring",
 ];
 
 impl QueueKeys {
@@ -109,6 +119,23 @@ impl QueueKeys {
     /// LIST of finished tasks, `<purge time>:<id>`, in purge-time order.
     pub fn finished(&self) -> &str {
         &self.0[5]
+    }
+
+    /// LIST of resolution events to deliver to other queues (see
+    /// [`super::workflow`]).
+    pub fn outbox(&self) -> &str {
+        &self.0[35]
+    }
+
+    /// STRING held by the replica delivering the outbox (so its events go
+    /// out in order), lapsing on its own.
+    pub fn outbox_lock(&self) -> &str {
+        &self.0[37]
+    }
+
+    /// ZSET of undelivered tasks with a deadline, by deadline.
+    pub fn expiring(&self) -> &str {
+        &self.0[38]
     }
 
     /// STRING present while the queue is paused.

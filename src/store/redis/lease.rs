@@ -178,6 +178,7 @@ impl RedisStore {
             None => inv.arg("").arg(0),
         };
         inv.arg(policy.per_key_max_in_flight).arg(rooms).arg(if probe { "1" } else { "0" });
+        inv.arg(policy.retention.as_millis() as u64);
         let items = array(self.run(&inv).await?)?;
         let [total, _full, blocked, records @ ..] = items.as_slice() else {
             return Err(unexpected("a short lease reply"));

@@ -105,6 +105,7 @@ mod reply;
 mod scripts;
 mod settings;
 mod sweep;
+mod workflow;
 
 use std::time::Duration;
 
@@ -275,6 +276,9 @@ impl Store for RedisStore {
         if task.state != crate::core::task::TaskState::Ready {
             self.announce_freed(&queue, 1).await;
         }
+        if task.state == TaskState::Dead {
+            self.deliver(&queue, now).await?;
+        }
         Ok(task)
     }
 
@@ -299,6 +303,7 @@ impl Store for RedisStore {
             self.release_permits(&task, lease.id).await;
             self.announce_freed(&queue, 1).await;
         }
+        self.deliver(&queue, now).await?;
         Ok(task)
     }
 
@@ -306,7 +311,13 @@ impl Store for RedisStore {
         let queue = self.queue_of(id).await?;
         let mut inv = self.invocation(&scripts::GET, &queue, 0);
         inv.arg(id.to_string());
-        settled_task(self.run(&inv).await?, id, &queue)
+        let items = settled(self.run(&inv).await?, id)?;
+        let [record @ .., pending] = items.as_slice() else { return Err(unexpected("a short get reply")) };
+        let mut task = reply::task(&queue, record)?;
+        for dep in reply::text(pending)?.split(',').filter(|d| !d.is_empty()) {
+            task.pending_dependencies.push(dep.parse().map_err(|_| unexpected("a pending dependency id"))?);
+        }
+        Ok(task)
     }
 
     async fn requeue_expired(&self, now: Millis) -> Result<Swept, StoreError> {

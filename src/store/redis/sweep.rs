@@ -48,11 +48,14 @@ impl RedisStore {
     pub(super) async fn promote(&self, now: Millis) -> Result<Swept, StoreError> {
         let promote = Sweep { script: &scripts::PROMOTE, per_task: 1 };
         let mut swept = Swept::default();
-        for (queue, items) in self.sweep(promote, now, |_| Vec::new()).await? {
+        for (queue, items) in self.sweep(promote, now, |q| vec![self.retention(q)]).await? {
             for id in &items {
                 note(&mut swept, &queue, task_id(id)?, true);
             }
         }
+        // Resolution events left behind (by this replica's lease-time
+        // expiries, or by a replica that died before delivering them).
+        self.deliver_all(&mut swept, now).await?;
         Ok(swept)
     }
 
@@ -80,7 +83,7 @@ impl RedisStore {
             let keys = QueueKeys::new(queue);
             let mut pipe = redis::pipe();
             pipe.zrange_withscores(keys.leased(), 0, 0).zrange_withscores(keys.scheduled(), 0, 0);
-            pipe.lindex(keys.finished(), 0);
+            pipe.lindex(keys.finished(), 0).zrange_withscores(keys.expiring(), 0, 0);
             let mut conn = self.conn.clone();
             async move { bounded(pipe.query_async::<Vec<Value>>(&mut conn)).await }
         });
@@ -90,7 +93,7 @@ impl RedisStore {
         }
         let mut earliest: Option<Millis> = None;
         for (i, first) in firsts.iter().enumerate() {
-            let at = if i % 3 == 2 {
+            let at = if i % 4 == 2 {
                 // '<purge time>:<id>' (lua/lib.lua)
                 match first {
                     Value::Nil => None,

@@ -80,6 +80,11 @@ for i, id in ipairs(acked) do
 end
 variadic('ZADD', K_IDS_SUCCEEDED, indexed)
 count('acked', #acked)
+if in_workflow() then
+  for _, id in ipairs(acked) do
+    on_end(id, SUCCEEDED)
+  end
+end
 variadic('HSET', K_META, metas)
 if #results > 0 then
   variadic('HSET', K_RESULTS, results)

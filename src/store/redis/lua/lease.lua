@@ -28,6 +28,8 @@
 --           one left is passed over like a saturated key, and its semaphores
 --           are named in the reply so the caller can take permits and call
 --           again (semaphores live in their own slots: see mod.rs)
+-- ARGV[18]: the queue's retention of finished tasks (ms), for tasks it
+--          cancels as expired
 -- ARGV[17]: '1' to stop at the first task needing a semaphore without a
 --           permit instead of passing it over (the caller's first call, so
 --           its second, with permits, goes on in order: tasks needing
@@ -46,6 +48,12 @@ local have = tonumber(ARGV[7])
 local bytes = tonumber(ARGV[8])
 local budget = tonumber(ARGV[9])
 local field = tonumber(ARGV[10])
+
+-- Deadlines are checked at lease time: what expired is canceled, not
+-- delivered (core::dependency::expired).
+if redis.call('EXISTS', K_EXPIRING) == 1 then
+  expire_due(now, tonumber(ARGV[18]), 1000)
+end
 
 -- admin: a paused queue delivers nothing (admin.rs, pause.lua).
 if redis.call('EXISTS', K_PAUSED) == 1 then
