@@ -69,6 +69,16 @@
 //! (connection cut after `extend.lua`) lapses at the old deadline while the
 //! worker still runs.
 //!
+//! # Dependencies and deadlines
+//! A task and the tasks it depends on may sit in different queues, so in
+//! different Redis Cluster slots: every cross-queue effect (registering a
+//! dependent, a dependency's end, a finished dependent releasing what it
+//! read) is an event in the changed queue's outbox, written in the same
+//! script as the change, delivered by any replica and applied idempotently,
+//! so exactly once, even when a replica dies half-way. The design is in
+//! [`workflow`]. Deadlines: a per-queue `expiring` set, checked by
+//! `lease.lua` (before it delivers) and by the promote sweep.
+//!
 //! # Time
 //! Scripts take `now` from the caller, or with `server_time` read Redis's own
 //! clock (`TIME`), so every replica settles leases against one clock.
