@@ -53,6 +53,11 @@ script!(
     "lua/get.lua"
 );
 script!(
+    /// Cancels undelivered tasks past their deadline.
+    EXPIRE,
+    "lua/expire.lua"
+);
+script!(
     /// Registers a task as depending on one of this queue (workflow.rs).
     DEPEND,
     "lua/depend.lua"

@@ -51,7 +51,7 @@ use super::reply::{array, bounded, uint, unexpected};
 use super::{keys::QueueKeys, scripts, RedisStore};
 use crate::core::task::TaskId;
 use crate::core::Millis;
-use crate::store::{StoreError, Swept};
+use crate::store::StoreError;
 
 /// Outbox entries read per round trip.
 const BATCH: isize = 100;
@@ -73,18 +73,16 @@ impl RedisStore {
         Ok(changed)
     }
 
-    /// Every queue's outbox (the timer sweep's part), changes noted in `swept`.
-    pub(super) async fn deliver_all(&self, swept: &mut Swept, now: Millis) -> Result<(), StoreError> {
+    /// Every queue's outbox (the timer sweep's part). What it changes is
+    /// announced by the scripts (`ready`, `changed`), as any side effect.
+    pub(super) async fn deliver_all(&self, now: Millis) -> Result<(), StoreError> {
         for queue in self.queues().await? {
             let mut conn = self.conn.clone();
             let waiting: u64 =
                 bounded(redis::cmd("LLEN").arg(QueueKeys::new(&queue).outbox()).query_async(&mut conn))
                     .await?;
             if waiting > 0 {
-                for id in self.deliver(&queue, now).await? {
-                    swept.count += 1;
-                    swept.changed.push(id);
-                }
+                self.deliver(&queue, now).await?;
             }
         }
         Ok(())

@@ -34,10 +34,11 @@
 --           permit instead of passing it over (the caller's first call, so
 --           its second, with permits, goes on in order: tasks needing
 --           semaphores do not wait behind a stream of tasks that need none)
--- Returns: {bytes, full, blocked, meta_1, body_1, result_1, meta_2, ...}:
+-- Returns: {bytes, full, blocked, events, meta_1, body_1, result_1, meta_2, ...}:
 --          bytes in the response now, 1 if a task was left for lack of budget
 --          (else 0), the semaphores a passed-over task needed (comma-separated,
---          '' for none), then each leased task's record (lib.lua).
+--          '' for none), 1 if tasks it canceled as expired left events in the
+--          outbox (else 0), then each leased task's record (lib.lua).
 -- Publishes: `changed <id>` per leased task that is watched.
 
 local now = clock()
@@ -51,13 +52,17 @@ local field = tonumber(ARGV[10])
 
 -- Deadlines are checked at lease time: what expired is canceled, not
 -- delivered (core::dependency::expired).
+-- `events`: 1 when that put events in the outbox (for the caller to deliver).
+local events = 0
 if redis.call('EXISTS', K_EXPIRING) == 1 then
+  local outbox_before = redis.call('LLEN', K_OUTBOX)
   expire_due(now, tonumber(ARGV[18]), 1000)
+  events = redis.call('LLEN', K_OUTBOX) > outbox_before and 1 or 0
 end
 
 -- admin: a paused queue delivers nothing (admin.rs, pause.lua).
 if redis.call('EXISTS', K_PAUSED) == 1 then
-  return {bytes, 0, ''}
+  return {bytes, 0, '', events}
 end
 
 -- Flow control: fewer tasks (never an error) while a limit binds.
@@ -71,7 +76,7 @@ if per_ms then
   want = math.min(want, math.floor(tokens + 1e-9))
 end
 if want <= 0 then
-  return {bytes, 0, ''}
+  return {bytes, 0, '', events}
 end
 
 local per_key = tonumber(ARGV[15])
@@ -120,7 +125,7 @@ local function room_for(key)
   return held[key] < per_key
 end
 
-local out = {0, 0, ''}
+local out = {0, 0, '', events}
 -- The leased tasks' ids and their meta records (to be rewritten).
 local ids, raws = {}, {}
 local full = false

@@ -1,18 +1,15 @@
--- promote: cancels undelivered tasks past their deadline (expire_due), then
--- makes SCHEDULED tasks due at `now` READY.
--- KEYS: the queue's keys (lib.lua); writes meta, scheduled, ids_scheduled, ready, seq;
---       expiring, finished, ids_canceled, outbox.
--- ARGV[4]: the queue's retention of finished tasks (ms)
--- ARGV[5]: at most this many tasks per call (of each kind)
--- Returns: {id...}: the expired, then the promoted tasks.
+-- promote: makes SCHEDULED tasks due at `now` READY.
+-- KEYS: the queue's keys (lib.lua); writes meta, scheduled, ids_scheduled, ready, seq.
+-- ARGV[4]: at most this many tasks per call
+-- Returns: {id...}: the promoted tasks.
 -- Publishes: `ready <queue> <n>` once if n > 0 tasks were promoted; `changed <id>` per
 --            watched task.
 
 local now = clock()
-local out = expire_due(now, tonumber(ARGV[4]), tonumber(ARGV[5]))
+local out = {}
 local readies = 0
 local watching = any_watched()
-for _, id in ipairs(due(K_SCHEDULED, now, tonumber(ARGV[5]))) do
+for _, id in ipairs(due(K_SCHEDULED, now, tonumber(ARGV[4]))) do
   local t = load(id)
   redis.call('ZREM', K_SCHEDULED, id)
   redis.call('ZREM', K_IDS_SCHEDULED, id) -- admin: the id index
