@@ -220,7 +220,7 @@ impl Table {
         self.check_room(&tasks, now)?;
         let missing = self.missing_dependencies(&tasks, now);
         if !missing.is_empty() {
-            return Err(Self::dependency_error(missing));
+            return Err(StoreError::DependencyNotFound(missing));
         }
         Ok(tasks.into_iter().map(|t| self.enqueue_one(t, now)).collect())
     }

@@ -188,9 +188,10 @@ pub async fn waiting_tasks_are_counted_listed_and_purged(b: &Backend) {
     let stats = s.queue_stats("q").await.unwrap();
     assert_eq!(stats.counts.get(TaskState::Waiting), 2);
     let listed = s.list_tasks("q", TaskState::Waiting, None, 10).await.unwrap();
-    let mut both = [w.id, next.id];
+    let mut both = [(w.id, vec![a.id]), (next.id, vec![w.id])];
     both.sort();
-    assert_eq!(listed.iter().map(|t| t.id).collect::<Vec<_>>(), both, "by id");
+    let seen: Vec<_> = listed.iter().map(|t| (t.id, t.pending_dependencies.clone())).collect();
+    assert_eq!(seen, both, "by id, with what each waits on");
     // Purging WAITING tasks: what waited on them sees them canceled.
     let purged = s.purge_queue("q", &[TaskState::Waiting], NOW).await.unwrap();
     assert_eq!(purged, 2);

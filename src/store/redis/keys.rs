@@ -121,6 +121,11 @@ impl QueueKeys {
         &self.0[5]
     }
 
+    /// HASH task id -> its dependencies not yet ended (`<id>,<id>...`).
+    pub fn pending(&self) -> &str {
+        &self.0[31]
+    }
+
     /// LIST of resolution events to deliver to other queues (see
     /// [`super::workflow`]).
     pub fn outbox(&self) -> &str {

@@ -15,7 +15,7 @@ use super::Table;
 use crate::core::dependency::{self, Resolution};
 use crate::core::task::{NewTask, TaskId, TaskState};
 use crate::core::Millis;
-use crate::store::{StoreError, StoreEvent};
+use crate::store::StoreEvent;
 
 /// Who waits for whom.
 #[derive(Default)]
@@ -228,10 +228,5 @@ impl Table {
         }
         let changed = ids.iter().map(|id| StoreEvent::Changed(*id));
         changed.chain(ready.into_iter().map(|(q, n)| StoreEvent::Ready(q, n))).collect()
-    }
-
-    /// The error for an enqueue naming tasks the table does not hold.
-    pub(super) fn dependency_error(missing: Vec<TaskId>) -> StoreError {
-        StoreError::DependencyNotFound(missing)
     }
 }
