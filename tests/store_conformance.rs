@@ -1078,4 +1078,5 @@ workflow_conformance!(
     a_delayed_dependent_is_scheduled_once_released,
     an_expired_task_is_canceled_instead_of_delivered,
     the_timer_sweep_cancels_expired_tasks_down_the_graph,
+    a_redriven_dependent_keeps_its_dependency_while_it_runs_again,
 );

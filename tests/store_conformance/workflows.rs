@@ -261,3 +261,25 @@ pub async fn the_timer_sweep_cancels_expired_tasks_down_the_graph(b: &Backend) {
     s.promote_due(NOW + 30 * SEC).await.unwrap();
     assert_eq!(state(s, &sched).await, TaskState::Canceled);
 }
+
+pub async fn a_redriven_dependent_keeps_its_dependency_while_it_runs_again(b: &Backend) {
+    let s = &*b.store;
+    let a = put(s, new_task("q", 0)).await;
+    let w = put(
+        s,
+        NewTask { max_attempts: 1, on_dependency_failure: DependencyFailure::Run, ..after("w", &[&a]) },
+    )
+    .await;
+    run(s, &a, NOW).await;
+    let held = lease_one(s, "w", NOW).await;
+    s.nack(w.id, lease_id(&held), nack(None, true), NOW).await.unwrap();
+    // Nothing reads A now: it goes with its retention.
+    let redriven = s.redrive("w", &[w.id], 0, NOW + 50 * SEC).await.unwrap();
+    assert_eq!(redriven.count, 1);
+    s.purge_finished(NOW + 200 * SEC).await.unwrap();
+    assert_eq!(s.get(a.id).await.unwrap().result, b"done", "read again by its redriven dependent");
+    let again = lease_one(s, "w", NOW + 200 * SEC).await;
+    s.ack(w.id, lease_id(&again), vec![], NOW + 200 * SEC).await.unwrap();
+    s.purge_finished(NOW + 200 * SEC).await.unwrap();
+    assert_eq!(s.get(a.id).await.unwrap_err(), StoreError::TaskNotFound(a.id));
+}

@@ -252,6 +252,7 @@ impl RedisStore {
         swept.count = swept.changed.len();
         if swept.count > 0 {
             swept.ready_queues.push(queue.to_owned());
+            self.deliver(queue, now).await?;
         }
         Ok(swept)
     }

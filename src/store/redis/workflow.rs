@@ -13,7 +13,8 @@
 //!   the same atomic step as the change itself (`outbox()` in `lua/lib.lua`),
 //!   each entry unique by a per-queue sequence number:
 //!   - `reg <seq> <A> <dep> <B> <task>`: `enqueue.lua` created `task` WAITING
-//!     in `B`, depending on `dep` of `A`;
+//!     in `B`, depending on `dep` of `A` (or `redrive.lua` made it run again:
+//!     it reads `dep` again; `dep`'s end then finds it no longer waiting);
 //!   - `end <seq> <B> <task> <dep> <state>`: `dep` ended in `state` (ack,
 //!     nack or reap to DEAD, cancel, expiry, a cascade), and `task` waits
 //!     on it;
