@@ -111,6 +111,10 @@ pub enum StoreEvent {
     /// A permit shared across queues (a semaphore's) came back: workers
     /// waiting on any queue may look again.
     Freed,
+    /// A task became SCHEDULED, due at this time, as a side effect (a
+    /// dependent released with a delay): the timer loop should not sleep
+    /// past it.
+    Timer(crate::core::Millis),
 }
 
 /// The outcome of one enqueued item.

@@ -214,10 +214,15 @@ impl Table {
     }
 
     /// What the broker is told of side changes `ids`: each changed (for its
-    /// watchers), and the queues that got READY tasks (for their workers).
+    /// watchers), the queues that got READY tasks (for their workers), and
+    /// the due times of those that became SCHEDULED (for the timer loop).
     pub fn side_events(&self, ids: &[TaskId]) -> Vec<StoreEvent> {
         let mut ready: Vec<(String, usize)> = Vec::new();
+        let mut timers = Vec::new();
         for task in ids.iter().filter_map(|id| self.tasks.get(id)) {
+            if task.state == TaskState::Scheduled {
+                timers.push(StoreEvent::Timer(task.scheduled_time));
+            }
             if task.state == TaskState::Ready {
                 let queue = self.names.resolve(task.queue);
                 match ready.iter_mut().find(|(q, _)| q == queue) {
@@ -227,6 +232,7 @@ impl Table {
             }
         }
         let changed = ids.iter().map(|id| StoreEvent::Changed(*id));
-        changed.chain(ready.into_iter().map(|(q, n)| StoreEvent::Ready(q, n))).collect()
+        let ready = ready.into_iter().map(|(q, n)| StoreEvent::Ready(q, n));
+        changed.chain(ready).chain(timers).collect()
     }
 }
