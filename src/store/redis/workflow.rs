@@ -39,14 +39,23 @@
 //!   `end` for it) or finished (and returns its state, so the deliverer
 //!   resolves at once). No resolution falls between the two.
 //! - One deliverer per outbox at a time (a lock key with a lapse,
-//!   `outbox_lock`), so its events apply in order (a `rel` never before the
-//!   `reg` it undoes); a deliverer that died leaves the lock to lapse.
+//!   `outbox_lock`, renewed between batches), so its events apply in order
+//!   (a `rel` never before the `reg` it undoes: both are in the dependent's
+//!   queue's outbox); a deliverer that died leaves the lock to lapse. A
+//!   replica waits up to a second for another's lock, then leaves the work to
+//!   the sweeps.
 //! - A dependency purged between the enqueue's existence check and its
 //!   registration is seen as CANCELED.
 //!
+//! Limits: a deliverer stalled past the lock's lapse (5 s without finishing
+//! a batch) lets a second one start on the same outbox; events still apply
+//! exactly once, but a `rel` could then overtake its `reg` and keep a
+//! finished dependency past its retention.
+//!
 //! WAITING tasks sit in `ids_waiting`; their dependencies and failure policy
 //! in `deps`, the ones still pending in `pending`; deadlines in `expiring`,
-//! checked by `lease.lua` and `promote.lua` (`expire_due` in `lib.lua`).
+//! checked by `lease.lua` and by `expire.lua` in the promote sweep
+//! (`expire_due` in `lib.lua`).
 
 use super::reply::{array, bounded, uint, unexpected};
 use super::{keys::QueueKeys, scripts, RedisStore};

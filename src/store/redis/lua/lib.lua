@@ -1,7 +1,7 @@
 -- lib.lua: helpers shared by every script; scripts.rs puts this file in
 -- front of each script, so these locals are in scope there.
 --
--- Every script receives the keys of ONE queue, always all twenty-nine, in
+-- Every script receives the keys of ONE queue, always all thirty-nine, in
 -- this order (built by keys.rs):
 --   KEYS[1] meta       HASH  task id -> the task's changing fields, packed (HEAD, TAIL)
 --   KEYS[2] body       HASH  task id -> the task's fixed fields (written by
