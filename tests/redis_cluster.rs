@@ -170,26 +170,14 @@ async fn a_dependency_across_slots_releases_its_dependent_on_the_other_replica()
     assert_eq!(deps, [(header.id.clone(), b"part".to_vec())]);
 }
 
+const NOW: u64 = 1_767_225_600_000;
+
 fn policies() -> std::sync::Arc<Policies> {
     std::sync::Arc::new(Policies::new(Default::default(), QueuePolicy::default()))
 }
 
-async fn replica(cluster: &RedisCluster) -> RedisStore {
-    RedisStore::open(&Target::Cluster(cluster.urls()), policies(), false).await.unwrap()
-}
-
-/// Resolution events outlive the replica that should have delivered them:
-/// replica A acks a dependency while the dependent's outbox is held by a
-/// deliverer that died (its lock left behind), so A answers without having
-/// resolved anything; once the lock lapses, replica B's timer sweep
-/// delivers the events, and delivering them again (a deliverer that died
-/// after applying, before removing) changes nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_resolution_interrupted_on_one_replica_is_completed_exactly_once_by_another() {
-    const NOW: u64 = 1_767_225_600_000;
-    let cluster = RedisCluster::start();
-    let (a, b) = (replica(&cluster).await, replica(&cluster).await);
-    let new = |queue: &str, depends_on: Vec<TaskId>| NewTask {
+fn new_task(queue: &str, depends_on: Vec<TaskId>) -> NewTask {
+    NewTask {
         queue: queue.into(),
         kind: "k".into(),
         payload: Vec::new(),
@@ -205,7 +193,24 @@ async fn a_resolution_interrupted_on_one_replica_is_completed_exactly_once_by_an
         depends_on,
         on_dependency_failure: Default::default(),
         expire_time: None,
-    };
+    }
+}
+
+async fn replica(cluster: &RedisCluster) -> RedisStore {
+    RedisStore::open(&Target::Cluster(cluster.urls()), policies(), false).await.unwrap()
+}
+
+/// Resolution events outlive the replica that should have delivered them:
+/// replica A acks a dependency while the dependent's outbox is held by a
+/// deliverer that died (its lock left behind), so A answers without having
+/// resolved anything; once the lock lapses, replica B's timer sweep
+/// delivers the events, and delivering them again (a deliverer that died
+/// after applying, before removing) changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolution_interrupted_on_one_replica_is_completed_exactly_once_by_another() {
+    let cluster = RedisCluster::start();
+    let (a, b) = (replica(&cluster).await, replica(&cluster).await);
+    let new = new_task;
     let dep = a.enqueue(vec![new("emails", vec![])], NOW).await.unwrap().remove(0).task;
     let other = a.enqueue(vec![new("images", vec![])], NOW).await.unwrap().remove(0).task;
     let waiter = a.enqueue(vec![new("reports", vec![dep.id, other.id])], NOW).await.unwrap().remove(0).task;
@@ -252,4 +257,35 @@ async fn a_resolution_interrupted_on_one_replica_is_completed_exactly_once_by_an
     b.ack(other.id, held.lease.as_ref().unwrap().id, Vec::new(), NOW).await.unwrap();
     assert_eq!(a.get(waiter.id).await.unwrap().state, TaskState2::Ready);
     assert_eq!(a.lease(spec("reports", 5), NOW).await.unwrap().len(), 1);
+}
+
+/// The registration of a new dependent is left undelivered by the replica
+/// that enqueued it (its dependent's outbox held by a dead deliverer): the
+/// task answers WAITING on a dependency that already SUCCEEDED, and another
+/// replica's sweep completes the registration and releases it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_interrupted_on_one_replica_is_completed_by_another() {
+    let cluster = RedisCluster::start();
+    let (a, b) = (replica(&cluster).await, replica(&cluster).await);
+    let dep = a.enqueue(vec![new_task("emails", vec![])], NOW).await.unwrap().remove(0).task;
+    let held =
+        a.lease(LeaseSpec::strict(&["emails".to_string()], 1, None, "w"), NOW).await.unwrap().remove(0);
+    a.ack(dep.id, held.lease.as_ref().unwrap().id, b"r".to_vec(), NOW).await.unwrap();
+
+    let client = redis::cluster::ClusterClient::new(cluster.urls()).unwrap();
+    let mut conn = client.get_async_connection().await.unwrap();
+    let lock = "tb:{reports}:outbox_lock";
+    let mut set = redis::cmd("SET");
+    set.arg(lock).arg("dead-replica").arg("PX").arg(60_000);
+    set.query_async::<()>(&mut conn).await.unwrap();
+    let waiter = a.enqueue(vec![new_task("reports", vec![dep.id])], NOW).await.unwrap().remove(0).task;
+    assert_eq!((waiter.state, waiter.pending_dependencies.clone()), (TaskState2::Waiting, vec![dep.id]));
+
+    redis::cmd("DEL").arg(lock).query_async::<()>(&mut conn).await.unwrap();
+    b.promote_due(NOW).await.unwrap();
+    let released = a.get(waiter.id).await.unwrap();
+    assert_eq!((released.state, released.pending_dependencies), (TaskState2::Ready, vec![]));
+    // And the dependency is now read by it: kept past its retention.
+    b.purge_finished(NOW + 25 * 3600 * 1000).await.unwrap();
+    assert_eq!(b.get(dep.id).await.unwrap().result, b"r");
 }
