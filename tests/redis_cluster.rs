@@ -26,7 +26,7 @@ use redis_server::RedisCluster;
 use serve::ServeProcess;
 use stream_client::{id, open, task_of, WAIT};
 use taskbroker::core::queue::{Policies, QueuePolicy};
-use taskbroker::core::task::{NewTask, TaskId, TaskState as TaskState2};
+use taskbroker::core::task::{NewTask, TaskId, TaskState as CoreState};
 use taskbroker::pb;
 use taskbroker::pb::{SettleOperation, TaskState};
 use taskbroker::store::redis::{RedisStore, Target};
@@ -214,7 +214,7 @@ async fn a_resolution_interrupted_on_one_replica_is_completed_exactly_once_by_an
     let dep = a.enqueue(vec![new("emails", vec![])], NOW).await.unwrap().remove(0).task;
     let other = a.enqueue(vec![new("images", vec![])], NOW).await.unwrap().remove(0).task;
     let waiter = a.enqueue(vec![new("reports", vec![dep.id, other.id])], NOW).await.unwrap().remove(0).task;
-    assert_eq!(waiter.state, TaskState2::Waiting);
+    assert_eq!(waiter.state, CoreState::Waiting);
 
     // A deliverer of the dependency's queue died holding its outbox lock.
     let client = redis::cluster::ClusterClient::new(cluster.urls()).unwrap();
@@ -238,7 +238,7 @@ async fn a_resolution_interrupted_on_one_replica_is_completed_exactly_once_by_an
     redis::cmd("DEL").arg(lock).query_async::<()>(&mut conn).await.unwrap();
     b.promote_due(NOW).await.unwrap();
     let resolved = a.get(waiter.id).await.unwrap();
-    assert_eq!((resolved.state, resolved.pending_dependencies), (TaskState2::Waiting, vec![other.id]));
+    assert_eq!((resolved.state, resolved.pending_dependencies), (CoreState::Waiting, vec![other.id]));
     let left: i64 = redis::cmd("LLEN").arg("tb:{emails}:outbox").query_async(&mut conn).await.unwrap();
     assert_eq!(left, 0);
 
@@ -249,13 +249,13 @@ async fn a_resolution_interrupted_on_one_replica_is_completed_exactly_once_by_an
     let left: i64 = redis::cmd("LLEN").arg("tb:{emails}:outbox").query_async(&mut conn).await.unwrap();
     assert_eq!(left, 0, "the replayed event was delivered");
     let after = b.get(waiter.id).await.unwrap();
-    assert_eq!((after.state, after.pending_dependencies), (TaskState2::Waiting, vec![other.id]));
+    assert_eq!((after.state, after.pending_dependencies), (CoreState::Waiting, vec![other.id]));
     assert!(b.lease(spec("reports", 5), NOW).await.unwrap().is_empty());
 
     // The other dependency's ack releases it, once.
     let held = b.lease(spec("images", 1), NOW).await.unwrap().remove(0);
     b.ack(other.id, held.lease.as_ref().unwrap().id, Vec::new(), NOW).await.unwrap();
-    assert_eq!(a.get(waiter.id).await.unwrap().state, TaskState2::Ready);
+    assert_eq!(a.get(waiter.id).await.unwrap().state, CoreState::Ready);
     assert_eq!(a.lease(spec("reports", 5), NOW).await.unwrap().len(), 1);
 }
 
@@ -279,12 +279,12 @@ async fn a_registration_interrupted_on_one_replica_is_completed_by_another() {
     set.arg(lock).arg("dead-replica").arg("PX").arg(60_000);
     set.query_async::<()>(&mut conn).await.unwrap();
     let waiter = a.enqueue(vec![new_task("reports", vec![dep.id])], NOW).await.unwrap().remove(0).task;
-    assert_eq!((waiter.state, waiter.pending_dependencies.clone()), (TaskState2::Waiting, vec![dep.id]));
+    assert_eq!((waiter.state, waiter.pending_dependencies.clone()), (CoreState::Waiting, vec![dep.id]));
 
     redis::cmd("DEL").arg(lock).query_async::<()>(&mut conn).await.unwrap();
     b.promote_due(NOW).await.unwrap();
     let released = a.get(waiter.id).await.unwrap();
-    assert_eq!((released.state, released.pending_dependencies), (TaskState2::Ready, vec![]));
+    assert_eq!((released.state, released.pending_dependencies), (CoreState::Ready, vec![]));
     // And the dependency is now read by it: kept past its retention.
     b.purge_finished(NOW + 25 * 3600 * 1000).await.unwrap();
     assert_eq!(b.get(dep.id).await.unwrap().result, b"r");
