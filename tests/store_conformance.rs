@@ -1079,4 +1079,5 @@ workflow_conformance!(
     an_expired_task_is_canceled_instead_of_delivered,
     the_timer_sweep_cancels_expired_tasks_down_the_graph,
     a_redriven_dependent_keeps_its_dependency_while_it_runs_again,
+    a_replayed_request_finds_its_task_after_its_dependency_was_purged,
 );

@@ -283,3 +283,21 @@ pub async fn a_redriven_dependent_keeps_its_dependency_while_it_runs_again(b: &B
     s.purge_finished(NOW + 200 * SEC).await.unwrap();
     assert_eq!(s.get(a.id).await.unwrap_err(), StoreError::TaskNotFound(a.id));
 }
+
+pub async fn a_replayed_request_finds_its_task_after_its_dependency_was_purged(b: &Backend) {
+    let s = &*b.store;
+    let a = put(s, new_task("q", 0)).await;
+    let req = NewTask { request_id: "r".into(), ..after("w", &[&a]) };
+    let w = put(s, req.clone()).await;
+    run(s, &a, NOW).await;
+    run(s, &w, NOW + 150 * SEC).await;
+    s.purge_finished(NOW + 200 * SEC).await.unwrap();
+    assert_eq!(s.get(a.id).await.unwrap_err(), StoreError::TaskNotFound(a.id), "read by no one any more");
+    let replay = s.enqueue(vec![req], NOW + 200 * SEC).await.unwrap().remove(0);
+    assert_eq!((replay.task.id, replay.deduplicated), (w.id, true));
+    let fresh = NewTask { request_id: "other".into(), ..after("w", &[&a]) };
+    assert_eq!(
+        s.enqueue(vec![fresh], NOW + 200 * SEC).await.unwrap_err(),
+        StoreError::DependencyNotFound(vec![a.id])
+    );
+}

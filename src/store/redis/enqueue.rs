@@ -20,6 +20,9 @@ use crate::core::task::{DependencyFailure, NewTask, Task, TaskId, TaskState};
 use crate::core::Millis;
 use crate::store::{Enqueued, Store, StoreError};
 
+/// The queue named for a dependency that does not exist (enqueue.lua).
+const GONE: &str = "-";
+
 /// A task about to be created, with its dependencies as the script takes
 /// them (`<queue> <id>,...`).
 type Pending = (Task, String);
@@ -85,23 +88,31 @@ impl RedisStore {
         Ok(out)
     }
 
-    /// The queue of each dependency `tasks` name; `DependencyNotFound` with
-    /// those that do not exist.
+    /// The queue of each dependency `tasks` name ("-" for one that does not
+    /// exist); `DependencyNotFound` when one that does not exist is named by
+    /// a task without a request id or dedup key (a task with one may be
+    /// answered by the task it names: the script decides, see enqueue.lua).
     async fn dependency_queues(&self, tasks: &[NewTask]) -> Result<HashMap<TaskId, String>, StoreError> {
         let mut ids: Vec<TaskId> = tasks.iter().flat_map(|t| t.depends_on.iter().copied()).collect();
         ids.sort_unstable();
         ids.dedup();
-        let (mut found, mut missing) = (HashMap::new(), Vec::new());
+        let mut found = HashMap::new();
         let looks = join_all(ids.iter().map(|id| self.get(*id))).await;
         for (id, got) in ids.iter().zip(looks) {
             match got {
-                Ok(task) => {
-                    found.insert(*id, task.queue);
-                }
-                Err(StoreError::TaskNotFound(_)) => missing.push(*id),
+                Ok(task) => found.insert(*id, task.queue),
+                Err(StoreError::TaskNotFound(_)) => found.insert(*id, GONE.to_owned()),
                 Err(e) => return Err(e),
-            }
+            };
         }
+        let mut missing: Vec<TaskId> = tasks
+            .iter()
+            .filter(|t| t.request_id.is_empty() && t.dedup_key.is_empty())
+            .flat_map(|t| t.depends_on.iter().copied())
+            .filter(|d| found[d] == GONE)
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
         if missing.is_empty() {
             Ok(found)
         } else {
@@ -156,6 +167,10 @@ impl RedisStore {
                 // a task (see `forget_empty`); it was within max_queues a
                 // moment ago.
                 Some("first") => self.reregister(queue).await?,
+                Some("missing") => {
+                    let ids = items[1..].iter().map(reply::task_id).collect::<Result<Vec<_>, _>>()?;
+                    return Err(StoreError::DependencyNotFound(ids));
+                }
                 Some("collision") => {
                     renew_ids(&mut tasks, queue);
                     continue;

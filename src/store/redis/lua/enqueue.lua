@@ -20,6 +20,9 @@
 --          then registers it in tb:queues again: a sweep may have removed it)
 --          and 'ok' otherwise;
 --          or {'collision', id} when a new task's id is taken (nothing written);
+--          or {'missing', id...} when a new task names a dependency the
+--          caller found gone ('- <id>' in its list; nothing written): a task
+--          answered by its request id or dedup key is not refused for it;
 --          or {'empty'} when the queue holds no task and ARGV[5] is '0'
 --          (nothing written): a sweep may have forgotten it, so the caller
 --          registers it (within max_queues) and calls again with '1'.
@@ -78,6 +81,16 @@ for i = TASKS_AT, #ARGV, PER do
   if old then
     found[#found + 1] = old
   else
+    local missing = {}
+    for entry in string.gmatch(ARGV[i + 10], '[^,]+') do
+      local gone = string.match(entry, '^%- (%S+)$')
+      if gone then
+        missing[#missing + 1] = gone
+      end
+    end
+    if #missing > 0 then
+      return {'missing', unpack(missing)}
+    end
     found[#found + 1] = true
     if ARGV[i + 10] == '' and tonumber(ARGV[i + 4]) <= now then
       readies = readies + 1
