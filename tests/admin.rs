@@ -346,3 +346,28 @@ async fn a_reloaded_max_in_flight_takes_effect_without_a_restart() {
     assert_eq!(s.lease(&["cap"], 10).await.len(), 2, "the new cap holds at once: 3 leased in all");
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn waiting_tasks_are_counted_listed_and_purged_with_what_waits_on_them() {
+    let mut s = server(StorageKind::Memory).await;
+    let dep = s.enqueue("q", "k").await;
+    let req = |deps: Vec<String>| pb::EnqueueRequest {
+        queue: "q".into(),
+        kind: "k".into(),
+        depends_on: deps,
+        ..Default::default()
+    };
+    let waiting = s.enqueue_req(req(vec![dep.id.clone()])).await;
+    let next = s.enqueue_req(req(vec![waiting.id.clone()])).await;
+    assert_eq!(info(&mut s, "q").await.counts.unwrap().waiting, 2);
+    let listed = page(&mut s, pb::TaskState::Waiting, 10, "").await.tasks;
+    let mut both = vec![waiting.id.clone(), next.id.clone()];
+    both.sort();
+    assert_eq!(listed.iter().map(|t| t.id.clone()).collect::<Vec<_>>(), both);
+    let states = vec![pb::TaskState::Waiting as i32];
+    let r = s.admin.purge_queue(pb::PurgeQueueRequest { queue: "q".into(), states }).await.unwrap();
+    assert_eq!(r.into_inner().purged, 2);
+    let c = info(&mut s, "q").await.counts.unwrap();
+    assert_eq!((c.waiting, c.ready), (0, 1), "the dependency stays");
+    s.shutdown().await;
+}

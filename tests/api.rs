@@ -413,7 +413,11 @@ async fn ack_stores_the_result_and_the_task_is_removed_after_retention() {
     s.advance(Duration::from_secs(59)).await;
     assert_eq!(state(&s.get(&t.id).await), TaskState::Succeeded);
     s.advance(Duration::from_secs(2)).await;
-    let gone = s.producer.get_task(pb::GetTaskRequest { task_id: t.id.clone() }).await.unwrap_err();
+    let gone = s
+        .producer
+        .get_task(pb::GetTaskRequest { task_id: t.id.clone(), include_dependencies: false })
+        .await
+        .unwrap_err();
     assert_eq!((gone.code(), common::reason(&gone).as_str()), (tonic::Code::NotFound, "TASK_NOT_FOUND"));
     s.shutdown().await;
 }
@@ -586,5 +590,76 @@ async fn embedded_store_serves_enqueue_lease_ack_and_nack() {
     let dead = nack(&mut s, &again, "give up", None, true).await;
     assert_eq!(state(&dead), TaskState::Dead);
     assert_eq!(s.get(&a.id).await.last_error, "give up");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_dependent_waits_then_a_parked_worker_gets_it_with_its_dependencies_results() {
+    let mut s = common::start().await;
+    let header = s.enqueue("header", "part").await;
+    let chord = s
+        .enqueue_req(pb::EnqueueRequest {
+            queue: "callback".into(),
+            kind: "join".into(),
+            depends_on: vec![header.id.clone()],
+            ..Default::default()
+        })
+        .await;
+    assert_eq!((state(&chord), chord.pending_dependencies), (TaskState::Waiting, 1));
+    assert_eq!(chord.depends_on, std::slice::from_ref(&header.id));
+    // A worker parked on the dependent's queue is woken by the ack in the
+    // other queue that releases it.
+    let mut worker = s.worker.clone();
+    let mut waiting = tokio::spawn(async move {
+        let wait = Some(secs(30));
+        let req =
+            pb::LeaseRequest { queues: vec!["callback".into()], max_tasks: 1, wait, ..Default::default() };
+        worker.lease(req).await
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut waiting).await.is_err(),
+        "nothing to run yet"
+    );
+    let part = s.lease(&["header"], 1).await.remove(0);
+    let ack = pb::AckRequest {
+        task_id: header.id.clone(),
+        lease_id: part.lease_id.clone(),
+        result: b"42".to_vec(),
+    };
+    s.worker.ack(ack).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the parked Lease returned once the dependent was released")
+        .unwrap()
+        .unwrap()
+        .into_inner()
+        .tasks;
+    assert_eq!(ids(&got), std::slice::from_ref(&chord.id));
+    let req = pb::GetTaskRequest { task_id: chord.id.clone(), include_dependencies: true };
+    let got = s.producer.get_task(req).await.unwrap().into_inner();
+    assert_eq!(got.task.unwrap().pending_dependencies, 0);
+    let deps: Vec<_> = got.dependencies.iter().map(|d| (d.id.clone(), d.result.clone())).collect();
+    assert_eq!(deps, [(header.id.clone(), b"42".to_vec())]);
+    let plain = pb::GetTaskRequest { task_id: chord.id.clone(), include_dependencies: false };
+    assert!(s.producer.get_task(plain).await.unwrap().into_inner().dependencies.is_empty());
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_task_past_its_ttl_is_canceled_as_expired_not_delivered() {
+    let mut s = common::start_manual("").await;
+    let t = s
+        .enqueue_req(pb::EnqueueRequest {
+            queue: "ttl".into(),
+            kind: "k".into(),
+            ttl: Some(secs(10)),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(t.expire_time, Some(at(10_000)));
+    s.advance(Duration::from_secs(10)).await;
+    let expired = s.get(&t.id).await;
+    assert_eq!((state(&expired), expired.last_error.as_str()), (TaskState::Canceled, "expired"));
+    assert!(s.lease(&["ttl"], 1).await.is_empty());
     s.shutdown().await;
 }

@@ -311,7 +311,10 @@ async fn every_bad_input_is_invalid_argument_naming_its_field_and_the_server_kee
     let held = s.lease(&["q"], 1).await.remove(0);
     let lease_id = held.lease_id.clone();
     for bad_id in ["not-a-task-id", ""] {
-        let get = s.producer.get_task(pb::GetTaskRequest { task_id: bad_id.into() }).await;
+        let get = s
+            .producer
+            .get_task(pb::GetTaskRequest { task_id: bad_id.into(), include_dependencies: false })
+            .await;
         assert_invalid(&err(get), "task_id");
         assert_invalid(&err(cancel(&mut s, bad_id).await), "task_id");
         let watch = s.producer.watch_task(pb::WatchTaskRequest { task_id: bad_id.into() }).await;
@@ -363,5 +366,51 @@ async fn message_over_max_message_bytes_is_out_of_range_and_the_server_keeps_ser
     assert_eq!(e.code(), Code::OutOfRange, "status: {e:?}");
     let t = s.enqueue("q", "k").await;
     assert_eq!(state(&t), TaskState::Ready);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_dependencies_are_dependency_not_found_with_their_ids_and_bad_ones_invalid() {
+    let mut s = common::start().await;
+    let known = s.enqueue("q", "k").await;
+    let ghost = "01ARZ3NDEKTSV4RRFFQ69G5FAV".to_string();
+    let req = |deps: Vec<String>| pb::EnqueueRequest {
+        queue: "q".into(),
+        kind: "k".into(),
+        depends_on: deps,
+        ..Default::default()
+    };
+    let refused = err(s.producer.enqueue(req(vec![known.id.clone(), ghost.clone()])).await);
+    assert_code_reason(&refused, Code::FailedPrecondition, "DEPENDENCY_NOT_FOUND");
+    use tonic_types::StatusExt;
+    let info = refused.get_error_details().error_info().cloned().unwrap();
+    assert_eq!(info.metadata.get("task_ids"), Some(&ghost));
+    assert!(refused.message().contains(&ghost), "{refused:?}");
+    // In a batch, only the item naming it fails.
+    let tasks = vec![req(vec![known.id.clone()]), req(vec![ghost.clone()])];
+    let results =
+        s.producer.enqueue_batch(pb::EnqueueBatchRequest { tasks }).await.unwrap().into_inner().results;
+    use pb::enqueue_result::Result as R;
+    assert!(matches!(results[0].result, Some(R::Task(_))), "{results:?}");
+    match results[1].result.as_ref().unwrap() {
+        R::Error(e) => assert_code_reason(&item_status(e), Code::FailedPrecondition, "DEPENDENCY_NOT_FOUND"),
+        R::Task(t) => panic!("enqueued with an unknown dependency: {t:?}"),
+    }
+    assert_invalid(&err(s.producer.enqueue(req(vec!["nope".into()])).await), "depends_on[0]");
+    let too_many = (0..1001).map(|_| known.id.clone()).collect();
+    assert_invalid(&err(s.producer.enqueue(req(too_many)).await), "depends_on");
+    let both = pb::EnqueueRequest {
+        ttl: Some(secs(5)),
+        expire_time: Some(prost_types::Timestamp { seconds: 4_000_000_000, nanos: 0 }),
+        ..req(vec![])
+    };
+    assert_invalid(&err(s.producer.enqueue(both).await), "expire_time");
+    let past = pb::EnqueueRequest {
+        expire_time: Some(prost_types::Timestamp { seconds: 1, nanos: 0 }),
+        ..req(vec![])
+    };
+    assert_invalid(&err(s.producer.enqueue(past).await), "expire_time");
+    let before_due = pb::EnqueueRequest { ttl: Some(secs(5)), delay: Some(secs(10)), ..req(vec![]) };
+    assert_invalid(&err(s.producer.enqueue(before_due).await), "ttl");
     s.shutdown().await;
 }

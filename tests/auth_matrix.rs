@@ -139,7 +139,10 @@ fn cases() -> Vec<(&'static str, &'static str, Call)> {
         ("GetTask", "t-inspector", |w, mut c| {
             Box::pin(async move {
                 let task_id = w.task("q").await;
-                c.producer.get_task(pb::GetTaskRequest { task_id }).await.map(drop)
+                c.producer
+                    .get_task(pb::GetTaskRequest { task_id, include_dependencies: false })
+                    .await
+                    .map(drop)
             })
         }),
         ("WatchTask", "t-inspector", |w, mut c| {
@@ -378,10 +381,16 @@ async fn task_ids_of_other_queues_cannot_be_probed() {
     let theirs = world.task("other").await;
     let unknown = ulid::Ulid::new().to_string();
     let mut inspector = world.as_(Some("t-inspector"));
-    let forbidden =
-        inspector.producer.get_task(pb::GetTaskRequest { task_id: theirs.clone() }).await.unwrap_err();
-    let missing =
-        inspector.producer.get_task(pb::GetTaskRequest { task_id: unknown.clone() }).await.unwrap_err();
+    let forbidden = inspector
+        .producer
+        .get_task(pb::GetTaskRequest { task_id: theirs.clone(), include_dependencies: false })
+        .await
+        .unwrap_err();
+    let missing = inspector
+        .producer
+        .get_task(pb::GetTaskRequest { task_id: unknown.clone(), include_dependencies: false })
+        .await
+        .unwrap_err();
     assert_eq!((forbidden.code(), missing.code()), (Code::PermissionDenied, Code::PermissionDenied));
     let (a, b) = (
         forbidden.get_error_details().error_info().cloned().unwrap(),
@@ -394,7 +403,12 @@ async fn task_ids_of_other_queues_cannot_be_probed() {
     assert_eq!(keys(&a.metadata), keys(&b.metadata));
     assert_eq!(forbidden.message().replace(&theirs, "ID"), missing.message().replace(&unknown, "ID"));
     // Root may look everywhere: for it an unknown id is just NOT_FOUND.
-    let status = world.root().producer.get_task(pb::GetTaskRequest { task_id: unknown }).await.unwrap_err();
+    let status = world
+        .root()
+        .producer
+        .get_task(pb::GetTaskRequest { task_id: unknown, include_dependencies: false })
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
     running.shutdown().await.unwrap();
 }
@@ -428,7 +442,7 @@ async fn a_stream_may_not_settle_tasks_of_queues_it_may_not_consume() {
     let task = world
         .root()
         .producer
-        .get_task(pb::GetTaskRequest { task_id: t.0 })
+        .get_task(pb::GetTaskRequest { task_id: t.0, include_dependencies: false })
         .await
         .unwrap()
         .into_inner()

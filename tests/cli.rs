@@ -293,11 +293,19 @@ fn enqueue_get_cancel_round_trip() {
     assert_eq!(json_str(&got, "payload"), "hello");
     assert_eq!(json_num(&got, "priority"), 5);
 
+    // A task that waits on it: WAITING until it ends; canceled with it.
+    let waiting =
+        ok(&client(&["enqueue", "--queue", "w", "--kind", "k", "--depends-on", &id, "--ttl", "1h"]));
+    assert_eq!(json_str(&waiting, "state"), "TASK_STATE_WAITING");
+    let waiting_id = json_str(&waiting, "id");
+
     let canceled = ok(&client(&["cancel", &id]));
     assert_eq!(json_str(&canceled, "id"), id);
     assert_eq!(json_str(&canceled, "state"), "TASK_STATE_CANCELED");
     let got = ok(&client(&["get", &id]));
     assert_eq!(json_str(&got, "state"), "TASK_STATE_CANCELED");
+    let dependent = ok(&client(&["get", &waiting_id]));
+    assert_eq!(json_str(&dependent, "state"), "TASK_STATE_CANCELED", "the cancel cascaded");
 
     let missing = client(&["get", UNKNOWN_ID]);
     assert!(!missing.status.success(), "get of an unknown id: {}", stdout(&missing));

@@ -317,7 +317,7 @@ async fn the_images_command_serves_and_keeps_its_data_in_the_volume() {
     let (mut child, _stdout, addr) = launch.start(&log).await;
     let channel = Channel::from_shared(format!("http://{addr}")).unwrap().timeout(STEP).connect_lazy();
     let again = ProducerServiceClient::new(channel)
-        .get_task(pb::GetTaskRequest { task_id: task.id.clone() })
+        .get_task(pb::GetTaskRequest { task_id: task.id.clone(), include_dependencies: false })
         .await
         .expect("GetTask after the restart")
         .into_inner()

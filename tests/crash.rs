@@ -50,7 +50,7 @@ fn system_time(t: &prost_types::Timestamp) -> SystemTime {
 
 async fn get(client: &mut ProducerServiceClient<Channel>, id: &str) -> pb::Task {
     client
-        .get_task(pb::GetTaskRequest { task_id: id.into() })
+        .get_task(pb::GetTaskRequest { task_id: id.into(), include_dependencies: false })
         .await
         .unwrap_or_else(|s| panic!("GetTask {id}: {s:?}"))
         .into_inner()
@@ -223,7 +223,8 @@ async fn acknowledged_enqueues_survive_kill_9() {
     let mut client = server.producer();
     let mut wrong = Vec::new();
     for a in &acked {
-        match client.get_task(pb::GetTaskRequest { task_id: a.id.clone() }).await {
+        match client.get_task(pb::GetTaskRequest { task_id: a.id.clone(), include_dependencies: false }).await
+        {
             Ok(resp) => {
                 let t = resp.into_inner().task.expect("GetTask returns the task");
                 let expected =

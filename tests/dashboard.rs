@@ -202,6 +202,30 @@ async fn a_binary_payload_is_shown_as_hex() {
 }
 
 #[tokio::test]
+async fn a_waiting_task_shows_its_dependencies_and_deadline() {
+    let mut s = common::start().await;
+    let dep = s.enqueue("parts", "k").await;
+    let task = s
+        .enqueue_req(pb::EnqueueRequest {
+            queue: "joins".into(),
+            kind: "k".into(),
+            depends_on: vec![dep.id.clone()],
+            ttl: Some(common::secs(3600)),
+            ..Default::default()
+        })
+        .await;
+    let page = ok(http::get(s.admin_addr, &format!("/tasks/{}", task.id)).await);
+    assert!(page.contains(r#"<span class="badge waiting">waiting</span>"#), "{page}");
+    let link =
+        format!(r#"<a href="/tasks/{0}"><code>{0}</code></a> <span class="meta">pending</span>"#, dep.id);
+    assert!(page.contains(&link), "{page}");
+    assert!(page.contains(r#"data-field="expires""#), "{page}");
+    let queue = ok(http::get(s.admin_addr, "/queues/joins?state=waiting").await);
+    assert!(queue.contains(&task.id), "listed under its state: {queue}");
+    s.shutdown().await;
+}
+
+#[tokio::test]
 async fn actions_need_the_same_origin_and_the_form_token() {
     let mut s = common::start().await;
     s.enqueue("steer", "k").await;

@@ -1,4 +1,5 @@
-//! The differential model test: random operation sequences (enqueue, lease,
+//! The differential model test: random operation sequences (enqueue, with
+//! dependencies on earlier tasks and deadlines, lease,
 //! ack, nack, extend, cancel, get, time advancing with every sweep, and the
 //! operations API's pause, redrive, purge, stats and listing) replayed
 //! against the memory store (the reference), the embedded store and the Redis
@@ -26,7 +27,7 @@ use taskbroker::core::flow::RateLimit;
 use taskbroker::core::queue::{Policies, QueuePolicy};
 use taskbroker::core::retry::Backoff;
 use taskbroker::core::stats::{QueueStats, STATES};
-use taskbroker::core::task::{NewTask, Task, TaskId, TaskState};
+use taskbroker::core::task::{DependencyFailure, NewTask, Task, TaskId, TaskState};
 use taskbroker::store::embedded::EmbeddedStore;
 use taskbroker::store::memory::MemoryStore;
 use taskbroker::store::redis::RedisStore;
@@ -82,6 +83,12 @@ enum Op {
         max_attempts: u32,
         /// The task's `concurrency_key`: none, "a" or "b" (keys take turns).
         key: u8,
+        /// Earlier tasks (by number) it depends on, and whether it runs
+        /// when one fails.
+        deps: Vec<usize>,
+        run: bool,
+        /// Deadline from now.
+        ttl: Option<u64>,
     },
     /// `first` is the preferred queue; `both` adds the other one after it.
     Lease {
@@ -145,8 +152,13 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (0..2usize, 0..3u8, prop::option::weighted(0.3, 1..8_000u64), prop::option::weighted(0.3, 0..3u8), 1..4u32, 0..3u8)
-            .prop_map(|(queue, priority, delay, dedup, max_attempts, key)| Op::Enqueue { queue, priority, delay, dedup, max_attempts, key }),
+        4 => (
+            (0..2usize, 0..3u8, prop::option::weighted(0.3, 1..8_000u64), prop::option::weighted(0.3, 0..3u8), 1..4u32, 0..3u8),
+            (prop::collection::vec(0..12usize, 0..3), any::<bool>(), prop::option::weighted(0.2, 1..20_000u64)),
+        )
+            .prop_map(|((queue, priority, delay, dedup, max_attempts, key), (deps, run, ttl))| {
+                Op::Enqueue { queue, priority, delay, dedup, max_attempts, key, deps, run, ttl }
+            }),
         3 => (0..2usize, any::<bool>(), 1..4usize, prop::option::weighted(0.3, 1_000..9_000u64))
             .prop_map(|(first, both, max, duration)| Op::Lease { first, both, max, duration }),
         2 => (0..12usize).prop_map(|lease| Op::Ack { lease }),
@@ -160,9 +172,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..2usize, any::<bool>()).prop_map(|(queue, paused)| Op::Pause { queue, paused }),
         1 => (0..2usize, prop::collection::vec(0..12usize, 0..3), 0..3usize)
             .prop_map(|(queue, tasks, limit)| Op::Redrive { queue, tasks, limit }),
-        1 => (0..2usize, prop::collection::vec(0..6usize, 0..3)).prop_map(|(queue, states)| Op::PurgeQueue { queue, states }),
+        1 => (0..2usize, prop::collection::vec(0..7usize, 0..3)).prop_map(|(queue, states)| Op::PurgeQueue { queue, states }),
         1 => (0..2usize).prop_map(|queue| Op::Stats { queue }),
-        1 => (0..2usize, 0..6usize, prop::option::of(0..12usize), 1..4usize)
+        1 => (0..2usize, 0..7usize, prop::option::of(0..12usize), 1..4usize)
             .prop_map(|(queue, state, after, limit)| Op::List { queue, state, after, limit }),
     ]
 }
@@ -181,6 +193,8 @@ struct Seen {
     result: Vec<u8>,
     last_error: String,
     lease_expire: Option<u64>,
+    depends_on: Vec<usize>,
+    expire_time: Option<u64>,
 }
 
 /// What one operation returned, in store-independent terms.
@@ -223,6 +237,12 @@ impl Run {
     }
 
     fn seen(&mut self, t: &Task) -> Seen {
+        // "dependency <id> ended DEAD": ids differ between stores, numbers do not.
+        let named = t.last_error.strip_prefix("dependency ").and_then(|r| r.split_once(' '));
+        let last_error = match named.and_then(|(id, rest)| Some((id.parse::<TaskId>().ok()?, rest))) {
+            Some((id, rest)) => format!("dependency #{} {rest}", self.task_no(id)),
+            None => t.last_error.clone(),
+        };
         Seen {
             task: self.task_no(t.id),
             queue: t.queue.clone(),
@@ -233,8 +253,10 @@ impl Run {
             scheduled_time: t.scheduled_time,
             update_time: t.update_time,
             result: t.result.clone(),
-            last_error: t.last_error.clone(),
+            last_error,
             lease_expire: t.lease.as_ref().map(|l| l.expire_time),
+            depends_on: t.depends_on.iter().map(|d| self.task_no(*d)).collect(),
+            expire_time: t.expire_time,
         }
     }
 
@@ -242,6 +264,7 @@ impl Run {
         Outcome::Error(match e {
             StoreError::TaskNotFound(_) => "not found".into(),
             StoreError::TaskFinished(_) => "finished".into(),
+            StoreError::DependencyNotFound(ids) => format!("{} dependencies not found", ids.len()),
             StoreError::Lease(l) => format!("{l:?}"),
             other => panic!("a store failed: {other}"),
         })
@@ -269,8 +292,20 @@ impl Run {
     async fn apply(&mut self, op: &Op, now: u64) -> Outcome {
         let store = self.store.clone();
         match op {
-            Op::Enqueue { queue, priority, delay, dedup, max_attempts, key } => {
+            Op::Enqueue { queue, priority, delay, dedup, max_attempts, key, deps, run, ttl } => {
+                let mut depends_on: Vec<TaskId> = Vec::new();
+                for id in deps.iter().filter_map(|n| self.tasks.get(*n).copied()) {
+                    if !depends_on.contains(&id) {
+                        depends_on.push(id);
+                    }
+                }
+                let on_dependency_failure =
+                    if *run { DependencyFailure::Run } else { DependencyFailure::Cancel };
+                let due = delay.map_or(now, |d| now + d);
                 let new = NewTask {
+                    depends_on,
+                    on_dependency_failure,
+                    expire_time: ttl.map(|t| due + t),
                     queue: QUEUES[*queue].into(),
                     kind: "k".into(),
                     payload: b"p".to_vec(),

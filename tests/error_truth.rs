@@ -34,7 +34,7 @@ async fn corruption_is_internal_and_an_outage_is_unavailable_and_neither_leaks_b
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_connection().unwrap();
     redis::cmd("HSET").arg("tb:{q}:body").arg(&task.id).arg("garbage").query::<()>(&mut conn).unwrap();
-    let get = pb::GetTaskRequest { task_id: task.id.clone() };
+    let get = pb::GetTaskRequest { task_id: task.id.clone(), include_dependencies: false };
     let err = producer.get_task(get.clone()).await.unwrap_err();
     assert_eq!(err.code(), Code::Internal, "{err:?}");
     let details = err.get_error_details();

@@ -16,6 +16,9 @@ const WRITERS: usize = 64;
 
 fn task(i: usize) -> NewTask {
     NewTask {
+        depends_on: Vec::new(),
+        on_dependency_failure: Default::default(),
+        expire_time: None,
         queue: "gc".into(),
         kind: format!("k{i}"),
         payload: vec![i as u8; 100],

@@ -79,6 +79,7 @@ fn enqueue_request() -> impl Strategy<Value = pb::EnqueueRequest> {
                     semaphores: Vec::new(),
                     dedup_key,
                     request_id,
+                    ..Default::default()
                 }
             },
         )

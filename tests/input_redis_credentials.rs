@@ -28,6 +28,9 @@ async fn a_password_protected_master_behind_a_sentinel_gets_the_urls_password_an
     let policies = std::sync::Arc::new(Policies::new(BTreeMap::new(), QueuePolicy::default()));
     let store = RedisStore::open(&target, policies, false).await.expect("opens through the sentinel");
     let task = NewTask {
+        depends_on: Vec::new(),
+        on_dependency_failure: Default::default(),
+        expire_time: None,
         queue: "auth".into(),
         kind: "k".into(),
         payload: Vec::new(),

@@ -66,6 +66,14 @@ async fn metrics_count_a_scripted_sequence_exactly() {
     // A stale settlement: the acked task's lease again.
     assert!(s.ack(&leased[0]).await.is_err());
     s.advance(Duration::from_secs(11)).await;
+    let dep = leased[3].task.as_ref().unwrap().id.clone();
+    let waiting = pb::EnqueueRequest {
+        queue: "w".into(),
+        kind: "k".into(),
+        depends_on: vec![dep],
+        ..Default::default()
+    };
+    s.enqueue_req(waiting).await;
 
     let m = scrape(&s).await;
     let q = [("queue", "q")];
@@ -80,6 +88,7 @@ async fn metrics_count_a_scripted_sequence_exactly() {
     {
         assert_eq!(value(&m, "taskbroker_queue_tasks", &[("queue", "q"), ("state", state)]), n, "{state}");
     }
+    assert_eq!(value(&m, "taskbroker_queue_tasks", &[("queue", "w"), ("state", "waiting")]), 1.0);
     assert_eq!(value(&m, "taskbroker_queue_oldest_ready_age_seconds", &q), 11.0, "waiting since the start");
     assert_eq!(value(&m, "taskbroker_queue_paused", &q), 0.0);
     assert_eq!(histogram_count(&m, "taskbroker_task_wait_seconds", &q), 4);

@@ -47,6 +47,9 @@ fn policies(lease: u64, backoff: u64, retention: u64) -> Policies {
 
 fn task() -> NewTask {
     NewTask {
+        depends_on: Vec::new(),
+        on_dependency_failure: Default::default(),
+        expire_time: None,
         queue: "q".into(),
         kind: "k".into(),
         payload: vec![],

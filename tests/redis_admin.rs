@@ -26,6 +26,9 @@ fn policies() -> Arc<Policies> {
 
 fn new_task(queue: &str) -> NewTask {
     NewTask {
+        depends_on: Vec::new(),
+        on_dependency_failure: Default::default(),
+        expire_time: None,
         queue: queue.into(),
         kind: "k".into(),
         payload: b"p".to_vec(),

@@ -33,6 +33,9 @@ async fn connect(server: &RedisServer, max_queues: usize) -> RedisStore {
 
 fn task(queue: &str) -> NewTask {
     NewTask {
+        depends_on: Vec::new(),
+        on_dependency_failure: Default::default(),
+        expire_time: None,
         queue: queue.into(),
         kind: "k".into(),
         payload: b"p".to_vec(),

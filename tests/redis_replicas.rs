@@ -149,7 +149,8 @@ async fn enqueue(client: &mut ProducerServiceClient<Channel>, queue: &str, paylo
 }
 
 async fn get(client: &mut ProducerServiceClient<Channel>, task_id: &str) -> Result<pb::Task, tonic::Status> {
-    let resp = client.get_task(pb::GetTaskRequest { task_id: task_id.into() }).await?;
+    let resp =
+        client.get_task(pb::GetTaskRequest { task_id: task_id.into(), include_dependencies: false }).await?;
     Ok(resp.into_inner().task.expect("GetTask returns the task"))
 }
 
@@ -832,7 +833,10 @@ async fn redis_sigkill_and_restart_keeps_acknowledged_enqueues_answers_unavailab
     // The other calls too, on both replicas.
     let known = outage.acked.lock().unwrap()[0].id.clone();
     for r in &replicas {
-        let got = r.producer().get_task(pb::GetTaskRequest { task_id: known.clone() }).await;
+        let got = r
+            .producer()
+            .get_task(pb::GetTaskRequest { task_id: known.clone(), include_dependencies: false })
+            .await;
         let code = got.as_ref().err().map_or(Code::Ok, |s| s.code());
         outage.code(DOWN, &format!("GetTask on {}", r.name), code, &format!("{got:?}"));
         assert_eq!(code, Code::Unavailable, "GetTask on {} during the outage: {got:?}", r.name);

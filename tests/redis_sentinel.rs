@@ -27,6 +27,9 @@ fn policies() -> Arc<Policies> {
 
 fn task(queue: &str, payload: &str) -> NewTask {
     NewTask {
+        depends_on: Vec::new(),
+        on_dependency_failure: Default::default(),
+        expire_time: None,
         queue: queue.into(),
         kind: "sentinel.test".into(),
         payload: payload.as_bytes().to_vec(),

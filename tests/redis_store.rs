@@ -55,6 +55,9 @@ async fn connect(server: &RedisServer) -> RedisStore {
 
 fn new_task(queue: &str, payload: Vec<u8>) -> NewTask {
     NewTask {
+        depends_on: Vec::new(),
+        on_dependency_failure: Default::default(),
+        expire_time: None,
         queue: queue.into(),
         kind: "k".into(),
         payload,

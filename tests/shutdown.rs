@@ -102,7 +102,10 @@ async fn a_stream_that_never_closes_is_ended_when_the_grace_runs_out_and_its_tas
     // The task went back when its stream was ended (attempt counted), not
     // after its hour-long lease.
     let broker = ServeProcess::start("restarted", &args, &log).await;
-    let t = broker.producer().get_task(pb::GetTaskRequest { task_id: task.id.clone() }).await;
+    let t = broker
+        .producer()
+        .get_task(pb::GetTaskRequest { task_id: task.id.clone(), include_dependencies: false })
+        .await;
     let t = t.unwrap().into_inner().task.unwrap();
     assert_eq!((state(&t), t.attempt), (pb::TaskState::Ready, 1), "the held task after the shutdown");
     let mut again = open(&broker.worker(), subscribe(&["stuck"], 1)).await;
@@ -161,7 +164,7 @@ async fn a_unary_worker_acks_during_the_grace_and_a_lease_then_gets_nothing() {
     // The acked task stays acked (one delivery); the other was never leased.
     let broker = ServeProcess::start("restarted", &args, &log).await;
     let get = async |id: &str| {
-        let req = pb::GetTaskRequest { task_id: id.into() };
+        let req = pb::GetTaskRequest { task_id: id.into(), include_dependencies: false };
         broker.producer().get_task(req).await.unwrap().into_inner().task.unwrap()
     };
     let t = get(&held.id).await;
@@ -198,7 +201,7 @@ async fn what_unary_workers_still_hold_when_the_grace_runs_out_goes_back_at_once
     // All 200 went back when the grace ran out, not after their hour-long lease.
     let broker = ServeProcess::start("restarted", &args, &log).await;
     for t in &leased {
-        let req = pb::GetTaskRequest { task_id: task_of(t).id.clone() };
+        let req = pb::GetTaskRequest { task_id: task_of(t).id.clone(), include_dependencies: false };
         let t = broker.producer().get_task(req).await.unwrap().into_inner().task.unwrap();
         assert_eq!((state(&t), t.attempt), (pb::TaskState::Ready, 1), "{}", t.kind);
     }

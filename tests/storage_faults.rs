@@ -191,7 +191,10 @@ async fn redis_gone_answers_storage_unavailable_with_retry_info_and_readiness_fo
     let enqueue =
         producer.enqueue(request("gone", b"during".to_vec())).await.expect_err("enqueue without Redis");
     assert_storage_unavailable(&enqueue, "Enqueue");
-    let get = producer.get_task(pb::GetTaskRequest { task_id: task.id.clone() }).await.expect_err("get");
+    let get = producer
+        .get_task(pb::GetTaskRequest { task_id: task.id.clone(), include_dependencies: false })
+        .await
+        .expect_err("get");
     assert_storage_unavailable(&get, "GetTask");
     let leased = broker.worker().lease(lease("gone", 1)).await.expect_err("lease without Redis");
     assert_storage_unavailable(&leased, "Lease");
@@ -200,7 +203,10 @@ async fn redis_gone_answers_storage_unavailable_with_retry_info_and_readiness_fo
 
     redis.restart();
     broker.health_becomes(&mut health, ServingStatus::Serving, HEALTH_WITHIN).await;
-    let got = producer.get_task(pb::GetTaskRequest { task_id: task.id.clone() }).await.expect("get after");
+    let got = producer
+        .get_task(pb::GetTaskRequest { task_id: task.id.clone(), include_dependencies: false })
+        .await
+        .expect("get after");
     assert_eq!(got.into_inner().task.unwrap().payload, b"before");
 }
 

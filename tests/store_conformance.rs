@@ -21,10 +21,14 @@ use tempfile::TempDir;
 #[allow(dead_code)]
 #[path = "common/redis.rs"]
 mod redis_server;
-use redis_server::{RedisCluster, RedisServer};
 
-const NOW: u64 = 1_767_225_600_000;
-const SEC: u64 = 1_000;
+#[path = "store_conformance/workflows.rs"]
+mod workflows;
+use redis_server::{RedisCluster, RedisServer};
+use workflows::*;
+
+pub const NOW: u64 = 1_767_225_600_000;
+pub const SEC: u64 = 1_000;
 
 fn policies() -> Arc<Policies> {
     let policy = QueuePolicy {
@@ -59,7 +63,7 @@ fn policies() -> Arc<Policies> {
 }
 
 /// A backend under test; keeps its data directory alive.
-struct Backend {
+pub struct Backend {
     store: Arc<dyn Store>,
     dir: Option<TempDir>,
     /// The private redis-server of the Redis backend.
@@ -115,8 +119,11 @@ impl Backend {
     }
 }
 
-fn new_task(queue: &str, priority: u8) -> NewTask {
+pub fn new_task(queue: &str, priority: u8) -> NewTask {
     NewTask {
+        depends_on: Vec::new(),
+        on_dependency_failure: Default::default(),
+        expire_time: None,
         queue: queue.into(),
         kind: "k".into(),
         payload: b"p".to_vec(),
@@ -132,24 +139,24 @@ fn new_task(queue: &str, priority: u8) -> NewTask {
     }
 }
 
-fn spec(queues: &[&str], max: usize) -> LeaseSpec {
+pub fn spec(queues: &[&str], max: usize) -> LeaseSpec {
     let queues: Vec<String> = queues.iter().map(|q| q.to_string()).collect();
     LeaseSpec::strict(&queues, max, None, "w")
 }
 
-fn nack(retry_after: Option<u64>, no_retry: bool) -> NackSpec {
+pub fn nack(retry_after: Option<u64>, no_retry: bool) -> NackSpec {
     NackSpec { error: "boom".into(), retry_after, no_retry, jitter_sample: 0.5 }
 }
 
-async fn put(s: &dyn Store, t: NewTask) -> Task {
+pub async fn put(s: &dyn Store, t: NewTask) -> Task {
     s.enqueue(vec![t], NOW).await.unwrap().pop().unwrap().task
 }
 
-async fn lease_one(s: &dyn Store, queue: &str, now: u64) -> Task {
+pub async fn lease_one(s: &dyn Store, queue: &str, now: u64) -> Task {
     s.lease(spec(&[queue], 1), now).await.unwrap().pop().expect("a task to lease")
 }
 
-fn lease_id(t: &Task) -> u64 {
+pub fn lease_id(t: &Task) -> u64 {
     t.lease.as_ref().unwrap().id
 }
 
@@ -426,7 +433,7 @@ fn totals(enqueued: u64, delivered: u64, acked: u64, nacked: u64, dead: u64, exp
 
 /// Counts by state in `core::stats::STATES` order.
 fn counts(scheduled: u64, ready: u64, leased: u64, succeeded: u64, dead: u64, canceled: u64) -> QueueCounts {
-    QueueCounts([scheduled, ready, leased, succeeded, dead, canceled])
+    QueueCounts([scheduled, ready, leased, succeeded, dead, canceled, 0])
 }
 
 async fn admin_counts_and_totals(b: &Backend) {
@@ -1189,4 +1196,43 @@ conformance_flow!(
     round_robin_across_keys_fifo_within_a_key,
     a_flood_of_one_key_does_not_delay_the_next_key,
     a_keyed_group_cut_short_keeps_its_turn,
+);
+
+/// Dependencies and deadlines.
+macro_rules! workflow_conformance {
+    ($($case:ident),* $(,)?) => {
+        mod workflow_memory {
+            $(#[tokio::test] async fn $case() { super::$case(&super::Backend::memory()).await })*
+        }
+        mod workflow_embedded {
+            $(#[tokio::test] async fn $case() { super::$case(&super::Backend::embedded()).await })*
+            #[tokio::test] async fn dependencies_survive_a_reopen() { super::dependencies_survive_a_reopen(super::Backend::embedded()).await }
+        }
+        mod workflow_redis {
+            $(#[tokio::test] async fn $case() { super::$case(&super::Backend::redis().await).await })*
+            #[tokio::test] async fn dependencies_survive_a_reopen() { super::dependencies_survive_a_reopen(super::Backend::redis().await).await }
+        }
+        mod workflow_redis_cluster {
+            $(#[tokio::test] async fn $case() { super::$case(&super::Backend::redis_cluster().await).await })*
+            #[tokio::test] async fn dependencies_survive_a_reopen() { super::dependencies_survive_a_reopen(super::Backend::redis_cluster().await).await }
+        }
+    };
+}
+
+workflow_conformance!(
+    a_chain_runs_link_by_link,
+    a_retried_dependency_keeps_its_dependent_waiting,
+    fan_in_of_a_thousand_dependencies,
+    a_failed_dependency_cancels_down_the_graph_or_runs_by_policy,
+    canceling_a_waiting_task_cascades,
+    dependencies_cross_queues,
+    unknown_or_purged_dependencies_are_refused_with_their_ids,
+    dependencies_that_already_ended_count_at_enqueue,
+    a_dependency_is_kept_past_its_retention_until_its_dependents_finish,
+    waiting_tasks_are_counted_listed_and_purged,
+    a_delayed_dependent_is_scheduled_once_released,
+    an_expired_task_is_canceled_instead_of_delivered,
+    the_timer_sweep_cancels_expired_tasks_down_the_graph,
+    a_redriven_dependent_keeps_its_dependency_while_it_runs_again,
+    a_replayed_request_finds_its_task_after_its_dependency_was_purged,
 );

@@ -31,6 +31,9 @@ fn policies() -> Arc<Policies> {
 
 fn task(queue: &str, payload: &[u8]) -> NewTask {
     NewTask {
+        depends_on: Vec::new(),
+        on_dependency_failure: Default::default(),
+        expire_time: None,
         queue: queue.into(),
         kind: "k".into(),
         payload: payload.to_vec(),

@@ -258,6 +258,10 @@ struct TaskPage {
     headers: Vec<(String, String)>,
     blobs: Vec<Blob>,
     preview_bytes: usize,
+    /// Each dependency's id and whether it is still pending.
+    depends_on: Vec<(String, bool)>,
+    /// The deadline, if any.
+    expires: Option<String>,
 }
 
 /// `/tasks/ID`: everything the broker knows about one task.
@@ -278,7 +282,11 @@ pub async fn task(
         let who = if l.worker_id.is_empty() { "a worker" } else { l.worker_id.as_str() };
         format!("held by {who} until {}", time(l.expire_time))
     });
+    let depends_on =
+        t.depends_on.iter().map(|d| (d.to_string(), t.pending_dependencies.contains(d))).collect();
     page(&TaskPage {
+        depends_on,
+        expires: t.expire_time.map(time),
         id: t.id.to_string(),
         state: state_name(t.state),
         attempt: t.attempt,

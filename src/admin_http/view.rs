@@ -25,6 +25,7 @@ pub fn state_name(state: TaskState) -> &'static str {
         TaskState::Succeeded => "succeeded",
         TaskState::Dead => "dead",
         TaskState::Canceled => "canceled",
+        TaskState::Waiting => "waiting",
     }
 }
 

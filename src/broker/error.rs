@@ -47,6 +47,9 @@ pub enum BrokerError {
     /// Cancel of a task that already succeeded or died.
     #[error("task {0} already finished")]
     TaskFinished(String),
+    /// An enqueue named dependencies that do not exist (unknown or purged).
+    #[error("dependencies not found: {}", .0.join(", "))]
+    DependencyNotFound(Vec<String>),
     /// Storage cannot serve; retry later.
     #[error("{0}")]
     Unavailable(String),
@@ -86,6 +89,9 @@ impl From<StoreError> for BrokerError {
             StoreError::Lease(LeaseError::Mismatch) => BrokerError::LeaseMismatch,
             StoreError::Lease(LeaseError::Canceled) => BrokerError::TaskCanceled,
             StoreError::TaskFinished(id) => BrokerError::TaskFinished(id.to_string()),
+            StoreError::DependencyNotFound(ids) => {
+                BrokerError::DependencyNotFound(ids.iter().map(ToString::to_string).collect())
+            }
             StoreError::Unavailable(why) => BrokerError::Unavailable(why),
             StoreError::Full(why) => BrokerError::ResourceExhausted(why),
             StoreError::QueueLimit(queue) => BrokerError::QueueLimit(queue),

@@ -363,6 +363,7 @@ async fn follow_store(inner: std::sync::Weak<Inner>, mut events: broadcast::Rece
                 let _ = broker.inner.lost.send(LostLease { task_id, lease_id, reason });
             }
             StoreEvent::Freed => broker.inner.waiters.wake_all(),
+            StoreEvent::Timer(at) => broker.timer_at(at),
             StoreEvent::Changed(id) => {
                 if broker.inner.watchers.any() {
                     if let Ok(task) = broker.store().get(id).await {

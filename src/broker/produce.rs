@@ -6,7 +6,8 @@ use tokio::sync::{broadcast, oneshot};
 
 use super::validate::MAX_BATCH;
 use super::{spans, Broker, BrokerError, EnqueueInput, LostLease, LostReason};
-use crate::core::task::{Task, TaskId, TaskState};
+use crate::core::access::{Access, Operation};
+use crate::core::task::{NewTask, Task, TaskId, TaskState};
 use crate::core::trace::TRACEPARENT;
 use crate::store::{Enqueued, Store, StoreError};
 
@@ -38,6 +39,9 @@ impl Broker {
             .filter_map(|(c, own)| c.as_mut().ok().map(|task| (task, own)))
             .filter_map(|(task, own)| spans::send(task, own))
             .collect();
+        if checked.iter().filter(|c| c.is_ok()).count() > 1 {
+            self.check_dependencies(&mut checked).await?;
+        }
         let valid: Vec<_> = checked.iter().filter_map(|c| c.as_ref().ok().cloned()).collect();
         let mut stored = if valid.is_empty() {
             Vec::new()
@@ -66,6 +70,38 @@ impl Broker {
             .collect())
     }
 
+    /// Fails the items of a batch that name unknown dependencies, so the
+    /// others go on (the store refuses a whole batch that names one; it
+    /// still does if one is purged between this look and the enqueue).
+    async fn check_dependencies(
+        &self,
+        checked: &mut [Result<NewTask, BrokerError>],
+    ) -> Result<(), BrokerError> {
+        let mut ids: Vec<TaskId> =
+            checked.iter().flatten().flat_map(|t| t.depends_on.iter().copied()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut missing = std::collections::HashSet::new();
+        for id in ids {
+            match self.store().get(id).await {
+                Ok(_) => {}
+                Err(StoreError::TaskNotFound(_)) => {
+                    missing.insert(id);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        for item in checked.iter_mut() {
+            let Ok(task) = item else { continue };
+            let named: Vec<String> =
+                task.depends_on.iter().filter(|d| missing.contains(d)).map(ToString::to_string).collect();
+            if !named.is_empty() {
+                *item = Err(BrokerError::DependencyNotFound(named));
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn after_enqueue(&self, enqueued: &[Enqueued]) {
         self.inner.activity.touch();
         // Ready tasks per queue (a batch usually holds one or a few queues).
@@ -88,6 +124,31 @@ impl Broker {
 
     pub async fn get(&self, id: TaskId) -> Result<Task, BrokerError> {
         Ok(self.store().get(id).await?)
+    }
+
+    /// The task, and with `include_dependencies` its dependencies as kept,
+    /// in `depends_on` order (one purged since is left out).
+    pub async fn get_with_dependencies(
+        &self,
+        access: &Access,
+        id: TaskId,
+        include_dependencies: bool,
+    ) -> Result<(Task, Vec<Task>), BrokerError> {
+        let task = self.task_for(access, Operation::GetTask, id).await?;
+        if !include_dependencies {
+            return Ok((task, Vec::new()));
+        }
+        let mut out = Vec::with_capacity(task.depends_on.len());
+        for id in &task.depends_on {
+            match self.store().get(*id).await {
+                // Dependencies in queues the caller may not read are left out.
+                Ok(dep) if access.allows(Operation::GetTask, &dep.queue) => out.push(dep),
+                Ok(_) => {}
+                Err(StoreError::TaskNotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok((task, out))
     }
 
     pub async fn cancel(&self, id: TaskId) -> Result<Task, BrokerError> {

@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use super::error::{BrokerError, Violation};
 use crate::core::access::{Access, Operation};
+use crate::core::dependency::MAX_DEPENDENCIES;
 use crate::core::flow::{self, MAX_CONCURRENCY_KEY, MAX_TASK_SEMAPHORES};
 use crate::core::queue::{valid_queue_name, Policies, DEFAULT_QUEUE};
 use crate::core::routing::{self, Route};
 use crate::core::select::Mode;
-use crate::core::task::NewTask;
+use crate::core::task::{DependencyFailure, NewTask, TaskId};
 use crate::core::trace::TraceContext;
 use crate::core::{millis, Millis, MAX_PRIORITY, MAX_TIME};
 
@@ -28,6 +29,42 @@ pub const MAX_NAME: usize = 256;
 /// Default of the longest `delay`, `retry_after` or `scheduled_time` ahead
 /// of now (`max_delay` in the config).
 pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(366 * 24 * 3600);
+/// The dependency ids of an enqueue: each a task id, at most
+/// [`MAX_DEPENDENCIES`], duplicates dropped (order kept).
+fn dependencies(ids: &[String], v: &mut Vec<Violation>) -> Vec<TaskId> {
+    if ids.len() > MAX_DEPENDENCIES {
+        v.push(Violation::new("depends_on", format!("at most {MAX_DEPENDENCIES} task ids")));
+        return Vec::new();
+    }
+    let mut out: Vec<TaskId> = Vec::with_capacity(ids.len());
+    for (i, id) in ids.iter().enumerate() {
+        match id.parse::<TaskId>() {
+            Ok(id) if !out.contains(&id) => out.push(id),
+            Ok(_) => {}
+            Err(e) => v.push(Violation::new(format!("depends_on[{i}]"), e.to_string())),
+        }
+    }
+    out
+}
+
+/// The resolved deadline of a task due at `due`: `expire_time`, or now +
+/// `ttl`. One at or before the due time could never be met.
+fn deadline(
+    expire_time: Option<Millis>,
+    ttl: Option<Duration>,
+    due: Millis,
+    now: Millis,
+) -> Result<Option<Millis>, BrokerError> {
+    let at = expire_time.or(ttl.map(|t| now.saturating_add(millis(t)).min(MAX_TIME)));
+    match at {
+        Some(at) if at <= due => {
+            let field = if expire_time.is_some() { "expire_time" } else { "ttl" };
+            Err(BrokerError::invalid(field, "must end after the task's scheduled time"))
+        }
+        at => Ok(at),
+    }
+}
+
 /// Most queues one Lease call may name.
 const MAX_LEASE_QUEUES: usize = 64;
 
@@ -48,6 +85,12 @@ pub struct EnqueueInput {
     pub concurrency_key: String,
     /// Semaphores the producer asks for (each must be declared).
     pub semaphores: Vec<String>,
+    /// Ids of the tasks it runs after, as sent (parsed by validation).
+    pub depends_on: Vec<String>,
+    pub on_dependency_failure: DependencyFailure,
+    /// Deadline (at most one of `expire_time` and `ttl`).
+    pub expire_time: Option<Millis>,
+    pub ttl: Option<Duration>,
     /// The producer's trace context, kept with the task (see [`TraceContext`]).
     pub trace: TraceContext,
     /// What the producer may do (checked against the routed queue).
@@ -123,10 +166,15 @@ impl Rules<'_> {
             request_id,
             concurrency_key,
             semaphores,
+            depends_on,
+            on_dependency_failure,
+            expire_time,
+            ttl,
             trace,
             access,
         } = input;
         let mut v = Vec::new();
+        let depends_on = dependencies(&depends_on, &mut v);
         if kind.is_empty() {
             v.push(Violation::new("kind", "must not be empty"));
         } else if kind.len() > MAX_NAME {
@@ -185,6 +233,15 @@ impl Rules<'_> {
             let shown: String = unknown.chars().take(MAX_NAME).collect();
             v.push(Violation::new("semaphores", format!("{shown:?} is not a declared semaphore")));
         }
+        if expire_time.is_some() && ttl.is_some() {
+            v.push(Violation::new("expire_time", "set expire_time or ttl, not both"));
+        }
+        if ttl.is_some_and(|t| t.is_zero()) {
+            v.push(Violation::new("ttl", "must be above 0"));
+        }
+        if expire_time.is_some_and(|at| at <= now) {
+            v.push(Violation::new("expire_time", "must be after now"));
+        }
         if !v.is_empty() {
             return Err(BrokerError::Invalid(v));
         }
@@ -225,6 +282,9 @@ impl Rules<'_> {
             request_id,
             concurrency_key,
             semaphores,
+            depends_on,
+            on_dependency_failure,
+            expire_time: deadline(expire_time, ttl, scheduled_time, now)?,
         })
     }
 

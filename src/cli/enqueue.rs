@@ -45,11 +45,26 @@ pub struct EnqueueArgs {
     /// A declared semaphore the task holds a permit of while leased (repeatable).
     #[arg(long = "semaphore")]
     pub semaphores: Vec<String>,
+    /// A task id this task runs after (repeatable): it waits until every
+    /// one has SUCCEEDED.
+    #[arg(long = "depends-on")]
+    pub depends_on: Vec<String>,
+    /// Run even if a dependency ends DEAD or CANCELED (default: cancel).
+    #[arg(long)]
+    pub run_on_dependency_failure: bool,
+    /// Deadline from now (e.g. 10m): not delivered by then, the task is
+    /// CANCELED as expired.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub ttl: Option<Duration>,
     /// Wait until the task finishes; print it then (exit 1 unless it SUCCEEDED).
     #[arg(long)]
     pub wait: bool,
     #[command(flatten)]
     pub server: ServerArg,
+}
+
+fn duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
 }
 
 pub fn parse_header(s: &str) -> Result<(String, String), String> {
@@ -76,15 +91,21 @@ pub async fn run(args: EnqueueArgs) -> anyhow::Result<()> {
         content_type: args.content_type,
         priority: args.priority,
         headers: args.headers.into_iter().collect(),
-        delay: args
-            .delay
-            .map(|d| prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }),
+        delay: args.delay.map(duration),
         scheduled_time: None,
         max_attempts: args.max_attempts,
         dedup_key: args.dedup_key,
         request_id: String::new(),
         concurrency_key: args.concurrency_key,
         semaphores: args.semaphores,
+        depends_on: args.depends_on,
+        on_dependency_failure: if args.run_on_dependency_failure {
+            pb::DependencyFailurePolicy::Run
+        } else {
+            pb::DependencyFailurePolicy::Cancel
+        } as i32,
+        expire_time: None,
+        ttl: args.ttl.map(duration),
     };
     let mut client = args.server.producer().await?;
     let response = client.enqueue(request).await.map_err(status_error)?.into_inner();

@@ -24,7 +24,7 @@ pub async fn run(args: GetArgs, cancel: bool) -> anyhow::Result<()> {
             .task
     } else {
         client
-            .get_task(pb::GetTaskRequest { task_id: args.id })
+            .get_task(pb::GetTaskRequest { task_id: args.id, include_dependencies: false })
             .await
             .map_err(status_error)?
             .into_inner()

@@ -17,6 +17,7 @@ pub enum StateArg {
     Succeeded,
     Dead,
     Canceled,
+    Waiting,
 }
 
 impl StateArg {
@@ -28,6 +29,7 @@ impl StateArg {
             StateArg::Succeeded => pb::TaskState::Succeeded,
             StateArg::Dead => pb::TaskState::Dead,
             StateArg::Canceled => pb::TaskState::Canceled,
+            StateArg::Waiting => pb::TaskState::Waiting,
         }
     }
 }
@@ -63,7 +65,7 @@ pub struct QueueArg {
 #[derive(Debug, Args)]
 pub struct PurgeArgs {
     pub queue: String,
-    /// A state to purge (repeatable): scheduled, ready, succeeded, dead, canceled.
+    /// A state to purge (repeatable): waiting, scheduled, ready, succeeded, dead, canceled.
     #[arg(long = "state", required = true)]
     pub states: Vec<StateArg>,
     /// Do not ask for confirmation.
@@ -118,7 +120,8 @@ pub fn queue_json(q: &pb::QueueInfo) -> serde_json::Value {
         "paused": q.paused,
         "declared": q.declared,
         "counts": {"scheduled": c.scheduled, "ready": c.ready, "leased": c.leased,
-                   "succeeded": c.succeeded, "dead": c.dead, "canceled": c.canceled},
+                   "succeeded": c.succeeded, "dead": c.dead, "canceled": c.canceled,
+                   "waiting": c.waiting},
         "oldest_ready_age": age(&q.oldest_ready_time),
         "totals": {"enqueued": t.enqueued, "delivered": t.delivered, "acked": t.acked,
                    "nacked": t.nacked, "dead": t.dead, "expired": t.expired},

@@ -52,6 +52,9 @@ mod tests {
         let mut t = Task::create(
             TaskId(7),
             NewTask {
+                depends_on: Vec::new(),
+                on_dependency_failure: Default::default(),
+                expire_time: None,
                 queue: "q".into(),
                 kind: "k".into(),
                 payload: vec![],

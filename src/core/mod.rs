@@ -8,6 +8,7 @@
 pub mod access;
 pub mod budget;
 pub mod clock;
+pub mod dependency;
 pub mod flow;
 pub mod lease;
 pub mod priority;

@@ -9,13 +9,14 @@ use super::task::TaskState;
 use super::Millis;
 
 /// The states a task can be in, in the order counts list them.
-pub const STATES: [TaskState; 6] = [
+pub const STATES: [TaskState; 7] = [
     TaskState::Scheduled,
     TaskState::Ready,
     TaskState::Leased,
     TaskState::Succeeded,
     TaskState::Dead,
     TaskState::Canceled,
+    TaskState::Waiting,
 ];
 
 /// Where `state` sits in [`STATES`] (and in [`QueueCounts`]).
@@ -27,12 +28,13 @@ pub fn state_index(state: TaskState) -> usize {
         TaskState::Succeeded => 3,
         TaskState::Dead => 4,
         TaskState::Canceled => 5,
+        TaskState::Waiting => 6,
     }
 }
 
 /// Tasks held now, one number per state in [`STATES`] order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct QueueCounts(pub [u64; 6]);
+pub struct QueueCounts(pub [u64; 7]);
 
 impl QueueCounts {
     pub fn get(&self, state: TaskState) -> u64 {
@@ -119,7 +121,8 @@ mod tests {
             c.add(*s, i as u64 + 1);
         }
         assert_eq!(c.get(TaskState::Dead), 5);
-        assert_eq!(c.total(), 21);
+        assert_eq!(c.total(), 28);
+        assert_eq!(c.get(TaskState::Waiting), 7);
         c.sub(TaskState::Scheduled, 7);
         assert_eq!(c.get(TaskState::Scheduled), 0);
     }
@@ -127,6 +130,6 @@ mod tests {
     #[test]
     fn leased_tasks_cannot_be_purged() {
         assert!(!purgeable(TaskState::Leased));
-        assert!(STATES.iter().filter(|s| purgeable(**s)).count() == 5);
+        assert!(STATES.iter().filter(|s| purgeable(**s)).count() == 6);
     }
 }

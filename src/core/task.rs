@@ -47,6 +47,19 @@ pub enum TaskState {
     Succeeded,
     Dead,
     Canceled,
+    /// Waiting for its dependencies ([`Task::pending_dependencies`]).
+    Waiting,
+}
+
+/// What happens to a task when one of its dependencies ends DEAD or
+/// CANCELED (see [`super::dependency`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum DependencyFailure {
+    /// The task is CANCELED too, and so on down the graph.
+    #[default]
+    Cancel,
+    /// The dependency counts as done: the task runs anyway.
+    Run,
 }
 
 impl TaskState {
@@ -110,6 +123,16 @@ pub struct Task {
     pub concurrency_key: String,
     /// Semaphores it needs a permit of while leased (sorted, no duplicates).
     pub semaphores: Vec<String>,
+    /// The tasks (of any queue) it runs after, as the producer named them.
+    pub depends_on: Vec<TaskId>,
+    /// Those of `depends_on` not yet done, in the same order: the task is
+    /// WAITING while this is not empty.
+    pub pending_dependencies: Vec<TaskId>,
+    /// What a dependency ending DEAD or CANCELED does to this task.
+    pub on_dependency_failure: DependencyFailure,
+    /// Its deadline: not delivered by then, it is CANCELED as expired
+    /// (`None`: no deadline).
+    pub expire_time: Option<Millis>,
 }
 
 /// A validated, fully resolved request to create a task.
@@ -130,10 +153,17 @@ pub struct NewTask {
     pub concurrency_key: String,
     /// See [`Task::semaphores`]: the producer's, its route's and its queue's.
     pub semaphores: Vec<String>,
+    /// See [`Task::depends_on`]: no duplicates, each an existing task.
+    pub depends_on: Vec<TaskId>,
+    pub on_dependency_failure: DependencyFailure,
+    /// See [`Task::expire_time`].
+    pub expire_time: Option<Millis>,
 }
 
 impl Task {
-    /// The record for a brand-new task created at `now`.
+    /// The record for a brand-new task created at `now`, WAITING on all of
+    /// its dependencies (the store then settles those already finished with
+    /// [`super::dependency::resolve`]).
     pub fn create(id: TaskId, new: NewTask, now: Millis) -> Task {
         let NewTask {
             queue,
@@ -148,8 +178,16 @@ impl Task {
             request_id,
             concurrency_key,
             semaphores,
+            depends_on,
+            on_dependency_failure,
+            expire_time,
         } = new;
         let due = scheduled_time.max(now);
+        let state = if !depends_on.is_empty() {
+            TaskState::Waiting
+        } else {
+            super::dependency::on_dependencies_done(due, now)
+        };
         Task {
             id,
             queue,
@@ -158,7 +196,7 @@ impl Task {
             content_type,
             priority,
             headers,
-            state: if due > now { TaskState::Scheduled } else { TaskState::Ready },
+            state,
             attempt: 0,
             max_attempts,
             dedup_key,
@@ -171,6 +209,10 @@ impl Task {
             lease: None,
             concurrency_key,
             semaphores,
+            pending_dependencies: depends_on.clone(),
+            depends_on,
+            on_dependency_failure,
+            expire_time,
         }
     }
 }
@@ -204,10 +246,15 @@ mod tests {
             request_id: String::new(),
             concurrency_key: String::new(),
             semaphores: Vec::new(),
+            depends_on: Vec::new(),
+            on_dependency_failure: DependencyFailure::Cancel,
+            expire_time: None,
         };
         let t = Task::create(TaskId(1), new.clone(), 1_000);
         assert_eq!(t.state, TaskState::Scheduled);
-        let t = Task::create(TaskId(1), NewTask { scheduled_time: 0, ..new }, 1_000);
+        let t = Task::create(TaskId(1), NewTask { scheduled_time: 0, ..new.clone() }, 1_000);
         assert_eq!((t.state, t.scheduled_time), (TaskState::Ready, 1_000));
+        let t = Task::create(TaskId(1), NewTask { depends_on: vec![TaskId(7)], ..new }, 1_000);
+        assert_eq!((t.state, t.pending_dependencies.as_slice()), (TaskState::Waiting, &[TaskId(7)][..]));
     }
 }

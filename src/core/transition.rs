@@ -12,8 +12,10 @@
 //!  SCHEDULED --due--> READY --lease--> LEASED --ack--> SUCCEEDED
 //!                       ^                |  \--nack / expiry, attempts left--> READY or SCHEDULED
 //!                       |                \--nack(no_retry) / last attempt----> DEAD
-//!  SCHEDULED / READY / LEASED --cancel--> CANCELED
+//!  WAITING / SCHEDULED / READY / LEASED --cancel--> CANCELED
 //! ```
+//!
+//! WAITING (dependencies) and deadlines are decided in [`super::dependency`].
 
 use super::retry::Backoff;
 use super::task::TaskState;
@@ -122,7 +124,7 @@ pub fn on_cancel(state: TaskState) -> Cancel {
     match state {
         TaskState::Canceled => Cancel::AlreadyCanceled,
         TaskState::Succeeded | TaskState::Dead => Cancel::Finished,
-        TaskState::Scheduled | TaskState::Ready | TaskState::Leased => {
+        TaskState::Waiting | TaskState::Scheduled | TaskState::Ready | TaskState::Leased => {
             Cancel::Cancel { was_leased: state == TaskState::Leased }
         }
     }
@@ -188,6 +190,7 @@ mod tests {
         assert_eq!(on_cancel(TaskState::Succeeded), Cancel::Finished);
         assert_eq!(on_cancel(TaskState::Dead), Cancel::Finished);
         assert_eq!(on_cancel(TaskState::Ready), Cancel::Cancel { was_leased: false });
+        assert_eq!(on_cancel(TaskState::Waiting), Cancel::Cancel { was_leased: false });
         assert_eq!(on_cancel(TaskState::Leased), Cancel::Cancel { was_leased: true });
     }
 }

@@ -35,7 +35,7 @@ fn state(field: &str, value: i32) -> Result<TaskState, BrokerError> {
     STATES.into_iter().find(|st| convert::state(*st) == s).ok_or_else(|| {
         BrokerError::invalid(
             field,
-            "must be a task state (SCHEDULED, READY, LEASED, SUCCEEDED, DEAD, CANCELED)",
+            "must be a task state (WAITING, SCHEDULED, READY, LEASED, SUCCEEDED, DEAD, CANCELED)",
         )
     })
 }
@@ -55,6 +55,7 @@ pub fn queue_info(q: QueueInfo) -> pb::QueueInfo {
             succeeded: c.get(TaskState::Succeeded),
             dead: c.get(TaskState::Dead),
             canceled: c.get(TaskState::Canceled),
+            waiting: c.get(TaskState::Waiting),
         }),
         oldest_ready_time: stats.oldest_ready_time.map(convert::timestamp),
         totals: Some(pb::QueueTotals {

@@ -9,7 +9,7 @@ use prost_types::Timestamp;
 use super::caller::Caller;
 use crate::broker::{BrokerError, EnqueueInput, LeaseInput, Violation};
 use crate::core::lease::LeaseId;
-use crate::core::task::{Task, TaskId, TaskState};
+use crate::core::task::{DependencyFailure, Task, TaskId, TaskState};
 use crate::core::{Millis, MAX_TIME};
 use crate::pb;
 
@@ -116,10 +116,17 @@ pub fn enqueue_input(req: pb::EnqueueRequest, caller: &Caller) -> Result<Enqueue
         request_id,
         concurrency_key,
         semaphores,
+        depends_on,
+        on_dependency_failure,
+        expire_time,
+        ttl,
     } = req;
     let mut checks = Checks::default();
     let delay = checks.take(duration("delay", delay));
     let scheduled_time = checks.take(scheduled_time.map(|t| to_millis("scheduled_time", t)).transpose());
+    let expire_time = checks.take(expire_time.map(|t| to_millis("expire_time", t)).transpose());
+    let ttl = checks.take(duration("ttl", ttl));
+    let on_dependency_failure = checks.take(failure_policy(on_dependency_failure));
     checks.finish(EnqueueInput {
         queue,
         kind,
@@ -134,9 +141,30 @@ pub fn enqueue_input(req: pb::EnqueueRequest, caller: &Caller) -> Result<Enqueue
         request_id,
         concurrency_key,
         semaphores,
+        depends_on,
+        on_dependency_failure,
+        expire_time,
+        ttl,
         trace: caller.trace.clone(),
         access: caller.access.clone(),
     })
+}
+
+fn failure_policy(value: i32) -> Result<DependencyFailure, Violation> {
+    match pb::DependencyFailurePolicy::try_from(value) {
+        Ok(pb::DependencyFailurePolicy::Unspecified | pb::DependencyFailurePolicy::Cancel) => {
+            Ok(DependencyFailure::Cancel)
+        }
+        Ok(pb::DependencyFailurePolicy::Run) => Ok(DependencyFailure::Run),
+        Err(_) => Err(Violation::new("on_dependency_failure", "must be CANCEL or RUN")),
+    }
+}
+
+fn failure_policy_pb(policy: DependencyFailure) -> pb::DependencyFailurePolicy {
+    match policy {
+        DependencyFailure::Cancel => pb::DependencyFailurePolicy::Cancel,
+        DependencyFailure::Run => pb::DependencyFailurePolicy::Run,
+    }
 }
 
 /// A Lease as the broker takes it; `caller` supplies the client's deadline.
@@ -164,6 +192,7 @@ pub fn state(s: TaskState) -> pb::TaskState {
         TaskState::Succeeded => pb::TaskState::Succeeded,
         TaskState::Dead => pb::TaskState::Dead,
         TaskState::Canceled => pb::TaskState::Canceled,
+        TaskState::Waiting => pb::TaskState::Waiting,
     }
 }
 
@@ -189,6 +218,10 @@ pub fn task(t: Task) -> pb::Task {
         lease: _,
         concurrency_key,
         semaphores,
+        depends_on,
+        pending_dependencies,
+        on_dependency_failure,
+        expire_time,
     } = t;
     pb::Task {
         id: id.to_string(),
@@ -209,6 +242,10 @@ pub fn task(t: Task) -> pb::Task {
         last_error,
         concurrency_key,
         semaphores,
+        depends_on: depends_on.iter().map(ToString::to_string).collect(),
+        pending_dependencies: pending_dependencies.len() as u32,
+        on_dependency_failure: failure_policy_pb(on_dependency_failure) as i32,
+        expire_time: expire_time.map(timestamp),
     }
 }
 

@@ -217,10 +217,14 @@ impl ProducerService for Producer {
         req: Request<pb::GetTaskRequest>,
     ) -> Result<Response<pb::GetTaskResponse>, Status> {
         let caller = Caller::of(&req);
-        let pb::GetTaskRequest { task_id } = req.into_inner();
-        let task =
-            self.broker.task_for(&caller.access, Operation::GetTask, convert::task_id(&task_id)?).await?;
-        Ok(Response::new(pb::GetTaskResponse { task: Some(convert::task(task)) }))
+        let pb::GetTaskRequest { task_id, include_dependencies } = req.into_inner();
+        let id = convert::task_id(&task_id)?;
+        let (task, dependencies) =
+            self.broker.get_with_dependencies(&caller.access, id, include_dependencies).await?;
+        Ok(Response::new(pb::GetTaskResponse {
+            task: Some(convert::task(task)),
+            dependencies: dependencies.into_iter().map(convert::task).collect(),
+        }))
     }
 
     async fn cancel_task(

@@ -29,6 +29,7 @@ pub fn code_and_reason(e: &BrokerError) -> (Code, &'static str) {
         BrokerError::LeaseMismatch => (Code::FailedPrecondition, "LEASE_MISMATCH"),
         BrokerError::TaskCanceled => (Code::FailedPrecondition, "TASK_CANCELED"),
         BrokerError::TaskFinished(_) => (Code::FailedPrecondition, "TASK_FINISHED"),
+        BrokerError::DependencyNotFound(_) => (Code::FailedPrecondition, "DEPENDENCY_NOT_FOUND"),
         BrokerError::ConfigInvalid(_) => (Code::FailedPrecondition, "CONFIG_INVALID"),
         BrokerError::Unavailable(_) => (Code::Unavailable, "STORAGE_UNAVAILABLE"),
         BrokerError::ResourceExhausted(_) => (Code::ResourceExhausted, "STORAGE_FULL"),
@@ -90,6 +91,17 @@ pub fn to_status(e: BrokerError) -> Status {
         }
         BrokerError::ScheduleNotFound(name) | BrokerError::ScheduleFromConfig(name) => {
             metadata.insert("schedule".to_owned(), name.clone());
+        }
+        // The ids, comma-separated, and one precondition violation each.
+        BrokerError::DependencyNotFound(ids) => {
+            metadata.insert("task_ids".to_owned(), ids.join(","));
+            for id in ids {
+                details.add_precondition_failure_violation(
+                    "DEPENDENCY",
+                    id.clone(),
+                    "no such task (unknown or purged)",
+                );
+            }
         }
         // Both say: come back later (a stalled stream's worker reconnects).
         BrokerError::Unavailable(_) | BrokerError::StreamStalled(_) => {

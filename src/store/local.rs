@@ -20,11 +20,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use futures_util::future::{FutureExt, Shared};
 use prometheus_client::metrics::histogram::Histogram;
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast, oneshot};
 
 use super::table::{Changes, Table};
 use super::{
-    AckItem, Enqueued, Fired, LeaseSpec, Limits, NackSpec, Store, StoreError, StoredSchedule, Swept,
+    AckItem, Enqueued, Fired, LeaseSpec, Limits, NackSpec, Store, StoreError, StoreEvent, StoredSchedule,
+    Swept,
 };
 use crate::core::queue::QueueRegistry;
 use crate::core::schedule::Schedule;
@@ -71,12 +72,16 @@ pub struct TableStore<P: Persist> {
     persist: P,
     /// Every queue's settings; each operation runs under one snapshot.
     queues: QueueRegistry,
+    /// What an operation changed beyond the tasks it answers with (tasks
+    /// released or canceled by a dependency's end, tasks expired at lease
+    /// time), told to the broker once durable: it knows only what it asked.
+    events: broadcast::Sender<StoreEvent>,
 }
 
 impl<P: Persist> TableStore<P> {
     /// A store over `table` (made with [`TableStore::table_for`]).
     pub(super) fn with(queues: QueueRegistry, table: Table, persist: P) -> Self {
-        Self { table: Mutex::new(table), persist, queues }
+        Self { table: Mutex::new(table), persist, queues, events: broadcast::channel(1024).0 }
     }
 
     /// An empty table for this kind of store.
@@ -95,6 +100,13 @@ impl<P: Persist> TableStore<P> {
         self.table().queue_count()
     }
 
+    fn tell(&self, events: Vec<StoreEvent>) {
+        for event in events {
+            // No receiver: no broker is listening, nobody to tell.
+            let _ = self.events.send(event);
+        }
+    }
+
     fn table(&self) -> MutexGuard<'_, Table> {
         // A panic while holding the lock cannot leave a half-applied change
         // visible to callers in a way poisoning would fix: keep serving.
@@ -104,12 +116,15 @@ impl<P: Persist> TableStore<P> {
     /// Runs `op` on the table and returns once its changes, and every change
     /// submitted before them, are kept (see the module docs).
     async fn run<R>(&self, op: impl FnOnce(&mut Table) -> R) -> Result<R, StoreError> {
-        let (result, durable) = {
+        let (result, durable, events) = {
             let mut table = self.table();
             self.persist.check(&mut table)?;
             table.use_policies(self.queues.current());
             let result = op(&mut table);
+            let side = table.take_side_changes();
+            let events = if side.is_empty() { Vec::new() } else { table.side_events(&side) };
             if !P::TRACKS_CHANGES {
+                self.tell(events);
                 return Ok(result);
             }
             let changes = table.take_changes();
@@ -118,11 +133,12 @@ impl<P: Persist> TableStore<P> {
             } else {
                 Some(self.persist.submit(changes)?)
             };
-            (result, durable)
+            (result, durable, events)
         };
         if let Some(durable) = durable {
             durable.await?;
         }
+        self.tell(events);
         Ok(result)
     }
 }
@@ -205,8 +221,8 @@ impl<P: Persist> Store for TableStore<P> {
         self.run(|t| t.set_paused(queue, paused)).await
     }
 
-    async fn purge_queue(&self, queue: &str, states: &[TaskState], _now: Millis) -> Result<u64, StoreError> {
-        self.run(|t| t.purge_queue(queue, states)).await
+    async fn purge_queue(&self, queue: &str, states: &[TaskState], now: Millis) -> Result<u64, StoreError> {
+        self.run(|t| t.purge_queue(queue, states, now)).await
     }
 
     async fn list_tasks(
@@ -253,6 +269,12 @@ impl<P: Persist> Store for TableStore<P> {
 
     fn commits(&self) -> Option<u64> {
         self.persist.commits()
+    }
+
+    /// Only what an operation changed beyond its answer (see
+    /// [`TableStore::events`](TableStore)): the broker knows the rest.
+    fn events(&self) -> Option<broadcast::Receiver<StoreEvent>> {
+        Some(self.events.subscribe())
     }
 
     fn commit_seconds(&self) -> Option<Histogram> {

@@ -26,6 +26,20 @@
 //!   lease returns fewer tasks, and [`Fill`](crate::core::select::Fill)
 //!   goes on to the next queue. Limits are read from the policies in force
 //!   at each call.
+//! - Dependencies (see [`crate::core::dependency`]): a task with
+//!   `depends_on` is WAITING, never delivered, until each dependency has
+//!   ended; `enqueue` refuses a batch naming a task it does not hold with
+//!   [`StoreError::DependencyNotFound`] (all the ids), before changing
+//!   anything. The end of a dependency (ack, nack or expiry to DEAD, cancel,
+//!   deadline, a cascade, a purge of an unfinished task) settles its
+//!   waiters with [`crate::core::dependency::resolve`], each exactly once:
+//!   in the same operation on the table stores; on Redis before the call
+//!   returns, or (when that replica could not) by any replica's next
+//!   `promote_due` (see `redis/workflow.rs`). A finished task that an
+//!   unfinished task depends on is not purged until that one finishes.
+//! - Deadlines: a WAITING, SCHEDULED or READY task whose `expire_time`
+//!   passed is CANCELED with `last_error = "expired"` by `lease` (instead of
+//!   being delivered) and by `promote_due`; `next_timer` includes them.
 //! - `enqueue` refuses a batch, before changing anything, that would create a
 //!   queue beyond [`Limits::max_queues`] (the table stores also enforce
 //!   `max_tasks` and `max_queued_bytes`); no other call checks a limit, so
@@ -66,6 +80,9 @@ pub enum StoreError {
     TaskNotFound(TaskId),
     #[error(transparent)]
     Lease(#[from] LeaseError),
+    /// An enqueue named dependencies that do not exist (unknown, or purged).
+    #[error("dependencies not found: {}", ids_list(.0))]
+    DependencyNotFound(Vec<TaskId>),
     /// Cancel of a task that already succeeded or died.
     #[error("task {0} already finished")]
     TaskFinished(TaskId),
@@ -85,6 +102,10 @@ pub enum StoreError {
     Internal(String),
 }
 
+fn ids_list(ids: &[TaskId]) -> String {
+    ids.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+}
+
 /// What a shared store tells every broker replica attached to it, so that a
 /// change made through one replica reaches streams and watchers on all.
 #[derive(Clone, Debug, PartialEq)]
@@ -98,6 +119,10 @@ pub enum StoreEvent {
     /// A permit shared across queues (a semaphore's) came back: workers
     /// waiting on any queue may look again.
     Freed,
+    /// A task became SCHEDULED, due at this time, as a side effect (a
+    /// dependent released with a delay): the timer loop should not sleep
+    /// past it.
+    Timer(crate::core::Millis),
 }
 
 /// The outcome of one enqueued item.

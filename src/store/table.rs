@@ -11,6 +11,7 @@
 //! only when one is handed out or persisted.
 
 mod admin;
+mod dependencies;
 mod indexes;
 mod leasing;
 mod limits;
@@ -111,6 +112,8 @@ pub struct Table {
     schedules: std::collections::BTreeMap<String, StoredSchedule>,
     /// Schedules changed since the last [`Table::take_changes`].
     schedule_changes: Vec<String>,
+    /// Who waits for whom (derived from the records).
+    graph: dependencies::Graph,
 }
 
 impl Table {
@@ -137,6 +140,7 @@ impl Table {
             buckets: HashMap::new(),
             schedules: Default::default(),
             schedule_changes: Vec::new(),
+            graph: Default::default(),
         }
     }
 
@@ -157,6 +161,7 @@ impl Table {
             self.forget_task_of(old.queue);
             old.release(&mut self.names);
         }
+        self.register(id);
     }
 
     /// Puts `policies` in force for the next operations (see
@@ -227,6 +232,10 @@ impl Table {
 
     pub fn enqueue(&mut self, tasks: Vec<NewTask>, now: Millis) -> Result<Vec<Enqueued>, StoreError> {
         self.check_room(&tasks, now)?;
+        let missing = self.missing_dependencies(&tasks, now);
+        if !missing.is_empty() {
+            return Err(StoreError::DependencyNotFound(missing));
+        }
         Ok(tasks.into_iter().map(|t| self.enqueue_one(t, now)).collect())
     }
 
@@ -248,7 +257,11 @@ impl Table {
         self.mark(id);
         self.count(record.queue, Event::Enqueued);
         self.tasks.insert(id, record);
-        Enqueued { task, deduplicated: false }
+        if task.state != TaskState::Waiting {
+            return Enqueued { task, deduplicated: false };
+        }
+        self.start_waiting(id, now);
+        Enqueued { task: self.tasks[&id].to_task(id, &self.names), deduplicated: false }
     }
 
     /// The task a request_id or dedup_key points to, if it still counts.
@@ -384,9 +397,14 @@ impl Table {
         swept
     }
 
+    /// Cancels undelivered tasks past their deadline, then makes due
+    /// SCHEDULED tasks READY.
     pub fn promote_due(&mut self, now: Millis) -> Swept {
-        let due = take_due(&self.idx.scheduled, now);
         let mut swept = Swept::default();
+        for id in self.expire_due(now) {
+            self.note(&mut swept, id);
+        }
+        let due = take_due(&self.idx.scheduled, now);
         for id in due {
             self.transition_in_place(id, now, |t| t.state = TaskState::Ready);
             self.note(&mut swept, id);
@@ -395,9 +413,10 @@ impl Table {
     }
 
     pub fn purge_finished(&mut self, now: Millis) -> Swept {
-        let due = pop_due(&mut self.idx.finished, now);
+        let mut due = pop_due(&mut self.idx.finished, now);
+        due.retain(|id| !self.hold(*id));
         for id in &due {
-            self.remove_task(*id);
+            self.remove_task(*id, now);
         }
         if !due.is_empty() {
             self.shrink_maps();
@@ -406,9 +425,14 @@ impl Table {
     }
 
     /// Removes a task and everything that refers to it.
-    fn remove_task(&mut self, id: TaskId) {
+    fn remove_task(&mut self, id: TaskId, now: Millis) {
         let Some(task) = self.tasks.remove(&id) else { return };
         unindex(&mut self.idx, &self.names, id, &task);
+        self.graph_forget(id);
+        if !task.state.is_final() {
+            // Removed unfinished (a purge): its waiters see it CANCELED.
+            self.ended(id, TaskState::Canceled, task.depends_on(), now);
+        }
         let queue = self.names.resolve(task.queue);
         if !task.request_id().is_empty() {
             let key = (queue.to_owned(), task.request_id().to_owned());
@@ -431,7 +455,7 @@ impl Table {
     }
 
     pub fn next_timer(&self) -> Option<Millis> {
-        [&self.idx.leased, &self.idx.scheduled, &self.idx.finished]
+        [&self.idx.leased, &self.idx.scheduled, &self.idx.finished, &self.idx.expiring]
             .into_iter()
             .filter_map(|set| set.first().map(|(at, _)| *at))
             .min()
@@ -472,6 +496,10 @@ impl Table {
         index(&mut self.idx, &self.policies, &self.names, id, task);
         if self.track {
             self.dirty.push(id);
+        }
+        if !before.is_final() && task.state.is_final() {
+            let (state, depends_on) = (task.state, task.depends_on().to_vec());
+            self.ended(id, state, &depends_on, now);
         }
     }
 

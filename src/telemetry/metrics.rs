@@ -373,6 +373,7 @@ pub fn state_name(s: TaskState) -> &'static str {
         TaskState::Succeeded => "succeeded",
         TaskState::Dead => "dead",
         TaskState::Canceled => "canceled",
+        TaskState::Waiting => "waiting",
     }
 }
 

@@ -156,7 +156,7 @@ impl TestServer {
 
     pub async fn get(&mut self, id: &str) -> pb::Task {
         self.producer
-            .get_task(pb::GetTaskRequest { task_id: id.into() })
+            .get_task(pb::GetTaskRequest { task_id: id.into(), include_dependencies: false })
             .await
             .unwrap()
             .into_inner()

@@ -132,7 +132,7 @@ pub async fn check(channel: Channel, ledger: &Ledger) -> Check {
     let mut out = Check::default();
     let acked = ledger.acked.lock().unwrap().clone();
     for id in ledger.enqueued_ids() {
-        match client.get_task(pb::GetTaskRequest { task_id: id.clone() }).await {
+        match client.get_task(pb::GetTaskRequest { task_id: id.clone(), include_dependencies: false }).await {
             Ok(r) => {
                 let t = r.into_inner().task.expect("GetTask returns the task");
                 if t.state != pb::TaskState::Succeeded as i32 {
@@ -149,7 +149,9 @@ pub async fn check(channel: Channel, ledger: &Ledger) -> Check {
     for id in acked.keys() {
         if !ledger.enqueued.lock().unwrap().contains_key(id) {
             // Acked but its enqueue answer was lost to the fault: still must be SUCCEEDED.
-            let t = client.get_task(pb::GetTaskRequest { task_id: id.clone() }).await;
+            let t = client
+                .get_task(pb::GetTaskRequest { task_id: id.clone(), include_dependencies: false })
+                .await;
             match t.map(|r| r.into_inner().task.expect("a task").state) {
                 Ok(s) if s == pb::TaskState::Succeeded as i32 => {}
                 other => out.unsettled.push(format!("{id}: {other:?}")),

@@ -62,6 +62,15 @@ export interface EnqueueOptions {
    * while leased; an unknown name is INVALID_ARGUMENT on `semaphores`.
    */
   semaphores?: string[];
+  /**
+   * Task ids (of any queue) this task runs after: it is WAITING until every
+   * one has SUCCEEDED. Unknown ids are FAILED_PRECONDITION (DEPENDENCY_NOT_FOUND).
+   */
+  dependsOn?: string[];
+  /** What a DEAD or CANCELED dependency does: "cancel" (the default) or "run". */
+  onDependencyFailure?: "cancel" | "run";
+  /** Deadline in ms from now: not delivered by then, the task is CANCELED as "expired". */
+  ttlMs?: number;
 }
 
 /** One task of enqueueMany. */
@@ -131,6 +140,12 @@ export class Client {
   /** The task with this id (TaskNotFound when unknown or purged). */
   async get(taskId: string): Promise<Task> {
     return new Task((await this.call("GetTask", { taskId })).task);
+  }
+
+  /** The tasks `taskId` depends on, with their results, in dependsOn order (one GetTask call). */
+  async getDependencies(taskId: string): Promise<Task[]> {
+    const resp = await this.call("GetTask", { taskId, includeDependencies: true });
+    return (resp.dependencies ?? []).map((d: unknown) => new Task(d));
   }
 
   /** Cancels a scheduled, ready or leased task and returns it (TaskFinished if it already ended). */
@@ -231,6 +246,21 @@ export class Client {
       }
       req.semaphores = o.semaphores;
     }
+    const workflow = (o.dependsOn?.length ?? 0) > 0 || o.onDependencyFailure !== undefined || o.ttlMs !== undefined;
+    if (workflow && !this.api.enqueueFields.has("dependsOn")) {
+      throw new TypeError(
+        `dependsOn, onDependencyFailure, ttlMs: this broker API (EnqueueRequest in ${this.api.protoDir}) has no such fields`,
+      );
+    }
+    if (o.dependsOn !== undefined) req.dependsOn = o.dependsOn;
+    if (o.onDependencyFailure !== undefined) {
+      const policies = { cancel: "DEPENDENCY_FAILURE_POLICY_CANCEL", run: "DEPENDENCY_FAILURE_POLICY_RUN" };
+      if (!(o.onDependencyFailure in policies)) {
+        throw new TypeError(`onDependencyFailure must be "cancel" or "run", not ${JSON.stringify(o.onDependencyFailure)}`);
+      }
+      req.onDependencyFailure = policies[o.onDependencyFailure];
+    }
+    if (o.ttlMs !== undefined) req.ttl = duration(o.ttlMs);
     return req;
   }
 

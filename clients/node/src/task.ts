@@ -12,6 +12,7 @@ export const TaskState = {
   SUCCEEDED: "TASK_STATE_SUCCEEDED",
   DEAD: "TASK_STATE_DEAD",
   CANCELED: "TASK_STATE_CANCELED",
+  WAITING: "TASK_STATE_WAITING",
 } as const;
 export type TaskStateName = (typeof TaskState)[keyof typeof TaskState];
 
@@ -50,6 +51,12 @@ export class Task {
   readonly result: Buffer;
   /** The last Nack's error, or why the task went DEAD. */
   readonly lastError: string;
+  /** The tasks (of any queue) this one runs after. */
+  readonly dependsOn: string[];
+  /** How many of dependsOn have not ended yet (the task is WAITING while above 0). */
+  readonly pendingDependencies: number;
+  /** Not delivered by then, the task is CANCELED as "expired" (null: no deadline). */
+  readonly expireTime: Date | null;
 
   /** @internal From the message proto-loader decoded. */
   constructor(m: any) {
@@ -71,6 +78,9 @@ export class Task {
     this.scheduledTime = toDate(m.scheduledTime);
     this.result = Buffer.from(m.result ?? []);
     this.lastError = m.lastError ?? "";
+    this.dependsOn = [...(m.dependsOn ?? [])];
+    this.pendingDependencies = m.pendingDependencies ?? 0;
+    this.expireTime = toDate(m.expireTime);
   }
 
   /** SUCCEEDED, DEAD or CANCELED. */

@@ -312,6 +312,25 @@ describe("Client", () => {
     }
   });
 
+  it("sends dependsOn, onDependencyFailure and ttlMs; reads the dependencies back", async () => {
+    const dep = await client.enqueue("part", null, { queue: uniqueQueue("parts") });
+    const join = await client.enqueue("join", null, {
+      queue: uniqueQueue("joins"),
+      dependsOn: [dep.id],
+      onDependencyFailure: "run",
+      ttlMs: 60_000,
+    });
+    assert.deepEqual([join.state, join.dependsOn, join.pendingDependencies], [TaskState.WAITING, [dep.id], 1]);
+    assert.ok(join.expireTime instanceof Date);
+    await client.cancel(dep.id);
+    assert.equal((await client.get(join.id)).state, TaskState.READY, "RUN: a canceled dependency counts as done");
+    const deps = await client.getDependencies(join.id);
+    assert.deepEqual(
+      deps.map((d) => [d.id, d.state]),
+      [[dep.id, TaskState.CANCELED]],
+    );
+  });
+
   it("accepts concurrencyKey only when the API has EnqueueRequest.concurrency_key", async () => {
     const supported = loadApi().enqueueFields.has("concurrencyKey");
     const attempt = client.enqueue("k", null, { queue: uniqueQueue("ck"), concurrencyKey: "tenant-1" });

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import datetime as dt
 import threading
 import time
@@ -21,7 +22,7 @@ from taskbroker.errors import (
     Unavailable,
     Unsupported,
 )
-from taskbroker.v1 import producer_pb2
+from taskbroker.v1 import producer_pb2, task_pb2
 
 S = taskbroker.TaskState
 
@@ -171,6 +172,25 @@ def test_concurrency_key_and_semaphores_reach_the_broker_and_come_back(make_brok
         with pytest.raises(InvalidArgument) as e:
             client.enqueue("k", queue="browsers", semaphores=["nope"])
         assert [v.field for v in e.value.field_violations] == ["semaphores"]
+
+
+def test_a_dependent_waits_for_its_dependency_and_reads_its_result(broker):
+    with Client(broker.addr) as client:
+        worker = Worker(broker.addr, queues=["parts"])
+        worker.register("part", lambda job: {"sum": 1})
+        part = client.enqueue("part", {"n": 1}, queue="parts")
+        join = client.enqueue("join", queue="joins", depends_on=[part], on_dependency_failure="run", ttl=60)
+        assert join.state == task_pb2.TASK_STATE_WAITING
+        assert (list(join.depends_on), join.pending_dependencies) == ([part.id], 1)
+        assert join.on_dependency_failure == task_pb2.DEPENDENCY_FAILURE_POLICY_RUN
+        assert join.HasField("expire_time")
+        with running(worker):
+            client.wait(part, timeout=10)
+        assert client.get(join).state == task_pb2.TASK_STATE_READY
+        deps = client.get_dependencies(join)
+        assert [(d.id, json.loads(d.result)) for d in deps] == [(part.id, {"sum": 1})]
+        with pytest.raises(ValueError):
+            client.enqueue("join", depends_on=[part], on_dependency_failure="maybe")
 
 
 def test_unavailable_is_retried_until_the_broker_is_up(make_broker):

@@ -152,6 +152,9 @@ async fn consume(store: &Arc<RedisStore>, queue: &str, total: u64, callers: usiz
 
 fn new_task(queue: &str, payload: Vec<u8>) -> NewTask {
     NewTask {
+        depends_on: Vec::new(),
+        on_dependency_failure: Default::default(),
+        expire_time: None,
         queue: queue.to_owned(),
         kind: super::load::KIND.into(),
         payload,

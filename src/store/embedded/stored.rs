@@ -15,16 +15,31 @@
 //! fields set, and format 1, byte for byte as before, for every other task:
 //! the common task costs nothing more, and a data file written without flow
 //! control stays readable by the taskbroker before it.
+//!
+//! Format 3 is format 2 followed by [`WorkflowV3`] (dependencies and the
+//! deadline), written only for a task that has one of those; a WAITING task
+//! always has dependencies, so the WAITING state ([`StateV1::Waiting`], a
+//! variant added after the others) only ever appears in format 3 records.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::core::stats::QueueTotals;
-use crate::core::task::{Lease, Task, TaskId, TaskState};
+use crate::core::task::{DependencyFailure, Lease, Task, TaskId, TaskState};
 
-/// The newest format (written for tasks with flow-control fields).
-pub const CURRENT: u8 = 2;
+/// The newest format (written for tasks with dependencies or a deadline).
+pub const CURRENT: u8 = 3;
+
+/// Format 3's addition after the V2 record. Never change it; add a V4.
+#[derive(Serialize, Deserialize)]
+struct WorkflowV3 {
+    depends_on: Vec<u128>,
+    pending_dependencies: Vec<u128>,
+    /// 0: cancel, 1: run.
+    on_dependency_failure: u8,
+    expire_time: Option<u64>,
+}
 
 /// Format 2's addition after the V1 record. Never change it; add a V3.
 #[derive(Serialize, Deserialize)]
@@ -82,6 +97,8 @@ enum StateV1 {
     Succeeded,
     Dead,
     Canceled,
+    /// Only in format 3 records (see the module docs).
+    Waiting,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -133,6 +150,7 @@ impl From<TaskState> for StateV1 {
             TaskState::Succeeded => StateV1::Succeeded,
             TaskState::Dead => StateV1::Dead,
             TaskState::Canceled => StateV1::Canceled,
+            TaskState::Waiting => StateV1::Waiting,
         }
     }
 }
@@ -146,6 +164,7 @@ impl From<StateV1> for TaskState {
             StateV1::Succeeded => TaskState::Succeeded,
             StateV1::Dead => TaskState::Dead,
             StateV1::Canceled => TaskState::Canceled,
+            StateV1::Waiting => TaskState::Waiting,
         }
     }
 }
@@ -173,6 +192,10 @@ pub fn encode(task: &Task, ready_seq: u64) -> Vec<u8> {
         lease,
         concurrency_key,
         semaphores,
+        depends_on,
+        pending_dependencies,
+        on_dependency_failure,
+        expire_time,
     } = task;
     let record = StoredTaskV1Ref {
         id: id.0,
@@ -199,24 +222,53 @@ pub fn encode(task: &Task, ready_seq: u64) -> Vec<u8> {
         }),
         ready_seq,
     };
+    let workflow = !depends_on.is_empty() || expire_time.is_some();
     // Encoding plain data into a Vec cannot fail.
-    if concurrency_key.is_empty() && semaphores.is_empty() {
+    if !workflow && concurrency_key.is_empty() && semaphores.is_empty() {
         return postcard::to_extend(&record, vec![1]).unwrap_or_default();
     }
-    let out = postcard::to_extend(&record, vec![CURRENT]).unwrap_or_default();
-    postcard::to_extend(&FlowV2Ref { concurrency_key, semaphores }, out).unwrap_or_default()
+    let format = if workflow { CURRENT } else { 2 };
+    let out = postcard::to_extend(&record, vec![format]).unwrap_or_default();
+    let out = postcard::to_extend(&FlowV2Ref { concurrency_key, semaphores }, out).unwrap_or_default();
+    if !workflow {
+        return out;
+    }
+    let v3 = WorkflowV3 {
+        depends_on: depends_on.iter().map(|d| d.0).collect(),
+        pending_dependencies: pending_dependencies.iter().map(|d| d.0).collect(),
+        on_dependency_failure: match on_dependency_failure {
+            DependencyFailure::Cancel => 0,
+            DependencyFailure::Run => 1,
+        },
+        expire_time: *expire_time,
+    };
+    postcard::to_extend(&v3, out).unwrap_or_default()
 }
 
 /// A stored value of any format, as today's task.
 pub fn decode(bytes: &[u8]) -> Result<Stored, String> {
     match bytes.split_first() {
         Some((1, rest)) => postcard::from_bytes::<StoredTaskV1>(rest).map(from_v1).map_err(|e| e.to_string()),
-        Some((2, rest)) => {
+        Some((format @ (2 | 3), rest)) => {
             let (v1, rest) = postcard::take_from_bytes::<StoredTaskV1>(rest).map_err(|e| e.to_string())?;
-            let flow = postcard::from_bytes::<FlowV2>(rest).map_err(|e| e.to_string())?;
+            let (flow, rest) = postcard::take_from_bytes::<FlowV2>(rest).map_err(|e| e.to_string())?;
             let mut stored = from_v1(v1);
             stored.task.concurrency_key = flow.concurrency_key;
             stored.task.semaphores = flow.semaphores;
+            if *format == 3 {
+                let w = postcard::from_bytes::<WorkflowV3>(rest).map_err(|e| e.to_string())?;
+                let t = &mut stored.task;
+                t.depends_on = w.depends_on.into_iter().map(TaskId).collect();
+                t.pending_dependencies = w.pending_dependencies.into_iter().map(TaskId).collect();
+                t.on_dependency_failure = match w.on_dependency_failure {
+                    0 => DependencyFailure::Cancel,
+                    1 => DependencyFailure::Run,
+                    n => return Err(format!("unknown dependency failure policy {n}")),
+                };
+                t.expire_time = w.expire_time;
+            } else if !rest.is_empty() {
+                return Err("trailing bytes after a format 2 record".into());
+            }
             Ok(stored)
         }
         Some((v, _)) => Err(format!("unknown record format {v} (written by a newer taskbroker?)")),
@@ -246,6 +298,10 @@ fn from_v1(r: StoredTaskV1) -> Stored {
         lease: r.lease.map(|l| Lease { id: l.id, expire_time: l.expire_time, worker_id: l.worker_id }),
         concurrency_key: String::new(),
         semaphores: Vec::new(),
+        depends_on: Vec::new(),
+        pending_dependencies: Vec::new(),
+        on_dependency_failure: DependencyFailure::Cancel,
+        expire_time: None,
     };
     Stored { task, ready_seq: r.ready_seq }
 }
@@ -319,6 +375,10 @@ mod tests {
             lease: Some(Lease { id: 4242, expire_time: 1_767_225_631_000, worker_id: "w-7".into() }),
             concurrency_key: String::new(),
             semaphores: Vec::new(),
+            depends_on: Vec::new(),
+            pending_dependencies: Vec::new(),
+            on_dependency_failure: DependencyFailure::Cancel,
+            expire_time: None,
         }
     }
 
@@ -329,6 +389,30 @@ mod tests {
             semaphores: vec!["gpu".into(), "selenium".into()],
             ..v1_task()
         }
+    }
+
+    /// The task in `testdata/task-v3.bin` (format 3: dependencies, deadline).
+    fn v3_task() -> Task {
+        Task {
+            state: TaskState::Waiting,
+            lease: None,
+            depends_on: vec![TaskId(0x0190_1234_5678_9abc_def0_1234_5678_0001), TaskId(7)],
+            pending_dependencies: vec![TaskId(7)],
+            on_dependency_failure: DependencyFailure::Run,
+            expire_time: Some(1_767_229_200_000),
+            ..v2_task()
+        }
+    }
+
+    #[test]
+    fn a_checked_in_v3_record_still_decodes_and_is_written_byte_for_byte() {
+        let bytes = include_bytes!("testdata/task-v3.bin");
+        assert_eq!(decode(bytes).expect("the V3 record decodes"), Stored { task: v3_task(), ready_seq: 99 });
+        assert_eq!(encode(&v3_task(), 99).as_slice(), bytes.as_slice());
+        let deadline_only = Task { expire_time: Some(5), ..v1_task() };
+        let bytes = encode(&deadline_only, 3);
+        assert_eq!(bytes[0], 3);
+        assert_eq!(decode(&bytes).unwrap(), Stored { task: deadline_only, ready_seq: 3 });
     }
 
     #[test]

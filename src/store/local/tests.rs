@@ -67,6 +67,9 @@ fn held_store() -> Arc<TableStore<Held>> {
 
 fn replayable() -> NewTask {
     NewTask {
+        depends_on: Vec::new(),
+        on_dependency_failure: Default::default(),
+        expire_time: None,
         queue: "q".into(),
         kind: "k".into(),
         payload: b"p".to_vec(),

@@ -41,8 +41,12 @@ impl RedisStore {
         let results = join_all(calls).await;
         for ((queue, positions, items), result) in groups.iter().zip(results) {
             match result {
-                Ok(tasks) => {
+                Ok((tasks, events)) => {
                     self.announce_freed(queue, tasks.iter().filter(|t| t.is_ok()).count()).await;
+                    // Dependents released (or canceled) before the ack returns.
+                    if events {
+                        self.deliver(queue, now).await?;
+                    }
                     for (item, t) in items.iter().zip(&tasks) {
                         if let Ok(t) = t {
                             self.release_permits(t, item.lease_id).await;
@@ -62,23 +66,28 @@ impl RedisStore {
         Ok(out.into_iter().map(|r| r.unwrap_or_else(|| Err(unexpected("a short ack reply")))).collect())
     }
 
-    /// Acks `items` (all of `queue`) with one script call.
+    /// Acks `items` (all of `queue`) with one script call; also whether
+    /// that left events in the queue's outbox (see [`super::workflow`]).
     async fn ack_queue(
         &self,
         queue: &str,
         items: &[AckItem],
         now: Millis,
-    ) -> Result<Vec<Result<Task, StoreError>>, StoreError> {
+    ) -> Result<(Vec<Result<Task, StoreError>>, bool), StoreError> {
         let mut inv = self.invocation(&scripts::ACK, queue, now);
         inv.arg(self.retention(queue));
         for item in items {
             inv.arg(item.id.to_string()).arg(item.lease_id).arg(&item.result);
         }
-        let replies = array(self.run(&inv).await?)?;
+        let mut replies = array(self.run(&inv).await?)?;
+        let events = replies.len() == items.len() * 3 + 1;
+        if events {
+            replies.pop();
+        }
         if replies.len() != items.len() * 3 {
             return Err(unexpected("an ack reply of the wrong length"));
         }
-        Ok(replies
+        let tasks = replies
             .chunks(3)
             .zip(items)
             .map(|(reply, item)| match reply::text(&reply[0])? {
@@ -92,6 +101,7 @@ impl RedisStore {
                 "canceled" => Err(StoreError::Lease(LeaseError::Canceled)),
                 other => Err(unexpected(&format!("ack status {other:?}"))),
             })
-            .collect())
+            .collect();
+        Ok((tasks, events))
     }
 }

@@ -165,6 +165,8 @@ impl RedisStore {
                 break;
             }
         }
+        // What waited on purged unfinished tasks sees them CANCELED.
+        self.deliver(queue, now).await?;
         self.forget_empty(&[queue.to_owned()], now).await?;
         Ok(purged)
     }
@@ -189,7 +191,26 @@ impl RedisStore {
         if items.len() % 3 != 0 {
             return Err(unexpected("a list reply of the wrong length"));
         }
-        items.chunks(3).map(|record| task(queue, record)).collect()
+        let mut tasks: Vec<Task> =
+            items.chunks(3).map(|record| task(queue, record)).collect::<Result<_, _>>()?;
+        if state == TaskState::Waiting && !tasks.is_empty() {
+            // Their pending dependencies, read just after (one that ended
+            // in between shows as no longer pending).
+            let mut cmd = redis::cmd("HMGET");
+            cmd.arg(QueueKeys::new(queue).pending());
+            for t in &tasks {
+                cmd.arg(t.id.to_string());
+            }
+            let mut conn = self.conn.clone();
+            let pending: Vec<Option<String>> = bounded(cmd.query_async(&mut conn)).await?;
+            for (t, p) in tasks.iter_mut().zip(pending) {
+                for dep in p.unwrap_or_default().split(',').filter(|d| !d.is_empty()) {
+                    t.pending_dependencies
+                        .push(dep.parse().map_err(|_| unexpected("a pending dependency id"))?);
+                }
+            }
+        }
+        Ok(tasks)
     }
 
     /// DEAD tasks of `queue` back to READY: `ids`, or the oldest; at most
@@ -231,6 +252,7 @@ impl RedisStore {
         swept.count = swept.changed.len();
         if swept.count > 0 {
             swept.ready_queues.push(queue.to_owned());
+            self.deliver(queue, now).await?;
         }
         Ok(swept)
     }

@@ -14,9 +14,18 @@ use futures_util::future::join_all;
 use super::reply::{self, array, task, uint, unexpected};
 use super::{keys, queues, record, scripts, RedisStore};
 use crate::core::clock::{Clock, SystemClock};
-use crate::core::task::{NewTask, Task};
+use std::collections::HashMap;
+
+use crate::core::task::{DependencyFailure, NewTask, Task, TaskId, TaskState};
 use crate::core::Millis;
-use crate::store::{Enqueued, StoreError};
+use crate::store::{Enqueued, Store, StoreError};
+
+/// The queue named for a dependency that does not exist (enqueue.lua).
+const GONE: &str = "-";
+
+/// A task about to be created, with its dependencies as the script takes
+/// them (`<queue> <id>,...`).
+type Pending = (Task, String);
 
 impl RedisStore {
     /// Creates `tasks`: one script call per queue, the queues concurrently,
@@ -26,17 +35,23 @@ impl RedisStore {
         tasks: Vec<NewTask>,
         now: Millis,
     ) -> Result<Vec<Enqueued>, StoreError> {
+        // Every dependency must exist (workflow.rs: one purged after this
+        // look is seen as CANCELED); each named as '<queue> <id>' for the script.
+        let dep_queues = self.dependency_queues(&tasks).await?;
         // Ids and provisional records; the script sets state and times.
         let local_now = if self.server_time { SystemClock.now() } else { now };
-        let mut groups: Vec<(String, Vec<usize>, Vec<Task>)> = Vec::new();
+        let mut groups: Vec<(String, Vec<usize>, Vec<Pending>)> = Vec::new();
         for (pos, new) in tasks.into_iter().enumerate() {
             let task = Task::create(queues::new_id(local_now, &new.queue), new, local_now);
-            match groups.iter_mut().find(|(q, _, _)| *q == task.queue) {
+            let deps: Vec<String> =
+                task.depends_on.iter().map(|d| format!("{} {d}", dep_queues[d])).collect();
+            let item = (task, deps.join(","));
+            match groups.iter_mut().find(|(q, _, _)| *q == item.0.queue) {
                 Some((_, positions, tasks)) => {
                     positions.push(pos);
-                    tasks.push(task);
+                    tasks.push(item);
                 }
-                None => groups.push((task.queue.clone(), vec![pos], vec![task])),
+                None => groups.push((item.0.queue.clone(), vec![pos], vec![item])),
             }
         }
         // Every queue registered (within max_queues) before any task is
@@ -55,12 +70,58 @@ impl RedisStore {
             });
         let results = join_all(calls).await;
         let mut out: Vec<Option<Enqueued>> = (0..total).map(|_| None).collect();
-        for ((_, positions, _), result) in groups.into_iter().zip(results) {
-            for (pos, e) in positions.into_iter().zip(result?) {
+        for ((queue, positions, _), result) in groups.into_iter().zip(results) {
+            let created = result?;
+            let waiting = created.iter().any(|e| !e.deduplicated && e.task.state == TaskState::Waiting);
+            for (pos, e) in positions.into_iter().zip(created) {
                 out[pos] = Some(e);
             }
+            if waiting {
+                // Registered with their dependencies before the answer: those
+                // that already ended are settled now (workflow.rs).
+                self.deliver(&queue, now).await?;
+            }
         }
-        out.into_iter().map(|e| e.ok_or_else(|| unexpected("a short enqueue reply"))).collect()
+        let mut out: Vec<Enqueued> = out
+            .into_iter()
+            .map(|e| e.ok_or_else(|| unexpected("a short enqueue reply")))
+            .collect::<Result<_, _>>()?;
+        for e in out.iter_mut().filter(|e| !e.deduplicated && e.task.state == TaskState::Waiting) {
+            e.task = self.get(e.task.id).await?;
+        }
+        Ok(out)
+    }
+
+    /// The queue of each dependency `tasks` name ("-" for one that does not
+    /// exist); `DependencyNotFound` when one that does not exist is named by
+    /// a task without a request id or dedup key (a task with one may be
+    /// answered by the task it names: the script decides, see enqueue.lua).
+    async fn dependency_queues(&self, tasks: &[NewTask]) -> Result<HashMap<TaskId, String>, StoreError> {
+        let mut ids: Vec<TaskId> = tasks.iter().flat_map(|t| t.depends_on.iter().copied()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut found = HashMap::new();
+        let looks = join_all(ids.iter().map(|id| self.get(*id))).await;
+        for (id, got) in ids.iter().zip(looks) {
+            match got {
+                Ok(task) => found.insert(*id, task.queue),
+                Err(StoreError::TaskNotFound(_)) => found.insert(*id, GONE.to_owned()),
+                Err(e) => return Err(e),
+            };
+        }
+        let mut missing: Vec<TaskId> = tasks
+            .iter()
+            .filter(|t| t.request_id.is_empty() && t.dedup_key.is_empty())
+            .flat_map(|t| t.depends_on.iter().copied())
+            .filter(|d| found[d] == GONE)
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if missing.is_empty() {
+            Ok(found)
+        } else {
+            Err(StoreError::DependencyNotFound(missing))
+        }
     }
 
     /// Enqueues `tasks` (all of one queue) with one script call (two when
@@ -71,7 +132,7 @@ impl RedisStore {
     pub(super) async fn enqueue_queue(
         &self,
         queue: &str,
-        mut tasks: Vec<Task>,
+        mut tasks: Vec<Pending>,
         mut registered: bool,
         now: Millis,
         fire: Option<(&str, Millis)>,
@@ -81,7 +142,7 @@ impl RedisStore {
         for _ in 0..4 {
             let mut inv = self.invocation(script, queue, now);
             inv.arg(window).arg(if registered { "1" } else { "0" });
-            for t in &tasks {
+            for (t, deps) in &tasks {
                 inv.arg(t.id.to_string())
                     .arg(record::encode_body(t))
                     .arg(t.priority)
@@ -91,7 +152,13 @@ impl RedisStore {
                     .arg(&t.dedup_key)
                     .arg(&t.request_id)
                     .arg(&t.concurrency_key)
-                    .arg(t.semaphores.join(","));
+                    .arg(t.semaphores.join(","))
+                    .arg(deps)
+                    .arg(match t.on_dependency_failure {
+                        DependencyFailure::Cancel => "c",
+                        DependencyFailure::Run => "r",
+                    })
+                    .arg(t.expire_time.map(|at| at.to_string()).unwrap_or_default());
             }
             if let Some((name, due)) = fire {
                 inv.key(keys::fired(queue)).arg(name).arg(due);
@@ -113,6 +180,10 @@ impl RedisStore {
                 // a task (see `forget_empty`); it was within max_queues a
                 // moment ago.
                 Some("first") => self.reregister(queue).await?,
+                Some("missing") => {
+                    let ids = items[1..].iter().map(reply::task_id).collect::<Result<Vec<_>, _>>()?;
+                    return Err(StoreError::DependencyNotFound(ids));
+                }
                 Some("collision") => {
                     renew_ids(&mut tasks, queue);
                     continue;
@@ -125,7 +196,7 @@ impl RedisStore {
             return items[1..]
                 .chunks(4)
                 .zip(tasks)
-                .map(|(item, mine)| {
+                .map(|(item, (mine, _))| {
                     let [created, meta, ..] = item else { unreachable!("chunks of four") };
                     if uint(created)? == 1 {
                         // Ours: the script only set what Redis decides.
@@ -154,8 +225,8 @@ pub(super) enum Created {
 }
 
 /// New random ids for tasks whose ids were taken.
-fn renew_ids(tasks: &mut [Task], queue: &str) {
-    for t in tasks {
+fn renew_ids(tasks: &mut [Pending], queue: &str) {
+    for (t, _) in tasks {
         t.id = queues::new_id(t.create_time, queue);
     }
 }

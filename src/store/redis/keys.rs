@@ -70,13 +70,13 @@ pub fn semaphore(name: &str) -> String {
 /// are not passed as `KEYS` because their names depend on the data; the
 /// `turn:<p>` sorted sets list the ones that hold tasks.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QueueKeys([String; 39]);
+pub struct QueueKeys([String; 49]);
 
 /// The role of each key, in `KEYS` order: eleven, the flow-control state,
 /// one ready list per priority, what the operations API keeps (see
-/// [`super::admin`]), then the turn of the concurrency-key groups per
-/// priority.
-const ROLES: [&str; 39] = [
+/// [`super::admin`]), the turn of the concurrency-key groups per
+/// priority, then dependencies and deadlines (see [`super::workflow`]).
+const ROLES: [&str; 49] = [
     "meta",
     "body",
     "results",
@@ -116,6 +116,16 @@ const ROLES: [&str; 39] = [
     "turn:7",
     "turn:8",
     "turn:9",
+    "ids_waiting",
+    "deps",
+    "pending",
+    "dependents",
+    "readers",
+    "held",
+    "outbox",
+    "outbox_seq",
+    "outbox_lock",
+    "expiring",
 ];
 
 impl QueueKeys {
@@ -146,6 +156,28 @@ impl QueueKeys {
     /// LIST of finished tasks, `<purge time>:<id>`, in purge-time order.
     pub fn finished(&self) -> &str {
         &self.0[5]
+    }
+
+    /// HASH task id -> its dependencies not yet ended (`<id>,<id>...`).
+    pub fn pending(&self) -> &str {
+        &self.0[41]
+    }
+
+    /// LIST of resolution events to deliver to other queues (see
+    /// [`super::workflow`]).
+    pub fn outbox(&self) -> &str {
+        &self.0[45]
+    }
+
+    /// STRING held by the replica delivering the outbox (so its events go
+    /// out in order), lapsing on its own.
+    pub fn outbox_lock(&self) -> &str {
+        &self.0[47]
+    }
+
+    /// ZSET of undelivered tasks with a deadline, by deadline.
+    pub fn expiring(&self) -> &str {
+        &self.0[48]
     }
 
     /// STRING present while the queue is paused.

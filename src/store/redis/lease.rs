@@ -178,10 +178,15 @@ impl RedisStore {
             None => inv.arg("").arg(0),
         };
         inv.arg(policy.per_key_max_in_flight).arg(rooms).arg(if probe { "1" } else { "0" });
+        inv.arg(policy.retention.as_millis() as u64);
         let items = array(self.run(&inv).await?)?;
-        let [total, _full, blocked, records @ ..] = items.as_slice() else {
+        let [total, _full, blocked, events, records @ ..] = items.as_slice() else {
             return Err(unexpected("a short lease reply"));
         };
+        if uint(events)? == 1 {
+            // What waits on a task that expired here hears of it now.
+            self.deliver(queue, now).await?;
+        }
         let blocked = text(blocked)?.to_owned();
         if records.len() % 3 != 0 {
             return Err(unexpected("a lease reply of the wrong length"));

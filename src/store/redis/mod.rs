@@ -110,6 +110,16 @@
 //! lapses under it; a worker that stops extending keeps its permit until
 //! the old deadline only.
 //!
+//! # Dependencies and deadlines
+//! A task and the tasks it depends on may sit in different queues, so in
+//! different Redis Cluster slots: every cross-queue effect (registering a
+//! dependent, a dependency's end, a finished dependent releasing what it
+//! read) is an event in the changed queue's outbox, written in the same
+//! script as the change, delivered by any replica and applied idempotently,
+//! so exactly once, even when a replica dies half-way. The design is in
+//! [`workflow`]. Deadlines: a per-queue `expiring` set, checked by
+//! `lease.lua` (before it delivers) and by the promote sweep.
+//!
 //! # Time
 //! Scripts take `now` from the caller, or with `server_time` read Redis's own
 //! clock (`TIME`), so every replica settles leases against one clock.
@@ -147,6 +157,7 @@ mod schedules;
 mod scripts;
 mod settings;
 mod sweep;
+mod workflow;
 
 use std::time::Duration;
 
@@ -321,6 +332,9 @@ impl Store for RedisStore {
         if task.state != crate::core::task::TaskState::Ready {
             self.announce_freed(&queue, 1).await;
         }
+        if task.state == TaskState::Dead {
+            self.deliver(&queue, now).await?;
+        }
         Ok(task)
     }
 
@@ -345,6 +359,7 @@ impl Store for RedisStore {
             self.release_permits(&task, lease.id).await;
             self.announce_freed(&queue, 1).await;
         }
+        self.deliver(&queue, now).await?;
         Ok(task)
     }
 
@@ -352,7 +367,13 @@ impl Store for RedisStore {
         let queue = self.queue_of(id).await?;
         let mut inv = self.invocation(&scripts::GET, &queue, 0);
         inv.arg(id.to_string());
-        settled_task(self.run(&inv).await?, id, &queue)
+        let items = settled(self.run(&inv).await?, id)?;
+        let [record @ .., pending] = items.as_slice() else { return Err(unexpected("a short get reply")) };
+        let mut task = reply::task(&queue, record)?;
+        for dep in reply::text(pending)?.split(',').filter(|d| !d.is_empty()) {
+            task.pending_dependencies.push(dep.parse().map_err(|_| unexpected("a pending dependency id"))?);
+        }
+        Ok(task)
     }
 
     async fn requeue_expired(&self, now: Millis) -> Result<Swept, StoreError> {

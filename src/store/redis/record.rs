@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::core::task::{Lease, Task, TaskId, TaskState};
+use crate::core::task::{DependencyFailure, Lease, Task, TaskId, TaskState};
 
 /// First byte of every body: the body layout's version.
 const BODY_V1: u8 = 1;
@@ -19,6 +19,12 @@ const BODY_V1: u8 = 1;
 /// each name): written only for a task that has one of them, so every other
 /// body stays V1, byte for byte.
 const BODY_V2: u8 = 2;
+/// V2's fields, then the dependencies (a count, then each id's 16 bytes),
+/// the dependency failure policy (u8: 0 cancel, 1 run) and the deadline (u8
+/// 1 then its u64 ms, or 0): written only for a task with dependencies or a
+/// deadline. (What the scripts must read of these is in the queue's `deps`
+/// hash and `expiring` set.)
+const BODY_V3: u8 = 3;
 
 /// A stored record that cannot be read back.
 #[derive(Debug, PartialEq, thiserror::Error)]
@@ -32,8 +38,13 @@ pub fn encode_body(t: &Task) -> Vec<u8> {
     let headers: usize = t.headers.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
     let mut out =
         Vec::with_capacity(1 + 16 + 16 + t.kind.len() + t.payload.len() + t.content_type.len() + headers);
-    let flow = !t.concurrency_key.is_empty() || !t.semaphores.is_empty();
-    out.push(if flow { BODY_V2 } else { BODY_V1 });
+    let workflow = !t.depends_on.is_empty() || t.expire_time.is_some();
+    let flow = workflow || !t.concurrency_key.is_empty() || !t.semaphores.is_empty();
+    out.push(match (workflow, flow) {
+        (true, _) => BODY_V3,
+        (false, true) => BODY_V2,
+        (false, false) => BODY_V1,
+    });
     out.extend_from_slice(&t.id.0.to_le_bytes());
     for field in [t.kind.as_bytes(), &t.payload, t.content_type.as_bytes()] {
         put(&mut out, field);
@@ -48,6 +59,23 @@ pub fn encode_body(t: &Task) -> Vec<u8> {
         out.extend_from_slice(&(t.semaphores.len() as u32).to_le_bytes());
         for s in &t.semaphores {
             put(&mut out, s.as_bytes());
+        }
+    }
+    if workflow {
+        out.extend_from_slice(&(t.depends_on.len() as u32).to_le_bytes());
+        for d in &t.depends_on {
+            out.extend_from_slice(&d.0.to_le_bytes());
+        }
+        out.push(match t.on_dependency_failure {
+            DependencyFailure::Cancel => 0,
+            DependencyFailure::Run => 1,
+        });
+        match t.expire_time {
+            Some(at) => {
+                out.push(1);
+                out.extend_from_slice(&at.to_le_bytes());
+            }
+            None => out.push(0),
         }
     }
     out
@@ -70,7 +98,7 @@ pub fn decode(queue: &str, meta: &[u8], body: &[u8], result: &[u8]) -> Result<Ta
 fn decode_body(queue: &str, body: &[u8]) -> Result<Task, Corrupt> {
     let mut b = Reader(body);
     let version = b.u8()?;
-    if version != BODY_V1 && version != BODY_V2 {
+    if !(BODY_V1..=BODY_V3).contains(&version) {
         return Err(Corrupt("unknown body version"));
     }
     let id = TaskId(u128::from_le_bytes(b.take(16)?.try_into().map_err(|_| Corrupt("short id"))?));
@@ -83,10 +111,26 @@ fn decode_body(queue: &str, body: &[u8]) -> Result<Task, Corrupt> {
         headers.insert(k, b.text()?);
     }
     let (mut concurrency_key, mut semaphores) = (String::new(), Vec::new());
-    if version == BODY_V2 {
+    if version >= BODY_V2 {
         concurrency_key = b.text()?;
         for _ in 0..b.u32()? {
             semaphores.push(b.text()?);
+        }
+    }
+    let (mut depends_on, mut on_dependency_failure, mut expire_time) =
+        (Vec::new(), DependencyFailure::Cancel, None);
+    if version == BODY_V3 {
+        for _ in 0..b.u32()? {
+            depends_on
+                .push(TaskId(u128::from_le_bytes(b.take(16)?.try_into().map_err(|_| Corrupt("short id"))?)));
+        }
+        on_dependency_failure = match b.u8()? {
+            0 => DependencyFailure::Cancel,
+            1 => DependencyFailure::Run,
+            _ => return Err(Corrupt("unknown dependency failure policy")),
+        };
+        if b.u8()? == 1 {
+            expire_time = Some(u64::from_le_bytes(b.take(8)?.try_into().map_err(|_| Corrupt("truncated"))?));
         }
     }
     Ok(Task {
@@ -110,6 +154,10 @@ fn decode_body(queue: &str, body: &[u8]) -> Result<Task, Corrupt> {
         lease: None,
         concurrency_key,
         semaphores,
+        depends_on,
+        pending_dependencies: Vec::new(),
+        on_dependency_failure,
+        expire_time,
     })
 }
 
@@ -145,6 +193,7 @@ fn state_of(code: u8) -> Result<TaskState, Corrupt> {
         4 => TaskState::Succeeded,
         5 => TaskState::Dead,
         6 => TaskState::Canceled,
+        7 => TaskState::Waiting,
         _ => return Err(Corrupt("unknown state")),
     })
 }
@@ -159,6 +208,7 @@ pub fn state_code(state: TaskState) -> u8 {
         TaskState::Succeeded => 4,
         TaskState::Dead => 5,
         TaskState::Canceled => 6,
+        TaskState::Waiting => 7,
     }
 }
 
@@ -233,6 +283,10 @@ mod tests {
 
     fn sample() -> Task {
         Task {
+            depends_on: Vec::new(),
+            pending_dependencies: Vec::new(),
+            on_dependency_failure: Default::default(),
+            expire_time: None,
             id: TaskId::generate(1_767_225_600_000),
             queue: "emails".into(),
             kind: "send".into(),
@@ -271,6 +325,15 @@ mod tests {
             keyed
         );
         assert_eq!(encode_body(&t)[0], BODY_V1, "a task without flow fields keeps the V1 body");
+        let workflow = Task {
+            depends_on: vec![TaskId(7), TaskId(u128::MAX)],
+            on_dependency_failure: DependencyFailure::Run,
+            expire_time: Some(1_767_229_200_000),
+            ..keyed.clone()
+        };
+        assert_eq!(encode_body(&workflow)[0], BODY_V3);
+        let decoded = decode("emails", &encode_meta(&workflow), &encode_body(&workflow), &workflow.result);
+        assert_eq!(decoded.unwrap(), workflow);
         let bare = Task { headers: BTreeMap::new(), lease: None, payload: vec![], result: vec![], ..t };
         assert_eq!(decode("emails", &encode_meta(&bare), &encode_body(&bare), &[]).unwrap(), bare);
     }

@@ -83,7 +83,7 @@ impl RedisStore {
                     )));
                 }
                 let local_now = if self.server_time { SystemClock.now() } else { now };
-                vec![Task::create(queues::new_id(local_now, &queue), new, local_now)]
+                vec![(Task::create(queues::new_id(local_now, &queue), new, local_now), String::new())]
             }
             None => Vec::new(),
         };

@@ -64,6 +64,26 @@ script!(
     "lua/get.lua"
 );
 script!(
+    /// Cancels undelivered tasks past their deadline.
+    EXPIRE,
+    "lua/expire.lua"
+);
+script!(
+    /// Registers a task as depending on one of this queue (workflow.rs).
+    DEPEND,
+    "lua/depend.lua"
+);
+script!(
+    /// Settles one ended dependency for a WAITING task (workflow.rs).
+    RESOLVE,
+    "lua/resolve.lua"
+);
+script!(
+    /// A finished task stops reading a dependency of this queue (workflow.rs).
+    RELEASE,
+    "lua/release.lua"
+);
+script!(
     /// Counts the watches of a task, so changes to it are announced.
     WATCH,
     "lua/watch.lua"

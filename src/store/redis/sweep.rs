@@ -30,7 +30,11 @@ impl RedisStore {
         let reap = Sweep { script: &scripts::REAP, per_task: 3 };
         let mut swept = Swept::default();
         let policies = self.queues.current();
+        let mut died_in = Vec::new();
         for (queue, items) in self.sweep(reap, now, |q| vec![self.retention(q)]).await? {
+            if items.chunks(3).any(|item| item.get(2).is_some_and(|ready| uint(ready).ok() == Some(0))) {
+                died_in.push(queue.clone());
+            }
             // An expired lease of a capped queue frees a permit even when its
             // task dies: the queue's waiting workers look again (as the table).
             let caps = policies.get(&queue).caps_leases();
@@ -41,18 +45,38 @@ impl RedisStore {
                 note(&mut swept, &queue, id, uint(ready)? == 1 || caps);
             }
         }
+        // What waits on a task that died here hears of it now.
+        for queue in died_in {
+            self.deliver(&queue, now).await?;
+        }
         Ok(swept)
     }
 
     /// `promote_due`: due SCHEDULED tasks to READY.
     pub(super) async fn promote(&self, now: Millis) -> Result<Swept, StoreError> {
+        let expire = Sweep { script: &scripts::EXPIRE, per_task: 1 };
         let promote = Sweep { script: &scripts::PROMOTE, per_task: 1 };
         let mut swept = Swept::default();
+        let mut expired_in = Vec::new();
+        for (queue, items) in self.sweep(expire, now, |q| vec![self.retention(q)]).await? {
+            for id in &items {
+                note(&mut swept, &queue, task_id(id)?, false);
+            }
+            if !items.is_empty() {
+                expired_in.push(queue);
+            }
+        }
+        for queue in expired_in {
+            self.deliver(&queue, now).await?;
+        }
         for (queue, items) in self.sweep(promote, now, |_| Vec::new()).await? {
             for id in &items {
                 note(&mut swept, &queue, task_id(id)?, true);
             }
         }
+        // Resolution events a replica left behind (it died, or another
+        // replica held the outbox too long).
+        self.deliver_all(now).await?;
         Ok(swept)
     }
 
@@ -80,7 +104,7 @@ impl RedisStore {
             let keys = QueueKeys::new(queue);
             let mut pipe = redis::pipe();
             pipe.zrange_withscores(keys.leased(), 0, 0).zrange_withscores(keys.scheduled(), 0, 0);
-            pipe.lindex(keys.finished(), 0);
+            pipe.lindex(keys.finished(), 0).zrange_withscores(keys.expiring(), 0, 0);
             let mut conn = self.conn.clone();
             async move { bounded(pipe.query_async::<Vec<Value>>(&mut conn)).await }
         });
@@ -90,7 +114,7 @@ impl RedisStore {
         }
         let mut earliest: Option<Millis> = None;
         for (i, first) in firsts.iter().enumerate() {
-            let at = if i % 3 == 2 {
+            let at = if i % 4 == 2 {
                 // '<purge time>:<id>' (lua/lib.lua)
                 match first {
                     Value::Nil => None,

@@ -59,7 +59,8 @@ impl Table {
 
     /// Removes the tasks of `queue` in `states` (LEASED ones are never
     /// touched); returns how many.
-    pub fn purge_queue(&mut self, queue: &str, states: &[TaskState]) -> u64 {
+    /// Tasks waiting on a removed unfinished task see it CANCELED at `now`.
+    pub fn purge_queue(&mut self, queue: &str, states: &[TaskState], now: Millis) -> u64 {
         let mut states: Vec<TaskState> = states.iter().copied().filter(|s| purgeable(*s)).collect();
         // A state named twice is purged (and counted) once.
         states.sort_unstable_by_key(|s| state_index(*s));
@@ -69,7 +70,7 @@ impl Table {
             ids.extend(self.ids_in(queue, state, None, usize::MAX));
         }
         for id in &ids {
-            self.remove_task(*id);
+            self.remove_task(*id, now);
         }
         ids.len() as u64
     }
@@ -147,6 +148,7 @@ impl Table {
             task.ready_seq = self.next_seq;
             self.next_seq += 1;
             index(&mut self.idx, &self.policies, &self.names, id, task);
+            self.reopened(id);
             self.mark(id);
             self.note(&mut swept, id);
         }

@@ -24,6 +24,9 @@ pub struct Indexes {
     pub leased: BTreeSet<(Millis, TaskId)>,
     /// SCHEDULED tasks by due time: the scheduler's work list.
     pub scheduled: BTreeSet<(Millis, TaskId)>,
+    /// WAITING, SCHEDULED and READY tasks with a deadline, by deadline: the
+    /// expiry sweep's work list.
+    pub expiring: BTreeSet<(Millis, TaskId)>,
     /// Finished tasks by removal time (see [`transition::purge_time`]).
     pub finished: BTreeSet<(Millis, TaskId)>,
     /// Per queue, the removal time of the task that finished last.
@@ -39,10 +42,10 @@ pub struct Indexes {
 pub struct Book {
     pub counts: QueueCounts,
     pub totals: QueueTotals,
-    /// SCHEDULED, SUCCEEDED, DEAD and CANCELED tasks in creation order, each
-    /// finished one with its removal time (its key in [`Indexes::finished`],
-    /// so a redriven task leaves that index exactly).
-    pub by_id: [BTreeMap<TaskId, Millis>; 4],
+    /// SCHEDULED, SUCCEEDED, DEAD, CANCELED and WAITING tasks in creation
+    /// order, each finished one with its removal time (its key in
+    /// [`Indexes::finished`], so a redriven task leaves that index exactly).
+    pub by_id: [BTreeMap<TaskId, Millis>; 5],
 }
 
 impl Book {
@@ -71,6 +74,7 @@ fn by_id_slot(state: TaskState) -> Option<usize> {
         TaskState::Succeeded => Some(1),
         TaskState::Dead => Some(2),
         TaskState::Canceled => Some(3),
+        TaskState::Waiting => Some(4),
         TaskState::Ready | TaskState::Leased => None,
     }
 }
@@ -95,9 +99,19 @@ fn purge_time(idx: &Indexes, policies: &Policies, names: &Names, task: &Record) 
     transition::purge_time(task.update_time, retention, idx.last_purge.get(&task.queue).copied())
 }
 
+/// The deadline key of `task` in [`Indexes::expiring`], if it has one there.
+fn expiring(task: &Record) -> Option<Millis> {
+    let undelivered = matches!(task.state, TaskState::Waiting | TaskState::Scheduled | TaskState::Ready);
+    task.expire_time().filter(|_| undelivered)
+}
+
 pub fn index(idx: &mut Indexes, policies: &Policies, names: &Names, id: TaskId, task: &Record) {
     let mut purge_at = 0;
+    if let Some(at) = expiring(task) {
+        idx.expiring.insert((at, id));
+    }
     match task.state {
+        TaskState::Waiting => {}
         TaskState::Ready => {
             idx.ready.entry(task.queue).or_default().insert(slot(task), id);
         }
@@ -120,7 +134,11 @@ pub fn index(idx: &mut Indexes, policies: &Policies, names: &Names, id: TaskId, 
 
 pub fn unindex(idx: &mut Indexes, names: &Names, id: TaskId, task: &Record) {
     let purge_at = idx.books.get_mut(&task.queue).and_then(|book| book.leave(id, task.state));
+    if let Some(at) = expiring(task) {
+        idx.expiring.remove(&(at, id));
+    }
     match task.state {
+        TaskState::Waiting => {}
         TaskState::Ready => {
             if let Some(ready) = idx.ready.get_mut(&task.queue) {
                 ready.remove(slot(task));

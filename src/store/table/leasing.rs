@@ -4,6 +4,7 @@
 
 use super::names;
 use super::Table;
+use crate::core::dependency;
 use crate::core::flow::{room, Bucket};
 use crate::core::select::Fill;
 use crate::core::stats::Event;
@@ -67,6 +68,12 @@ impl Table {
             });
             let Some(pick) = pick else { break };
             let id = pick.id;
+            let expire_time = self.tasks.get(&id).and_then(|t| t.expire_time());
+            if dependency::expired(expire_time, TaskState::Ready, now) {
+                // Too late to run: canceled instead (out of the ready order).
+                self.expire(id, now);
+                continue;
+            }
             let size = self.tasks.get(&id).map_or(0, |t| t.lease_bytes(&self.names));
             if !out.is_empty() && *bytes + size > spec.max_bytes {
                 break;

@@ -112,6 +112,9 @@ mod tests {
 
     fn task(i: usize) -> NewTask {
         NewTask {
+            depends_on: Vec::new(),
+            on_dependency_failure: Default::default(),
+            expire_time: None,
             queue: format!("q{}", i % 50),
             kind: format!("kind-{i}"),
             payload: vec![],

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use super::names::{Names, Sym};
-use crate::core::task::{Lease, Task, TaskId, TaskState};
+use crate::core::task::{DependencyFailure, Lease, Task, TaskId, TaskState};
 use crate::core::transition::Retry;
 use crate::core::Millis;
 
@@ -54,13 +54,37 @@ struct Cold {
     /// The semaphore names joined by [`SEMAPHORE_SEPARATOR`] ([`Sym::NONE`]:
     /// none): tasks needing the same set share one name.
     sems: Sym,
+    /// [`Task::depends_on`].
+    depends_on: Vec<TaskId>,
+    /// [`Task::pending_dependencies`].
+    pending: Vec<TaskId>,
+    on_failure: DependencyFailure,
+    /// [`Task::expire_time`].
+    expire_time: Option<Millis>,
 }
 
 impl Cold {
     fn is_empty(&self) -> bool {
-        let Cold { content_type, headers, dedup_key, request_id, result, last_error, key, sems } = self;
+        let Cold {
+            content_type,
+            headers,
+            dedup_key,
+            request_id,
+            result,
+            last_error,
+            key,
+            sems,
+            depends_on,
+            pending,
+            on_failure,
+            expire_time,
+        } = self;
         *key == Sym::NONE
             && *sems == Sym::NONE
+            && depends_on.is_empty()
+            && pending.is_empty()
+            && *on_failure == DependencyFailure::Cancel
+            && expire_time.is_none()
             && content_type.is_empty()
             && headers.is_empty()
             && dedup_key.is_empty()
@@ -101,10 +125,27 @@ impl Record {
             lease,
             concurrency_key,
             semaphores,
+            depends_on,
+            pending_dependencies,
+            on_dependency_failure,
+            expire_time,
         } = task;
         let key = names.acquire_opt(&concurrency_key);
         let sems = names.acquire_opt(&semaphores.join(&SEMAPHORE_SEPARATOR.to_string()));
-        let cold = Cold { content_type, headers, dedup_key, request_id, result, last_error, key, sems };
+        let cold = Cold {
+            content_type,
+            headers,
+            dedup_key,
+            request_id,
+            result,
+            last_error,
+            key,
+            sems,
+            depends_on,
+            pending: pending_dependencies,
+            on_failure: on_dependency_failure,
+            expire_time,
+        };
         let queue = names.acquire(&queue);
         let kind = names.acquire(&kind);
         let (has_lease, lease_id, lease_expire, lease_worker) = match lease {
@@ -143,8 +184,24 @@ impl Record {
             lease.worker_id = names.resolve(self.lease_worker).to_owned();
         }
         if let Some(cold) = &self.cold {
-            let Cold { content_type, headers, dedup_key, request_id, result, last_error, key: _, sems: _ } =
-                &**cold;
+            let Cold {
+                content_type,
+                headers,
+                dedup_key,
+                request_id,
+                result,
+                last_error,
+                key: _,
+                sems: _,
+                depends_on,
+                pending,
+                on_failure,
+                expire_time,
+            } = &**cold;
+            task.depends_on = depends_on.clone();
+            task.pending_dependencies = pending.clone();
+            task.on_dependency_failure = *on_failure;
+            task.expire_time = *expire_time;
             task.content_type = content_type.clone();
             task.headers = headers.clone();
             task.dedup_key = dedup_key.clone();
@@ -185,7 +242,37 @@ impl Record {
             }),
             concurrency_key: String::new(),
             semaphores: Vec::new(),
+            depends_on: Vec::new(),
+            pending_dependencies: Vec::new(),
+            on_dependency_failure: DependencyFailure::Cancel,
+            expire_time: self.expire_time(),
         }
+    }
+
+    /// The tasks this one runs after.
+    pub fn depends_on(&self) -> &[TaskId] {
+        self.cold.as_ref().map_or(&[], |c| &c.depends_on)
+    }
+
+    /// Those of [`Self::depends_on`] not yet done.
+    pub fn pending(&self) -> &[TaskId] {
+        self.cold.as_ref().map_or(&[], |c| &c.pending)
+    }
+
+    pub fn on_dependency_failure(&self) -> DependencyFailure {
+        self.cold.as_ref().map_or(DependencyFailure::Cancel, |c| c.on_failure)
+    }
+
+    /// The deadline for delivery, if any.
+    pub fn expire_time(&self) -> Option<Millis> {
+        self.cold.as_ref().and_then(|c| c.expire_time)
+    }
+
+    /// Applies `edit` to the pending dependencies.
+    pub fn edit_pending<R>(&mut self, edit: impl FnOnce(&mut Vec<TaskId>) -> R) -> R {
+        let mut out = None;
+        self.edit_cold(|c| out = Some(edit(&mut c.pending)));
+        out.expect("edit_cold runs the edit")
     }
 
     /// The `concurrency_key` ([`Sym::NONE`]: none).
@@ -323,6 +410,10 @@ mod tests {
             lease: Some(Lease { id: 9, expire_time: 3_000, worker_id: "w-1".into() }),
             concurrency_key: "tenant".into(),
             semaphores: vec!["a".into(), "b".into()],
+            depends_on: vec![TaskId(7), TaskId(8)],
+            pending_dependencies: vec![TaskId(8)],
+            on_dependency_failure: DependencyFailure::Run,
+            expire_time: Some(9_000),
         }
     }
 
@@ -338,6 +429,10 @@ mod tests {
             lease: None,
             concurrency_key: String::new(),
             semaphores: Vec::new(),
+            depends_on: Vec::new(),
+            pending_dependencies: Vec::new(),
+            on_dependency_failure: DependencyFailure::Cancel,
+            expire_time: None,
             ..full_task()
         }
     }
@@ -387,6 +482,9 @@ mod tests {
                 lease,
                 concurrency_key: String::new(),
                 semaphores: Vec::new(),
+                depends_on: Vec::new(),
+                pending_dependencies: Vec::new(),
+                on_dependency_failure: DependencyFailure::Cancel,
                 ..task
             }
         );

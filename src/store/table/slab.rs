@@ -146,6 +146,9 @@ mod tests {
 
     fn record(names: &mut Names, priority: u8) -> Record {
         let new = NewTask {
+            depends_on: Vec::new(),
+            on_dependency_failure: Default::default(),
+            expire_time: None,
             queue: "q".into(),
             kind: "k".into(),
             payload: vec![],

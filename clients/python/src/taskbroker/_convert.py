@@ -24,6 +24,8 @@ TEXT = "text/plain; charset=utf-8"
 HAS_CONCURRENCY_KEY = "concurrency_key" in producer_pb2.EnqueueRequest.DESCRIPTOR.fields_by_name
 #: True when the API's EnqueueRequest has a ``semaphores`` field.
 HAS_SEMAPHORES = "semaphores" in producer_pb2.EnqueueRequest.DESCRIPTOR.fields_by_name
+#: True when the API's EnqueueRequest has ``depends_on`` and ``ttl`` (task dependencies and deadlines).
+HAS_WORKFLOWS = "depends_on" in producer_pb2.EnqueueRequest.DESCRIPTOR.fields_by_name
 
 
 def encode_payload(payload: Any, content_type: Optional[str]) -> Tuple[bytes, str]:
@@ -81,6 +83,9 @@ def enqueue_request(
     max_attempts: Optional[int] = None,
     content_type: Optional[str] = None,
     request_id: Optional[str] = None,
+    depends_on: Optional[Sequence[Union[str, task_pb2.Task]]] = None,
+    on_dependency_failure: Optional[str] = None,
+    ttl: Optional[Seconds] = None,
 ) -> producer_pb2.EnqueueRequest:
     """The EnqueueRequest for one task, with a fresh ``request_id`` unless one is given.
 
@@ -122,6 +127,20 @@ def enqueue_request(
                 "has no semaphores field yet"
             )
         getattr(req, "semaphores").extend(str(s) for s in semaphores)
+    if depends_on or on_dependency_failure is not None or ttl is not None:
+        if not HAS_WORKFLOWS:
+            raise Unsupported(
+                "depends_on, on_dependency_failure and ttl are not supported: this taskbroker API "
+                "(taskbroker.v1.EnqueueRequest) has no such fields yet"
+            )
+        getattr(req, "depends_on").extend(task_id_of(t) for t in depends_on or ())
+        if on_dependency_failure is not None:
+            policies = {"cancel": "DEPENDENCY_FAILURE_POLICY_CANCEL", "run": "DEPENDENCY_FAILURE_POLICY_RUN"}
+            if on_dependency_failure not in policies:
+                raise ValueError(f"on_dependency_failure must be 'cancel' or 'run', not {on_dependency_failure!r}")
+            setattr(req, "on_dependency_failure", task_pb2.DependencyFailurePolicy.Value(policies[on_dependency_failure]))
+        if ttl is not None:
+            getattr(req, "ttl").CopyFrom(duration(ttl))
     return req
 
 

@@ -78,6 +78,9 @@ class AsyncClient(_ProducerBase):
         max_attempts: Optional[int] = None,
         content_type: Optional[str] = None,
         request_id: Optional[str] = None,
+        depends_on: Optional[Sequence[TaskRef]] = None,
+        on_dependency_failure: Optional[str] = None,
+        ttl: Optional[Seconds] = None,
         timeout: Optional[float] = None,
     ) -> task_pb2.Task:
         """See :meth:`taskbroker.Client.enqueue`."""
@@ -86,6 +89,7 @@ class AsyncClient(_ProducerBase):
             dedup_key=dedup_key, concurrency_key=concurrency_key, semaphores=semaphores,
             max_attempts=max_attempts,
             content_type=content_type, request_id=request_id,
+            depends_on=depends_on, on_dependency_failure=on_dependency_failure, ttl=ttl,
         )
         return (await self._unary("Enqueue", req, timeout)).task
 
@@ -102,6 +106,11 @@ class AsyncClient(_ProducerBase):
         """See :meth:`taskbroker.Client.get`."""
         req = producer_pb2.GetTaskRequest(task_id=_convert.task_id_of(task))
         return (await self._unary("GetTask", req)).task
+
+    async def get_dependencies(self, task: TaskRef) -> List[task_pb2.Task]:
+        """See :meth:`taskbroker.Client.get_dependencies`."""
+        req = producer_pb2.GetTaskRequest(task_id=_convert.task_id_of(task), include_dependencies=True)
+        return list((await self._unary("GetTask", req)).dependencies)
 
     async def cancel(self, task: TaskRef) -> task_pb2.Task:
         """See :meth:`taskbroker.Client.cancel`."""

@@ -144,6 +144,9 @@ class Client(_ProducerBase):
         max_attempts: Optional[int] = None,
         content_type: Optional[str] = None,
         request_id: Optional[str] = None,
+        depends_on: Optional[Sequence[TaskRef]] = None,
+        on_dependency_failure: Optional[str] = None,
+        ttl: Optional[Seconds] = None,
         timeout: Optional[float] = None,
     ) -> task_pb2.Task:
         """Enqueue one task and return it (a ``taskbroker.v1.Task``).
@@ -156,12 +159,19 @@ class Client(_ProducerBase):
         :class:`~taskbroker.errors.InvalidArgument` on ``semaphores``). Either
         raises :class:`~taskbroker.errors.Unsupported` with a broker API that has
         no such field.
+
+        ``depends_on`` (tasks or ids, of any queue): the task waits until every
+        one has SUCCEEDED; ``on_dependency_failure`` ``"cancel"`` (the default)
+        or ``"run"`` says what a DEAD or CANCELED dependency does to it. ``ttl``
+        (seconds or timedelta): not delivered by then, it is CANCELED as
+        expired. Read the dependencies' results with :meth:`get_dependencies`.
         """
         req = _convert.enqueue_request(
             kind, payload, queue=queue, priority=priority, delay=delay, run_at=run_at, headers=headers,
             dedup_key=dedup_key, concurrency_key=concurrency_key, semaphores=semaphores,
             max_attempts=max_attempts,
             content_type=content_type, request_id=request_id,
+            depends_on=depends_on, on_dependency_failure=on_dependency_failure, ttl=ttl,
         )
         return self._unary(self._stub.Enqueue, req, timeout).task
 
@@ -184,6 +194,12 @@ class Client(_ProducerBase):
         """The task as it is now; :class:`~taskbroker.errors.TaskNotFound` when unknown or purged."""
         req = producer_pb2.GetTaskRequest(task_id=_convert.task_id_of(task))
         return self._unary(self._stub.GetTask, req).task
+
+    def get_dependencies(self, task: TaskRef) -> List[task_pb2.Task]:
+        """The tasks ``task`` depends on, with their results, in ``depends_on`` order (one
+        call: GetTask with ``include_dependencies``)."""
+        req = producer_pb2.GetTaskRequest(task_id=_convert.task_id_of(task), include_dependencies=True)
+        return list(self._unary(self._stub.GetTask, req).dependencies)
 
     def cancel(self, task: TaskRef) -> task_pb2.Task:
         """Cancel a scheduled, ready or leased task; returns it (CANCELED)."""

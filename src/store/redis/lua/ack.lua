@@ -9,7 +9,8 @@
 -- Returns: {status_1, meta_1, body_1, status_2, ...} in argument order: status
 --          'ok' with the task's new meta record and its body (the result is
 --          the caller's), or 'not_found' | 'mismatch' | 'canceled' with ''
---          and ''.
+--          and ''; then 'outbox' when the acks put events in the outbox
+--          (for the caller to deliver).
 -- Publishes: `changed <id>` per acked task that is watched.
 
 local now = clock()
@@ -80,6 +81,15 @@ for i, id in ipairs(acked) do
 end
 variadic('ZADD', K_IDS_SUCCEEDED, indexed)
 count('acked', #acked)
+-- Tasks waiting on these hear of it through the outbox (workflow.rs).
+local events = false
+if in_workflow() then
+  local before = redis.call('LLEN', K_OUTBOX)
+  for _, id in ipairs(acked) do
+    on_end(id, SUCCEEDED)
+  end
+  events = redis.call('LLEN', K_OUTBOX) > before
+end
 variadic('HSET', K_META, metas)
 if #results > 0 then
   variadic('HSET', K_RESULTS, results)
@@ -89,5 +99,8 @@ for i = 1, #out, 3 do
   if out[i] == 'ok' then
     out[i + 2] = bodies[out[i + 2]] or ''
   end
+end
+if events then
+  out[#out + 1] = 'outbox'
 end
 return out

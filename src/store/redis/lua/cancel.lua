@@ -1,4 +1,5 @@
--- cancel: cancels a SCHEDULED, READY or LEASED task; a LEASED one keeps its
+-- cancel: cancels a WAITING, SCHEDULED, READY or LEASED task (what waits on
+-- it hears of it through the outbox: workflow.rs); a LEASED one keeps its
 -- lease id, so its holder's next settling call learns it was canceled.
 -- Mirrors core::transition::on_cancel.
 -- KEYS: the queue's keys (lib.lua); writes meta and the index of its state, finished,
@@ -30,6 +31,9 @@ end
 t.update_time = now
 make_final(t, CANCELED, tonumber(ARGV[5]))
 raw = save(t)
+if in_workflow() then
+  on_end(t.id, CANCELED)
+end
 publish_changed(t.id, any_watched())
 if was_leased then
   publish_lost(t.id, t.lease_id, true)

@@ -5,11 +5,14 @@
 -- ARGV[4]: the queue's dedup window (ms)
 -- ARGV[5]: '1' when the caller registered the queue in tb:queues just before
 --          this call, '0' when it only believes it registered
--- ARGV[6..]: ten per new task: id, body (record.rs), priority,
+-- ARGV[6..]: thirteen per new task: id, body (record.rs), priority,
 --            max_attempts, scheduled time (ms; due at once if not after now),
 --            response bytes (core::budget::task_bytes), dedup key, request
 --            id, concurrency key ('' for none), semaphore names (comma-separated,
---            '' for none).
+--            '' for none), dependencies ('<queue> <id>,...', '' for none: the
+--            task is then WAITING and registers with each through the
+--            outbox, workflow.rs), dependency failure policy ('c' or 'r'),
+--            deadline (ms, '' for none).
 -- Returns: {status, new_1, meta_1, body_1, result_1, new_2, ...} in argument
 --          order: new is 1 for a created task (body and result then '': the
 --          caller has them) and 0 when an existing task (same request id, or
@@ -18,6 +21,9 @@
 --          then registers it in tb:queues again: a sweep may have removed it)
 --          and 'ok' otherwise;
 --          or {'collision', id} when a new task's id is taken (nothing written);
+--          or {'missing', id...} when a new task names a dependency the
+--          caller found gone ('- <id>' in its list; nothing written): a task
+--          answered by its request id or dedup key is not refused for it;
 --          or {'empty'} when the queue holds no task and ARGV[5] is '0'
 --          (nothing written): a sweep may have forgotten it, so the caller
 --          registers it (within max_queues) and calls again with '1'.
@@ -25,7 +31,7 @@
 
 local now = clock()
 local window = tonumber(ARGV[4])
-local PER = 10
+local PER = 13
 local TASKS_AT = 6
 
 if ARGV[5] ~= '1' and redis.call('EXISTS', K_META) == 0 then
@@ -76,8 +82,18 @@ for i = TASKS_AT, #ARGV, PER do
   if old then
     found[#found + 1] = old
   else
+    local missing = {}
+    for entry in string.gmatch(ARGV[i + 10], '[^,]+') do
+      local gone = string.match(entry, '^%- (%S+)$')
+      if gone then
+        missing[#missing + 1] = gone
+      end
+    end
+    if #missing > 0 then
+      return {'missing', unpack(missing)}
+    end
     found[#found + 1] = true
-    if tonumber(ARGV[i + 4]) <= now then
+    if ARGV[i + 10] == '' and tonumber(ARGV[i + 4]) <= now then
       readies = readies + 1
     end
     if request_id ~= '' then
@@ -104,7 +120,21 @@ for n, f in ipairs(found) do
     local id, priority, due, size = ARGV[i], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])
     local dedup_key, request_id = ARGV[i + 6], ARGV[i + 7]
     local state, ready_seq = SCHEDULED, 0
-    if due <= now then
+    local deps = ARGV[i + 10]
+    if deps ~= '' then
+      -- WAITING (core::task::Task::create), registered with each dependency
+      -- by the outbox; its due time kept for when they are done.
+      state, due = WAITING, math.max(due, now)
+      redis.call('HSET', K_DEPS, id, ARGV[i + 11] .. '|' .. deps)
+      local pending = {}
+      for entry in string.gmatch(deps, '[^,]+') do
+        local q, dep = string.match(entry, '^(%S+) (%S+)$')
+        pending[#pending + 1] = dep
+        outbox('reg', q, dep, QUEUE, id)
+      end
+      redis.call('HSET', K_PENDING, id, table.concat(pending, ','))
+      redis.call('ZADD', K_IDS_WAITING, 0, id)
+    elseif due <= now then
       state, due = READY, now
       seq = seq + 1
       ready_seq = seq
@@ -136,6 +166,9 @@ for n, f in ipairs(found) do
     end
     if ARGV[i + 9] ~= '' then
       redis.call('HSET', K_FLOW, 'sems', 1, 's:' .. id, ARGV[i + 9])
+    end
+    if ARGV[i + 12] ~= '' then
+      redis.call('ZADD', K_EXPIRING, tonumber(ARGV[i + 12]), id)
     end
     out[#out + 1] = 1
     out[#out + 1] = meta

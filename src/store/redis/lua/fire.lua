@@ -3,7 +3,7 @@
 -- reference). scripts.rs builds this script as lib.lua, then enqueue.lua
 -- wrapped as the function enqueue_main(), then this file.
 -- KEYS: the queue's keys (lib.lua), then
---   KEYS[30] fired  HASH  schedule name -> the last due time fired (ms); in
+--   KEYS[#KEYS] fired  HASH (the last key)  schedule name -> the last due time fired (ms); in
 --                         the queue's slot, and not among the keys
 --                         forget.lua deletes, so it outlives the tasks
 -- ARGV[4..]: as enqueue.lua (dedup window, registered, then the ten
@@ -15,7 +15,7 @@
 --          time is recorded); otherwise enqueue.lua's reply, the due time
 --          recorded only when it wrote ('ok' or 'first').
 
-local K_FIRED = KEYS[30]
+local K_FIRED = KEYS[#KEYS]
 local due = table.remove(ARGV)
 local name = table.remove(ARGV)
 local last = redis.call('HGET', K_FIRED, name)

@@ -33,14 +33,17 @@
 --           one left is passed over like a saturated key, and its semaphores
 --           are named in the reply so the caller can take permits and call
 --           again (semaphores live in their own slots: see mod.rs)
+-- ARGV[18]: the queue's retention of finished tasks (ms), for tasks it
+--          cancels as expired
 -- ARGV[17]: '1' to stop at the first task needing a semaphore without a
 --           permit instead of passing it over (the caller's first call, so
 --           its second, with permits, goes on in order: tasks needing
 --           semaphores do not wait behind a stream of tasks that need none)
--- Returns: {bytes, full, blocked, meta_1, body_1, result_1, meta_2, ...}:
+-- Returns: {bytes, full, blocked, events, meta_1, body_1, result_1, meta_2, ...}:
 --          bytes in the response now, 1 if a task was left for lack of budget
 --          (else 0), the semaphores a passed-over task needed (comma-separated,
---          '' for none), then each leased task's record (lib.lua).
+--          '' for none), 1 if tasks it canceled as expired left events in the
+--          outbox (else 0), then each leased task's record (lib.lua).
 -- Publishes: `changed <id>` per leased task that is watched.
 
 local now = clock()
@@ -52,9 +55,19 @@ local bytes = tonumber(ARGV[8])
 local budget = tonumber(ARGV[9])
 local field = tonumber(ARGV[10])
 
+-- Deadlines are checked at lease time: what expired is canceled, not
+-- delivered (core::dependency::expired).
+-- `events`: 1 when that put events in the outbox (for the caller to deliver).
+local events = 0
+if redis.call('EXISTS', K_EXPIRING) == 1 then
+  local outbox_before = redis.call('LLEN', K_OUTBOX)
+  expire_due(now, tonumber(ARGV[18]), 1000)
+  events = redis.call('LLEN', K_OUTBOX) > outbox_before and 1 or 0
+end
+
 -- admin: a paused queue delivers nothing (admin.rs, pause.lua).
 if redis.call('EXISTS', K_PAUSED) == 1 then
-  return {bytes, 0, ''}
+  return {bytes, 0, '', events}
 end
 
 -- Flow control: fewer tasks (never an error) while a limit binds.
@@ -68,7 +81,7 @@ if per_ms then
   want = math.min(want, math.floor(tokens + 1e-9))
 end
 if want <= 0 then
-  return {bytes, 0, ''}
+  return {bytes, 0, '', events}
 end
 
 local per_key = tonumber(ARGV[15])
@@ -117,7 +130,7 @@ local function room_for(key)
   return held[key] < per_key
 end
 
-local out = {0, 0, ''}
+local out = {0, 0, '', events}
 -- The leased tasks' ids and their meta records (to be rewritten).
 local ids, raws = {}, {}
 local full = false

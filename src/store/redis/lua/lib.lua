@@ -52,6 +52,20 @@
 --                            one); lease.lua serves them round-robin, FIFO
 --                            within a group. A queue that never saw a key
 --                            keeps no turn: its lists are read directly
+--   KEYS[40] ids_waiting ZSET WAITING task ids, likewise
+-- and dependencies and deadlines (workflow.rs describes the design):
+--   KEYS[41] deps      HASH  task id -> '<policy>|<queue> <id>,<queue> <id>...':
+--                            what the task depends on (policy 'c' cancel, 'r' run)
+--   KEYS[42] pending   HASH  task id -> '<id>,<id>...': those not yet ended
+--   KEYS[43] dependents HASH task id -> '<queue> <id>,...': tasks waiting on it
+--   KEYS[44] readers   HASH  task id -> '<id>,...': unfinished tasks depending
+--                            on it (it is kept past retention while any)
+--   KEYS[45] held      HASH  task id -> 1: finished, past retention, kept for readers
+--   KEYS[46] outbox    LIST  events for other queues, '<kind> <seq> ...' (outbox())
+--   KEYS[47] outbox_seq counter: makes each outbox entry unique
+--   KEYS[48] outbox_lock STRING: the replica delivering the outbox (workflow.rs)
+--   KEYS[49] expiring  ZSET  tasks with a deadline by deadline (removed lazily
+--                            once delivered: expire_due checks the state)
 -- and three common arguments:
 --   ARGV[1] now in ms since the Unix epoch, or '' to use Redis's clock (TIME)
 --   ARGV[2] the pub/sub channel for events ("ready <queue> <n>",
@@ -81,6 +95,9 @@ local K_FLOW = KEYS[12]
 local MAX_PRIORITY = 9
 local K_PAUSED, K_TOTALS, K_REDRIVEN = KEYS[23], KEYS[24], KEYS[25]
 local K_IDS_SCHEDULED, K_IDS_SUCCEEDED, K_IDS_DEAD, K_IDS_CANCELED = KEYS[26], KEYS[27], KEYS[28], KEYS[29]
+local K_IDS_WAITING, K_DEPS, K_PENDING, K_DEPENDENTS = KEYS[40], KEYS[41], KEYS[42], KEYS[43]
+local K_READERS, K_HELD, K_OUTBOX, K_OUTBOX_SEQ, K_OUTBOX_LOCK = KEYS[44], KEYS[45], KEYS[46], KEYS[47], KEYS[48]
+local K_EXPIRING = KEYS[49]
 
 -- The ready list of priority `p` (clamped to 0..9): the no-key group's.
 local function k_ready(p)
@@ -113,7 +130,7 @@ local HEAD = '<BI4I4dddI4c0'
 local TAIL = '<BI4dddI4c0I4c0I4c0'
 local WHOLE = HEAD .. string.sub(TAIL, 2)
 
-local SCHEDULED, READY, LEASED, SUCCEEDED, DEAD, CANCELED = 1, 2, 3, 4, 5, 6
+local SCHEDULED, READY, LEASED, SUCCEEDED, DEAD, CANCELED, WAITING = 1, 2, 3, 4, 5, 6, 7
 
 -- The id index of `state` (nil for READY and LEASED, which their list and
 -- set already hold per queue).
@@ -126,6 +143,8 @@ local function k_ids(state)
     return K_IDS_DEAD
   elseif state == CANCELED then
     return K_IDS_CANCELED
+  elseif state == WAITING then
+    return K_IDS_WAITING
   end
   return nil
 end
@@ -216,7 +235,7 @@ local function record(t, raw)
 end
 
 local function is_final(state)
-  return state >= SUCCEEDED
+  return state >= SUCCEEDED and state <= CANCELED
 end
 
 -- core::lease::check: nil when `presented` is the live lease at `now` of a
@@ -322,6 +341,8 @@ local function unindex(t)
   elseif t.state == SCHEDULED then
     redis.call('ZREM', K_SCHEDULED, t.id)
     redis.call('ZREM', K_IDS_SCHEDULED, t.id) -- admin: the id index
+  elseif t.state == WAITING then
+    redis.call('ZREM', K_IDS_WAITING, t.id)
   end
 end
 
@@ -382,6 +403,12 @@ local function remove(t)
   redis.call('HDEL', K_WATCHED, id)
   redis.call('HDEL', K_REDRIVEN, id)
   redis.call('HDEL', K_FLOW, 't:' .. id, 's:' .. id)
+  redis.call('HDEL', K_DEPS, id)
+  redis.call('HDEL', K_PENDING, id)
+  redis.call('HDEL', K_DEPENDENTS, id)
+  redis.call('HDEL', K_READERS, id)
+  redis.call('HDEL', K_HELD, id)
+  redis.call('ZREM', K_EXPIRING, id)
   if t.request_id ~= '' and redis.call('HGET', K_REQUESTS, t.request_id) == id then
     redis.call('HDEL', K_REQUESTS, t.request_id)
   end
@@ -487,4 +514,108 @@ end
 -- Whether tasks of this queue need shared semaphores (`s:<id>` in K_FLOW).
 local function needs_semaphores()
   return redis.call('HEXISTS', K_FLOW, 'sems') == 1
+end
+
+-- Dependencies and deadlines (workflow.rs). Lists in hash values are
+-- comma-separated; these keep each entry once, so replays change nothing.
+
+-- The entries of the list in `key`'s field `field`.
+local function list_of(key, field)
+  local out = {}
+  for entry in string.gmatch(redis.call('HGET', key, field) or '', '[^,]+') do
+    out[#out + 1] = entry
+  end
+  return out
+end
+
+-- Adds `entry` to the list, once.
+local function list_add(key, field, entry)
+  local entries = list_of(key, field)
+  for _, e in ipairs(entries) do
+    if e == entry then
+      return
+    end
+  end
+  entries[#entries + 1] = entry
+  redis.call('HSET', key, field, table.concat(entries, ','))
+end
+
+-- Takes `entry` out of the list; whether it was there, and what is left.
+local function list_remove(key, field, entry)
+  local rest, found = {}, false
+  for _, e in ipairs(list_of(key, field)) do
+    if e == entry and not found then
+      found = true
+    else
+      rest[#rest + 1] = e
+    end
+  end
+  if not found then
+    return false, rest
+  end
+  if #rest == 0 then
+    redis.call('HDEL', key, field)
+  else
+    redis.call('HSET', key, field, table.concat(rest, ','))
+  end
+  return true, rest
+end
+
+-- Appends an event for another queue to this queue's outbox, unique by its
+-- sequence number: '<kind> <seq> <fields...>'.
+local function outbox(kind, a, b, c, d)
+  local seq = redis.call('INCR', K_OUTBOX_SEQ)
+  local entry = kind .. ' ' .. seq .. ' ' .. a .. ' ' .. b .. ' ' .. c
+  if d then
+    entry = entry .. ' ' .. d
+  end
+  redis.call('RPUSH', K_OUTBOX, entry)
+end
+
+-- Whether this queue's tasks take part in dependencies at all (one check per
+-- call, so scripts of queues without them pay nothing more).
+local function in_workflow()
+  return redis.call('EXISTS', K_DEPENDENTS, K_DEPS) > 0
+end
+
+-- Mirrors the table's `ended` (store/table/dependencies.rs): task `id`
+-- ended in `state` (final): every task waiting on it gets an `end` event,
+-- and it stops reading its own dependencies (a `rel` event each).
+local function on_end(id, state)
+  for _, entry in ipairs(list_of(K_DEPENDENTS, id)) do
+    local q, waiter = string.match(entry, '^(%S+) (%S+)$')
+    outbox('end', q, waiter, id, state)
+  end
+  redis.call('HDEL', K_DEPENDENTS, id)
+  local deps = redis.call('HGET', K_DEPS, id)
+  if deps then
+    for entry in string.gmatch(string.sub(deps, 3), '[^,]+') do
+      local q, dep = string.match(entry, '^(%S+) (%S+)$')
+      outbox('rel', q, dep, id)
+    end
+  end
+end
+
+-- Mirrors core::dependency::expired and the table's expire_due: cancels as
+-- 'expired' every WAITING, SCHEDULED or READY task whose deadline is due at
+-- `now` (at most `limit`); returns their ids. A delivered task's entry just
+-- leaves the set.
+local function expire_due(now, retention, limit)
+  local out = {}
+  local watching = any_watched()
+  for _, id in ipairs(due(K_EXPIRING, now, limit)) do
+    redis.call('ZREM', K_EXPIRING, id)
+    local t = load(id)
+    if t and (t.state == WAITING or t.state == SCHEDULED or t.state == READY) then
+      unindex(t)
+      t.update_time = now
+      t.last_error = 'expired'
+      make_final(t, CANCELED, retention)
+      save(t)
+      on_end(id, CANCELED)
+      publish_changed(id, watching)
+      out[#out + 1] = id
+    end
+  end
+  return out
 end

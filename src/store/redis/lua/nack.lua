@@ -68,6 +68,9 @@ clear_lease(t)
 t.update_time = now
 if retry_in == nil then
   make_final(t, DEAD, tonumber(ARGV[14]))
+  if in_workflow() then
+    on_end(t.id, DEAD)
+  end
 elseif retry_in == 0 then
   make_ready(t)
   publish_ready(1)

@@ -23,7 +23,11 @@ for _, entry in ipairs(redis.call('LRANGE', K_FINISHED, 0, tonumber(ARGV[4]) - 1
   if t and redriven and stale(id) then
     t = nil
   end
-  if t and is_final(t.state) then
+  -- A task that unfinished tasks depend on is kept for them (release.lua
+  -- removes it once the last one finished).
+  if t and is_final(t.state) and redis.call('HEXISTS', K_READERS, id) == 1 then
+    redis.call('HSET', K_HELD, id, 1)
+  elseif t and is_final(t.state) then
     redis.call('ZREM', k_ids(t.state), id)
     remove(t)
     out[#out + 1] = id

@@ -27,7 +27,12 @@ local function drop(ids)
   end
   for i, raw in ipairs(hmget(K_META, ids)) do
     if raw then
-      remove(decode(ids[i], raw))
+      local t = decode(ids[i], raw)
+      if not is_final(t.state) then
+        -- What waits on it sees it CANCELED (workflow.rs).
+        on_end(t.id, CANCELED)
+      end
+      remove(t)
       removed = removed + 1
     end
   end

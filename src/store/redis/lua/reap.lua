@@ -40,6 +40,9 @@ for _, id in ipairs(due(K_LEASED, now, tonumber(ARGV[5]))) do
       t.last_error = string.format('lease expired on the last attempt (%d of %d)', t.attempt, t.max_attempts)
       make_final(t, DEAD, retention)
       count('dead', 1) -- admin: the queue's totals
+      if in_workflow() then
+        on_end(id, DEAD)
+      end
     end
     save(t)
     publish_lost(id, lease_id, false)

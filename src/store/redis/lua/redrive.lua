@@ -1,7 +1,8 @@
 -- redrive: DEAD tasks back to READY at the back of their priority level,
 -- with attempt 0 and their last error kept (until the next attempt sets it).
 -- Mirrors Table::redrive (store/table/admin.rs): tasks not DEAD are skipped.
--- KEYS: the queue's keys (lib.lua); writes meta, ids_dead, redriven, ready, seq.
+-- KEYS: the queue's keys (lib.lua); writes meta, ids_dead, redriven, ready, seq,
+--       outbox (a redriven task with dependencies reads them again).
 -- ARGV[4]: at most this many tasks
 -- ARGV[5..]: the task ids; none: the oldest DEAD tasks (by id)
 -- Returns: {id...}: the tasks redriven.
@@ -45,6 +46,15 @@ for i, raw in ipairs(hmget(K_META, ids)) do
     t.update_time = now
     make_ready(t)
     save(t)
+    -- It reads its dependencies again while it runs (as the table's
+    -- `reopened`): registered again through the outbox (workflow.rs).
+    local deps = redis.call('HGET', K_DEPS, id)
+    if deps then
+      for entry in string.gmatch(string.sub(deps, 3), '[^,]+') do
+        local q, dep = string.match(entry, '^(%S+) (%S+)$')
+        outbox('reg', q, dep, QUEUE, id)
+      end
+    end
     publish_changed(id, watching)
     out[#out + 1] = id
   end

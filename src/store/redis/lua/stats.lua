@@ -1,6 +1,6 @@
 -- stats: a queue's numbers, read at one moment (admin.rs).
 -- KEYS: the queue's keys (lib.lua); writes nothing.
--- Returns: {scheduled, ready, leased, succeeded, dead, canceled, oldest ready
+-- Returns: {scheduled, ready, leased, succeeded, dead, canceled, waiting, oldest ready
 --          time ('' when nothing is READY), paused (1 or 0), enqueued,
 --          delivered, acked, nacked, dead, expired}: the counts by state in
 --          core::stats::STATES order, then the totals in QueueTotals order.
@@ -32,7 +32,7 @@ end
 
 local out = {
   redis.call('ZCARD', K_SCHEDULED), ready, redis.call('ZCARD', K_LEASED), redis.call('ZCARD', K_IDS_SUCCEEDED),
-  redis.call('ZCARD', K_IDS_DEAD), redis.call('ZCARD', K_IDS_CANCELED), oldest and fmt(oldest) or '',
+  redis.call('ZCARD', K_IDS_DEAD), redis.call('ZCARD', K_IDS_CANCELED), redis.call('ZCARD', K_IDS_WAITING), oldest and fmt(oldest) or '',
   redis.call('EXISTS', K_PAUSED),
 }
 for _, n in ipairs(redis.call('HMGET', K_TOTALS, 'enqueued', 'delivered', 'acked', 'nacked', 'dead', 'expired')) do

@@ -165,20 +165,22 @@ class QueueInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., paused: bool = ..., declared: bool = ..., counts: _Optional[_Union[QueueCounts, _Mapping]] = ..., oldest_ready_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., totals: _Optional[_Union[QueueTotals, _Mapping]] = ..., settings: _Optional[_Union[QueueSettings, _Mapping]] = ...) -> None: ...
 
 class QueueCounts(_message.Message):
-    __slots__ = ("scheduled", "ready", "leased", "succeeded", "dead", "canceled")
+    __slots__ = ("scheduled", "ready", "leased", "succeeded", "dead", "canceled", "waiting")
     SCHEDULED_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     LEASED_FIELD_NUMBER: _ClassVar[int]
     SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
     DEAD_FIELD_NUMBER: _ClassVar[int]
     CANCELED_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
     scheduled: int
     ready: int
     leased: int
     succeeded: int
     dead: int
     canceled: int
-    def __init__(self, scheduled: _Optional[int] = ..., ready: _Optional[int] = ..., leased: _Optional[int] = ..., succeeded: _Optional[int] = ..., dead: _Optional[int] = ..., canceled: _Optional[int] = ...) -> None: ...
+    waiting: int
+    def __init__(self, scheduled: _Optional[int] = ..., ready: _Optional[int] = ..., leased: _Optional[int] = ..., succeeded: _Optional[int] = ..., dead: _Optional[int] = ..., canceled: _Optional[int] = ..., waiting: _Optional[int] = ...) -> None: ...
 
 class QueueTotals(_message.Message):
     __slots__ = ("enqueued", "delivered", "acked", "nacked", "dead", "expired")

@@ -28,7 +28,7 @@ from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from taskbroker.v1 import task_pb2 as taskbroker_dot_v1_dot_task__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctaskbroker/v1/producer.proto\x12\rtaskbroker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x18taskbroker/v1/task.proto\"\xc3\x03\n\x0e\x45nqueueRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12\x15\n\x08priority\x18\x05 \x01(\rH\x00\x88\x01\x01\x12;\n\x07headers\x18\x06 \x03(\x0b\x32*.taskbroker.v1.EnqueueRequest.HeadersEntry\x12(\n\x05\x64\x65lay\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x32\n\x0escheduled_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x0cmax_attempts\x18\t \x01(\rH\x01\x88\x01\x01\x12\x11\n\tdedup_key\x18\n \x01(\t\x12\x12\n\nrequest_id\x18\x0b \x01(\t\x12\x17\n\x0f\x63oncurrency_key\x18\x0c \x01(\t\x12\x12\n\nsemaphores\x18\r \x03(\t\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0b\n\t_priorityB\x0f\n\r_max_attempts\"J\n\x0f\x45nqueueResponse\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.taskbroker.v1.Task\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x02 \x01(\x08\"C\n\x13\x45nqueueBatchRequest\x12,\n\x05tasks\x18\x01 \x03(\x0b\x32\x1d.taskbroker.v1.EnqueueRequest\"y\n\rEnqueueResult\x12#\n\x04task\x18\x01 \x01(\x0b\x32\x13.taskbroker.v1.TaskH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x03 \x01(\x08\x42\x08\n\x06result\"E\n\x14\x45nqueueBatchResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.taskbroker.v1.EnqueueResult\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"4\n\x0fGetTaskResponse\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.taskbroker.v1.Task\"$\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"7\n\x12\x43\x61ncelTaskResponse\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.taskbroker.v1.Task\"\x81\x01\n\x15\x45nqueueStreamResponse\x12#\n\x04task\x18\x01 \x01(\x0b\x32\x13.taskbroker.v1.TaskH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x03 \x01(\x08\x42\x08\n\x06result\"#\n\x10WatchTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"6\n\x11WatchTaskResponse\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.taskbroker.v1.Task2\xfd\x03\n\x0fProducerService\x12H\n\x07\x45nqueue\x12\x1d.taskbroker.v1.EnqueueRequest\x1a\x1e.taskbroker.v1.EnqueueResponse\x12W\n\x0c\x45nqueueBatch\x12\".taskbroker.v1.EnqueueBatchRequest\x1a#.taskbroker.v1.EnqueueBatchResponse\x12H\n\x07GetTask\x12\x1d.taskbroker.v1.GetTaskRequest\x1a\x1e.taskbroker.v1.GetTaskResponse\x12Q\n\nCancelTask\x12 .taskbroker.v1.CancelTaskRequest\x1a!.taskbroker.v1.CancelTaskResponse\x12X\n\rEnqueueStream\x12\x1d.taskbroker.v1.EnqueueRequest\x1a$.taskbroker.v1.EnqueueStreamResponse(\x01\x30\x01\x12P\n\tWatchTask\x12\x1f.taskbroker.v1.WatchTaskRequest\x1a .taskbroker.v1.WatchTaskResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctaskbroker/v1/producer.proto\x12\rtaskbroker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x18taskbroker/v1/task.proto\"\xf7\x04\n\x0e\x45nqueueRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12\x15\n\x08priority\x18\x05 \x01(\rH\x00\x88\x01\x01\x12;\n\x07headers\x18\x06 \x03(\x0b\x32*.taskbroker.v1.EnqueueRequest.HeadersEntry\x12(\n\x05\x64\x65lay\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x32\n\x0escheduled_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x0cmax_attempts\x18\t \x01(\rH\x01\x88\x01\x01\x12\x11\n\tdedup_key\x18\n \x01(\t\x12\x12\n\nrequest_id\x18\x0b \x01(\t\x12\x17\n\x0f\x63oncurrency_key\x18\x0c \x01(\t\x12\x12\n\nsemaphores\x18\r \x03(\t\x12\x12\n\ndepends_on\x18\x0e \x03(\t\x12\x45\n\x15on_dependency_failure\x18\x0f \x01(\x0e\x32&.taskbroker.v1.DependencyFailurePolicy\x12/\n\x0b\x65xpire_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x03ttl\x18\x11 \x01(\x0b\x32\x19.google.protobuf.Duration\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0b\n\t_priorityB\x0f\n\r_max_attempts\"J\n\x0f\x45nqueueResponse\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.taskbroker.v1.Task\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x02 \x01(\x08\"C\n\x13\x45nqueueBatchRequest\x12,\n\x05tasks\x18\x01 \x03(\x0b\x32\x1d.taskbroker.v1.EnqueueRequest\"y\n\rEnqueueResult\x12#\n\x04task\x18\x01 \x01(\x0b\x32\x13.taskbroker.v1.TaskH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x03 \x01(\x08\x42\x08\n\x06result\"E\n\x14\x45nqueueBatchResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.taskbroker.v1.EnqueueResult\"?\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x1c\n\x14include_dependencies\x18\x02 \x01(\x08\"_\n\x0fGetTaskResponse\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.taskbroker.v1.Task\x12)\n\x0c\x64\x65pendencies\x18\x02 \x03(\x0b\x32\x13.taskbroker.v1.Task\"$\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"7\n\x12\x43\x61ncelTaskResponse\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.taskbroker.v1.Task\"\x81\x01\n\x15\x45nqueueStreamResponse\x12#\n\x04task\x18\x01 \x01(\x0b\x32\x13.taskbroker.v1.TaskH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x03 \x01(\x08\x42\x08\n\x06result\"#\n\x10WatchTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"6\n\x11WatchTaskResponse\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.taskbroker.v1.Task2\xfd\x03\n\x0fProducerService\x12H\n\x07\x45nqueue\x12\x1d.taskbroker.v1.EnqueueRequest\x1a\x1e.taskbroker.v1.EnqueueResponse\x12W\n\x0c\x45nqueueBatch\x12\".taskbroker.v1.EnqueueBatchRequest\x1a#.taskbroker.v1.EnqueueBatchResponse\x12H\n\x07GetTask\x12\x1d.taskbroker.v1.GetTaskRequest\x1a\x1e.taskbroker.v1.GetTaskResponse\x12Q\n\nCancelTask\x12 .taskbroker.v1.CancelTaskRequest\x1a!.taskbroker.v1.CancelTaskResponse\x12X\n\rEnqueueStream\x12\x1d.taskbroker.v1.EnqueueRequest\x1a$.taskbroker.v1.EnqueueStreamResponse(\x01\x30\x01\x12P\n\tWatchTask\x12\x1f.taskbroker.v1.WatchTaskRequest\x1a .taskbroker.v1.WatchTaskResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,31 +38,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENQUEUEREQUEST_HEADERSENTRY']._loaded_options = None
   _globals['_ENQUEUEREQUEST_HEADERSENTRY']._serialized_options = b'8\001'
   _globals['_ENQUEUEREQUEST']._serialized_start=164
-  _globals['_ENQUEUEREQUEST']._serialized_end=615
-  _globals['_ENQUEUEREQUEST_HEADERSENTRY']._serialized_start=539
-  _globals['_ENQUEUEREQUEST_HEADERSENTRY']._serialized_end=585
-  _globals['_ENQUEUERESPONSE']._serialized_start=617
-  _globals['_ENQUEUERESPONSE']._serialized_end=691
-  _globals['_ENQUEUEBATCHREQUEST']._serialized_start=693
-  _globals['_ENQUEUEBATCHREQUEST']._serialized_end=760
-  _globals['_ENQUEUERESULT']._serialized_start=762
-  _globals['_ENQUEUERESULT']._serialized_end=883
-  _globals['_ENQUEUEBATCHRESPONSE']._serialized_start=885
-  _globals['_ENQUEUEBATCHRESPONSE']._serialized_end=954
-  _globals['_GETTASKREQUEST']._serialized_start=956
-  _globals['_GETTASKREQUEST']._serialized_end=989
-  _globals['_GETTASKRESPONSE']._serialized_start=991
-  _globals['_GETTASKRESPONSE']._serialized_end=1043
-  _globals['_CANCELTASKREQUEST']._serialized_start=1045
-  _globals['_CANCELTASKREQUEST']._serialized_end=1081
-  _globals['_CANCELTASKRESPONSE']._serialized_start=1083
-  _globals['_CANCELTASKRESPONSE']._serialized_end=1138
-  _globals['_ENQUEUESTREAMRESPONSE']._serialized_start=1141
-  _globals['_ENQUEUESTREAMRESPONSE']._serialized_end=1270
-  _globals['_WATCHTASKREQUEST']._serialized_start=1272
-  _globals['_WATCHTASKREQUEST']._serialized_end=1307
-  _globals['_WATCHTASKRESPONSE']._serialized_start=1309
-  _globals['_WATCHTASKRESPONSE']._serialized_end=1363
-  _globals['_PRODUCERSERVICE']._serialized_start=1366
-  _globals['_PRODUCERSERVICE']._serialized_end=1875
+  _globals['_ENQUEUEREQUEST']._serialized_end=795
+  _globals['_ENQUEUEREQUEST_HEADERSENTRY']._serialized_start=719
+  _globals['_ENQUEUEREQUEST_HEADERSENTRY']._serialized_end=765
+  _globals['_ENQUEUERESPONSE']._serialized_start=797
+  _globals['_ENQUEUERESPONSE']._serialized_end=871
+  _globals['_ENQUEUEBATCHREQUEST']._serialized_start=873
+  _globals['_ENQUEUEBATCHREQUEST']._serialized_end=940
+  _globals['_ENQUEUERESULT']._serialized_start=942
+  _globals['_ENQUEUERESULT']._serialized_end=1063
+  _globals['_ENQUEUEBATCHRESPONSE']._serialized_start=1065
+  _globals['_ENQUEUEBATCHRESPONSE']._serialized_end=1134
+  _globals['_GETTASKREQUEST']._serialized_start=1136
+  _globals['_GETTASKREQUEST']._serialized_end=1199
+  _globals['_GETTASKRESPONSE']._serialized_start=1201
+  _globals['_GETTASKRESPONSE']._serialized_end=1296
+  _globals['_CANCELTASKREQUEST']._serialized_start=1298
+  _globals['_CANCELTASKREQUEST']._serialized_end=1334
+  _globals['_CANCELTASKRESPONSE']._serialized_start=1336
+  _globals['_CANCELTASKRESPONSE']._serialized_end=1391
+  _globals['_ENQUEUESTREAMRESPONSE']._serialized_start=1394
+  _globals['_ENQUEUESTREAMRESPONSE']._serialized_end=1523
+  _globals['_WATCHTASKREQUEST']._serialized_start=1525
+  _globals['_WATCHTASKREQUEST']._serialized_end=1560
+  _globals['_WATCHTASKRESPONSE']._serialized_start=1562
+  _globals['_WATCHTASKRESPONSE']._serialized_end=1616
+  _globals['_PRODUCERSERVICE']._serialized_start=1619
+  _globals['_PRODUCERSERVICE']._serialized_end=2128
 # @@protoc_insertion_point(module_scope)

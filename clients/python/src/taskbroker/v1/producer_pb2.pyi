@@ -10,7 +10,7 @@ from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Map
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class EnqueueRequest(_message.Message):
-    __slots__ = ("queue", "kind", "payload", "content_type", "priority", "headers", "delay", "scheduled_time", "max_attempts", "dedup_key", "request_id", "concurrency_key", "semaphores")
+    __slots__ = ("queue", "kind", "payload", "content_type", "priority", "headers", "delay", "scheduled_time", "max_attempts", "dedup_key", "request_id", "concurrency_key", "semaphores", "depends_on", "on_dependency_failure", "expire_time", "ttl")
     class HeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,10 @@ class EnqueueRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CONCURRENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     SEMAPHORES_FIELD_NUMBER: _ClassVar[int]
+    DEPENDS_ON_FIELD_NUMBER: _ClassVar[int]
+    ON_DEPENDENCY_FAILURE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    TTL_FIELD_NUMBER: _ClassVar[int]
     queue: str
     kind: str
     payload: bytes
@@ -44,7 +48,11 @@ class EnqueueRequest(_message.Message):
     request_id: str
     concurrency_key: str
     semaphores: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, queue: _Optional[str] = ..., kind: _Optional[str] = ..., payload: _Optional[bytes] = ..., content_type: _Optional[str] = ..., priority: _Optional[int] = ..., headers: _Optional[_Mapping[str, str]] = ..., delay: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., scheduled_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., max_attempts: _Optional[int] = ..., dedup_key: _Optional[str] = ..., request_id: _Optional[str] = ..., concurrency_key: _Optional[str] = ..., semaphores: _Optional[_Iterable[str]] = ...) -> None: ...
+    depends_on: _containers.RepeatedScalarFieldContainer[str]
+    on_dependency_failure: _task_pb2.DependencyFailurePolicy
+    expire_time: _timestamp_pb2.Timestamp
+    ttl: _duration_pb2.Duration
+    def __init__(self, queue: _Optional[str] = ..., kind: _Optional[str] = ..., payload: _Optional[bytes] = ..., content_type: _Optional[str] = ..., priority: _Optional[int] = ..., headers: _Optional[_Mapping[str, str]] = ..., delay: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., scheduled_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., max_attempts: _Optional[int] = ..., dedup_key: _Optional[str] = ..., request_id: _Optional[str] = ..., concurrency_key: _Optional[str] = ..., semaphores: _Optional[_Iterable[str]] = ..., depends_on: _Optional[_Iterable[str]] = ..., on_dependency_failure: _Optional[_Union[_task_pb2.DependencyFailurePolicy, str]] = ..., expire_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., ttl: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class EnqueueResponse(_message.Message):
     __slots__ = ("task", "deduplicated")
@@ -77,16 +85,20 @@ class EnqueueBatchResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[EnqueueResult, _Mapping]]] = ...) -> None: ...
 
 class GetTaskRequest(_message.Message):
-    __slots__ = ("task_id",)
+    __slots__ = ("task_id", "include_dependencies")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_DEPENDENCIES_FIELD_NUMBER: _ClassVar[int]
     task_id: str
-    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+    include_dependencies: bool
+    def __init__(self, task_id: _Optional[str] = ..., include_dependencies: bool = ...) -> None: ...
 
 class GetTaskResponse(_message.Message):
-    __slots__ = ("task",)
+    __slots__ = ("task", "dependencies")
     TASK_FIELD_NUMBER: _ClassVar[int]
+    DEPENDENCIES_FIELD_NUMBER: _ClassVar[int]
     task: _task_pb2.Task
-    def __init__(self, task: _Optional[_Union[_task_pb2.Task, _Mapping]] = ...) -> None: ...
+    dependencies: _containers.RepeatedCompositeFieldContainer[_task_pb2.Task]
+    def __init__(self, task: _Optional[_Union[_task_pb2.Task, _Mapping]] = ..., dependencies: _Optional[_Iterable[_Union[_task_pb2.Task, _Mapping]]] = ...) -> None: ...
 
 class CancelTaskRequest(_message.Message):
     __slots__ = ("task_id",)

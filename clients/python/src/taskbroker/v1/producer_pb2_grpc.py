@@ -93,7 +93,8 @@ class ProducerServiceServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def CancelTask(self, request, context):
-        """Cancel a scheduled, ready or leased task.
+        """Cancel a waiting, scheduled, ready or leased task; tasks waiting on it
+        follow their on_dependency_failure.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18taskbroker/v1/task.proto\x12\rtaskbroker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x95\x04\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x05 \x01(\t\x12\x10\n\x08priority\x18\x06 \x01(\r\x12\x31\n\x07headers\x18\x07 \x03(\x0b\x32 .taskbroker.v1.Task.HeadersEntry\x12\'\n\x05state\x18\x08 \x01(\x0e\x32\x18.taskbroker.v1.TaskState\x12\x0f\n\x07\x61ttempt\x18\t \x01(\r\x12\x14\n\x0cmax_attempts\x18\n \x01(\r\x12\x11\n\tdedup_key\x18\x0b \x01(\t\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0escheduled_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06result\x18\x0f \x01(\x0c\x12\x12\n\nlast_error\x18\x10 \x01(\t\x12\x17\n\x0f\x63oncurrency_key\x18\x11 \x01(\t\x12\x12\n\nsemaphores\x18\x12 \x03(\t\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xb6\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14TASK_STATE_SCHEDULED\x10\x01\x12\x14\n\x10TASK_STATE_READY\x10\x02\x12\x15\n\x11TASK_STATE_LEASED\x10\x03\x12\x18\n\x14TASK_STATE_SUCCEEDED\x10\x04\x12\x13\n\x0fTASK_STATE_DEAD\x10\x05\x12\x17\n\x13TASK_STATE_CANCELED\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18taskbroker/v1/task.proto\x12\rtaskbroker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbf\x05\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x05 \x01(\t\x12\x10\n\x08priority\x18\x06 \x01(\r\x12\x31\n\x07headers\x18\x07 \x03(\x0b\x32 .taskbroker.v1.Task.HeadersEntry\x12\'\n\x05state\x18\x08 \x01(\x0e\x32\x18.taskbroker.v1.TaskState\x12\x0f\n\x07\x61ttempt\x18\t \x01(\r\x12\x14\n\x0cmax_attempts\x18\n \x01(\r\x12\x11\n\tdedup_key\x18\x0b \x01(\t\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0escheduled_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06result\x18\x0f \x01(\x0c\x12\x12\n\nlast_error\x18\x10 \x01(\t\x12\x17\n\x0f\x63oncurrency_key\x18\x11 \x01(\t\x12\x12\n\nsemaphores\x18\x12 \x03(\t\x12\x12\n\ndepends_on\x18\x13 \x03(\t\x12\x1c\n\x14pending_dependencies\x18\x14 \x01(\r\x12\x45\n\x15on_dependency_failure\x18\x15 \x01(\x0e\x32&.taskbroker.v1.DependencyFailurePolicy\x12/\n\x0b\x65xpire_time\x18\x16 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xce\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14TASK_STATE_SCHEDULED\x10\x01\x12\x14\n\x10TASK_STATE_READY\x10\x02\x12\x15\n\x11TASK_STATE_LEASED\x10\x03\x12\x18\n\x14TASK_STATE_SUCCEEDED\x10\x04\x12\x13\n\x0fTASK_STATE_DEAD\x10\x05\x12\x17\n\x13TASK_STATE_CANCELED\x10\x06\x12\x16\n\x12TASK_STATE_WAITING\x10\x07*\x8d\x01\n\x17\x44\x65pendencyFailurePolicy\x12)\n%DEPENDENCY_FAILURE_POLICY_UNSPECIFIED\x10\x00\x12$\n DEPENDENCY_FAILURE_POLICY_CANCEL\x10\x01\x12!\n\x1d\x44\x45PENDENCY_FAILURE_POLICY_RUN\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,10 +34,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TASK_HEADERSENTRY']._loaded_options = None
   _globals['_TASK_HEADERSENTRY']._serialized_options = b'8\001'
-  _globals['_TASKSTATE']._serialized_start=613
-  _globals['_TASKSTATE']._serialized_end=795
+  _globals['_TASKSTATE']._serialized_start=783
+  _globals['_TASKSTATE']._serialized_end=989
+  _globals['_DEPENDENCYFAILUREPOLICY']._serialized_start=992
+  _globals['_DEPENDENCYFAILUREPOLICY']._serialized_end=1133
   _globals['_TASK']._serialized_start=77
-  _globals['_TASK']._serialized_end=610
-  _globals['_TASK_HEADERSENTRY']._serialized_start=564
-  _globals['_TASK_HEADERSENTRY']._serialized_end=610
+  _globals['_TASK']._serialized_end=780
+  _globals['_TASK_HEADERSENTRY']._serialized_start=734
+  _globals['_TASK_HEADERSENTRY']._serialized_end=780
 # @@protoc_insertion_point(module_scope)

@@ -16,6 +16,13 @@ class TaskState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_STATE_SUCCEEDED: _ClassVar[TaskState]
     TASK_STATE_DEAD: _ClassVar[TaskState]
     TASK_STATE_CANCELED: _ClassVar[TaskState]
+    TASK_STATE_WAITING: _ClassVar[TaskState]
+
+class DependencyFailurePolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DEPENDENCY_FAILURE_POLICY_UNSPECIFIED: _ClassVar[DependencyFailurePolicy]
+    DEPENDENCY_FAILURE_POLICY_CANCEL: _ClassVar[DependencyFailurePolicy]
+    DEPENDENCY_FAILURE_POLICY_RUN: _ClassVar[DependencyFailurePolicy]
 TASK_STATE_UNSPECIFIED: TaskState
 TASK_STATE_SCHEDULED: TaskState
 TASK_STATE_READY: TaskState
@@ -23,9 +30,13 @@ TASK_STATE_LEASED: TaskState
 TASK_STATE_SUCCEEDED: TaskState
 TASK_STATE_DEAD: TaskState
 TASK_STATE_CANCELED: TaskState
+TASK_STATE_WAITING: TaskState
+DEPENDENCY_FAILURE_POLICY_UNSPECIFIED: DependencyFailurePolicy
+DEPENDENCY_FAILURE_POLICY_CANCEL: DependencyFailurePolicy
+DEPENDENCY_FAILURE_POLICY_RUN: DependencyFailurePolicy
 
 class Task(_message.Message):
-    __slots__ = ("id", "queue", "kind", "payload", "content_type", "priority", "headers", "state", "attempt", "max_attempts", "dedup_key", "create_time", "update_time", "scheduled_time", "result", "last_error", "concurrency_key", "semaphores")
+    __slots__ = ("id", "queue", "kind", "payload", "content_type", "priority", "headers", "state", "attempt", "max_attempts", "dedup_key", "create_time", "update_time", "scheduled_time", "result", "last_error", "concurrency_key", "semaphores", "depends_on", "pending_dependencies", "on_dependency_failure", "expire_time")
     class HeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +62,10 @@ class Task(_message.Message):
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
     CONCURRENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     SEMAPHORES_FIELD_NUMBER: _ClassVar[int]
+    DEPENDS_ON_FIELD_NUMBER: _ClassVar[int]
+    PENDING_DEPENDENCIES_FIELD_NUMBER: _ClassVar[int]
+    ON_DEPENDENCY_FAILURE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
     id: str
     queue: str
     kind: str
@@ -69,4 +84,8 @@ class Task(_message.Message):
     last_error: str
     concurrency_key: str
     semaphores: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., queue: _Optional[str] = ..., kind: _Optional[str] = ..., payload: _Optional[bytes] = ..., content_type: _Optional[str] = ..., priority: _Optional[int] = ..., headers: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[TaskState, str]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., dedup_key: _Optional[str] = ..., create_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., scheduled_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., result: _Optional[bytes] = ..., last_error: _Optional[str] = ..., concurrency_key: _Optional[str] = ..., semaphores: _Optional[_Iterable[str]] = ...) -> None: ...
+    depends_on: _containers.RepeatedScalarFieldContainer[str]
+    pending_dependencies: int
+    on_dependency_failure: DependencyFailurePolicy
+    expire_time: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., queue: _Optional[str] = ..., kind: _Optional[str] = ..., payload: _Optional[bytes] = ..., content_type: _Optional[str] = ..., priority: _Optional[int] = ..., headers: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[TaskState, str]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., dedup_key: _Optional[str] = ..., create_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., scheduled_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., result: _Optional[bytes] = ..., last_error: _Optional[str] = ..., concurrency_key: _Optional[str] = ..., semaphores: _Optional[_Iterable[str]] = ..., depends_on: _Optional[_Iterable[str]] = ..., pending_dependencies: _Optional[int] = ..., on_dependency_failure: _Optional[_Union[DependencyFailurePolicy, str]] = ..., expire_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
