@@ -154,6 +154,9 @@ pub fn task_json(t: &pb::Task) -> String {
         "scheduled_time": ts(&t.scheduled_time),
         "result": text(&t.result),
         "last_error": t.last_error,
+        "depends_on": t.depends_on,
+        "pending_dependencies": t.pending_dependencies,
+        "expire_time": ts(&t.expire_time),
     })
     .to_string()
 }

@@ -25,7 +25,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 ROOT = Path(__file__).resolve().parents[2]
 RPC_TIMEOUT = 10.0
 WAIT = 10.0
-STATES = ["scheduled", "ready", "leased", "succeeded", "dead", "canceled"]
+STATES = ["scheduled", "ready", "leased", "succeeded", "dead", "canceled", "waiting"]
 HOSTILE = '<img src=x onerror="window.hacked=1">'
 
 
@@ -70,7 +70,7 @@ class Api:
 def counts_of(info) -> dict:
     c = info.counts
     return {"scheduled": c.scheduled, "ready": c.ready, "leased": c.leased, "succeeded": c.succeeded,
-            "dead": c.dead, "canceled": c.canceled}
+            "dead": c.dead, "canceled": c.canceled, "waiting": c.waiting}
 
 
 def populate(api: Api) -> dict:
@@ -164,7 +164,7 @@ def test_the_dashboard_in_a_browser(broker, browser, pb):
         got = {s: shown[name][s] for s in STATES}
         assert got == want, f"{name}: page {got}, gRPC {want}"
     assert {s: shown["emails"][s] for s in STATES} == {"scheduled": 1, "ready": 7, "leased": 1,
-                                                       "succeeded": 2, "dead": 1, "canceled": 0}
+                                                       "succeeded": 2, "dead": 1, "canceled": 0, "waiting": 0}
     assert shown["webhooks"]["paused"] is True and shown["emails"]["paused"] is False
     assert float(shown["emails"]["enqueued_rate"]) > 0, shown["emails"]
     assert browser.find_element(By.CSS_SELECTOR, 'meta[http-equiv="refresh"]') is not None
@@ -186,7 +186,8 @@ def test_the_dashboard_in_a_browser(broker, browser, pb):
     WebDriverWait(browser, WAIT).until(EC.text_to_be_present_in_element((By.ID, "queue-name"), "emails"))
     tabs = {a.get_attribute("data-state"): int(a.find_element(By.CLASS_NAME, "count").text)
             for a in browser.find_elements(By.CSS_SELECTOR, "#tabs a")}
-    assert tabs == {"scheduled": 1, "ready": 7, "leased": 1, "succeeded": 2, "dead": 1, "canceled": 0}
+    assert tabs == {"scheduled": 1, "ready": 7, "leased": 1, "succeeded": 2, "dead": 1, "canceled": 0,
+                    "waiting": 0}
     kinds = [td.text for td in browser.find_elements(By.CSS_SELECTOR, "#tasks td.kind")]
     assert HOSTILE in kinds, kinds
     assert browser.find_elements(By.CSS_SELECTOR, "#tasks img") == [], "markup in a kind stayed text"
