@@ -204,6 +204,8 @@ impl Authenticator {
     /// Puts a reloaded `[auth]` into force (calls already admitted keep
     /// their access; the next ones get the new).
     pub fn replace(&self, config: &AuthConfig) {
+        // One lock at a time (`rebuild` takes the config's, then the file's).
+        *self.config.lock().unwrap_or_else(|p| p.into_inner()) = config.clone();
         {
             let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
             if file.as_ref().map(|f| &f.path) != config.tokens_file.as_ref() {
@@ -213,7 +215,6 @@ impl Authenticator {
                     tokens: Vec::new(),
                 });
             }
-            *self.config.lock().unwrap_or_else(|p| p.into_inner()) = config.clone();
         }
         self.refresh();
         self.rebuild();
@@ -342,6 +343,20 @@ mod tests {
         assert_eq!(auth.admit(gate, None, Some(&by_subject)).unwrap().principal(), Some("worker"));
         assert_eq!(auth.admit(gate, None, Some(&by_san)).unwrap().principal(), Some("worker"));
         assert_eq!(auth.admit(gate, None, Some(&nobody)), Err(Unauthenticated::UnknownCertificate));
+    }
+
+    #[test]
+    fn a_reload_replaces_the_principals_for_the_next_calls() {
+        let auth = Authenticator::new(&config());
+        let gate = Gate::Authenticated;
+        assert!(auth.admit(gate, Some(b"Bearer secret-1"), None).is_ok());
+        let mut next = config();
+        next.principals[0].token_sha256 = Some(hex(&token_hash("secret-2")));
+        auth.replace(&next);
+        assert_eq!(auth.admit(gate, Some(b"Bearer secret-1"), None), Err(Unauthenticated::UnknownToken));
+        assert_eq!(auth.admit(gate, Some(b"Bearer secret-2"), None).unwrap().principal(), Some("api"));
+        auth.replace(&AuthConfig::default());
+        assert_eq!(auth.admit(gate, None, None), Ok(Access::Open), "auth turned off by a reload");
     }
 
     #[test]
