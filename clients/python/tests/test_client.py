@@ -175,8 +175,8 @@ def test_concurrency_key_and_semaphores_reach_the_broker_and_come_back(make_brok
 
 
 def test_a_dependent_waits_for_its_dependency_and_reads_its_result(broker):
-    with Client(broker.addr) as client:
-        worker = Worker(broker.addr, queues=["parts"])
+    with Client(broker.addr, **broker.conn) as client:
+        worker = Worker(broker.addr, **broker.conn, queues=["parts"])
         worker.register("part", lambda job: {"sum": 1})
         part = client.enqueue("part", {"n": 1}, queue="parts")
         join = client.enqueue("join", queue="joins", depends_on=[part], on_dependency_failure="run", ttl=60)
