@@ -480,3 +480,29 @@ async fn reflection_is_open_unless_protected() {
     reflect(secure::connect(open.addr, None).await.unwrap(), None).await.expect("open by default");
     open.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_producer_cannot_depend_on_tasks_it_may_not_read() {
+    let running = secure::start(&config()).await;
+    let world = World { channel: secure::connect(running.addr, None).await.unwrap() };
+    let theirs = world.task("other").await;
+    let mine = world.task("q").await;
+    let unknown = ulid::Ulid::new().to_string();
+    let mut producer = world.as_(Some("t-producer"));
+    let depends = |ids: Vec<String>| pb::EnqueueRequest {
+        queue: "q".into(),
+        kind: "k".into(),
+        depends_on: ids,
+        ..Default::default()
+    };
+    let forbidden = producer.producer.enqueue(depends(vec![theirs.clone()])).await.unwrap_err();
+    let missing = producer.producer.enqueue(depends(vec![unknown.clone()])).await.unwrap_err();
+    for (status, id) in [(&forbidden, &theirs), (&missing, &unknown)] {
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        let info = status.get_error_details().error_info().cloned().unwrap();
+        assert_eq!(info.reason, "DEPENDENCY_NOT_FOUND");
+        assert_eq!(info.metadata.get("task_ids"), Some(id), "another queue's task looks unknown");
+    }
+    producer.producer.enqueue(depends(vec![mine])).await.expect("a task of its own queue");
+    running.shutdown().await.unwrap();
+}

@@ -29,6 +29,8 @@ impl Broker {
         let now = self.now();
         let own_context: Vec<bool> =
             items.iter().map(|i| i.as_ref().is_ok_and(|i| i.headers.contains_key(TRACEPARENT))).collect();
+        // One caller per batch: what it may read decides which dependencies it may name.
+        let access = items.iter().find_map(|i| i.as_ref().ok().map(|i| i.access.clone())).unwrap_or_default();
         let mut checked: Vec<_> = self
             .with_rules(|rules| items.into_iter().map(|i| i.and_then(|i| rules.enqueue(i, now))).collect());
         // Trace export on: each task's `send {queue}` span, whose context
@@ -39,8 +41,12 @@ impl Broker {
             .filter_map(|(c, own)| c.as_mut().ok().map(|task| (task, own)))
             .filter_map(|(task, own)| spans::send(task, own))
             .collect();
-        if checked.iter().filter(|c| c.is_ok()).count() > 1 {
-            self.check_dependencies(&mut checked).await?;
+        // Alone, a task's unknown dependency fails it in the store; a batch
+        // (so the others go on) and a caller restricted to some queues look first.
+        let restricted = !access.allows_everywhere(Operation::GetTask)
+            && checked.iter().flatten().any(|t| !t.depends_on.is_empty());
+        if restricted || checked.iter().filter(|c| c.is_ok()).count() > 1 {
+            self.check_dependencies(&access, &mut checked).await?;
         }
         let valid: Vec<_> = checked.iter().filter_map(|c| c.as_ref().ok().cloned()).collect();
         let mut stored = if valid.is_empty() {
@@ -73,8 +79,13 @@ impl Broker {
     /// Fails the items of a batch that name unknown dependencies, so the
     /// others go on (the store refuses a whole batch that names one; it
     /// still does if one is purged between this look and the enqueue).
+    ///
+    /// A dependency in a queue the caller may not read (`GetTask`: enqueue
+    /// or inspect there) counts as unknown: a producer cannot wait on, nor
+    /// learn of, another tenant's tasks.
     async fn check_dependencies(
         &self,
+        access: &Access,
         checked: &mut [Result<NewTask, BrokerError>],
     ) -> Result<(), BrokerError> {
         let mut ids: Vec<TaskId> =
@@ -84,8 +95,8 @@ impl Broker {
         let mut missing = std::collections::HashSet::new();
         for id in ids {
             match self.store().get(id).await {
-                Ok(_) => {}
-                Err(StoreError::TaskNotFound(_)) => {
+                Ok(dep) if access.allows(Operation::GetTask, &dep.queue) => {}
+                Ok(_) | Err(StoreError::TaskNotFound(_)) => {
                     missing.insert(id);
                 }
                 Err(e) => return Err(e.into()),
