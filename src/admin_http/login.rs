@@ -19,6 +19,7 @@ use serde::Deserialize;
 use super::view::{page, Problem};
 use super::Dashboard;
 use crate::core::access::Access;
+use crate::security::authn::bearer;
 
 /// The cookie that carries a browser's token.
 pub const COOKIE_NAME: &str = "taskbroker_token";
@@ -28,9 +29,8 @@ pub struct Viewer(pub Access);
 
 /// The token a request carries, by header or cookie.
 fn token(headers: &HeaderMap) -> Option<String> {
-    if let Some(v) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        let (scheme, token) = v.split_once(' ')?;
-        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned());
+    if let Some(v) = headers.get(AUTHORIZATION) {
+        return bearer(v.as_bytes()).map(str::to_owned);
     }
     headers
         .get_all(COOKIE)

@@ -64,9 +64,9 @@ pub enum Operation {
     GetTask,
     WatchTask,
     CancelTask,
+    /// Lease, and a stream's Subscribe (every queue it names).
     Lease,
     Settle,
-    Subscribe,
     ListQueues,
     GetQueue,
     ListTasks,
@@ -83,8 +83,6 @@ pub enum Operation {
     /// PutSchedule, DeleteSchedule, TriggerSchedule: on the queue the
     /// schedule's tasks go to.
     ManageSchedule,
-    /// The dashboard's pages.
-    Dashboard,
     /// Prometheus' `/metrics` (when protected).
     Metrics,
 }
@@ -98,13 +96,12 @@ impl Operation {
             Operation::Enqueue => &[Enqueue],
             Operation::GetTask | Operation::WatchTask => &[Inspect, Enqueue],
             Operation::CancelTask => &[Enqueue, Admin],
-            Operation::Lease | Operation::Settle | Operation::Subscribe => &[Consume],
+            Operation::Lease | Operation::Settle => &[Consume],
             Operation::ListQueues
             | Operation::GetQueue
             | Operation::ListTasks
             | Operation::ExplainRoute
             | Operation::Scaler
-            | Operation::Dashboard
             | Operation::ListSchedules
             | Operation::Metrics => &[Inspect],
             Operation::PauseQueue
@@ -381,7 +378,6 @@ mod tests {
             CancelTask,
             Lease,
             Settle,
-            Subscribe,
             ListQueues,
             GetQueue,
             ListTasks,
@@ -392,13 +388,22 @@ mod tests {
             PurgeQueue,
             RedriveTasks,
             ReloadConfig,
-            Dashboard,
             Metrics,
+            ListSchedules,
+            ManageSchedule,
         ];
+        // A new operation must say which action it needs: this list is every variant.
+        let _exhaustive = |op: Operation| match op {
+            Enqueue | GetTask | WatchTask | CancelTask | Lease | Settle | ListQueues | GetQueue
+            | ListTasks | ExplainRoute | Scaler | PauseQueue | ResumeQueue | PurgeQueue | RedriveTasks
+            | ReloadConfig | Metrics | ListSchedules | ManageSchedule => (),
+        };
         for op in all {
             assert!(!op.actions().is_empty(), "{op:?}");
         }
         assert_eq!(Lease.actions()[0], Action::Consume);
+        assert_eq!(ManageSchedule.actions(), &[Action::Admin]);
+        assert_eq!(ListSchedules.actions(), &[Action::Inspect]);
         assert_eq!(GetTask.actions()[0], Action::Inspect);
         assert_eq!(ReloadConfig.actions(), &[Action::Admin]);
     }

@@ -283,7 +283,7 @@ impl Authenticator {
 }
 
 /// The token of `Bearer <token>` (the scheme is case-insensitive).
-fn bearer(header: &[u8]) -> Option<&str> {
+pub fn bearer(header: &[u8]) -> Option<&str> {
     let text = std::str::from_utf8(header).ok()?;
     let (scheme, token) = text.split_once(' ')?;
     let token = token.trim();
