@@ -97,6 +97,18 @@ async fn span_named(r: &Received, name: &str) -> (String, Span) {
     }
 }
 
+/// An OTLP trace receiver on 127.0.0.1:0: what it receives, and its endpoint.
+async fn receiver() -> (Received, String) {
+    let received = Received::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let server = tonic::transport::Server::builder()
+        .add_service(TraceServiceServer::new(received.clone()))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+    tokio::spawn(server);
+    (received, endpoint)
+}
+
 fn otel_env(cmd: &mut tokio::process::Command, endpoint: &str) {
     cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
         .env("OTEL_BSP_SCHEDULE_DELAY", "50")
@@ -106,13 +118,7 @@ fn otel_env(cmd: &mut tokio::process::Command, endpoint: &str) {
 
 #[tokio::test]
 async fn one_trace_runs_from_the_producer_through_the_broker_to_the_worker() {
-    let received = Received::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    let server = tonic::transport::Server::builder()
-        .add_service(TraceServiceServer::new(received.clone()))
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
-    tokio::spawn(server);
+    let (received, endpoint) = receiver().await;
 
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = serve::command(&["--storage", "memory"]);
@@ -167,13 +173,7 @@ async fn one_trace_runs_from_the_producer_through_the_broker_to_the_worker() {
 
 #[tokio::test]
 async fn the_call_span_names_the_principal_and_never_the_token() {
-    let received = Received::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    let server = tonic::transport::Server::builder()
-        .add_service(TraceServiceServer::new(received.clone()))
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
-    tokio::spawn(server);
+    let (received, endpoint) = receiver().await;
 
     let dir = tempfile::tempdir().unwrap();
     let token = "tbk_span-test-token";
