@@ -52,7 +52,7 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum StorageKind {
-    /// Durable: redb in `data_dir`, fsync on every commit (group commit).
+    /// Durable: a write-ahead log in `data_dir`, fdatasync on every commit (group commit).
     #[default]
     Embedded,
     /// Nothing persisted (tests, benchmarks).

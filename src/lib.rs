@@ -11,7 +11,7 @@
 //!   queue selection and the lease driver, schedule due times and catch-up,
 //!   trace context, the clock). No I/O.
 //! - [`store`]: the storage trait in task operations and its backends: memory
-//!   and embedded (redb) share one in-memory table that applies
+//!   and embedded (write-ahead log) share one in-memory table that applies
 //!   `core::transition`; Redis runs one Lua script per operation, each naming
 //!   the core function it mirrors (`tests/differential.rs` keeps them equal).
 //! - [`broker`]: validation, resolution against queue settings and routes,

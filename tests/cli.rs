@@ -372,7 +372,7 @@ fn env_data_dir_holds_the_embedded_store() {
     cmd.arg("serve").env("TASKBROKER_DATA_DIR", &data).env("TASKBROKER_LISTEN", "127.0.0.1:0");
     let mut serve = Serve::start(cmd, &dir.path().join("serve.log"));
     assert!(
-        data.join("tasks.redb").is_file(),
+        data.join("log-00000000000000000001.tbl").is_file(),
         "embedded storage (the default) opened in TASKBROKER_DATA_DIR"
     );
     assert_eq!(serve.terminate().code(), Some(0));

@@ -52,7 +52,7 @@
 //!   (`delete_schedule`).
 //!
 //! Backends: [`memory::MemoryStore`] (the reference) and
-//! [`embedded::EmbeddedStore`] (persisted in redb with group commit) are one
+//! [`embedded::EmbeddedStore`] (persisted in its own write-ahead log with group commit) are one
 //! generic [`local::TableStore`] over [`table::Table`], which applies
 //! [`crate::core::transition`], with a different [`local::Persist`] policy;
 //! [`redis::RedisStore`] (one Lua script per operation, shared by many

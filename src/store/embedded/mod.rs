@@ -1,35 +1,49 @@
 //! The embedded durable store: the [`Table`] state machine in memory, every
-//! change persisted to a redb database before the call returns.
+//! change appended to a write-ahead log of its own and `fdatasync`ed before
+//! the call returns.
+//!
+//! # Files
+//! The data directory holds log segments and a snapshot ([`files`]). Each
+//! group commit is one checksummed frame ([`frame`]) of entries
+//! ([`entry`]): the records that changed, in the versioned formats of
+//! [`stored`]. Opening loads the newest snapshot and replays the segments
+//! after it; a torn tail (a crash in the middle of a write, never
+//! acknowledged) is cut off. [`compact`] folds closed segments into a new
+//! snapshot on its own thread. A data directory of the redb-based store
+//! before it is imported on first open ([`migrate`]).
 //!
 //! # Group commit
 //! An operation applies its change to the table under the lock and, still
 //! under the lock, hands the touched records to the writer thread, so the
 //! order on disk is the order of the changes. The writer takes everything that
-//! has queued up, writes it in one redb transaction, fsyncs once and then
-//! answers every waiting call. Concurrent calls therefore share one fsync.
+//! has queued up, appends it as one frame, fdatasyncs once and then answers
+//! every waiting call. Concurrent calls therefore share one fsync.
 //!
 //! An operation that changes nothing still waits for the commits submitted
 //! before it (see [`super::local`]): no answer reveals what is not on disk.
 //!
 //! # Failure, and recovery without a restart
-//! If a commit fails (a full disk: `ENOSPC`, or `EFBIG` past a file-size
+//! If a write fails (a full disk: `ENOSPC`, or `EFBIG` past a file-size
 //! limit; any I/O error), the table already holds changes that are not on
 //! disk. The store then refuses every call with `Unavailable` (and reports
 //! unhealthy) rather than serve state it cannot keep, and every commit
 //! already on its way fails too (its changes were made on top of the failed
 //! ones). Nothing answered before is lost: it was durable when answered.
 //!
-//! The store recovers by itself (see [`writer`]): redb cannot be used after
-//! an I/O error, so the writer thread drops the database and, every
-//! [`writer::RETRY_FIRST`] to [`writer::RETRY_MAX`], reopens it (redb
-//! repairs it to its last commit), checks that the disk takes as many bytes
-//! as the failed commit needed (a scratch record, written then removed), and
-//! loads the table from it. The next call (or readiness probe) swaps that
-//! table in under the table lock ([`super::local::Persist::check`]), and the
-//! store serves again: from the state the disk has, which is everything that
-//! was answered. While recovering, the old and the new table are both in
-//! memory.
+//! The store recovers by itself (see [`writer`]): every
+//! [`writer::RETRY_FIRST`] to [`writer::RETRY_MAX`] the writer thread checks
+//! that the disk takes as many bytes as the failed write needed, where it
+//! needed them, and loads the table from the files. The next call (or
+//! readiness probe) swaps that table in under the table lock
+//! ([`super::local::Persist::check`]), and the store serves again: from the
+//! state the disk has, which is everything that was answered. While
+//! recovering, the old and the new table are both in memory.
 
+mod compact;
+mod entry;
+mod files;
+mod frame;
+mod migrate;
 mod stored;
 mod writer;
 
@@ -39,52 +53,53 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use prometheus_client::metrics::histogram::Histogram;
-use redb::{Database, ReadableTable, TableDefinition};
 
-use self::writer::Msg;
+use self::files::{Files, LoadError};
+use self::writer::{Msg, Segment};
 use super::local::{CommitLog, Durable, Persist, TableStore};
 use super::table::{Changes, Table};
 use super::StoreError;
 use crate::core::queue::QueueRegistry;
-use crate::core::task::TaskId;
 use crate::telemetry::metrics::seconds_buckets;
 
-/// Task records by id; the value is a [`stored`] record (format byte first).
-const TASKS: TableDefinition<u128, &[u8]> = TableDefinition::new("tasks");
-/// Broker-wide counters; `next_lease` keeps lease ids unique across restarts.
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const NEXT_LEASE: &str = "next_lease";
-/// Each queue's totals while it holds tasks (a [`stored`] totals record).
-pub(super) const TOTALS: TableDefinition<&str, &[u8]> = TableDefinition::new("queue_totals");
-/// Paused queues (the value is unused).
-pub(super) const PAUSED: TableDefinition<&str, u8> = TableDefinition::new("paused");
-/// Schedules by name (a [`crate::store::schedule_record`]).
-pub(super) const SCHEDULES: TableDefinition<&str, &[u8]> = TableDefinition::new("schedules");
+/// A log segment this large is closed and a new one started.
+pub const SEGMENT_BYTES: u64 = 64 << 20;
 
 /// Why the embedded store could not open.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error("cannot create data directory {path}: {source}")]
+    #[error("cannot use data directory {path}: {source}")]
     Dir { path: PathBuf, source: std::io::Error },
-    #[error("cannot open database {path}: {source}")]
-    Db { path: PathBuf, source: Box<redb::Error> },
-    #[error("corrupt task record in {path}: {reason}")]
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("corrupt data in {path}: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    #[error("cannot import the redb database {path}: {reason}")]
+    Import { path: PathBuf, reason: String },
 }
 
-/// The [`Table`] in memory, every change made durable in redb by [`Redb`].
-pub type EmbeddedStore = TableStore<Redb>;
+impl From<LoadError> for OpenError {
+    fn from(e: LoadError) -> Self {
+        match e {
+            LoadError::Io { path, source } => OpenError::Io { path, source },
+            LoadError::Corrupt { path, why } => OpenError::Corrupt { path, reason: why },
+        }
+    }
+}
 
-/// Group commit into a redb database on a writer thread.
-pub struct Redb {
+/// The [`Table`] in memory, every change made durable in the log by [`Wal`].
+pub type EmbeddedStore = TableStore<Wal>;
+
+/// Group commit into a write-ahead log on a writer thread.
+pub struct Wal {
     /// To the writer thread; sent to under the table lock. `None` only in `drop`.
     writer: Option<mpsc::Sender<Msg>>,
-    /// Joined on drop, so the database is closed when the store is gone.
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// Joined on drop, so every queued commit is written before the store is gone.
+    threads: Vec<std::thread::JoinHandle<()>>,
     /// Commits on their way; holds the outage while a failed commit is not
     /// recovered from (the table is then ahead of the disk).
     log: Arc<CommitLog>,
-    /// Transactions committed (each one fsync): what group commit saves is
+    /// Frames written (each one fdatasync): what group commit saves is
     /// visible as commits per task.
     commits: Arc<AtomicU64>,
     /// How long each commit took (`taskbroker_store_commit_seconds`).
@@ -96,42 +111,91 @@ pub struct Redb {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the database in `dir` and loads every task.
+    /// Opens (or creates) the store in `dir` and loads every task.
     pub fn open(dir: &Path, queues: impl Into<QueueRegistry>) -> Result<Self, OpenError> {
+        Self::open_with(dir, queues, SEGMENT_BYTES)
+    }
+
+    /// [`EmbeddedStore::open`] with log segments of `segment_bytes`.
+    pub fn open_with(
+        dir: &Path,
+        queues: impl Into<QueueRegistry>,
+        segment_bytes: u64,
+    ) -> Result<Self, OpenError> {
         let queues = queues.into();
-        std::fs::create_dir_all(dir).map_err(|source| OpenError::Dir { path: dir.to_owned(), source })?;
-        let path = dir.join("tasks.redb");
-        let db_err = |e: redb::Error| OpenError::Db { path: path.clone(), source: Box::new(e) };
-        let db = Database::create(&path).map_err(|e| db_err(e.into()))?;
+        let dir_err = |source| OpenError::Dir { path: dir.to_owned(), source };
+        let files = Arc::new(Files::open(dir)?);
+        migrate::import_redb(&files)?;
+        let started = std::time::Instant::now();
+        let loaded = files.load()?;
         let mut table = Self::table_for(&queues);
-        load(&db, &mut table).map_err(|e| match e {
-            LoadError::Db(e) => db_err(*e),
-            LoadError::Corrupt(reason) => OpenError::Corrupt { path: path.clone(), reason },
-        })?;
-        tracing::info!(path = %path.display(), tasks = table.len(), "embedded store opened");
+        loaded
+            .folded
+            .load_into(&mut table)
+            .map_err(|reason| OpenError::Corrupt { path: dir.to_owned(), reason })?;
+        let (closed, current) = match loaded.segments.split_last() {
+            Some((&(n, len), closed)) if len < segment_bytes => (closed.to_vec(), Some((n, len))),
+            _ => (loaded.segments.clone(), None),
+        };
+        let segment = match current {
+            Some((number, len)) => {
+                Segment { number, file: files.open_segment(number).map_err(dir_err)?, len }
+            }
+            None => {
+                let number = closed.last().map_or(loaded.snapshot.0, |(n, _)| *n) + 1;
+                Segment { number, file: files.create_segment(number).map_err(dir_err)?, len: 0 }
+            }
+        };
+        tracing::info!(
+            path = %dir.display(),
+            tasks = table.len(),
+            segments = loaded.segments.len(),
+            took = ?started.elapsed(),
+            "embedded store opened"
+        );
+        let snapshot = loaded.snapshot;
+        drop(loaded);
         let (writer, rx) = mpsc::channel();
+        let (closed_tx, closed_rx) = mpsc::channel();
         let log = CommitLog::new("embedded store");
         let commits = Arc::new(AtomicU64::new(0));
         let recovered = Arc::new(Mutex::new(None));
         let commit_seconds = seconds_buckets();
-        let thread = writer::Writer {
+        let compactor = compact::Compactor {
+            files: files.clone(),
+            closed: closed_rx,
+            snapshot,
+            pending: closed,
+            min_bytes: segment_bytes,
+        }
+        .spawn()
+        .map_err(dir_err)?;
+        let writer_thread = writer::Writer {
             rx,
             log: log.clone(),
             commits: commits.clone(),
-            path: path.clone(),
+            files,
+            segment_bytes,
+            closed: closed_tx,
             queues: queues.clone(),
             recovered: recovered.clone(),
             commit_seconds: commit_seconds.clone(),
         }
-        .spawn(db)
-        .map_err(|source| OpenError::Dir { path: dir.to_owned(), source })?;
-        let redb =
-            Redb { writer: Some(writer), thread: Some(thread), log, commits, recovered, commit_seconds };
-        Ok(TableStore::with(queues, table, redb))
+        .spawn(segment)
+        .map_err(dir_err)?;
+        let wal = Wal {
+            writer: Some(writer),
+            threads: vec![writer_thread, compactor],
+            log,
+            commits,
+            recovered,
+            commit_seconds,
+        };
+        Ok(TableStore::with(queues, table, wal))
     }
 }
 
-impl Persist for Redb {
+impl Persist for Wal {
     const TRACKS_CHANGES: bool = true;
 
     fn check(&self, table: &mut Table) -> Result<(), StoreError> {
@@ -173,11 +237,11 @@ impl Persist for Redb {
     }
 }
 
-impl Drop for Redb {
-    /// Lets the writer finish what is queued, then closes the database.
+impl Drop for Wal {
+    /// Lets the writer finish what is queued (the compactor then ends too).
     fn drop(&mut self) {
         drop(self.writer.take());
-        if let Some(thread) = self.thread.take() {
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
     }
@@ -192,53 +256,5 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-#[derive(Debug, thiserror::Error)]
-enum LoadError {
-    #[error(transparent)]
-    Db(Box<redb::Error>),
-    #[error("corrupt task record: {0}")]
-    Corrupt(String),
-}
-
-fn load(db: &Database, table: &mut Table) -> Result<(), LoadError> {
-    let db_err = |e: redb::Error| LoadError::Db(Box::new(e));
-    let write = db.begin_write().map_err(|e| db_err(e.into()))?;
-    write.open_table(TASKS).map_err(|e| db_err(e.into()))?;
-    write.open_table(META).map_err(|e| db_err(e.into()))?;
-    write.open_table(TOTALS).map_err(|e| db_err(e.into()))?;
-    write.open_table(PAUSED).map_err(|e| db_err(e.into()))?;
-    write.open_table(SCHEDULES).map_err(|e| db_err(e.into()))?;
-    write.commit().map_err(|e| db_err(e.into()))?;
-    let read = db.begin_read().map_err(|e| db_err(e.into()))?;
-    let meta = read.open_table(META).map_err(|e| db_err(e.into()))?;
-    if let Some(next) = meta.get(NEXT_LEASE).map_err(|e| db_err(e.into()))? {
-        table.restore_lease_counter(next.value());
-    }
-    let tasks = read.open_table(TASKS).map_err(|e| db_err(e.into()))?;
-    for entry in tasks.iter().map_err(|e| db_err(e.into()))? {
-        let (key, value) = entry.map_err(|e| db_err(e.into()))?;
-        let stored = stored::decode(value.value())
-            .map_err(|reason| LoadError::Corrupt(format!("task {}: {reason}", TaskId(key.value()))))?;
-        table.restore(stored.task, stored.ready_seq);
-    }
-    let totals = read.open_table(TOTALS).map_err(|e| db_err(e.into()))?;
-    for entry in totals.iter().map_err(|e| db_err(e.into()))? {
-        let (queue, value) = entry.map_err(|e| db_err(e.into()))?;
-        let totals = stored::decode_totals(value.value())
-            .map_err(|reason| LoadError::Corrupt(format!("totals of queue {}: {reason}", queue.value())))?;
-        table.restore_totals(queue.value(), totals);
-    }
-    let paused = read.open_table(PAUSED).map_err(|e| db_err(e.into()))?;
-    for entry in paused.iter().map_err(|e| db_err(e.into()))? {
-        let (queue, _) = entry.map_err(|e| db_err(e.into()))?;
-        table.set_paused(queue.value(), true);
-    }
-    let schedules = read.open_table(SCHEDULES).map_err(|e| db_err(e.into()))?;
-    for entry in schedules.iter().map_err(|e| db_err(e.into()))? {
-        let (name, value) = entry.map_err(|e| db_err(e.into()))?;
-        let stored = crate::store::schedule_record::decode(name.value(), value.value())
-            .map_err(|reason| LoadError::Corrupt(format!("schedule {}: {reason}", name.value())))?;
-        table.restore_schedule(stored);
-    }
-    Ok(())
-}
+#[cfg(test)]
+mod tests;

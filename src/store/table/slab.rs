@@ -79,7 +79,7 @@ impl Slab {
             None => {
                 let slot = self.used;
                 self.used = slot.checked_add(1).expect("fewer than 2^32 tasks");
-                if slot as usize % CHUNK == 0 {
+                if (slot as usize).is_multiple_of(CHUNK) {
                     self.chunks.push(Vec::with_capacity(CHUNK));
                 }
                 self.chunks.last_mut().expect("a chunk with room").push(Some(record));
@@ -113,7 +113,7 @@ impl Slab {
             let Some(record) = old_chunks[slot / CHUNK][slot % CHUNK].take() else { continue };
             let new = self.used;
             self.used += 1;
-            if new as usize % CHUNK == 0 {
+            if (new as usize).is_multiple_of(CHUNK) {
                 self.chunks.push(Vec::with_capacity(CHUNK));
             }
             self.chunks.last_mut().expect("a chunk with room").push(Some(record));
