@@ -518,3 +518,64 @@ async fn old_lease_ids_stay_fenced_after_kill_9() {
     );
     assert_ne!(first.lease_id, second.lease_id, "a lease id is never handed out twice");
 }
+
+// A lease is answered before its own commit is on disk (a delivery a crash
+// forgets is delivered again); its id must still never come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_a_crash_forgets_is_delivered_again_under_a_new_lease_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("broker.log");
+    let mut server = start_broker(&data, &log).await;
+    let mut producer = server.producer();
+    let mut worker = server.worker();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let task = pb::EnqueueRequest { queue: "forget".into(), kind: "job".into(), ..Default::default() };
+        ids.push(producer.enqueue(task).await.unwrap().into_inner().task.unwrap().id);
+    }
+    let lease = |wait| pb::LeaseRequest {
+        queues: vec!["forget".into()],
+        max_tasks: 1,
+        lease_duration: secs(3600),
+        wait,
+        worker_id: String::new(),
+    };
+    // The first lease reserves a block of lease ids (durable); the second
+    // one's own commit may not be on disk when the broker dies.
+    let mut before = HashMap::new();
+    for _ in 0..2 {
+        let lt = worker.lease(lease(None)).await.unwrap().into_inner().tasks.pop().expect("leased");
+        before.insert(lt.task.unwrap().id, lt.lease_id);
+    }
+    server.kill9().await;
+    drop(server);
+    let server = start_broker(&data, &log).await;
+    let mut worker = server.worker();
+    let mut producer = server.producer();
+
+    for id in &ids {
+        let t = get(&mut producer, id).await;
+        match state(&t) {
+            // Its lease reached the disk: still out, under the old id.
+            pb::TaskState::Leased => assert_eq!(t.attempt, 1),
+            // Forgotten: delivered again, under a new id.
+            pb::TaskState::Ready => {
+                assert_eq!(t.attempt, 0, "a forgotten delivery does not count");
+                let again =
+                    worker.lease(lease(secs(5))).await.unwrap().into_inner().tasks.pop().expect("again");
+                assert_eq!(&again.task.as_ref().unwrap().id, id);
+                assert_ne!(again.lease_id, before[id], "a lease id is never handed out twice");
+            }
+            other => panic!("task {id} is {other:?} after the restart"),
+        }
+        let stale =
+            worker.ack(pb::AckRequest { task_id: id.clone(), lease_id: before[id].clone(), result: vec![] });
+        let stale = stale.await;
+        let lost = matches!(&stale, Err(s) if s.code() == Code::FailedPrecondition);
+        assert!(
+            lost || state(&t) == pb::TaskState::Leased,
+            "an old lease id settled a new delivery: {stale:?}"
+        );
+    }
+}

@@ -52,6 +52,13 @@ pub trait Persist: Send + Sync + 'static {
     /// future resolves.
     fn submit(&self, changes: Changes) -> Result<Durable, StoreError>;
 
+    /// Hands `changes` over like [`Persist::submit`], for an answer that
+    /// does not wait for them: they may be written without an fsync of their
+    /// own (the next commit's covers them), and a crash may forget them.
+    fn submit_unsynced(&self, changes: Changes) -> Result<(), StoreError> {
+        self.submit(changes).map(drop)
+    }
+
     /// For an operation that changed nothing, called under the table lock:
     /// resolves once every change submitted before is durable (`None`:
     /// already), so its answer reveals nothing that a crash could take back.
@@ -64,6 +71,21 @@ pub trait Persist: Send + Sync + 'static {
     fn commit_seconds(&self) -> Option<Histogram> {
         None
     }
+}
+
+/// What an operation's answer waits for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// Its own changes, and every change before them, are durable.
+    Own,
+    /// Every change submitted before it is durable; its own are written in
+    /// order but not fsynced on their own (the next durable commit covers
+    /// them: an ack of this lease makes the lease durable too).
+    /// For leases: a delivery a crash forgets is delivered again (at least
+    /// once holds), with the attempt count it had before. What must not be
+    /// forgotten waits anyway: a new block of lease ids (ids never repeat,
+    /// see [`super::table`]'s `lease_ids`) and tasks the lease expired.
+    Prior,
 }
 
 /// A [`Store`] over an in-process [`Table`].
@@ -116,6 +138,11 @@ impl<P: Persist> TableStore<P> {
     /// Runs `op` on the table and returns once its changes, and every change
     /// submitted before them, are kept (see the module docs).
     async fn run<R>(&self, op: impl FnOnce(&mut Table) -> R) -> Result<R, StoreError> {
+        self.run_waiting(Wait::Own, op).await
+    }
+
+    /// [`TableStore::run`], waiting as `wait` says.
+    async fn run_waiting<R>(&self, wait: Wait, op: impl FnOnce(&mut Table) -> R) -> Result<R, StoreError> {
         let (result, durable, events) = {
             let mut table = self.table();
             self.persist.check(&mut table)?;
@@ -128,10 +155,15 @@ impl<P: Persist> TableStore<P> {
                 return Ok(result);
             }
             let changes = table.take_changes();
+            let own = wait == Wait::Own || table.take_lease_reserved() || !events.is_empty();
             let durable = if changes.is_empty() {
                 self.persist.barrier()?
-            } else {
+            } else if own {
                 Some(self.persist.submit(changes)?)
+            } else {
+                let before = self.persist.barrier()?;
+                self.persist.submit_unsynced(changes)?;
+                before
             };
             (result, durable, events)
         };
@@ -149,8 +181,10 @@ impl<P: Persist> Store for TableStore<P> {
         self.run(|t| t.enqueue(tasks, now)).await?
     }
 
+    /// A lease is answered once everything before it is durable, without
+    /// waiting for its own commit (see [`Wait::Prior`]).
     async fn lease(&self, spec: LeaseSpec, now: Millis) -> Result<Vec<Task>, StoreError> {
-        self.run(|t| t.lease(&spec, now)).await
+        self.run_waiting(Wait::Prior, |t| t.lease(&spec, now)).await
     }
 
     async fn ack(&self, id: TaskId, lease_id: u64, result: Vec<u8>, now: Millis) -> Result<Task, StoreError> {

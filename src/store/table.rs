@@ -13,6 +13,7 @@
 mod admin;
 mod dependencies;
 mod indexes;
+mod lease_ids;
 mod leasing;
 mod limits;
 mod names;
@@ -26,6 +27,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use self::indexes::{index, pop_due, take_due, unindex, Indexes};
+use self::lease_ids::LeaseIds;
 use self::names::{Names, Sym};
 use self::record::Record;
 use self::slab::Slab;
@@ -82,8 +84,8 @@ pub struct Table {
     requests: HashMap<(String, String), TaskId>,
     /// Next READY sequence number (FIFO order).
     next_seq: u64,
-    /// Next lease id: increases forever, so an old lease id never comes back.
-    next_lease: u64,
+    /// Lease ids, never repeating (see [`lease_ids`]).
+    lease_ids: LeaseIds,
     /// Whether to record changes (the embedded store does, memory does not).
     track: bool,
     /// Bounds on what the table holds.
@@ -126,7 +128,7 @@ impl Table {
             dedup: HashMap::new(),
             requests: HashMap::new(),
             next_seq: 1,
-            next_lease: 1,
+            lease_ids: LeaseIds::default(),
             track,
             limits: Limits::UNLIMITED,
             queue_tasks: HashMap::new(),
@@ -148,7 +150,7 @@ impl Table {
     pub fn restore(&mut self, task: Task, ready_seq: u64) {
         self.next_seq = self.next_seq.max(ready_seq + 1);
         if let Some(l) = &task.lease {
-            self.next_lease = self.next_lease.max(l.id + 1);
+            self.lease_ids.seen(l.id);
         }
         self.index_lookups(&task);
         let id = task.id;
@@ -174,7 +176,13 @@ impl Table {
 
     /// Lease ids below `next` were handed out before (read back from disk).
     pub fn restore_lease_counter(&mut self, next: u64) {
-        self.next_lease = self.next_lease.max(next);
+        self.lease_ids.restore(next);
+    }
+
+    /// Whether the last operation started a new block of lease ids: its
+    /// answer waits for its own commit (see [`lease_ids`]).
+    pub fn take_lease_reserved(&mut self) -> bool {
+        self.lease_ids.take_reserved()
     }
 
     pub fn len(&self) -> usize {
@@ -215,7 +223,7 @@ impl Table {
         Changes {
             put,
             removed: std::mem::take(&mut self.removed),
-            next_lease: self.next_lease,
+            next_lease: self.lease_ids.mark(),
             queues,
             paused: std::mem::take(&mut self.paused_changes),
             schedules: self.take_schedule_changes(),

@@ -139,11 +139,16 @@ impl EmbeddedStore {
         };
         let segment = match current {
             Some((number, len)) => {
-                Segment { number, file: files.open_segment(number).map_err(dir_err)?, len }
+                Segment { number, file: files.open_segment(number).map_err(dir_err)?, len, unsynced: false }
             }
             None => {
                 let number = closed.last().map_or(loaded.snapshot.0, |(n, _)| *n) + 1;
-                Segment { number, file: files.create_segment(number).map_err(dir_err)?, len: 0 }
+                Segment {
+                    number,
+                    file: files.create_segment(number).map_err(dir_err)?,
+                    len: 0,
+                    unsynced: false,
+                }
             }
         };
         tracing::info!(
@@ -215,13 +220,13 @@ impl Persist for Wal {
     }
 
     fn submit(&self, changes: Changes) -> Result<Durable, StoreError> {
-        let writer = self.writer.as_ref().ok_or_else(|| unavailable("the store is closing"))?;
-        let (outcome, durable) = self.log.submit();
-        if writer.send(Msg::Commit(writer::Commit { changes, outcome })).is_err() {
-            self.log.fail("the writer thread stopped".into());
-            return Err(unavailable("the writer thread stopped"));
-        }
-        Ok(durable)
+        self.send(changes, true)
+    }
+
+    /// A frame of only such changes is written without an fsync; the next
+    /// synced frame (or the next segment) makes it durable.
+    fn submit_unsynced(&self, changes: Changes) -> Result<(), StoreError> {
+        self.send(changes, false).map(drop)
     }
 
     fn barrier(&self) -> Result<Option<Durable>, StoreError> {
@@ -234,6 +239,18 @@ impl Persist for Wal {
 
     fn commit_seconds(&self) -> Option<Histogram> {
         Some(self.commit_seconds.clone())
+    }
+}
+
+impl Wal {
+    fn send(&self, changes: Changes, sync: bool) -> Result<Durable, StoreError> {
+        let writer = self.writer.as_ref().ok_or_else(|| unavailable("the store is closing"))?;
+        let (outcome, durable) = self.log.submit();
+        if writer.send(Msg::Commit(writer::Commit { changes, outcome, sync })).is_err() {
+            self.log.fail("the writer thread stopped".into());
+            return Err(unavailable("the writer thread stopped"));
+        }
+        Ok(durable)
     }
 }
 

@@ -48,15 +48,20 @@ pub enum Msg {
 /// One operation's changes on their way to disk.
 pub struct Commit {
     pub changes: Changes,
-    /// Where to say whether they are durable.
+    /// Where to say whether they are durable (or, unsynced, written).
     pub outcome: Outcome,
+    /// Whether the answer waits for an fsync (see
+    /// [`crate::store::local::Persist::submit_unsynced`]).
+    pub sync: bool,
 }
 
-/// The segment being written: its number, file, and durable length.
+/// The segment being written: its number, file, and length.
 pub struct Segment {
     pub number: u64,
     pub file: File,
     pub len: u64,
+    /// Bytes before `len` were written without an fsync yet.
+    pub unsynced: bool,
 }
 
 /// The writer thread's side of the store.
@@ -94,12 +99,14 @@ impl Writer {
             let start = frame::begin(&mut buf);
             entry::push_changes(&mut buf, &first.changes);
             let mut next_lease = first.changes.next_lease;
+            let mut sync = first.sync;
             let mut group = vec![first.outcome];
             while group.len() < MAX_GROUP && buf.len() < MAX_GROUP_BYTES {
                 match self.rx.try_recv() {
                     Ok(Msg::Commit(c)) => {
                         entry::push_changes(&mut buf, &c.changes);
                         next_lease = next_lease.max(c.changes.next_lease);
+                        sync |= c.sync;
                         group.push(c.outcome);
                     }
                     Ok(Msg::Resume) | Err(_) => break,
@@ -109,13 +116,16 @@ impl Writer {
             frame::finish(&mut buf, start);
 
             let started = Instant::now();
-            let written =
-                segment.file.write_all_at(&buf, segment.len).and_then(|()| segment.file.sync_data());
-            self.commit_seconds.observe(started.elapsed().as_secs_f64());
-            self.commits.fetch_add(1, Ordering::Relaxed);
+            let mut written = segment.file.write_all_at(&buf, segment.len);
+            if sync {
+                written = written.and_then(|()| segment.file.sync_data());
+                self.commit_seconds.observe(started.elapsed().as_secs_f64());
+                self.commits.fetch_add(1, Ordering::Relaxed);
+            }
             match written {
                 Ok(()) => {
                     segment.len += buf.len() as u64;
+                    segment.unsynced = !sync;
                     for outcome in group {
                         let _ = outcome.send(Ok(()));
                     }
@@ -144,10 +154,17 @@ impl Writer {
     /// Closes `segment` for the compactor and starts the next one; on
     /// failure keeps appending to this one (and tries again next commit).
     fn roll(&self, segment: &mut Segment) {
+        if segment.unsynced {
+            // A closed segment is whole on disk: later ones are replayed after it.
+            if let Err(e) = segment.file.sync_data() {
+                return tracing::warn!(error = %e, "cannot sync the log segment; appending to it");
+            }
+            segment.unsynced = false;
+        }
         match self.files.create_segment(segment.number + 1) {
             Ok(file) => {
                 let _ = self.closed.send((segment.number, segment.len));
-                *segment = Segment { number: segment.number + 1, file, len: 0 };
+                *segment = Segment { number: segment.number + 1, file, len: 0, unsynced: false };
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start a new log segment; appending to the current one")

@@ -158,3 +158,47 @@ async fn once_recovered_the_store_serves_and_a_barrier_does_not_wait_for_the_fai
     let got = store.get(TaskId(42)).now_or_never().expect("nothing pending since the recovery");
     assert!(matches!(got, Err(StoreError::TaskNotFound(_))), "{got:?}");
 }
+
+fn lease_one() -> LeaseSpec {
+    LeaseSpec {
+        queues: vec![("q".into(), 1)],
+        max_tasks: 1,
+        max_bytes: 1 << 20,
+        lease_duration: Some(60_000),
+        worker_id: "w".into(),
+    }
+}
+
+fn plain(i: usize) -> NewTask {
+    NewTask { dedup_key: String::new(), request_id: format!("r{i}"), ..replayable() }
+}
+
+#[tokio::test]
+async fn a_lease_waits_for_the_commits_before_it_but_not_for_its_own_unless_it_reserves_lease_ids() {
+    let store = held_store();
+    let s = store.clone();
+    let enqueue = tokio::spawn(async move { s.enqueue((0..3).map(plain).collect(), 1).await });
+    while *store.persist.submitted.lock().unwrap() == 0 {
+        tokio::task::yield_now().await;
+    }
+    // The tasks' own commit is pending: a lease must not hand them out yet.
+    let mut first = Box::pin(store.lease(lease_one(), 2));
+    assert!((&mut first).now_or_never().is_none(), "a lease answered before the enqueue was durable");
+    let held = std::mem::take(&mut *store.persist.pending.lock().unwrap());
+    assert_eq!(held.len(), 2, "the enqueue's and the lease's commits");
+    let mut held = held.into_iter();
+    let _ = held.next().unwrap().send(Ok(()));
+    enqueue.await.unwrap().unwrap();
+    // The first lease reserved a block of lease ids: it waits for its own commit.
+    assert!((&mut first).now_or_never().is_none(), "the lease that reserves ids answered before its commit");
+    let _ = held.next().unwrap().send(Ok(()));
+    assert_eq!(first.await.unwrap().len(), 1);
+    // The next one is answered while its own commit is still pending...
+    let second = store.lease(lease_one(), 3).now_or_never().expect("a lease waits only for earlier commits");
+    assert_eq!(second.unwrap().len(), 1);
+    assert_eq!(*store.persist.submitted.lock().unwrap(), 3, "its changes were still submitted");
+    // ...and what comes after it waits for that commit as for any other.
+    let mut read = Box::pin(store.get(TaskId(42)));
+    assert!((&mut read).now_or_never().is_none(), "a read after the lease skipped its commit");
+    store.persist.finish(Ok(()));
+}

@@ -82,8 +82,7 @@ impl Table {
             if let Some(ready) = self.idx.ready.get_mut(&queue) {
                 ready.served(pick);
             }
-            let lease_id = self.next_lease;
-            self.next_lease += 1;
+            let lease_id = self.lease_ids.take();
             let worker = self.names.acquire(&spec.worker_id);
             let task = self.transition(id, now, |t| {
                 t.state = TaskState::Leased;

@@ -22,7 +22,7 @@ impl Table {
     /// force, and the lease counter (no lease id handed out comes back).
     pub fn carry_over(&mut self, stale: &Table) {
         self.limits = stale.limits;
-        self.next_lease = self.next_lease.max(stale.next_lease);
+        self.lease_ids.carry_over(&stale.lease_ids);
     }
 
     /// How many queues hold tasks.
