@@ -30,6 +30,7 @@ impl Compactor {
     }
 
     fn run(mut self) {
+        lower_priority();
         self.maybe_compact();
         while let Ok(segment) = self.closed.recv() {
             self.pending.push(segment);
@@ -48,10 +49,10 @@ impl Compactor {
         let started = std::time::Instant::now();
         let numbers: Vec<u64> = self.pending.iter().map(|(n, _)| *n).collect();
         let upto = *numbers.last().expect("pending is not empty");
-        let installed = self
-            .files
-            .fold(self.snapshot.0, &numbers)
-            .and_then(|folded| self.files.install_snapshot(upto, &folded).map_err(|e| e.to_string()));
+        let installed = self.files.read_closed(self.snapshot.0, &numbers).and_then(|read| {
+            let folded = read.fold().map_err(|e| e.to_string())?;
+            self.files.install_snapshot(upto, &folded).map_err(|e| e.to_string())
+        });
         match installed {
             Ok(bytes) => {
                 tracing::info!(
@@ -67,5 +68,15 @@ impl Compactor {
             // The log is whole without it: try again after the next segment.
             Err(e) => tracing::warn!(error = %e, "embedded store compaction failed; the log keeps growing"),
         }
+    }
+}
+
+/// Runs this thread at nice 10: under load, serving goes first and the
+/// compaction (seconds of CPU for a large store) takes what is left.
+fn lower_priority() {
+    // On Linux a thread id names that thread alone.
+    let tid = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), 10) {
+        tracing::debug!(error = %e, "cannot lower the compaction thread's priority");
     }
 }

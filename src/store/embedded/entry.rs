@@ -82,28 +82,27 @@ pub fn entries(mut body: &[u8]) -> impl Iterator<Item = Result<Entry<'_>, String
 }
 
 /// The durable state as the entries so far add up to: what a snapshot holds
-/// and what the table is loaded from.
+/// and what the table is loaded from. Task records borrow from the bytes
+/// read (no copy of each record).
 #[derive(Default, Debug)]
-pub struct Folded {
-    pub tasks: HashMap<u128, Vec<u8>>,
+pub struct Folded<'a> {
+    /// Every task change in log order (`None`: removed) until
+    /// [`Folded::finish`]; then each live task once, by id.
+    tasks: Vec<(u128, Option<&'a [u8]>)>,
     pub totals: HashMap<String, Vec<u8>>,
     pub paused: HashSet<String>,
     pub schedules: HashMap<String, Vec<u8>>,
     pub next_lease: u64,
 }
 
-impl Folded {
+impl<'a> Folded<'a> {
     /// Applies one frame's entries; `Ok(Some(n))` if it was a snapshot's end
     /// frame saying `n` frames came before it.
-    pub fn apply(&mut self, body: &[u8]) -> Result<Option<u64>, String> {
+    pub fn apply(&mut self, body: &'a [u8]) -> Result<Option<u64>, String> {
         for entry in entries(body) {
             match entry? {
-                Entry::Task(id, value) => {
-                    self.tasks.insert(id, value.to_vec());
-                }
-                Entry::Removed(id) => {
-                    self.tasks.remove(&id);
-                }
+                Entry::Task(id, value) => self.tasks.push((id, Some(value))),
+                Entry::Removed(id) => self.tasks.push((id, None)),
                 Entry::Totals(queue, Some(value)) => {
                     self.totals.insert(queue.to_owned(), value.to_vec());
                 }
@@ -129,9 +128,35 @@ impl Folded {
         Ok(None)
     }
 
-    /// Every entry that rebuilds this state (the end marker aside).
+    /// A task record (an import: no log order to keep).
+    pub fn put_task(&mut self, id: u128, value: &'a [u8]) {
+        self.tasks.push((id, Some(value)));
+    }
+
+    /// Keeps the last word on each task, in id order: a stable sort by id
+    /// (cheaper than a map for a million records), then the last of each run.
+    pub fn finish(&mut self) {
+        self.tasks.sort_by_key(|(id, _)| *id);
+        let mut kept: Vec<(u128, Option<&'a [u8]>)> = Vec::with_capacity(self.tasks.len());
+        for (id, value) in self.tasks.drain(..) {
+            match kept.last_mut() {
+                Some(last) if last.0 == id => last.1 = value,
+                _ => kept.push((id, value)),
+            }
+        }
+        kept.retain(|(_, value)| value.is_some());
+        self.tasks = kept;
+    }
+
+    /// The live tasks, by id (after [`Folded::finish`]).
+    pub fn tasks(&self) -> impl Iterator<Item = (u128, &'a [u8])> + '_ {
+        self.tasks.iter().filter_map(|(id, value)| Some((*id, (*value)?)))
+    }
+
+    /// Every entry that rebuilds this state (the end marker aside; after
+    /// [`Folded::finish`]).
     pub fn snapshot_entries(&self) -> impl Iterator<Item = Entry<'_>> {
-        let tasks = self.tasks.iter().map(|(id, v)| Entry::Task(*id, v));
+        let tasks = self.tasks().map(|(id, v)| Entry::Task(id, v));
         let totals = self.totals.iter().map(|(q, v)| Entry::Totals(q, Some(v)));
         let paused = self.paused.iter().map(|q| Entry::Paused(q, true));
         let schedules = self.schedules.iter().map(|(n, v)| Entry::Schedule(n, Some(v)));
@@ -139,13 +164,11 @@ impl Folded {
     }
 
     /// Decodes every record into `table` (tasks in id order, as they were
-    /// created).
+    /// created; after [`Folded::finish`]).
     pub fn load_into(&self, table: &mut Table) -> Result<(), String> {
         table.restore_lease_counter(self.next_lease);
-        let mut ids: Vec<u128> = self.tasks.keys().copied().collect();
-        ids.sort_unstable();
-        for id in ids {
-            let stored = stored::decode(&self.tasks[&id]).map_err(|e| format!("task {}: {e}", TaskId(id)))?;
+        for (id, value) in self.tasks() {
+            let stored = stored::decode(value).map_err(|e| format!("task {}: {e}", TaskId(id)))?;
             table.restore(stored.task, stored.ready_seq);
         }
         for (queue, value) in &self.totals {
@@ -190,7 +213,8 @@ mod tests {
         }
         let mut folded = Folded::default();
         assert_eq!(folded.apply(&body), Ok(None));
-        assert_eq!(folded.tasks, HashMap::from([(1, b"a2".to_vec())]));
+        folded.finish();
+        assert_eq!(folded.tasks().collect::<Vec<_>>(), vec![(1, &b"a2"[..])]);
         assert_eq!(folded.totals, HashMap::from([("q".to_owned(), b"t".to_vec())]));
         assert_eq!(folded.paused, HashSet::from(["q".to_owned()]));
         assert_eq!(folded.schedules, HashMap::from([("s".to_owned(), b"x".to_vec())]));
@@ -203,7 +227,9 @@ mod tests {
         }
         push(&mut snapshot, &Entry::End(1));
         assert_eq!(again.apply(&snapshot), Ok(Some(1)));
-        assert_eq!((again.tasks, again.totals, again.paused), (folded.tasks, folded.totals, folded.paused));
+        again.finish();
+        assert_eq!(again.tasks().collect::<Vec<_>>(), folded.tasks().collect::<Vec<_>>());
+        assert_eq!((again.totals, again.paused), (folded.totals, folded.paused));
     }
 
     #[test]

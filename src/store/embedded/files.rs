@@ -22,6 +22,8 @@ use super::frame::{self, End};
 
 /// A snapshot's frames hold about this many bytes each.
 const SNAPSHOT_FRAME: usize = 1 << 20;
+/// A snapshot being written is synced every this many bytes.
+const SNAPSHOT_SYNC: u64 = 8 << 20;
 
 pub struct Files {
     dir: PathBuf,
@@ -32,14 +34,35 @@ pub struct Files {
     swap: Mutex<()>,
 }
 
-/// What loading the directory found.
+/// What loading the directory found: the bytes of the newest snapshot and
+/// of every segment after it, each cut to its whole frames.
 pub struct Loaded {
-    pub folded: Folded,
-    /// The snapshot loaded: its segment number and size.
+    /// The snapshot loaded: its segment number (0: none) and size.
     pub snapshot: (u64, u64),
     /// The segments after it, oldest first: number and size (after a torn
     /// tail was cut off).
     pub segments: Vec<(u64, u64)>,
+    /// Each file read: its path, bytes, and whether it is a snapshot.
+    files: Vec<(PathBuf, Vec<u8>, bool)>,
+}
+
+impl Loaded {
+    /// The state the files add up to (borrowing their bytes).
+    pub fn fold(&self) -> Result<Folded<'_>, LoadError> {
+        let mut folded = Folded::default();
+        for (path, bytes, snapshot) in &self.files {
+            let corrupt = |why| LoadError::Corrupt { path: path.clone(), why };
+            if *snapshot {
+                read_snapshot(bytes, &mut folded).map_err(corrupt)?;
+            } else {
+                for body in frame::read(bytes).0 {
+                    folded.apply(body).map_err(corrupt)?;
+                }
+            }
+        }
+        folded.finish();
+        Ok(folded)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,8 +147,8 @@ impl Files {
         Ok((snapshots, segments))
     }
 
-    /// Reads the newest snapshot and every segment after it; cuts a torn
-    /// tail off the newest segment; removes files a snapshot made redundant.
+    /// Reads the newest snapshot and every segment after it, and cuts a
+    /// torn tail off the newest segment. [`Loaded::fold`] checks them.
     pub fn load(&self) -> Result<Loaded, LoadError> {
         let _swap = lock(&self.swap);
         let io_err = |path: &Path| {
@@ -133,13 +156,13 @@ impl Files {
             move |source| LoadError::Io { path, source }
         };
         let (snapshots, segments) = self.list().map_err(io_err(&self.dir))?;
-        let mut folded = Folded::default();
+        let mut files = Vec::new();
         let mut snapshot = (0, 0);
         if let Some(&n) = snapshots.last() {
             let path = self.snapshot(n);
             let bytes = fs::read(&path).map_err(io_err(&path))?;
-            read_snapshot(&bytes, &mut folded).map_err(|why| LoadError::Corrupt { path, why })?;
             snapshot = (n, bytes.len() as u64);
+            files.push((path, bytes, true));
         }
         let later: Vec<u64> = segments.iter().copied().filter(|&s| s > snapshot.0).collect();
         let mut loaded = Vec::with_capacity(later.len());
@@ -150,13 +173,8 @@ impl Files {
                 let why = format!("segment {expected} is missing");
                 return Err(LoadError::Corrupt { path, why });
             }
-            let bytes = fs::read(&path).map_err(io_err(&path))?;
-            let (bodies, end) = frame::read(&bytes);
-            for body in bodies {
-                folded.apply(body).map_err(|why| LoadError::Corrupt { path: path.clone(), why })?;
-            }
-            let mut len = bytes.len() as u64;
-            if let End::Torn { at, why } = end {
+            let mut bytes = fs::read(&path).map_err(io_err(&path))?;
+            if let (_, End::Torn { at, why }) = frame::read(&bytes) {
                 if i + 1 < later.len() {
                     let why = format!("{why} at byte {at}, before the newest segment");
                     return Err(LoadError::Corrupt { path, why });
@@ -164,51 +182,18 @@ impl Files {
                 tracing::warn!(path = %path.display(), at, why, "cutting off the log's torn tail (a write a crash interrupted; never acknowledged)");
                 let file = self.open_segment(n).map_err(io_err(&path))?;
                 file.set_len(at as u64).and_then(|()| file.sync_all()).map_err(io_err(&path))?;
-                len = at as u64;
+                bytes.truncate(at);
             }
-            loaded.push((n, len));
+            loaded.push((n, bytes.len() as u64));
+            files.push((path, bytes, false));
         }
-        // Left by a compaction a crash interrupted after its rename.
-        for &n in snapshots.iter().filter(|&&s| s < snapshot.0) {
-            let _ = fs::remove_file(self.snapshot(n));
-        }
-        for &n in segments.iter().filter(|&&s| s <= snapshot.0) {
-            let _ = fs::remove_file(self.segment(n));
-        }
-        Ok(Loaded { folded, snapshot, segments: loaded })
+        Ok(Loaded { snapshot, segments: loaded, files })
     }
 
-    /// Folds snapshot `from` (0: none) and segments `segments` (closed ones,
-    /// in order) into the state they hold.
-    pub fn fold(&self, from: u64, segments: &[u64]) -> Result<Folded, String> {
-        let mut folded = Folded::default();
-        if from > 0 {
-            let path = self.snapshot(from);
-            let bytes = fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            read_snapshot(&bytes, &mut folded).map_err(|e| format!("{}: {e}", path.display()))?;
-        }
-        for &n in segments {
-            let path = self.segment(n);
-            let bytes = fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let (bodies, end) = frame::read(&bytes);
-            if end != End::Clean {
-                return Err(format!("{}: closed segment ends in {end:?}", path.display()));
-            }
-            for body in bodies {
-                folded.apply(body).map_err(|e| format!("{}: {e}", path.display()))?;
-            }
-        }
-        Ok(folded)
-    }
-
-    /// Writes `folded` as snapshot `n` (everything up to segment `n`), then
-    /// removes the files it replaces. Returns its size.
-    pub fn install_snapshot(&self, n: u64, folded: &Folded) -> io::Result<u64> {
-        let tmp = self.dir.join(format!("snap-{n:020}.tmp"));
-        let bytes = write_snapshot(&tmp, folded)?;
+    /// Removes what snapshot `n` made redundant: older snapshots and the
+    /// segments it covers (left by a compaction a crash interrupted).
+    pub fn remove_stale(&self, n: u64) -> io::Result<()> {
         let _swap = lock(&self.swap);
-        fs::rename(&tmp, self.snapshot(n))?;
-        self.sync_dir()?;
         let (snapshots, segments) = self.list()?;
         for s in snapshots.into_iter().filter(|&s| s < n) {
             fs::remove_file(self.snapshot(s))?;
@@ -216,6 +201,43 @@ impl Files {
         for s in segments.into_iter().filter(|&s| s <= n) {
             fs::remove_file(self.segment(s))?;
         }
+        Ok(())
+    }
+
+    /// Reads snapshot `from` (0: none) and the closed segments `segments`,
+    /// for a compaction.
+    pub fn read_closed(&self, from: u64, segments: &[u64]) -> Result<Loaded, String> {
+        let mut files = Vec::new();
+        let mut read = |path: PathBuf, snapshot: bool| {
+            let bytes = fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            files.push((path, bytes, snapshot));
+            Ok::<_, String>(())
+        };
+        if from > 0 {
+            read(self.snapshot(from), true)?;
+        }
+        for &n in segments {
+            read(self.segment(n), false)?;
+        }
+        for (path, bytes, snapshot) in &files {
+            if let (false, (_, End::Torn { at, why })) = (*snapshot, frame::read(bytes)) {
+                return Err(format!("{}: closed segment damaged: {why} at byte {at}", path.display()));
+            }
+        }
+        Ok(Loaded { snapshot: (from, 0), segments: Vec::new(), files })
+    }
+
+    /// Writes `folded` as snapshot `n` (everything up to segment `n`), then
+    /// removes the files it replaces. Returns its size.
+    pub fn install_snapshot(&self, n: u64, folded: &Folded<'_>) -> io::Result<u64> {
+        let tmp = self.dir.join(format!("snap-{n:020}.tmp"));
+        let bytes = write_snapshot(&tmp, folded)?;
+        {
+            let _swap = lock(&self.swap);
+            fs::rename(&tmp, self.snapshot(n))?;
+            self.sync_dir()?;
+        }
+        self.remove_stale(n)?;
         Ok(bytes)
     }
 
@@ -227,15 +249,22 @@ impl Files {
 }
 
 /// Writes `folded` to `path` as a snapshot and fsyncs it; returns its size.
-fn write_snapshot(path: &Path, folded: &Folded) -> io::Result<u64> {
+/// It syncs every [`SNAPSHOT_SYNC`] bytes on the way, so the disk never has
+/// a large backlog to flush at once in front of the log's commits.
+fn write_snapshot(path: &Path, folded: &Folded<'_>) -> io::Result<u64> {
     let mut out = io::BufWriter::with_capacity(SNAPSHOT_FRAME * 2, File::create(path)?);
     let mut body = Vec::with_capacity(SNAPSHOT_FRAME + 4096);
-    let (mut frames, mut bytes) = (0u64, 0u64);
+    let (mut frames, mut bytes, mut synced) = (0u64, 0u64, 0u64);
     for entry in folded.snapshot_entries() {
         entry::push(&mut body, &entry);
         if body.len() >= SNAPSHOT_FRAME {
             bytes += write_frame(&mut out, &mut body)?;
             frames += 1;
+            if bytes - synced >= SNAPSHOT_SYNC {
+                out.flush()?;
+                out.get_ref().sync_data()?;
+                synced = bytes;
+            }
         }
     }
     if !body.is_empty() {
@@ -260,7 +289,7 @@ fn write_frame(out: &mut impl Write, body: &mut Vec<u8>) -> io::Result<u64> {
 }
 
 /// Applies a snapshot's frames to `folded`; it must end in its end frame.
-fn read_snapshot(bytes: &[u8], folded: &mut Folded) -> Result<(), String> {
+fn read_snapshot<'a>(bytes: &'a [u8], folded: &mut Folded<'a>) -> Result<(), String> {
     let (bodies, end) = frame::read(bytes);
     if let End::Torn { at, why } = end {
         return Err(format!("snapshot damaged: {why} at byte {at}"));

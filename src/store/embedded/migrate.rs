@@ -25,8 +25,14 @@ pub fn import_redb(files: &Files) -> Result<(), OpenError> {
     if !files.is_empty().map_err(|e| import_err(e.to_string()))? {
         return Err(import_err("the directory holds both a redb database and a log; move one away".into()));
     }
-    let folded = read(&Database::open(&path).map_err(|e| import_err(e.to_string()))?).map_err(import_err)?;
-    let tasks = folded.tasks.len();
+    let mut rows = Vec::new();
+    let mut folded = read(&Database::open(&path).map_err(|e| import_err(e.to_string()))?, &mut rows)
+        .map_err(import_err)?;
+    for (id, value) in &rows {
+        folded.put_task(*id, value);
+    }
+    folded.finish();
+    let tasks = rows.len();
     files.install_snapshot(0, &folded).map_err(|e| import_err(e.to_string()))?;
     let kept = files.dir().join("tasks.redb.imported");
     std::fs::rename(&path, &kept).map_err(|e| import_err(e.to_string()))?;
@@ -35,8 +41,9 @@ pub fn import_redb(files: &Files) -> Result<(), OpenError> {
     Ok(())
 }
 
-/// Every record of the database, as stored.
-fn read(db: &Database) -> Result<Folded, String> {
+/// Every record of the database, as stored: the tasks into `rows`, the rest
+/// into the returned state.
+fn read<'a>(db: &Database, rows: &mut Vec<(u128, Vec<u8>)>) -> Result<Folded<'a>, String> {
     let e = |e: redb::Error| e.to_string();
     let read = db.begin_read().map_err(|x| e(x.into()))?;
     let mut folded = Folded::default();
@@ -48,7 +55,7 @@ fn read(db: &Database) -> Result<Folded, String> {
     if let Ok(tasks) = read.open_table(TASKS) {
         for row in tasks.iter().map_err(|x| e(x.into()))? {
             let (id, value) = row.map_err(|x| e(x.into()))?;
-            folded.tasks.insert(id.value(), value.value().to_vec());
+            rows.push((id.value(), value.value().to_vec()));
         }
     }
     if let Ok(totals) = read.open_table(TOTALS) {

@@ -129,10 +129,10 @@ impl EmbeddedStore {
         let started = std::time::Instant::now();
         let loaded = files.load()?;
         let mut table = Self::table_for(&queues);
-        loaded
-            .folded
-            .load_into(&mut table)
-            .map_err(|reason| OpenError::Corrupt { path: dir.to_owned(), reason })?;
+        let folded = loaded.fold()?;
+        folded.load_into(&mut table).map_err(|reason| OpenError::Corrupt { path: dir.to_owned(), reason })?;
+        drop(folded);
+        files.remove_stale(loaded.snapshot.0).map_err(dir_err)?;
         let (closed, current) = match loaded.segments.split_last() {
             Some((&(n, len), closed)) if len < segment_bytes => (closed.to_vec(), Some((n, len))),
             _ => (loaded.segments.clone(), None),

@@ -123,13 +123,13 @@ fn damage_before_the_newest_segment_refuses_to_open() {
     let files = files::Files::open(dir.path()).unwrap();
     let first = write_segment(&files, 1, &[entry::Entry::Task(1, b"a"), entry::Entry::Task(2, b"b")]);
     write_segment(&files, 2, &[entry::Entry::Task(3, b"c")]);
-    assert_eq!(files.load().unwrap().folded.tasks.len(), 3, "whole segments load");
+    assert_eq!(files.load().unwrap().fold().unwrap().tasks().count(), 3, "whole segments load");
 
     let mut bytes = fs::read(&first).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0x40;
     fs::write(&first, bytes).unwrap();
-    match files.load() {
+    match files.load().and_then(|loaded| loaded.fold().map(|f| f.tasks().count())) {
         Err(files::LoadError::Corrupt { path, why }) => {
             assert_eq!(path, first);
             assert!(why.contains("checksum") && why.contains("before the newest segment"), "{why}");
@@ -145,7 +145,7 @@ fn a_missing_segment_refuses_to_open() {
     let files = files::Files::open(dir.path()).unwrap();
     write_segment(&files, 1, &[entry::Entry::Task(1, b"a")]);
     let third = write_segment(&files, 3, &[entry::Entry::Task(3, b"c")]);
-    match files.load() {
+    match files.load().map(|loaded| loaded.segments) {
         Err(files::LoadError::Corrupt { path, why }) => {
             assert_eq!((path, why.as_str()), (third, "segment 2 is missing"));
         }

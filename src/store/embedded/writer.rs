@@ -217,8 +217,9 @@ impl Writer {
         };
         probe().map_err(|e| format!("space probe of {need} bytes: {e}"))?;
         let loaded = self.files.load().map_err(|e| format!("reload: {e}"))?;
+        let folded = loaded.fold().map_err(|e| format!("reload: {e}"))?;
         let mut table = Table::new(self.queues.current(), true);
-        loaded.folded.load_into(&mut table).map_err(|e| format!("reload: {e}"))?;
+        folded.load_into(&mut table).map_err(|e| format!("reload: {e}"))?;
         Ok(table)
     }
 }
