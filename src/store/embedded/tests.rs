@@ -240,3 +240,59 @@ async fn a_second_store_on_the_same_directory_is_refused() {
         Ok(_) => panic!("two stores opened the same directory"),
     }
 }
+
+mod crash_points {
+    //! Any cut of the log (a crash at any byte) loads as exactly the state
+    //! after the last whole frame before the cut.
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::super::{entry, files, frame};
+
+    /// One group commit: tasks put (id, value byte) or removed.
+    fn groups() -> impl Strategy<Value = Vec<Vec<(u8, Option<u8>)>>> {
+        prop::collection::vec(prop::collection::vec((0u8..16, prop::option::of(any::<u8>())), 1..6), 1..12)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+        #[test]
+        fn a_cut_anywhere_loads_the_state_of_the_whole_frames_before_it(groups in groups(), cut in any::<prop::sample::Index>()) {
+            let dir = tempfile::tempdir().unwrap();
+            let files = files::Files::open(dir.path()).unwrap();
+            let mut bytes = Vec::new();
+            // The state after each whole frame, and where each frame ends.
+            let mut states = vec![(0usize, BTreeMap::new())];
+            let mut state = BTreeMap::new();
+            for group in &groups {
+                let start = frame::begin(&mut bytes);
+                for (id, value) in group {
+                    let id = u128::from(*id);
+                    match value {
+                        Some(v) => {
+                            entry::push(&mut bytes, &entry::Entry::Task(id, &[*v]));
+                            state.insert(id, vec![*v]);
+                        }
+                        None => {
+                            entry::push(&mut bytes, &entry::Entry::Removed(id));
+                            state.remove(&id);
+                        }
+                    }
+                }
+                frame::finish(&mut bytes, start);
+                states.push((bytes.len(), state.clone()));
+            }
+            let cut = cut.index(bytes.len() + 1);
+            std::fs::write(files.segment(1), &bytes[..cut]).unwrap();
+
+            let loaded = files.load().unwrap();
+            let folded = loaded.fold().unwrap();
+            let got: BTreeMap<u128, Vec<u8>> = folded.tasks().map(|(id, v)| (id, v.to_vec())).collect();
+            let (end, expected) = states.iter().rev().find(|(end, _)| *end <= cut).unwrap();
+            prop_assert_eq!(&got, expected);
+            prop_assert_eq!(loaded.segments, vec![(1, *end as u64)], "the torn tail was cut off");
+            prop_assert_eq!(std::fs::metadata(files.segment(1)).unwrap().len(), *end as u64);
+        }
+    }
+}
