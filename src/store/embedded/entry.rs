@@ -41,10 +41,12 @@ pub fn push(out: &mut Vec<u8>, entry: &Entry<'_>) {
 }
 
 /// Appends the entries of one commit's `changes` (the lease counter is
-/// written once per group, by the caller).
-pub fn push_changes(out: &mut Vec<u8>, changes: &Changes) {
+/// written once per group, by the caller); `scratch` is a buffer to reuse
+/// for each record.
+pub fn push_changes(out: &mut Vec<u8>, changes: &Changes, scratch: &mut Vec<u8>) {
     for (task, ready_seq) in &changes.put {
-        push(out, &Entry::Task(task.id.0, &stored::encode(task, *ready_seq)));
+        *scratch = stored::encode_into(task, *ready_seq, std::mem::take(scratch));
+        push(out, &Entry::Task(task.id.0, scratch));
     }
     for id in &changes.removed {
         push(out, &Entry::Removed(id.0));

@@ -169,8 +169,16 @@ impl From<StateV1> for TaskState {
     }
 }
 
-/// The value to store for a task.
+/// The value to store for a task (the writer uses [`encode_into`]).
+#[cfg(test)]
 pub fn encode(task: &Task, ready_seq: u64) -> Vec<u8> {
+    encode_into(task, ready_seq, Vec::new())
+}
+
+/// [`encode`] into `out`, emptied first: a writer reuses one buffer for
+/// every record instead of allocating one each.
+pub fn encode_into(task: &Task, ready_seq: u64, mut out: Vec<u8>) -> Vec<u8> {
+    out.clear();
     let Task {
         id,
         queue,
@@ -225,10 +233,11 @@ pub fn encode(task: &Task, ready_seq: u64) -> Vec<u8> {
     let workflow = !depends_on.is_empty() || expire_time.is_some();
     // Encoding plain data into a Vec cannot fail.
     if !workflow && concurrency_key.is_empty() && semaphores.is_empty() {
-        return postcard::to_extend(&record, vec![1]).unwrap_or_default();
+        out.push(1);
+        return postcard::to_extend(&record, out).unwrap_or_default();
     }
-    let format = if workflow { CURRENT } else { 2 };
-    let out = postcard::to_extend(&record, vec![format]).unwrap_or_default();
+    out.push(if workflow { CURRENT } else { 2 });
+    let out = postcard::to_extend(&record, out).unwrap_or_default();
     let out = postcard::to_extend(&FlowV2Ref { concurrency_key, semaphores }, out).unwrap_or_default();
     if !workflow {
         return out;

@@ -92,19 +92,19 @@ impl Writer {
     /// [`Writer::recover`]. Returns when the store is dropped.
     fn run(self, mut segment: Segment) {
         let _guard = FailOnPanic(self.log.clone());
-        let mut buf = Vec::with_capacity(1 << 16);
+        let (mut buf, mut scratch) = (Vec::with_capacity(1 << 16), Vec::new());
         while let Ok(first) = self.rx.recv() {
             let Msg::Commit(first) = first else { continue };
             buf.clear();
             let start = frame::begin(&mut buf);
-            entry::push_changes(&mut buf, &first.changes);
+            entry::push_changes(&mut buf, &first.changes, &mut scratch);
             let mut next_lease = first.changes.next_lease;
             let mut sync = first.sync;
             let mut group = vec![first.outcome];
             while group.len() < MAX_GROUP && buf.len() < MAX_GROUP_BYTES {
                 match self.rx.try_recv() {
                     Ok(Msg::Commit(c)) => {
-                        entry::push_changes(&mut buf, &c.changes);
+                        entry::push_changes(&mut buf, &c.changes, &mut scratch);
                         next_lease = next_lease.max(c.changes.next_lease);
                         sync |= c.sync;
                         group.push(c.outcome);
