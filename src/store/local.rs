@@ -15,11 +15,12 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
+use futures_util::future::{FutureExt, Shared};
 use prometheus_client::metrics::histogram::Histogram;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, oneshot};
 
 use super::table::{Changes, Table};
 use super::{
@@ -66,17 +67,6 @@ pub trait Persist: Send + Sync + 'static {
     /// Commits so far, if this policy commits.
     fn commits(&self) -> Option<u64>;
 
-    /// The number the next [`Persist::submit`] gets (commits are numbered in
-    /// order; see [`CommitLog`]), and every number up to which is durable.
-    fn commit_seqs(&self) -> (u64, u64) {
-        (0, 0)
-    }
-
-    /// Resolves once commit `seq` (and every one before it) is durable.
-    fn wait_commit(&self, _seq: u64) -> Result<Option<Durable>, StoreError> {
-        self.barrier()
-    }
-
     /// How long its commits took, if this policy commits.
     fn commit_seconds(&self) -> Option<Histogram> {
         None
@@ -88,11 +78,9 @@ pub trait Persist: Send + Sync + 'static {
 enum Wait {
     /// Its own changes, and every change before them, are durable.
     Own,
-    /// The commits that last changed the tasks it hands out are durable
-    /// (an answer that hands out nothing waits for every commit before it);
-    /// its own changes are written in order but not fsynced on their own
-    /// (the next durable commit covers them: an ack of this lease makes the
-    /// lease durable too).
+    /// Every change submitted before it is durable; its own are written in
+    /// order but not fsynced on their own (the next durable commit covers
+    /// them: an ack of this lease makes the lease durable too).
     /// For leases: a delivery a crash forgets is delivered again (at least
     /// once holds), with the attempt count it had before. What must not be
     /// forgotten waits anyway: a new block of lease ids (ids never repeat,
@@ -110,21 +98,12 @@ pub struct TableStore<P: Persist> {
     /// released or canceled by a dependency's end, tasks expired at lease
     /// time), told to the broker once durable: it knows only what it asked.
     events: broadcast::Sender<StoreEvent>,
-    /// The commit that last changed each task while it may not be durable
-    /// (locked inside the table lock): what a lease waits for.
-    pending: Mutex<PendingCommits>,
 }
 
 impl<P: Persist> TableStore<P> {
     /// A store over `table` (made with [`TableStore::table_for`]).
     pub(super) fn with(queues: QueueRegistry, table: Table, persist: P) -> Self {
-        Self {
-            table: Mutex::new(table),
-            persist,
-            queues,
-            events: broadcast::channel(1024).0,
-            pending: Mutex::new(PendingCommits::default()),
-        }
+        Self { table: Mutex::new(table), persist, queues, events: broadcast::channel(1024).0 }
     }
 
     /// An empty table for this kind of store.
@@ -159,17 +138,11 @@ impl<P: Persist> TableStore<P> {
     /// Runs `op` on the table and returns once its changes, and every change
     /// submitted before them, are kept (see the module docs).
     async fn run<R>(&self, op: impl FnOnce(&mut Table) -> R) -> Result<R, StoreError> {
-        self.run_waiting(Wait::Own, op, |_| Vec::new()).await
+        self.run_waiting(Wait::Own, op).await
     }
 
     /// [`TableStore::run`], waiting as `wait` says.
-    /// `revealed`: the tasks an answer of [`Wait::Prior`] hands out.
-    async fn run_waiting<R>(
-        &self,
-        wait: Wait,
-        op: impl FnOnce(&mut Table) -> R,
-        revealed: impl FnOnce(&R) -> Vec<TaskId>,
-    ) -> Result<R, StoreError> {
+    async fn run_waiting<R>(&self, wait: Wait, op: impl FnOnce(&mut Table) -> R) -> Result<R, StoreError> {
         let (result, durable, events) = {
             let mut table = self.table();
             self.persist.check(&mut table)?;
@@ -185,25 +158,12 @@ impl<P: Persist> TableStore<P> {
             let own = wait == Wait::Own || table.take_lease_reserved() || !events.is_empty();
             let durable = if changes.is_empty() {
                 self.persist.barrier()?
+            } else if own {
+                Some(self.persist.submit(changes)?)
             } else {
-                let (seq, durable) = self.persist.commit_seqs();
-                let mut pending = lock(&self.pending);
-                // What a lease hands out must be durable: the commits that
-                // last changed those tasks before it, not every one before.
-                let before = match own {
-                    true => None,
-                    false => match pending.newest(&revealed(&result), durable) {
-                        Some(seq) => self.persist.wait_commit(seq)?,
-                        None => None,
-                    },
-                };
-                pending.record(changes.put.iter().map(|(t, _)| t.id), seq, durable);
-                if own {
-                    Some(self.persist.submit(changes)?)
-                } else {
-                    self.persist.submit_unsynced(changes)?;
-                    before
-                }
+                let before = self.persist.barrier()?;
+                self.persist.submit_unsynced(changes)?;
+                before
             };
             (result, durable, events)
         };
@@ -224,8 +184,7 @@ impl<P: Persist> Store for TableStore<P> {
     /// A lease is answered once everything before it is durable, without
     /// waiting for its own commit (see [`Wait::Prior`]).
     async fn lease(&self, spec: LeaseSpec, now: Millis) -> Result<Vec<Task>, StoreError> {
-        let leased = |tasks: &Vec<Task>| tasks.iter().map(|t| t.id).collect();
-        self.run_waiting(Wait::Prior, |t| t.lease(&spec, now), leased).await
+        self.run_waiting(Wait::Prior, |t| t.lease(&spec, now)).await
     }
 
     async fn ack(&self, id: TaskId, lease_id: u64, result: Vec<u8>, now: Millis) -> Result<Task, StoreError> {
@@ -357,11 +316,90 @@ impl<P: Persist> Store for TableStore<P> {
     }
 }
 
-mod commit_log;
-mod pending;
+/// The commits on their way to disk, and whether the store can serve: what
+/// a [`Persist::barrier`] waits for and what [`Persist::check`] refuses on.
+///
+/// The persisting side answers each commit through the [`Outcome`] it gets
+/// from [`CommitLog::submit`], in submission order. When one fails it calls
+/// [`CommitLog::fail`] *before* answering, so nothing that saw the failure
+/// is served; [`CommitLog::resume`] ends the outage once the table was put
+/// back as the disk has it.
+pub struct CommitLog {
+    /// The outcome of the last commit submitted since the table was last
+    /// (re)loaded: every earlier one is answered before it, and fails if an
+    /// earlier one failed, so a barrier waits for this one only.
+    last: Mutex<Option<Shared<Durable>>>,
+    /// Why calls are refused, while they are: a commit failed, and the table
+    /// is ahead of the disk until it is reloaded.
+    outage: Mutex<Option<String>>,
+    /// Prefixed to every refusal (`embedded store: ...`).
+    what: &'static str,
+}
 
-pub use self::commit_log::{CommitLog, Outcome};
-use self::pending::PendingCommits;
+/// The persisting side's end of one commit: send `Ok(())` once it is
+/// durable, or why it is not.
+pub type Outcome = oneshot::Sender<Result<(), String>>;
+
+impl CommitLog {
+    pub fn new(what: &'static str) -> Arc<Self> {
+        Arc::new(Self { last: Mutex::new(None), outage: Mutex::new(None), what })
+    }
+
+    /// A new commit (call under the table lock, so commits are submitted in
+    /// the order their changes were made): where to report its outcome, and
+    /// the future its call awaits.
+    pub fn submit(&self) -> (Outcome, Durable) {
+        let (tx, rx) = oneshot::channel::<Result<(), String>>();
+        let what = self.what;
+        let durable: Durable = Box::pin(async move {
+            match rx.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(StoreError::Unavailable(format!("{what}: a commit failed ({e})"))),
+                Err(_) => Err(StoreError::Unavailable(format!("{what}: the store closed"))),
+            }
+        });
+        let shared = durable.shared();
+        *lock(&self.last) = Some(shared.clone());
+        (tx, Box::pin(shared))
+    }
+
+    /// A commit failed: calls are refused until [`CommitLog::resume`]. Call
+    /// before answering the failed commit.
+    pub fn fail(&self, why: String) {
+        lock(&self.outage).get_or_insert(why);
+    }
+
+    /// The table holds what the disk holds again (call under the table
+    /// lock): calls are served, and no earlier commit matters to a barrier.
+    pub fn resume(&self) {
+        *lock(&self.outage) = None;
+        *lock(&self.last) = None;
+    }
+
+    /// `Unavailable` while a failed commit is not recovered from.
+    pub fn check(&self) -> Result<(), StoreError> {
+        match &*lock(&self.outage) {
+            Some(e) => Err(StoreError::Unavailable(format!(
+                "{}: a commit failed ({e}); refusing calls until the disk takes writes again",
+                self.what
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// [`Persist::barrier`]: waits for the last commit submitted so far.
+    pub fn barrier(&self) -> Result<Option<Durable>, StoreError> {
+        self.check()?;
+        match &*lock(&self.last) {
+            Some(last) if last.peek().is_none() => Ok(Some(Box::pin(last.clone()))),
+            _ => Ok(None),
+        }
+    }
+
+    pub fn healthy(&self) -> bool {
+        lock(&self.outage).is_none()
+    }
+}
 
 /// Locks `m`, whatever a panic left in it (a plain value, always whole).
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

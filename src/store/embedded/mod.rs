@@ -233,14 +233,6 @@ impl Persist for Wal {
         self.log.barrier()
     }
 
-    fn commit_seqs(&self) -> (u64, u64) {
-        (self.log.next_seq(), self.log.durable_seq())
-    }
-
-    fn wait_commit(&self, seq: u64) -> Result<Option<Durable>, StoreError> {
-        self.log.wait_for(seq)
-    }
-
     fn commits(&self) -> Option<u64> {
         Some(self.commits.load(Ordering::Relaxed))
     }

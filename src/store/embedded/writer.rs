@@ -127,7 +127,7 @@ impl Writer {
                     segment.len += buf.len() as u64;
                     segment.unsynced = !sync;
                     for outcome in group {
-                        outcome.send(Ok(()));
+                        let _ = outcome.send(Ok(()));
                     }
                     if segment.len >= self.segment_bytes {
                         self.roll(&mut segment);
@@ -138,7 +138,7 @@ impl Writer {
                     tracing::error!(error = %e, "embedded store commit failed; refusing calls until the disk takes writes again");
                     self.log.fail(e.clone());
                     for outcome in group {
-                        outcome.send(Err(e.clone()));
+                        let _ = outcome.send(Err(e.clone()));
                     }
                     // What did reach the file is not acknowledged: cut it off
                     // (again before every probe, should this fail now).
@@ -184,7 +184,7 @@ impl Writer {
             let timeout = next_try.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(if reloaded { RETRY_MAX } else { timeout }) {
                 Ok(Msg::Commit(c)) => {
-                    c.outcome.send(Err("made while an earlier commit failed".into()));
+                    let _ = c.outcome.send(Err("made while an earlier commit failed".into()));
                 }
                 Ok(Msg::Resume) => return true,
                 Err(RecvTimeoutError::Disconnected) => return false,

@@ -29,7 +29,7 @@ impl Held {
             self.log.fail(e.clone());
         }
         for tx in self.pending.lock().unwrap().drain(..) {
-            tx.send(outcome.clone());
+            let _ = tx.send(outcome.clone());
         }
     }
 }
@@ -50,14 +50,6 @@ impl Persist for Held {
 
     fn barrier(&self) -> Result<Option<Durable>, StoreError> {
         self.log.barrier()
-    }
-
-    fn commit_seqs(&self) -> (u64, u64) {
-        (self.log.next_seq(), self.log.durable_seq())
-    }
-
-    fn wait_commit(&self, seq: u64) -> Result<Option<Durable>, StoreError> {
-        self.log.wait_for(seq)
     }
 
     fn commits(&self) -> Option<u64> {
@@ -195,11 +187,11 @@ async fn a_lease_waits_for_the_commits_before_it_but_not_for_its_own_unless_it_r
     let held = std::mem::take(&mut *store.persist.pending.lock().unwrap());
     assert_eq!(held.len(), 2, "the enqueue's and the lease's commits");
     let mut held = held.into_iter();
-    held.next().unwrap().send(Ok(()));
+    let _ = held.next().unwrap().send(Ok(()));
     enqueue.await.unwrap().unwrap();
     // The first lease reserved a block of lease ids: it waits for its own commit.
     assert!((&mut first).now_or_never().is_none(), "the lease that reserves ids answered before its commit");
-    held.next().unwrap().send(Ok(()));
+    let _ = held.next().unwrap().send(Ok(()));
     assert_eq!(first.await.unwrap().len(), 1);
     // The next one is answered while its own commit is still pending...
     let second = store.lease(lease_one(), 3).now_or_never().expect("a lease waits only for earlier commits");
@@ -209,47 +201,4 @@ async fn a_lease_waits_for_the_commits_before_it_but_not_for_its_own_unless_it_r
     let mut read = Box::pin(store.get(TaskId(42)));
     assert!((&mut read).now_or_never().is_none(), "a read after the lease skipped its commit");
     store.persist.finish(Ok(()));
-}
-
-/// Answers the oldest held commit.
-fn finish_oldest(store: &TableStore<Held>) {
-    let tx = store.persist.pending.lock().unwrap().remove(0);
-    tx.send(Ok(()));
-}
-
-#[tokio::test]
-async fn a_lease_waits_for_the_commits_of_the_tasks_it_hands_out_not_for_others() {
-    let store = held_store();
-    let s = store.clone();
-    let enqueue = tokio::spawn(async move { s.enqueue((0..2).map(plain).collect(), 1).await });
-    while store.persist.pending.lock().unwrap().is_empty() {
-        tokio::task::yield_now().await;
-    }
-    finish_oldest(&store);
-    enqueue.await.unwrap().unwrap();
-    // The first lease reserves lease ids and waits for its own commit.
-    let mut first = Box::pin(store.lease(lease_one(), 2));
-    assert!((&mut first).now_or_never().is_none());
-    finish_oldest(&store);
-    let a = first.await.unwrap().remove(0);
-    // An ack of it is on its way to disk...
-    let item = AckItem { id: a.id, lease_id: a.lease.as_ref().unwrap().id, result: Vec::new() };
-    let mut ack = Box::pin(store.ack_many(vec![item], 3));
-    assert!((&mut ack).now_or_never().is_none(), "the ack waits for its commit");
-    // ...and the other task, durable since its enqueue, is handed out at once.
-    let b = store.lease(lease_one(), 4).now_or_never().expect("a lease queued behind an unrelated ack");
-    assert_eq!(b.unwrap().len(), 1);
-    // A task whose enqueue is not durable yet is not handed out before it is.
-    let s = store.clone();
-    let enqueue = tokio::spawn(async move { s.enqueue(vec![plain(9)], 5).await });
-    let held = || store.persist.pending.lock().unwrap().len();
-    while held() < 3 {
-        tokio::task::yield_now().await;
-    }
-    let mut c = Box::pin(store.lease(lease_one(), 6));
-    assert!((&mut c).now_or_never().is_none(), "a lease handed out a task before its enqueue was durable");
-    store.persist.finish(Ok(()));
-    assert_eq!(c.await.unwrap().len(), 1);
-    ack.await.unwrap();
-    enqueue.await.unwrap().unwrap();
 }
