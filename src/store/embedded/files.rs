@@ -174,15 +174,19 @@ impl Files {
                 return Err(LoadError::Corrupt { path, why });
             }
             let mut bytes = fs::read(&path).map_err(io_err(&path))?;
-            if let (_, End::Torn { at, why }) = frame::read(&bytes) {
-                if i + 1 < later.len() {
-                    let why = format!("{why} at byte {at}, before the newest segment");
-                    return Err(LoadError::Corrupt { path, why });
+            match frame::read(&bytes).1 {
+                End::Clean => {}
+                End::Zeros { at } => bytes.truncate(at),
+                End::Torn { at, why } => {
+                    if i + 1 < later.len() {
+                        let why = format!("{why} at byte {at}, before the newest segment");
+                        return Err(LoadError::Corrupt { path, why });
+                    }
+                    tracing::warn!(path = %path.display(), at, why, "cutting off the log's torn tail (a write a crash interrupted; never acknowledged)");
+                    let file = self.open_segment(n).map_err(io_err(&path))?;
+                    file.set_len(at as u64).and_then(|()| file.sync_all()).map_err(io_err(&path))?;
+                    bytes.truncate(at);
                 }
-                tracing::warn!(path = %path.display(), at, why, "cutting off the log's torn tail (a write a crash interrupted; never acknowledged)");
-                let file = self.open_segment(n).map_err(io_err(&path))?;
-                file.set_len(at as u64).and_then(|()| file.sync_all()).map_err(io_err(&path))?;
-                bytes.truncate(at);
             }
             loaded.push((n, bytes.len() as u64));
             files.push((path, bytes, false));
@@ -291,8 +295,10 @@ fn write_frame(out: &mut impl Write, body: &mut Vec<u8>) -> io::Result<u64> {
 /// Applies a snapshot's frames to `folded`; it must end in its end frame.
 fn read_snapshot<'a>(bytes: &'a [u8], folded: &mut Folded<'a>) -> Result<(), String> {
     let (bodies, end) = frame::read(bytes);
-    if let End::Torn { at, why } = end {
-        return Err(format!("snapshot damaged: {why} at byte {at}"));
+    match end {
+        End::Clean => {}
+        End::Zeros { at } => return Err(format!("snapshot damaged: zeros at byte {at}")),
+        End::Torn { at, why } => return Err(format!("snapshot damaged: {why} at byte {at}")),
     }
     let frames = bodies.len() as u64;
     for (i, body) in bodies.into_iter().enumerate() {

@@ -5,6 +5,9 @@
 //! is a sequence of frames ending in an [`super::entry::Entry::End`].
 //! Reading stops at the first frame that is cut short or whose checksum does
 //! not match: the torn tail a crash in the middle of a write leaves behind.
+//! A log segment is zero-filled ahead of its writer ([`super::writer`]), so
+//! an all-zero header (no frame has an empty body) ends the frames cleanly
+//! when only zeros follow it.
 
 /// Bytes before a frame's body.
 pub const HEADER: usize = 8;
@@ -24,6 +27,7 @@ pub fn begin(out: &mut Vec<u8>) -> usize {
 /// of `out`).
 pub fn finish(out: &mut [u8], start: usize) {
     let body = &out[start + HEADER..];
+    debug_assert!(!body.is_empty(), "an empty frame reads as zero fill");
     let len = u32::try_from(body.len()).expect("a frame body under 4 GiB");
     let crc = crc32c(body);
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
@@ -35,6 +39,9 @@ pub fn finish(out: &mut [u8], start: usize) {
 pub enum End {
     /// Every byte belongs to a whole frame.
     Clean,
+    /// The frames end at byte `at`, where only zeros follow (the zero fill
+    /// ahead of the writer).
+    Zeros { at: usize },
     /// The frames stop at byte `at`: what follows is cut short or garbled.
     Torn { at: usize, why: &'static str },
 }
@@ -47,6 +54,12 @@ pub fn read(bytes: &[u8]) -> (Vec<&[u8]>, End) {
         let Some(header) = bytes.get(at..at + HEADER) else {
             return (bodies, End::Torn { at, why: "a frame header cut short" });
         };
+        if header == [0; HEADER] {
+            return match bytes[at..].iter().all(|b| *b == 0) {
+                true => (bodies, End::Zeros { at }),
+                false => (bodies, End::Torn { at, why: "bytes after a zero header" }),
+            };
+        }
         let len = u32::from_le_bytes(header[..4].try_into().unwrap()) as usize;
         let crc = u32::from_le_bytes(header[4..].try_into().unwrap());
         if len > MAX_BODY {
@@ -84,8 +97,20 @@ mod tests {
 
     #[test]
     fn whole_frames_read_back_in_order() {
-        let bytes = frames(&[b"one", b"", b"three"]);
-        assert_eq!(read(&bytes), (vec![&b"one"[..], b"", b"three"], End::Clean));
+        let bytes = frames(&[b"one", b"2", b"three"]);
+        assert_eq!(read(&bytes), (vec![&b"one"[..], b"2", b"three"], End::Clean));
+    }
+
+    #[test]
+    fn zeros_after_the_last_frame_end_the_frames_cleanly() {
+        let mut bytes = frames(&[b"one", b"two"]);
+        let end = bytes.len();
+        bytes.extend_from_slice(&[0; 100]);
+        assert_eq!(read(&bytes), (vec![&b"one"[..], b"two"], End::Zeros { at: end }));
+        // Something after the zero header: not fill, but a write torn short
+        // (its first bytes never reached the disk).
+        bytes[end + 50] = 1;
+        assert_eq!(read(&bytes).1, End::Torn { at: end, why: "bytes after a zero header" });
     }
 
     #[test]

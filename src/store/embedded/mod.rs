@@ -139,16 +139,13 @@ impl EmbeddedStore {
         };
         let segment = match current {
             Some((number, len)) => {
-                Segment { number, file: files.open_segment(number).map_err(dir_err)?, len, unsynced: false }
+                let file = files.open_segment(number).map_err(dir_err)?;
+                let size = file.metadata().map_err(dir_err)?.len();
+                Segment::new(number, file, len, size)
             }
             None => {
                 let number = closed.last().map_or(loaded.snapshot.0, |(n, _)| *n) + 1;
-                Segment {
-                    number,
-                    file: files.create_segment(number).map_err(dir_err)?,
-                    len: 0,
-                    unsynced: false,
-                }
+                Segment::new(number, files.create_segment(number).map_err(dir_err)?, 0, 0)
             }
         };
         tracing::info!(

@@ -75,9 +75,10 @@ async fn a_torn_tail_is_cut_off_and_every_commit_before_it_is_kept() {
         enqueue_each(&store, &payloads(3)).await
     };
     let segment = files_named(dir.path(), "log-").pop().unwrap();
-    let len = fs::metadata(&segment).unwrap().len();
+    let bytes = fs::read(&segment).unwrap();
+    let frame::End::Zeros { at: len } = frame::read(&bytes).1 else { panic!("the log is zero-filled ahead") };
     // A crash in the middle of the last write: its frame is cut short.
-    OpenOptions::new().write(true).open(&segment).unwrap().set_len(len - 3).unwrap();
+    OpenOptions::new().write(true).open(&segment).unwrap().set_len(len as u64 - 3).unwrap();
 
     let store = EmbeddedStore::open(dir.path(), queues()).unwrap();
     let back = get_all(&store, &ids).await;
@@ -258,7 +259,11 @@ mod crash_points {
     proptest! {
         #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
         #[test]
-        fn a_cut_anywhere_loads_the_state_of_the_whole_frames_before_it(groups in groups(), cut in any::<prop::sample::Index>()) {
+        fn a_cut_anywhere_loads_the_state_of_the_whole_frames_before_it(
+            groups in groups(),
+            cut in any::<prop::sample::Index>(),
+            zeros in prop_oneof![Just(0usize), 1usize..64],
+        ) {
             let dir = tempfile::tempdir().unwrap();
             let files = files::Files::open(dir.path()).unwrap();
             let mut bytes = Vec::new();
@@ -284,15 +289,22 @@ mod crash_points {
                 states.push((bytes.len(), state.clone()));
             }
             let cut = cut.index(bytes.len() + 1);
-            std::fs::write(files.segment(1), &bytes[..cut]).unwrap();
+            // The zero fill ahead of the writer may follow whatever reached the disk.
+            let mut on_disk = bytes[..cut].to_vec();
+            on_disk.resize(cut + zeros, 0);
+            std::fs::write(files.segment(1), &on_disk).unwrap();
 
             let loaded = files.load().unwrap();
             let folded = loaded.fold().unwrap();
             let got: BTreeMap<u128, Vec<u8>> = folded.tasks().map(|(id, v)| (id, v.to_vec())).collect();
             let (end, expected) = states.iter().rev().find(|(end, _)| *end <= cut).unwrap();
             prop_assert_eq!(&got, expected);
-            prop_assert_eq!(loaded.segments, vec![(1, *end as u64)], "the torn tail was cut off");
-            prop_assert_eq!(std::fs::metadata(files.segment(1)).unwrap().len(), *end as u64);
+            prop_assert_eq!(loaded.segments, vec![(1, *end as u64)], "the log ends after its last whole frame");
+            // A torn frame is cut off on disk; zeros after whole frames are kept.
+            let left = std::fs::read(files.segment(1)).unwrap();
+            prop_assert_eq!(&left[..*end], &bytes[..*end]);
+            prop_assert!(left[*end..].iter().all(|b| *b == 0), "only zeros after the log");
+            prop_assert!(left.len() == *end || *end == cut, "a torn tail is cut off");
         }
     }
 }

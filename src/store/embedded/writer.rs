@@ -55,6 +55,11 @@ pub struct Commit {
     pub sync: bool,
 }
 
+/// Zeros are written this far ahead of the log at a time.
+const FILL: u64 = 1 << 20;
+/// A new fill starts once the zeros ahead are fewer than this.
+const FILL_LOW: u64 = 256 << 10;
+
 /// The segment being written: its number, file, and length.
 pub struct Segment {
     pub number: u64,
@@ -62,6 +67,37 @@ pub struct Segment {
     pub len: u64,
     /// Bytes before `len` were written without an fsync yet.
     pub unsynced: bool,
+    /// The file is zero-filled (and its size durable) up to here: a commit
+    /// written below it changes no file size, so its `fdatasync` has no
+    /// metadata to journal (~30% cheaper here). `None`: filling failed on
+    /// this segment (a full disk); commits append.
+    pub zeroed: Option<u64>,
+}
+
+impl Segment {
+    /// A segment whose file is `size` bytes long, `len` of them the log's.
+    pub fn new(number: u64, file: File, len: u64, size: u64) -> Self {
+        Segment { number, file, len, unsynced: false, zeroed: Some(size) }
+    }
+
+    /// Zero-fills the next [`FILL`] bytes ahead of the log once fewer than
+    /// [`FILL_LOW`] are left, and syncs them: once a megabyte, between
+    /// commits, instead of a file size change in every commit.
+    fn fill_ahead(&mut self) {
+        let Some(zeroed) = self.zeroed else { return };
+        if zeroed >= self.len + FILL_LOW {
+            return;
+        }
+        let from = zeroed.max(self.len);
+        let filled = self.file.write_all_at(&[0; FILL as usize], from).and_then(|()| self.file.sync_data());
+        self.zeroed = match filled {
+            Ok(()) => Some(from + FILL),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot zero-fill the log ahead; appending to this segment");
+                None
+            }
+        };
+    }
 }
 
 /// The writer thread's side of the store.
@@ -132,6 +168,7 @@ impl Writer {
                     if segment.len >= self.segment_bytes {
                         self.roll(&mut segment);
                     }
+                    segment.fill_ahead();
                 }
                 Err(e) => {
                     let e = e.to_string();
@@ -143,6 +180,7 @@ impl Writer {
                     // What did reach the file is not acknowledged: cut it off
                     // (again before every probe, should this fail now).
                     let _ = segment.file.set_len(segment.len);
+                    segment.zeroed = None;
                     if !self.recover(&segment, buf.len() as u64) {
                         return;
                     }
@@ -164,7 +202,7 @@ impl Writer {
         match self.files.create_segment(segment.number + 1) {
             Ok(file) => {
                 let _ = self.closed.send((segment.number, segment.len));
-                *segment = Segment { number: segment.number + 1, file, len: 0, unsynced: false };
+                *segment = Segment::new(segment.number + 1, file, 0, 0);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start a new log segment; appending to the current one")
