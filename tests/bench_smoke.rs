@@ -133,12 +133,16 @@ fn mixed_rate_acks_while_producing() {
 fn redis_rows_and_the_raw_scripts_run_against_a_private_redis() {
     let redis = redis_server::RedisServer::start();
     let url = redis.url();
-    let doc = bench(&["--embedded", "redis", "--redis-url", &url, "--scenario", "mixed-rate,redis-raw"]);
+    let doc = bench(&["--embedded", "redis", "--redis-url", &url, "--scenario", "mixed-rate"]);
     let mixed = rows(&doc, "mixed-rate");
     assert_eq!(mixed.iter().map(|(m, _)| *m).collect::<Vec<_>>(), ["unary", "stream"]);
     for (_, row) in &mixed {
         assert_worked(row);
     }
+    // A run of its own: in the same run, the broker that served mixed-rate
+    // could purge its finished tasks while redis-raw measures Redis's memory
+    // (seen once: 103 B per task).
+    let doc = bench(&["--embedded", "redis", "--redis-url", &url, "--scenario", "redis-raw"]);
     let raw = rows(&doc, "redis-raw");
     assert_eq!(
         raw.iter().map(|(m, _)| *m).collect::<Vec<_>>(),
