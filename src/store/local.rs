@@ -12,6 +12,10 @@
 //! [`CommitLog`]), and is refused with `Unavailable` once a commit failed,
 //! until the store recovered (the table is then put back as the disk has
 //! it, see [`Persist::check`]).
+//!
+//! The one exception is a lease's own change ([`Wait::Prior`]): a lease
+//! waits for everything before it, not for its own record, so a read after
+//! it may show a delivery that a crash then forgets (at-least-once holds).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -155,7 +159,8 @@ impl<P: Persist> TableStore<P> {
                 return Ok(result);
             }
             let changes = table.take_changes();
-            let own = wait == Wait::Own || table.take_lease_reserved() || !events.is_empty();
+            let reserved = table.take_lease_reserved();
+            let own = wait == Wait::Own || reserved || !events.is_empty();
             let durable = if changes.is_empty() {
                 self.persist.barrier()?
             } else if own {

@@ -308,3 +308,50 @@ mod crash_points {
         }
     }
 }
+
+fn lease_spec() -> LeaseSpec {
+    LeaseSpec {
+        queues: vec![("q".into(), 1)],
+        max_tasks: 1,
+        max_bytes: 1 << 20,
+        lease_duration: Some(60_000),
+        worker_id: "w".into(),
+    }
+}
+
+/// A lease is not fsynced on its own; a crash may lose its write. The task
+/// then comes back READY with the attempt count it had, and the lease ids
+/// handed out before (reserved in durable blocks) never come back.
+#[tokio::test]
+async fn a_lease_whose_write_is_lost_comes_back_under_a_new_lease_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ids, lost) = {
+        let store = EmbeddedStore::open(dir.path(), queues()).unwrap();
+        let ids = enqueue_each(&store, &payloads(2)).await;
+        // The first lease reserves a block of ids (its own commit, durable).
+        store.lease(lease_spec(), 2).await.unwrap();
+        let lost = store.lease(lease_spec(), 3).await.unwrap().remove(0);
+        (ids, lost)
+    };
+    // The second lease's write is the log's last frame: the crash loses it.
+    let segment = files_named(dir.path(), "log-").pop().unwrap();
+    let bytes = fs::read(&segment).unwrap();
+    let last = *frame::read(&bytes).0.last().unwrap();
+    let at = last.as_ptr() as usize - bytes.as_ptr() as usize - frame::HEADER;
+    OpenOptions::new().write(true).open(&segment).unwrap().set_len(at as u64).unwrap();
+
+    let store = EmbeddedStore::open(dir.path(), queues()).unwrap();
+    let back = store.get(lost.id).await.unwrap();
+    assert_eq!(
+        (back.state, back.attempt),
+        (crate::core::task::TaskState::Ready, 0),
+        "the lost lease is forgotten"
+    );
+    assert!(ids.contains(&lost.id));
+    let again = store.lease(lease_spec(), 4).await.unwrap().remove(0);
+    assert_eq!(again.id, lost.id);
+    let (old, new) = (lost.lease.unwrap().id, again.lease.as_ref().unwrap().id);
+    assert!(new > old, "lease id {new} after the crash, {old} handed out before it");
+    let stale = store.ack(lost.id, old, Vec::new(), 5).await;
+    assert!(stale.is_err(), "the lost lease's id settled the new delivery: {stale:?}");
+}

@@ -184,6 +184,8 @@ impl Writer {
                     if !self.recover(&segment, buf.len() as u64) {
                         return;
                     }
+                    // The probe took the disk's word for space: fill again.
+                    segment.zeroed = Some(segment.len);
                 }
             }
         }

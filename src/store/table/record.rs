@@ -101,8 +101,8 @@ pub const SEMAPHORE_SEPARATOR: char = ',';
 pub type Holder = (u64, Sym);
 
 impl Record {
-    /// The record of `task`, taking references on its names in `names`.
-    /// The record of `task`, which entered READY as number `ready_seq`.
+    /// The record of `task`, which entered READY as number `ready_seq`,
+    /// taking references on its names in `names`.
     pub fn new(task: Task, ready_seq: u64, names: &mut Names) -> Record {
         let Task {
             id: _,
